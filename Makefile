@@ -1,0 +1,45 @@
+# NexusPipe tasks. `make run` and `make test` are the README's two commands.
+
+CARGO ?= cargo
+PLUGINS := enrich-geo funnel alerts
+WASM_TARGET := wasm32-wasip2
+# Plugins get their own target dir so building them never waits on (or
+# invalidates) the host's build.
+PLUGIN_TARGET_DIR := target/wasm
+PLUGIN_OUT := target/plugins
+
+.PHONY: all plugins run test bench lint fmt clean
+
+all: plugins
+	$(CARGO) build --release -p nexuspipe
+
+## Build every bundled plugin to target/plugins/<crate>.wasm
+plugins:
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) --target-dir $(PLUGIN_TARGET_DIR) $(addprefix -p ,$(PLUGINS))
+	@mkdir -p $(PLUGIN_OUT)
+	@for p in $(PLUGINS); do \
+	  cp $(PLUGIN_TARGET_DIR)/$(WASM_TARGET)/plugin/$$(echo $$p | tr - _).wasm $(PLUGIN_OUT)/$$p.wasm; \
+	done
+	@ls -l $(PLUGIN_OUT)/*.wasm
+
+## Run NexusPipe with the embedded default pipeline (HTTP on 127.0.0.1:8000)
+run: plugins
+	$(CARGO) run --release -p nexuspipe -- run
+
+## The whole test suite (tests build the Wasm artifacts they need)
+test: plugins
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+bench: plugins
+	$(CARGO) bench -p nexuspipe
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,4 @@
+//! Subcommands of the `nexuspipe` binary. Errors get their context (which
+//! file, which plugin) here, at the edge.
+
+pub mod plugin;

@@ -1,0 +1,242 @@
+//! `nexuspipe plugin check|run`: the plugin author's tools; no server needed.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use nexuspipe::engine::offline;
+use nexuspipe::event::{EventDefaults, from_json, now_ms, to_json};
+use nexuspipe::runtime::{Capabilities, DirGrant, HostSettings, Limits, Plugin, Runtime, World};
+use nexuspipe::sinks::{self, files::AppendFile};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Print a component's world, declared interest and exports, or why it is refused.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Plugin config to initialise it with (default: the plugin's default config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run one plugin over events from an NDJSON file and print its outputs as NDJSON.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The component (`.wasm`).
+    file: PathBuf,
+    /// Events, one canonical JSON event per line (`-` for stdin).
+    #[arg(long)]
+    input: PathBuf,
+    /// Plugin config file (default: the plugin's default config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Events per call into the plugin.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Watermark bound: how far behind the newest event time the watermark trails (ms).
+    #[arg(long, default_value_t = 5_000)]
+    out_of_orderness: i64,
+    /// How long a closed window still accepts late events (ms).
+    #[arg(long, default_value_t = 0)]
+    allowed_lateness: i64,
+    /// Where dead letters and late events are written.
+    #[arg(long, default_value = "nexuspipe-data")]
+    data_dir: PathBuf,
+    /// Per-call deadline (ms).
+    #[arg(long, default_value_t = Limits::default().deadline_ms)]
+    deadline_ms: u64,
+    /// Memory cap (MiB).
+    #[arg(long, default_value_t = Limits::default().memory_mib)]
+    memory_mib: u64,
+    /// Grant a host directory read-only, as HOST:GUEST (e.g. `./geo:/geo`).
+    #[arg(long = "dir", value_name = "HOST:GUEST")]
+    dirs: Vec<String>,
+}
+
+pub fn run(cmd: PluginCommand) -> Result<()> {
+    match cmd {
+        PluginCommand::Check { file, config } => check(&file, config.as_deref()),
+        PluginCommand::Run(args) => run_file(args),
+    }
+}
+
+fn read_config(path: Option<&Path>) -> Result<String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading plugin config {}", p.display())),
+        None => Ok(String::new()),
+    }
+}
+
+fn check(file: &Path, config: Option<&Path>) -> Result<()> {
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let component = runtime
+        .load_file(file)
+        .with_context(|| format!("{} is not a usable plugin", file.display()))?;
+    let config = read_config(config)?;
+    let plugin = Plugin::new(
+        &file.display().to_string(),
+        component.clone(),
+        &config,
+        HostSettings { allowed_lateness: 0 },
+        Limits::default(),
+        Capabilities::default(),
+    )
+    .with_context(|| format!("{} failed to initialise", file.display()))?;
+    let interest = plugin.interest();
+    let report = serde_json::json!({
+        "file": file.display().to_string(),
+        "world": component.world,
+        "version": component.hash,
+        "interest": {
+            "event_types": if interest.event_types.is_empty() { serde_json::json!("all") } else { serde_json::json!(interest.event_types) },
+            "properties": interest.properties.as_ref().map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
+            "metadata": metadata_names(interest.metadata),
+        },
+        "exports": component.exports,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn metadata_names(m: nexuspipe::runtime::MetadataFields) -> Vec<&'static str> {
+    use nexuspipe::runtime::MetadataFields as F;
+    [
+        (F::IP_ADDRESS, "ip_address"),
+        (F::USER_AGENT, "user_agent"),
+        (F::PLATFORM, "platform"),
+        (F::URL, "url"),
+        (F::REFERRER, "referrer"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| m.contains(*f))
+    .map(|(_, n)| n)
+    .collect()
+}
+
+/// Reads canonical events from NDJSON; a bad line is an error naming the line and field.
+pub fn read_events(path: &Path) -> Result<Vec<nexuspipe::runtime::Event>> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ))
+    };
+    let defaults = EventDefaults {
+        now_ms: now_ms(),
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: malformed JSON", path.display(), n + 1))?;
+        let event = from_json(json, &defaults)
+            .with_context(|| format!("{}:{}: invalid event", path.display(), n + 1))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+fn run_file(args: RunArgs) -> Result<()> {
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let component = runtime
+        .load_file(&args.file)
+        .with_context(|| format!("{} is not a usable plugin", args.file.display()))?;
+    let world = component.world;
+    let config = read_config(args.config.as_deref())?;
+    let mut caps = Capabilities::default();
+    for d in &args.dirs {
+        let Some((host, guest)) = d.split_once(':') else {
+            bail!("--dir {d}: expected HOST:GUEST");
+        };
+        caps.dirs.push(DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+            writable: false,
+        });
+    }
+    let limits = Limits {
+        deadline_ms: args.deadline_ms,
+        memory_mib: args.memory_mib,
+        ..Limits::default()
+    };
+    let name = args
+        .file
+        .file_stem()
+        .map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
+    let mut plugin = Plugin::new(
+        &name,
+        component,
+        &config,
+        HostSettings {
+            allowed_lateness: args.allowed_lateness,
+        },
+        limits,
+        caps,
+    )
+    .with_context(|| format!("plugin {name} ({}) failed to initialise", args.file.display()))?;
+    let events = read_events(&args.input)?;
+    let n = events.len();
+    let result = offline::run(&mut plugin, events, args.batch, args.out_of_orderness);
+
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match world {
+        World::Enricher => {
+            for e in &result.events {
+                serde_json::to_writer(&mut out, &to_json(e))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        World::Aggregator => {
+            for p in &result.points {
+                serde_json::to_writer(&mut out, &sinks::point_to_json(p))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        World::Alerter => {
+            for a in &result.alerts {
+                serde_json::to_writer(&mut out, &sinks::alert_to_json(a))?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()?;
+
+    let output = &result.output;
+    if !output.dead.is_empty() {
+        let mut f = AppendFile::new(args.data_dir.join("dead-letter.jsonl"));
+        for d in &output.dead {
+            f.write_json(&sinks::dead_letter_to_json(d))?;
+        }
+        f.flush(true)?;
+        let lost: usize = output.dead.iter().map(|d| d.events.len()).sum();
+        eprintln!(
+            "warning: {lost} event(s) in {} failed batch(es) written to {}",
+            output.dead.len(),
+            f.path().display()
+        );
+    }
+    if !output.late.is_empty() {
+        let mut f = AppendFile::new(args.data_dir.join("late.jsonl"));
+        for (p, e) in &output.late {
+            f.write_json(&sinks::late_to_json(p, e))?;
+        }
+        f.flush(true)?;
+        eprintln!(
+            "warning: {} late event(s) written to {}",
+            output.late.len(),
+            f.path().display()
+        );
+    }
+    let stats = plugin.stats();
+    tracing::debug!(plugin = %name, %world, events = n, calls = stats.calls, failures = stats.failures, breaker = ?plugin.breaker(), "done");
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Event time and the pipeline of plugins.
+
+pub mod offline;
+pub mod watermark;
+
+pub use watermark::Watermark;

@@ -1,0 +1,707 @@
+//! Supervises one plugin: sends it only what it declared interest in, checks
+//! what it returns, and survives whatever it does. A failed call (trap,
+//! deadline, memory cap, bad output) sends its batch to the dead-letter output,
+//! replaces the instance, restores the last recovery snapshot and replays the
+//! batches since, so the plugin's state loses nothing. Repeated failures trip a
+//! circuit breaker instead of looping.
+
+use super::bindings::types::{
+    Alert, Change, Event, HostSettings, Interest, Metadata, MetadataFields, MetricPoint, Value,
+};
+use super::error::chain;
+use super::instance::{Exports, Instance};
+use super::limits::{Capabilities, Limits};
+use super::{PluginComponent, PluginError, World};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The call ran past its deadline.
+    Deadline,
+    /// The plugin tried to grow its memory past the cap.
+    MemoryCap,
+    /// The plugin trapped (a panic, an unreachable, a bad access...).
+    Trap,
+    /// The plugin returned something the host cannot accept.
+    BadOutput,
+    /// The circuit breaker is open: the plugin is disabled.
+    Disabled,
+}
+
+/// A failed call, with the plugin's name and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin `{plugin}` failed ({kind:?}): {message}")]
+pub struct Failure {
+    pub plugin: String,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// A batch that could not be processed, kept so nothing is lost.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub plugin: String,
+    pub kind: FailureKind,
+    pub error: String,
+    pub events: Vec<Event>,
+}
+
+/// Everything a pipeline stage produced besides the events it passes on.
+#[derive(Debug, Default)]
+pub struct PluginOutput {
+    pub points: Vec<MetricPoint>,
+    pub alerts: Vec<Alert>,
+    /// Events that arrived after their window closed for good, by plugin.
+    pub late: Vec<(String, Event)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    /// Disabled after repeated failures, until the plugin is reloaded.
+    Open,
+}
+
+/// Counters for `/metrics` and `GET /v1/plugins`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PluginStats {
+    pub calls: u64,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub failures: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub last_error: Option<String>,
+    /// Total time inside the plugin.
+    pub busy: Duration,
+}
+
+struct Breaker {
+    recent: VecDeque<Instant>,
+    threshold: u32,
+    window: Duration,
+    open: bool,
+}
+
+impl Breaker {
+    /// Records a failure; true when this one trips the breaker.
+    fn record(&mut self, now: Instant) -> bool {
+        self.recent.push_back(now);
+        while let Some(&t) = self.recent.front() {
+            if now.duration_since(t) > self.window {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        if !self.open && self.recent.len() >= self.threshold as usize {
+            self.open = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// A supervised plugin instance.
+pub struct Plugin {
+    name: String,
+    component: PluginComponent,
+    config: String,
+    settings: HostSettings,
+    limits: Limits,
+    caps: Capabilities,
+    instance: Option<Instance>,
+    interest: Interest,
+    /// State to recover from, and the batches processed since it was taken.
+    recovery: Option<Vec<u8>>,
+    replay: Vec<(Vec<Event>, i64)>,
+    replay_events: usize,
+    watermark: i64,
+    breaker: Breaker,
+    stats: PluginStats,
+}
+
+/// Fields moved out of an event while the plugin sees a projection of it.
+struct Hidden {
+    properties: Option<Vec<super::Property>>,
+    metadata: Metadata,
+}
+
+fn empty_event() -> Event {
+    Event {
+        id: String::new(),
+        event_type: String::new(),
+        timestamp: 0,
+        user_id: None,
+        session_id: None,
+        properties: Vec::new(),
+        metadata: empty_metadata(),
+    }
+}
+
+fn empty_metadata() -> Metadata {
+    Metadata {
+        ip_address: None,
+        user_agent: None,
+        platform: None,
+        url: None,
+        referrer: None,
+    }
+}
+
+impl Plugin {
+    /// Instantiates and initialises a plugin; a config error is returned as is.
+    pub fn new(
+        name: &str,
+        component: PluginComponent,
+        config: &str,
+        settings: HostSettings,
+        limits: Limits,
+        caps: Capabilities,
+    ) -> Result<Self, PluginError> {
+        let mut plugin = Plugin {
+            name: name.to_string(),
+            breaker: Breaker {
+                recent: VecDeque::new(),
+                threshold: limits.breaker_failures.max(1),
+                window: Duration::from_secs(limits.breaker_window_secs),
+                open: false,
+            },
+            component,
+            config: config.to_string(),
+            settings,
+            limits,
+            caps,
+            instance: None,
+            interest: Interest {
+                event_types: Vec::new(),
+                properties: None,
+                metadata: MetadataFields::empty(),
+            },
+            recovery: None,
+            replay: Vec::new(),
+            replay_events: 0,
+            watermark: i64::MIN,
+            stats: PluginStats::default(),
+        };
+        plugin.start()?;
+        Ok(plugin)
+    }
+
+    /// A fresh instance, initialised with the config.
+    fn start(&mut self) -> Result<(), PluginError> {
+        let mut instance = Instance::new(&self.name, &self.component, &self.limits, &self.caps)?;
+        match instance.init(&self.config, self.settings) {
+            Ok(Ok(interest)) => self.interest = interest,
+            Ok(Err(e)) => {
+                let at = e.field.map(|f| format!("{f}: ")).unwrap_or_default();
+                return Err(PluginError::Config(format!("{at}{}", e.message)));
+            }
+            Err(e) => return Err(self.failure(&instance, &e).into()),
+        }
+        self.instance = Some(instance);
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn world(&self) -> World {
+        self.component.world
+    }
+
+    pub fn component(&self) -> &PluginComponent {
+        &self.component
+    }
+
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    pub fn breaker(&self) -> BreakerState {
+        if self.breaker.open {
+            BreakerState::Open
+        } else {
+            BreakerState::Closed
+        }
+    }
+
+    /// Processes one batch in place: enrichers change `batch`; aggregators and
+    /// alerters add to `out`. `watermark` is event-time progress after the batch.
+    pub fn process(&mut self, batch: &mut Vec<Event>, watermark: i64, out: &mut PluginOutput) {
+        let wanted: Vec<usize> = (0..batch.len())
+            .filter(|&i| self.interest_wants(&batch[i].event_type))
+            .collect();
+        let advances = watermark > self.watermark;
+        if wanted.is_empty() && !(self.component.world.is_stateful() && advances) {
+            return;
+        }
+        if self.breaker.open {
+            self.reject(batch, &wanted, FailureKind::Disabled, "disabled by the circuit breaker after repeated failures; reload the plugin to re-enable it".into(), out);
+            return;
+        }
+
+        // Move the wanted events out (no copies) and hide what the plugin does not read.
+        let mut sub: Vec<Event> = wanted
+            .iter()
+            .map(|&i| std::mem::replace(&mut batch[i], empty_event()))
+            .collect();
+        let hidden: Vec<Hidden> = sub.iter_mut().map(|e| self.project(e)).collect();
+        let started = Instant::now();
+        let result = self.call(&sub, watermark);
+        self.stats.busy += started.elapsed();
+        self.stats.calls += 1;
+        self.stats.events_in += sub.len() as u64;
+        let replay_copy = match &result {
+            Ok(_) if self.component.world.is_stateful() => Some(sub.clone()),
+            _ => None,
+        };
+        for (e, h) in sub.iter_mut().zip(hidden) {
+            unproject(e, h);
+        }
+        // Put the events back where they were.
+        for (&i, e) in wanted.iter().zip(sub.iter_mut()) {
+            std::mem::swap(&mut batch[i], e);
+        }
+
+        match result.and_then(|r| self.validate(r, wanted.len())) {
+            Ok(r) => {
+                self.watermark = self.watermark.max(watermark);
+                self.apply(r, batch, &wanted, out);
+                if let Some(events) = replay_copy {
+                    self.remember(events, watermark);
+                }
+            }
+            Err(failure) => {
+                tracing::error!(plugin = %self.name, kind = ?failure.kind, error = %failure.message, events = wanted.len(), "plugin failed; batch sent to the dead-letter output");
+                self.stats.failures += 1;
+                self.stats.last_error = Some(failure.message.clone());
+                self.reject(batch, &wanted, failure.kind, failure.message, out);
+                if self.breaker.record(Instant::now()) {
+                    tracing::error!(plugin = %self.name, failures = self.breaker.threshold, window_secs = self.breaker.window.as_secs(), "circuit breaker open: plugin disabled");
+                    self.instance = None;
+                } else {
+                    self.recover();
+                }
+            }
+        }
+    }
+
+    fn interest_wants(&self, event_type: &str) -> bool {
+        self.interest.event_types.is_empty()
+            || self.interest.event_types.iter().any(|t| t == event_type)
+    }
+
+    fn project(&self, e: &mut Event) -> Hidden {
+        let properties = self.interest.properties.as_ref().map(|keys| {
+            let all = std::mem::take(&mut e.properties);
+            e.properties = all
+                .iter()
+                .filter(|p| keys.iter().any(|k| *k == p.key))
+                .cloned()
+                .collect();
+            all
+        });
+        let want = self.interest.metadata;
+        let md = &mut e.metadata;
+        let hide = |flag: MetadataFields, field: &mut Option<String>| {
+            if want.contains(flag) { None } else { field.take() }
+        };
+        let metadata = Metadata {
+            ip_address: hide(MetadataFields::IP_ADDRESS, &mut md.ip_address),
+            user_agent: hide(MetadataFields::USER_AGENT, &mut md.user_agent),
+            platform: hide(MetadataFields::PLATFORM, &mut md.platform),
+            url: hide(MetadataFields::URL, &mut md.url),
+            referrer: hide(MetadataFields::REFERRER, &mut md.referrer),
+        };
+        Hidden {
+            properties,
+            metadata,
+        }
+    }
+
+    fn call(&mut self, events: &[Event], watermark: i64) -> Result<CallResult, Failure> {
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(Failure {
+                plugin: self.name.clone(),
+                kind: FailureKind::Disabled,
+                message: "no live instance (it failed to restart)".into(),
+            });
+        };
+        instance.arm();
+        let result = match &instance.exports {
+            Exports::Enricher(b) => b
+                .nexuspipe_plugin_enrich()
+                .call_process(&mut instance.store, events)
+                .map(CallResult::Changes),
+            Exports::Aggregator(b) => b
+                .nexuspipe_plugin_aggregate()
+                .call_process(&mut instance.store, events, watermark)
+                .map(|o| CallResult::Points(o.points, o.late)),
+            Exports::Alerter(b) => b
+                .nexuspipe_plugin_alerting()
+                .call_process(&mut instance.store, events, watermark)
+                .map(|o| CallResult::Alerts(o.alerts, o.late)),
+        };
+        let instance = self.instance.as_ref().expect("checked above");
+        result.map_err(|e| self.failure(instance, &e))
+    }
+
+    /// Classifies a wasmtime error into a [`Failure`], with the guest's stderr.
+    fn failure(&self, instance: &Instance, e: &wasmtime::Error) -> Failure {
+        let text = chain(e);
+        let kind = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
+            _ if text.contains("forcing a memory growth failure") => FailureKind::MemoryCap,
+            _ => FailureKind::Trap,
+        };
+        let mut message = match kind {
+            FailureKind::Deadline => format!(
+                "call exceeded its deadline of {} ms and was interrupted",
+                self.limits.deadline_ms
+            ),
+            FailureKind::MemoryCap => format!(
+                "memory cap of {} MiB reached ({text})",
+                self.limits.memory_mib
+            ),
+            _ => text,
+        };
+        let stderr = instance.stderr();
+        if !stderr.is_empty() {
+            // Keep the tail: a panic message is the last thing written.
+            let tail: String = stderr
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            message.push_str(&format!("; plugin stderr: {tail}"));
+        }
+        Failure {
+            plugin: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+
+    /// Checks a plugin's output against the batch it was given.
+    fn validate(&self, r: CallResult, n: usize) -> Result<CallResult, Failure> {
+        let bad = |message: String| Failure {
+            plugin: self.name.clone(),
+            kind: FailureKind::BadOutput,
+            message,
+        };
+        let check_late = |late: &[u32]| match late.iter().find(|&&i| i as usize >= n) {
+            Some(i) => Err(bad(format!(
+                "late index {i} is outside the batch of {n} events"
+            ))),
+            None => Ok(()),
+        };
+        match &r {
+            CallResult::Changes(changes) => {
+                for (k, c) in changes.iter().enumerate() {
+                    let index = match c {
+                        Change::Patch(p) => Some(p.index),
+                        Change::Drop(i) => Some(*i),
+                        Change::Emit(e) => {
+                            if e.event_type.is_empty() {
+                                return Err(bad(format!(
+                                    "change {k}: emitted event has an empty event_type"
+                                )));
+                            }
+                            None
+                        }
+                    };
+                    if let Some(i) = index.filter(|&i| i as usize >= n) {
+                        return Err(bad(format!(
+                            "change {k}: index {i} is outside the batch of {n} events"
+                        )));
+                    }
+                }
+            }
+            CallResult::Points(points, late) => {
+                check_late(late)?;
+                for (k, p) in points.iter().enumerate() {
+                    if let Err(why) = check_point(p) {
+                        return Err(bad(format!("point {k} ({}): {why}", p.measurement)));
+                    }
+                }
+            }
+            CallResult::Alerts(alerts, late) => {
+                check_late(late)?;
+                for (k, a) in alerts.iter().enumerate() {
+                    if a.rule_id.is_empty() || a.fingerprint.is_empty() {
+                        return Err(bad(format!(
+                            "alert {k}: rule_id and fingerprint must not be empty"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn apply(&mut self, r: CallResult, batch: &mut Vec<Event>, wanted: &[usize], out: &mut PluginOutput) {
+        match r {
+            CallResult::Changes(changes) => {
+                let mut dropped = vec![false; batch.len()];
+                let mut emitted = Vec::new();
+                for change in changes {
+                    match change {
+                        Change::Patch(p) => patch(&mut batch[wanted[p.index as usize]], p),
+                        Change::Drop(i) => dropped[wanted[i as usize]] = true,
+                        Change::Emit(mut e) => {
+                            if e.id.is_empty() {
+                                e.id = uuid::Uuid::now_v7().to_string();
+                            }
+                            emitted.push(e)
+                        }
+                    }
+                }
+                if dropped.iter().any(|&d| d) {
+                    let mut k = 0;
+                    batch.retain(|_| {
+                        k += 1;
+                        !dropped[k - 1]
+                    });
+                }
+                self.stats.events_out += (wanted.len() - dropped.iter().filter(|&&d| d).count() + emitted.len()) as u64;
+                batch.extend(emitted);
+            }
+            CallResult::Points(points, late) => {
+                self.stats.events_out += points.len() as u64;
+                self.collect_late(batch, wanted, &late, out);
+                out.points.extend(points);
+            }
+            CallResult::Alerts(alerts, late) => {
+                self.stats.events_out += alerts.len() as u64;
+                self.collect_late(batch, wanted, &late, out);
+                out.alerts.extend(alerts);
+            }
+        }
+    }
+
+    fn collect_late(&mut self, batch: &[Event], wanted: &[usize], late: &[u32], out: &mut PluginOutput) {
+        self.stats.late += late.len() as u64;
+        out.late.extend(
+            late.iter()
+                .map(|&i| (self.name.clone(), batch[wanted[i as usize]].clone())),
+        );
+    }
+
+    /// Sends the wanted events of a batch to the dead-letter output. An
+    /// enricher's failed events leave the stream (they were not enriched);
+    /// other plugins only observe the stream, so it continues unchanged.
+    fn reject(&mut self, batch: &mut Vec<Event>, wanted: &[usize], kind: FailureKind, error: String, out: &mut PluginOutput) {
+        if wanted.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = if self.component.world == World::Enricher {
+            let mut taken = vec![false; batch.len()];
+            for &i in wanted {
+                taken[i] = true;
+            }
+            let mut events = Vec::with_capacity(wanted.len());
+            let mut kept = Vec::with_capacity(batch.len() - wanted.len());
+            for (e, t) in batch.drain(..).zip(taken) {
+                if t { events.push(e) } else { kept.push(e) }
+            }
+            *batch = kept;
+            events
+        } else {
+            wanted.iter().map(|&i| batch[i].clone()).collect()
+        };
+        self.stats.dead_lettered += events.len() as u64;
+        out.dead.push(DeadLetter {
+            plugin: self.name.clone(),
+            kind,
+            error,
+            events,
+        });
+    }
+
+    fn remember(&mut self, events: Vec<Event>, watermark: i64) {
+        self.replay_events += events.len().max(1);
+        self.replay.push((events, watermark));
+        if self.replay_events >= self.limits.replay_limit
+            && let Err(f) = self.checkpoint()
+        {
+            tracing::warn!(plugin = %self.name, error = %f, "could not take a recovery snapshot");
+        }
+    }
+
+    /// Replaces a failed instance: new instance, last recovery snapshot, then the
+    /// batches processed since (their outputs were already delivered).
+    fn recover(&mut self) {
+        self.instance = None;
+        let result = (|| -> Result<(), PluginError> {
+            self.start()?;
+            let instance = self.instance.as_mut().expect("started");
+            if let Some(state) = &self.recovery {
+                match instance.restore(state) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(PluginError::State(e.message)),
+                    Err(e) => return Err(PluginError::State(chain(&e))),
+                }
+            }
+            let replay = std::mem::take(&mut self.replay);
+            for (events, wm) in &replay {
+                let instance = self.instance.as_mut().expect("started");
+                instance.arm();
+                let r = match &instance.exports {
+                    Exports::Enricher(_) => Ok(()),
+                    Exports::Aggregator(b) => b
+                        .nexuspipe_plugin_aggregate()
+                        .call_process(&mut instance.store, events, *wm)
+                        .map(drop),
+                    Exports::Alerter(b) => b
+                        .nexuspipe_plugin_alerting()
+                        .call_process(&mut instance.store, events, *wm)
+                        .map(drop),
+                };
+                r.map_err(|e| PluginError::State(format!("replay failed: {}", chain(&e))))?;
+            }
+            self.replay = replay;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => tracing::info!(plugin = %self.name, replayed = self.replay.len(), "plugin instance recreated"),
+            Err(e) => {
+                tracing::error!(plugin = %self.name, error = %e, "plugin could not be recreated; circuit breaker open");
+                self.instance = None;
+                self.breaker.open = true;
+            }
+        }
+    }
+
+    /// Takes a snapshot of the plugin's state (None for enrichers), which also
+    /// becomes the recovery point.
+    pub fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, Failure> {
+        if !self.component.world.is_stateful() {
+            return Ok(None);
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            // Disabled: the last good state is what we have.
+            return Ok(self.recovery.clone());
+        };
+        let snapshot = match instance.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                let instance = self.instance.as_ref().expect("checked above");
+                return Err(self.failure(instance, &e));
+            }
+        };
+        self.recovery = snapshot.clone();
+        self.replay.clear();
+        self.replay_events = 0;
+        Ok(snapshot)
+    }
+
+    /// Restores state from a checkpoint (at start, or handed over from another version).
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let instance = self
+            .instance
+            .as_mut()
+            .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
+        match instance.restore(state) {
+            Ok(Ok(())) => {
+                self.recovery = Some(state.to_vec());
+                self.replay.clear();
+                self.replay_events = 0;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(PluginError::State(e.message)),
+            Err(e) => Err(PluginError::State(chain(&e))),
+        }
+    }
+}
+
+enum CallResult {
+    Changes(Vec<Change>),
+    Points(Vec<MetricPoint>, Vec<u32>),
+    Alerts(Vec<Alert>, Vec<u32>),
+}
+
+fn unproject(e: &mut Event, h: Hidden) {
+    if let Some(p) = h.properties {
+        e.properties = p;
+    }
+    let md = &mut e.metadata;
+    for (dst, src) in [
+        (&mut md.ip_address, h.metadata.ip_address),
+        (&mut md.user_agent, h.metadata.user_agent),
+        (&mut md.platform, h.metadata.platform),
+        (&mut md.url, h.metadata.url),
+        (&mut md.referrer, h.metadata.referrer),
+    ] {
+        if src.is_some() {
+            *dst = src;
+        }
+    }
+}
+
+fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
+    if let Some(t) = p.event_type {
+        e.event_type = t;
+    }
+    if p.user_id.is_some() {
+        e.user_id = p.user_id;
+    }
+    if p.session_id.is_some() {
+        e.session_id = p.session_id;
+    }
+    if !p.remove_properties.is_empty() {
+        e.properties.retain(|prop| !p.remove_properties.contains(&prop.key));
+    }
+    for prop in p.set_properties {
+        match e.properties.iter_mut().find(|q| q.key == prop.key) {
+            Some(q) => q.value = prop.value,
+            None => e.properties.push(prop),
+        }
+    }
+    if let Some(m) = p.metadata {
+        unproject(
+            e,
+            Hidden {
+                properties: None,
+                metadata: m,
+            },
+        );
+    }
+}
+
+/// What line protocol can carry: a measurement, at least one field, finite floats.
+fn check_point(p: &MetricPoint) -> Result<(), String> {
+    if p.measurement.is_empty() {
+        return Err("measurement is empty".into());
+    }
+    if p.fields.is_empty() {
+        return Err("a point needs at least one field".into());
+    }
+    for (k, v) in &p.fields {
+        if k.is_empty() {
+            return Err("a field key is empty".into());
+        }
+        if let Value::Float(f) = v
+            && !f.is_finite()
+        {
+            return Err(format!("field `{k}` is {f}, which line protocol cannot carry"));
+        }
+    }
+    if let Some((k, _)) = p.tags.iter().find(|(k, _)| k.is_empty()) {
+        return Err(format!("a tag key is empty (tag value `{k}`)"));
+    }
+    Ok(())
+}

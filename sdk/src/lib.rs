@@ -1,0 +1,59 @@
+//! The NexusPipe plugin SDK.
+//!
+//! A plugin is a type that implements one of [`Enricher`], [`Aggregator`] or
+//! [`Alerter`], exported with the matching macro:
+//!
+//! ```ignore
+//! use nexuspipe_sdk::prelude::*;
+//!
+//! struct Tagger;
+//!
+//! impl Enricher for Tagger {
+//!     fn init(_config: &str, _settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+//!         Ok((Tagger, Interest::all()))
+//!     }
+//!     fn process(&mut self, events: Vec<Event>) -> Vec<Change> {
+//!         (0..events.len()).map(|i| EventPatch::new(i).set("tagged", true).into()).collect()
+//!     }
+//! }
+//!
+//! nexuspipe_sdk::export_enricher!(Tagger);
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release`; test its logic
+//! natively with [`testing`]. The generated bindings live in [`wit`] and are
+//! not meant to be used directly.
+
+mod event;
+mod plugin;
+pub mod state;
+pub mod testing;
+pub mod window;
+#[doc(hidden)]
+pub mod wit;
+
+pub use event::{EventPatch, IntoValue};
+pub use plugin::{Aggregator, Alerter, Enricher, log};
+pub use state::KeyedState;
+pub use window::{SessionWindows, Sliding, Tumbling, Window, WindowStore};
+
+pub use wit::enricher::nexuspipe::plugin::types::{
+    AggregateOutput, Alert, AlertOutput, AlertStatus, Change, ConfigError, Event, HostSettings,
+    Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Severity, StateError, Value,
+};
+
+/// Everything a plugin usually needs, in one import.
+pub mod prelude {
+    pub use crate::{
+        AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change,
+        ConfigError, Enricher, Event, EventPatch, HostSettings, Interest, KeyedState, Level,
+        Metadata, MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding,
+        StateError, Tumbling, Value, Window, WindowStore,
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+    pub use crate::plugin::{restore_state, snapshot_state};
+}

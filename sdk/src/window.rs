@@ -1,0 +1,350 @@
+//! Event-time windows, as in SEMANTICS.md: half-open `[start, end)`, aligned
+//! to the Unix epoch plus an optional offset; sessions merge when they touch.
+//!
+//! [`WindowStore`] keeps per-window, per-key accumulators and applies the
+//! watermark and allowed lateness the host hands over, so a plugin only says
+//! how to add an event and what to emit.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A half-open time interval `[start, end)` in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Window {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Window {
+    pub fn contains(&self, ts: i64) -> bool {
+        self.start <= ts && ts < self.end
+    }
+}
+
+/// Start of the epoch-aligned window of `size` containing `ts`.
+fn align(ts: i64, size: i64, offset: i64) -> i64 {
+    ts - (ts - offset).rem_euclid(size)
+}
+
+/// Fixed-size, non-overlapping windows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Tumbling {
+    pub size: i64,
+    #[serde(default)]
+    pub offset: i64,
+}
+
+impl Tumbling {
+    pub fn new(size_ms: i64) -> Self {
+        assert!(size_ms > 0, "window size must be positive");
+        Tumbling {
+            size: size_ms,
+            offset: 0,
+        }
+    }
+
+    pub fn assign(&self, ts: i64) -> Window {
+        let start = align(ts, self.size, self.offset);
+        Window {
+            start,
+            end: start + self.size,
+        }
+    }
+}
+
+/// Windows of `size` starting every `slide`; each event lands in `size / slide` of them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Sliding {
+    pub size: i64,
+    pub slide: i64,
+    #[serde(default)]
+    pub offset: i64,
+}
+
+impl Sliding {
+    pub fn new(size_ms: i64, slide_ms: i64) -> Self {
+        assert!(
+            size_ms > 0 && slide_ms > 0,
+            "window size and slide must be positive"
+        );
+        Sliding {
+            size: size_ms,
+            slide: slide_ms,
+            offset: 0,
+        }
+    }
+
+    /// Every window containing `ts`, oldest first.
+    pub fn assign(&self, ts: i64) -> impl Iterator<Item = Window> + use<> {
+        let last_start = align(ts, self.slide, self.offset);
+        let size = self.size;
+        let slide = self.slide;
+        let count = (size + slide - 1) / slide;
+        (0..count).rev().filter_map(move |k| {
+            let start = last_start - k * slide;
+            let w = Window {
+                start,
+                end: start + size,
+            };
+            w.contains(ts).then_some(w)
+        })
+    }
+}
+
+/// Session windows of one key: each event opens `[ts, ts + gap)`; windows that
+/// touch or overlap merge.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionWindows {
+    /// Disjoint, sorted by start.
+    windows: Vec<Window>,
+}
+
+/// The result of adding an event to [`SessionWindows`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionUpdate {
+    /// The session the event belongs to now.
+    pub window: Window,
+    /// Sessions that were merged into `window` (and no longer exist).
+    pub merged: Vec<Window>,
+}
+
+impl SessionWindows {
+    pub fn add(&mut self, ts: i64, gap: i64) -> SessionUpdate {
+        let mut window = Window {
+            start: ts,
+            end: ts + gap,
+        };
+        let mut merged = Vec::new();
+        self.windows.retain(|w| {
+            // Touching counts: [10,15) and [15,20) merge.
+            if w.start <= window.end && window.start <= w.end {
+                window.start = window.start.min(w.start);
+                window.end = window.end.max(w.end);
+                merged.push(*w);
+                false
+            } else {
+                true
+            }
+        });
+        let pos = self.windows.partition_point(|w| w.start < window.start);
+        self.windows.insert(pos, window);
+        SessionUpdate { window, merged }
+    }
+
+    /// Removes and returns sessions that ended at or before `watermark`.
+    pub fn close(&mut self, watermark: i64) -> Vec<Window> {
+        let split = self.windows.partition_point(|w| w.end <= watermark);
+        self.windows.drain(..split).collect()
+    }
+
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slot<A> {
+    acc: A,
+    /// Changed since it was last emitted.
+    dirty: bool,
+}
+
+/// Per-window, per-key accumulators driven by the watermark.
+///
+/// - A window fires when the watermark reaches its end; every dirty key is emitted.
+/// - Until `end + allowed_lateness` a late event still updates the window, which
+///   is then emitted again with its full contents (the sink overwrites).
+/// - After that the window is freed and [`WindowStore::get_mut`] returns `None`:
+///   the caller reports the event as late.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize + Ord, A: Serialize",
+    deserialize = "K: Deserialize<'de> + Ord, A: Deserialize<'de>"
+))]
+pub struct WindowStore<K, A> {
+    // A list of pairs, not a map: JSON maps need string keys.
+    #[serde(with = "window_map")]
+    windows: BTreeMap<Window, BTreeMap<K, Slot<A>>>,
+    watermark: i64,
+    allowed_lateness: i64,
+}
+
+impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
+    pub fn new(allowed_lateness: i64) -> Self {
+        WindowStore {
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            allowed_lateness,
+        }
+    }
+
+    /// The watermark of the last [`WindowStore::advance`].
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Whether `window` no longer accepts events.
+    pub fn is_expired(&self, window: &Window) -> bool {
+        window.end.saturating_add(self.allowed_lateness) <= self.watermark
+    }
+
+    /// The accumulator of `key` in `window`, created on first use; `None` if the
+    /// window is past its allowed lateness.
+    pub fn get_mut(&mut self, window: Window, key: &K) -> Option<&mut A> {
+        if self.is_expired(&window) {
+            return None;
+        }
+        let keys = self.windows.entry(window).or_default();
+        if !keys.contains_key(key) {
+            keys.insert(
+                key.clone(),
+                Slot {
+                    acc: A::default(),
+                    dirty: true,
+                },
+            );
+        }
+        let slot = keys.get_mut(key).expect("inserted above");
+        slot.dirty = true;
+        Some(&mut slot.acc)
+    }
+
+    /// Moves event time to `watermark`: emits every fired window's changed keys
+    /// (oldest window first, keys in order) and frees expired windows.
+    pub fn advance(&mut self, watermark: i64, mut emit: impl FnMut(Window, &K, &A)) {
+        self.watermark = self.watermark.max(watermark);
+        let wm = self.watermark;
+        for (window, keys) in self.windows.range_mut(..) {
+            if window.end > wm {
+                // Later windows may still end earlier (sliding sizes differ), keep scanning.
+                continue;
+            }
+            for (key, slot) in keys.iter_mut().filter(|(_, s)| s.dirty) {
+                emit(*window, key, &slot.acc);
+                slot.dirty = false;
+            }
+        }
+        let lateness = self.allowed_lateness;
+        self.windows
+            .retain(|w, _| w.end.saturating_add(lateness) > wm);
+    }
+
+    /// Open windows and their keys, for plugins that need to look across them.
+    pub fn iter(&self) -> impl Iterator<Item = (&Window, &K, &A)> {
+        self.windows
+            .iter()
+            .flat_map(|(w, keys)| keys.iter().map(move |(k, s)| (w, k, &s.acc)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.windows.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+}
+
+mod window_map {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    type Map<K, A> = BTreeMap<Window, BTreeMap<K, Slot<A>>>;
+
+    pub fn serialize<S: Serializer, K: Serialize, A: Serialize>(
+        map: &Map<K, A>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            map.iter()
+                .map(|(w, keys)| (w, keys.iter().collect::<Vec<_>>())),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, K: Deserialize<'de> + Ord, A: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Map<K, A>, D::Error> {
+        let pairs: Vec<(Window, Vec<(K, Slot<A>)>)> = Vec::deserialize(d)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(w, keys)| (w, keys.into_iter().collect()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tumbling_is_half_open_and_epoch_aligned() {
+        let t = Tumbling::new(60_000);
+        assert_eq!(
+            t.assign(60_000),
+            Window {
+                start: 60_000,
+                end: 120_000
+            }
+        );
+        assert_eq!(t.assign(119_999).start, 60_000);
+        assert_eq!(t.assign(-1).start, -60_000);
+        let shifted = Tumbling {
+            size: 60_000,
+            offset: 15_000,
+        };
+        assert_eq!(shifted.assign(70_000).start, 15_000);
+    }
+
+    #[test]
+    fn sliding_puts_each_event_in_size_over_slide_windows() {
+        let s = Sliding::new(10, 5);
+        let ws: Vec<_> = s.assign(12).collect();
+        assert_eq!(
+            ws,
+            vec![Window { start: 5, end: 15 }, Window { start: 10, end: 20 }]
+        );
+        let ws: Vec<_> = s.assign(10).collect();
+        assert_eq!(
+            ws,
+            vec![Window { start: 5, end: 15 }, Window { start: 10, end: 20 }]
+        );
+    }
+
+    #[test]
+    fn sessions_merge_when_a_gap_is_bridged() {
+        let mut s = SessionWindows::default();
+        s.add(10, 5);
+        s.add(12, 5);
+        s.add(20, 5);
+        assert_eq!(s.windows().len(), 2);
+        let up = s.add(16, 5);
+        assert_eq!(up.window, Window { start: 10, end: 25 });
+        assert_eq!(up.merged.len(), 2);
+        assert_eq!(s.windows(), &[Window { start: 10, end: 25 }]);
+    }
+
+    #[test]
+    fn store_fires_at_end_reemits_late_updates_and_expires() {
+        let mut st: WindowStore<String, u32> = WindowStore::new(10);
+        let w = Window { start: 0, end: 100 };
+        *st.get_mut(w, &"a".into()).unwrap() += 1;
+        let mut out = Vec::new();
+        st.advance(99, |w, k, a| out.push((w.start, k.clone(), *a)));
+        assert!(out.is_empty(), "fires only when the watermark reaches the end");
+        st.advance(100, |w, k, a| out.push((w.start, k.clone(), *a)));
+        assert_eq!(out, vec![(0, "a".to_string(), 1)]);
+        // Late but within lateness: updated and emitted again in full.
+        *st.get_mut(w, &"a".into()).unwrap() += 1;
+        st.advance(105, |w, k, a| out.push((w.start, k.clone(), *a)));
+        assert_eq!(out.last(), Some(&(0, "a".to_string(), 2)));
+        st.advance(110, |_, _, _| {});
+        assert!(st.get_mut(w, &"a".into()).is_none(), "expired at end + lateness");
+        let json = serde_json::to_string(&st).unwrap();
+        let back: WindowStore<String, u32> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.watermark(), 110);
+    }
+}
