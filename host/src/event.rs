@@ -86,14 +86,21 @@ fn json_kind(v: &Json) -> &'static str {
     }
 }
 
-fn opt_string(obj: &mut Map<String, Json>, key: &str, field: &str) -> Result<Option<String>, EventError> {
+fn opt_string(
+    obj: &mut Map<String, Json>,
+    key: &str,
+    field: &str,
+) -> Result<Option<String>, EventError> {
     match obj.remove(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) if s.is_empty() => Ok(None),
         Some(Json::String(s)) => Ok(Some(s)),
         // Ids are often numeric in trackers; accept them as text.
         Some(Json::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(err(field, format!("expected a string, got {}", json_kind(&other)))),
+        Some(other) => Err(err(
+            field,
+            format!("expected a string, got {}", json_kind(&other)),
+        )),
     }
 }
 
@@ -124,14 +131,20 @@ pub fn value_to_json(v: &Value) -> Json {
 /// Builds an event from its canonical JSON object.
 pub fn from_json(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
     let Json::Object(mut obj) = v else {
-        return Err(err("", format!("an event must be a JSON object, got {}", json_kind(&v))));
+        return Err(err(
+            "",
+            format!("an event must be a JSON object, got {}", json_kind(&v)),
+        ));
     };
     let event_type = match obj.remove("event_type") {
         Some(Json::String(s)) if !s.trim().is_empty() => s,
         Some(Json::String(_)) => return Err(err("event_type", "must not be empty")),
         None | Some(Json::Null) => return Err(err("event_type", "is required")),
         Some(other) => {
-            return Err(err("event_type", format!("expected a string, got {}", json_kind(&other))));
+            return Err(err(
+                "event_type",
+                format!("expected a string, got {}", json_kind(&other)),
+            ));
         }
     };
     let timestamp = match obj.remove("timestamp") {
@@ -149,14 +162,20 @@ pub fn from_json(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
             .filter_map(|(key, v)| json_to_value(v).map(|value| Property { key, value }))
             .collect(),
         Some(other) => {
-            return Err(err("properties", format!("expected an object, got {}", json_kind(&other))));
+            return Err(err(
+                "properties",
+                format!("expected an object, got {}", json_kind(&other)),
+            ));
         }
     };
     let mut metadata = match obj.remove("metadata") {
         None | Some(Json::Null) => Map::new(),
         Some(Json::Object(m)) => m,
         Some(other) => {
-            return Err(err("metadata", format!("expected an object, got {}", json_kind(&other))));
+            return Err(err(
+                "metadata",
+                format!("expected an object, got {}", json_kind(&other)),
+            ));
         }
     };
     let mut md = Metadata {

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "nexuspipe", version, about = "Real-time event engine with WebAssembly plugins")]
+#[command(
+    name = "nexuspipe",
+    version,
+    about = "Real-time event engine with WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,7 +3,7 @@
 //! A plugin is a type that implements one of [`Enricher`], [`Aggregator`] or
 //! [`Alerter`], exported with the matching macro:
 //!
-//! ```ignore
+//! ```
 //! use nexuspipe_sdk::prelude::*;
 //!
 //! struct Tagger;
@@ -45,15 +45,15 @@ pub use wit::enricher::nexuspipe::plugin::types::{
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change,
-        ConfigError, Enricher, Event, EventPatch, HostSettings, Interest, KeyedState, Level,
-        Metadata, MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding,
-        StateError, Tumbling, Value, Window, WindowStore,
+        AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change, ConfigError,
+        Enricher, Event, EventPatch, HostSettings, Interest, KeyedState, Level, Metadata,
+        MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding, StateError,
+        Tumbling, Value, Window, WindowStore,
     };
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use serde_json;
     pub use crate::plugin::{restore_state, snapshot_state};
+    pub use serde_json;
 }

@@ -86,7 +86,9 @@ macro_rules! __plugin_slot {
         }
         fn __with_plugin<R>(f: impl FnOnce(&mut $ty) -> R) -> R {
             __NEXUSPIPE_PLUGIN.with_borrow_mut(|slot| {
-                f(slot.as_mut().expect("the host calls init before any other export"))
+                f(slot
+                    .as_mut()
+                    .expect("the host calls init before any other export"))
             })
         }
     };
@@ -96,6 +98,9 @@ macro_rules! __plugin_slot {
 #[macro_export]
 macro_rules! export_enricher {
     ($ty:ty) => {
+        // Only a component has exports; natively (tests, benches) the plugin is a
+        // plain library, and a native cdylib cannot carry WIT export names.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::wit::enricher::exports::nexuspipe::plugin::enrich::Guest;
             $crate::__plugin_slot!($ty);
@@ -122,6 +127,7 @@ macro_rules! export_enricher {
 #[macro_export]
 macro_rules! __export_stateful {
     ($ty:ty, $trait:ident, $iface:ident, $output:ty, $world:ident, $bindings:ident) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::wit::$world::exports::nexuspipe::plugin::$iface::Guest;
             $crate::__plugin_slot!($ty);
@@ -139,11 +145,18 @@ macro_rules! __export_stateful {
                     __with_plugin(|p| <$ty as $crate::$trait>::process(p, events, watermark))
                 }
                 fn snapshot() -> ::std::vec::Vec<u8> {
-                    __with_plugin(|p| $crate::__private::snapshot_state(<$ty as $crate::$trait>::state(p)))
-                }
-                fn restore(state: ::std::vec::Vec<u8>) -> ::std::result::Result<(), $crate::StateError> {
                     __with_plugin(|p| {
-                        $crate::__private::restore_state(<$ty as $crate::$trait>::state_mut(p), &state)
+                        $crate::__private::snapshot_state(<$ty as $crate::$trait>::state(p))
+                    })
+                }
+                fn restore(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<(), $crate::StateError> {
+                    __with_plugin(|p| {
+                $crate::__private::restore_state(
+                            <$ty as $crate::$trait>::state_mut(p),
+                            &state,
+                        )
                     })
                 }
             }

@@ -254,6 +254,7 @@ mod window_map {
     use serde::{Deserializer, Serializer};
 
     type Map<K, A> = BTreeMap<Window, BTreeMap<K, Slot<A>>>;
+    type Pairs<K, A> = Vec<(Window, Vec<(K, Slot<A>)>)>;
 
     pub fn serialize<S: Serializer, K: Serialize, A: Serialize>(
         map: &Map<K, A>,
@@ -265,10 +266,15 @@ mod window_map {
         )
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, K: Deserialize<'de> + Ord, A: Deserialize<'de>>(
+    pub fn deserialize<
+        'de,
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        A: Deserialize<'de>,
+    >(
         d: D,
     ) -> Result<Map<K, A>, D::Error> {
-        let pairs: Vec<(Window, Vec<(K, Slot<A>)>)> = Vec::deserialize(d)?;
+        let pairs: Pairs<K, A> = Vec::deserialize(d)?;
         Ok(pairs
             .into_iter()
             .map(|(w, keys)| (w, keys.into_iter().collect()))
@@ -334,7 +340,10 @@ mod tests {
         *st.get_mut(w, &"a".into()).unwrap() += 1;
         let mut out = Vec::new();
         st.advance(99, |w, k, a| out.push((w.start, k.clone(), *a)));
-        assert!(out.is_empty(), "fires only when the watermark reaches the end");
+        assert!(
+            out.is_empty(),
+            "fires only when the watermark reaches the end"
+        );
         st.advance(100, |w, k, a| out.push((w.start, k.clone(), *a)));
         assert_eq!(out, vec![(0, "a".to_string(), 1)]);
         // Late but within lateness: updated and emitted again in full.
@@ -342,7 +351,10 @@ mod tests {
         st.advance(105, |w, k, a| out.push((w.start, k.clone(), *a)));
         assert_eq!(out.last(), Some(&(0, "a".to_string(), 2)));
         st.advance(110, |_, _, _| {});
-        assert!(st.get_mut(w, &"a".into()).is_none(), "expired at end + lateness");
+        assert!(
+            st.get_mut(w, &"a".into()).is_none(),
+            "expired at end + lateness"
+        );
         let json = serde_json::to_string(&st).unwrap();
         let back: WindowStore<String, u32> = serde_json::from_str(&json).unwrap();
         assert_eq!(back.watermark(), 110);

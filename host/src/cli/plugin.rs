@@ -65,7 +65,8 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
 
 fn read_config(path: Option<&Path>) -> Result<String> {
     match path {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading plugin config {}", p.display())),
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading plugin config {}", p.display())),
         None => Ok(String::new()),
     }
 }
@@ -80,7 +81,9 @@ fn check(file: &Path, config: Option<&Path>) -> Result<()> {
         &file.display().to_string(),
         component.clone(),
         &config,
-        HostSettings { allowed_lateness: 0 },
+        HostSettings {
+            allowed_lateness: 0,
+        },
         Limits::default(),
         Capabilities::default(),
     )
@@ -167,10 +170,10 @@ fn run_file(args: RunArgs) -> Result<()> {
         memory_mib: args.memory_mib,
         ..Limits::default()
     };
-    let name = args
-        .file
-        .file_stem()
-        .map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = args.file.file_stem().map_or_else(
+        || "plugin".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
     let mut plugin = Plugin::new(
         &name,
         component,
@@ -181,7 +184,12 @@ fn run_file(args: RunArgs) -> Result<()> {
         limits,
         caps,
     )
-    .with_context(|| format!("plugin {name} ({}) failed to initialise", args.file.display()))?;
+    .with_context(|| {
+        format!(
+            "plugin {name} ({}) failed to initialise",
+            args.file.display()
+        )
+    })?;
     let events = read_events(&args.input)?;
     let n = events.len();
     let result = offline::run(&mut plugin, events, args.batch, args.out_of_orderness);

@@ -17,7 +17,12 @@ pub struct OfflineRun {
 
 /// Feeds `events` to `plugin` in batches of `batch_size`, the watermark
 /// trailing the highest event time by `out_of_orderness`, then flushes.
-pub fn run(plugin: &mut Plugin, events: Vec<Event>, batch_size: usize, out_of_orderness: i64) -> OfflineRun {
+pub fn run(
+    plugin: &mut Plugin,
+    events: Vec<Event>,
+    batch_size: usize,
+    out_of_orderness: i64,
+) -> OfflineRun {
     let mut wm = Watermark::new(out_of_orderness);
     let mut run = OfflineRun::default();
     let mut it = events.into_iter().peekable();

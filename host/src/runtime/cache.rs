@@ -30,9 +30,7 @@ impl ComponentCache {
         hash: &str,
         bytes: &[u8],
     ) -> Result<Component, PluginError> {
-        let path = self
-            .dir
-            .join(format!("{hash}-{}.cwasm", self.engine_key));
+        let path = self.dir.join(format!("{hash}-{}.cwasm", self.engine_key));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an engine
             // with the same compatibility hash (it is in the name), into a
@@ -43,7 +41,9 @@ impl ComponentCache {
                     tracing::debug!(path = %path.display(), "loaded compiled component from cache");
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry")
+                }
             }
         }
         let component = Component::new(engine, bytes).map_err(PluginError::compile)?;
@@ -56,9 +56,7 @@ impl ComponentCache {
 
     fn store(&self, path: &PathBuf, component: &Component) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let bytes = component
-            .serialize()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Write then rename, so a concurrent reader never sees half a file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, bytes)?;

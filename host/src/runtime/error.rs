@@ -41,6 +41,11 @@ pub(crate) fn chain(e: &wasmtime::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string();
+        // The wasm backtrace of a stripped plugin is a list of `<unknown>`
+        // frames: noise in a log line or a dead letter.
+        if s.starts_with("error while executing at wasm backtrace") {
+            continue;
+        }
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }

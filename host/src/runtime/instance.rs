@@ -160,15 +160,15 @@ impl Instance {
             .instantiate(&mut store)
             .map_err(|e| PluginError::Link(chain(&e)))?;
         let exports = match component.world {
-            World::Enricher => {
-                Exports::Enricher(enricher::Enricher::new(&mut store, &instance).map_err(PluginError::link)?)
-            }
+            World::Enricher => Exports::Enricher(
+                enricher::Enricher::new(&mut store, &instance).map_err(PluginError::link)?,
+            ),
             World::Aggregator => Exports::Aggregator(
                 aggregator::Aggregator::new(&mut store, &instance).map_err(PluginError::link)?,
             ),
-            World::Alerter => {
-                Exports::Alerter(alerter::Alerter::new(&mut store, &instance).map_err(PluginError::link)?)
-            }
+            World::Alerter => Exports::Alerter(
+                alerter::Alerter::new(&mut store, &instance).map_err(PluginError::link)?,
+            ),
         };
         Ok(Instance {
             store,
@@ -195,15 +195,18 @@ impl Instance {
     ) -> wasmtime::Result<Result<types::Interest, types::ConfigError>> {
         self.arm();
         match &self.exports {
-            Exports::Enricher(b) => b
-                .nexuspipe_plugin_enrich()
-                .call_init(&mut self.store, config, settings),
-            Exports::Aggregator(b) => b
-                .nexuspipe_plugin_aggregate()
-                .call_init(&mut self.store, config, settings),
-            Exports::Alerter(b) => b
-                .nexuspipe_plugin_alerting()
-                .call_init(&mut self.store, config, settings),
+            Exports::Enricher(b) => {
+                b.nexuspipe_plugin_enrich()
+                    .call_init(&mut self.store, config, settings)
+            }
+            Exports::Aggregator(b) => {
+                b.nexuspipe_plugin_aggregate()
+                    .call_init(&mut self.store, config, settings)
+            }
+            Exports::Alerter(b) => {
+                b.nexuspipe_plugin_alerting()
+                    .call_init(&mut self.store, config, settings)
+            }
         }
     }
 
@@ -212,17 +215,30 @@ impl Instance {
         self.arm();
         match &self.exports {
             Exports::Enricher(_) => Ok(None),
-            Exports::Aggregator(b) => b.nexuspipe_plugin_aggregate().call_snapshot(&mut self.store).map(Some),
-            Exports::Alerter(b) => b.nexuspipe_plugin_alerting().call_snapshot(&mut self.store).map(Some),
+            Exports::Aggregator(b) => b
+                .nexuspipe_plugin_aggregate()
+                .call_snapshot(&mut self.store)
+                .map(Some),
+            Exports::Alerter(b) => b
+                .nexuspipe_plugin_alerting()
+                .call_snapshot(&mut self.store)
+                .map(Some),
         }
     }
 
-    pub(crate) fn restore(&mut self, state: &[u8]) -> wasmtime::Result<Result<(), types::StateError>> {
+    pub(crate) fn restore(
+        &mut self,
+        state: &[u8],
+    ) -> wasmtime::Result<Result<(), types::StateError>> {
         self.arm();
         match &self.exports {
             Exports::Enricher(_) => Ok(Ok(())),
-            Exports::Aggregator(b) => b.nexuspipe_plugin_aggregate().call_restore(&mut self.store, state),
-            Exports::Alerter(b) => b.nexuspipe_plugin_alerting().call_restore(&mut self.store, state),
+            Exports::Aggregator(b) => b
+                .nexuspipe_plugin_aggregate()
+                .call_restore(&mut self.store, state),
+            Exports::Alerter(b) => b
+                .nexuspipe_plugin_alerting()
+                .call_restore(&mut self.store, state),
         }
     }
 }

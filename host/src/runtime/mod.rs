@@ -16,7 +16,9 @@ pub use bindings::types::{
 pub use error::PluginError;
 pub use instance::PluginState;
 pub use limits::{Capabilities, DirGrant, Limits};
-pub use supervisor::{BreakerState, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats};
+pub use supervisor::{
+    BreakerState, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
+};
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -80,6 +82,8 @@ pub struct PluginComponent {
     /// Every export of the component, for diagnostics.
     pub exports: Vec<String>,
     pub(crate) pre: InstancePre<PluginState>,
+    /// Deadlines need the epoch to keep ticking as long as any plugin lives.
+    _ticker: Arc<EpochTicker>,
 }
 
 impl PluginComponent {
@@ -182,6 +186,7 @@ impl Runtime {
             hash,
             exports,
             pre,
+            _ticker: self._ticker.clone(),
         })
     }
 }

@@ -307,7 +307,7 @@ impl Plugin {
             let all = std::mem::take(&mut e.properties);
             e.properties = all
                 .iter()
-                .filter(|p| keys.iter().any(|k| *k == p.key))
+                .filter(|p| keys.contains(&p.key))
                 .cloned()
                 .collect();
             all
@@ -315,7 +315,11 @@ impl Plugin {
         let want = self.interest.metadata;
         let md = &mut e.metadata;
         let hide = |flag: MetadataFields, field: &mut Option<String>| {
-            if want.contains(flag) { None } else { field.take() }
+            if want.contains(flag) {
+                None
+            } else {
+                field.take()
+            }
         };
         let metadata = Metadata {
             ip_address: hide(MetadataFields::IP_ADDRESS, &mut md.ip_address),
@@ -362,7 +366,8 @@ impl Plugin {
         let text = chain(e);
         let kind = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
-            _ if text.contains("forcing a memory growth failure") => FailureKind::MemoryCap,
+            // StoreLimits' trap_on_grow_failure wording.
+            _ if text.contains("forcing trap when growing memory") => FailureKind::MemoryCap,
             _ => FailureKind::Trap,
         };
         let mut message = match kind {
@@ -453,7 +458,13 @@ impl Plugin {
         Ok(r)
     }
 
-    fn apply(&mut self, r: CallResult, batch: &mut Vec<Event>, wanted: &[usize], out: &mut PluginOutput) {
+    fn apply(
+        &mut self,
+        r: CallResult,
+        batch: &mut Vec<Event>,
+        wanted: &[usize],
+        out: &mut PluginOutput,
+    ) {
         match r {
             CallResult::Changes(changes) => {
                 let mut dropped = vec![false; batch.len()];
@@ -477,7 +488,8 @@ impl Plugin {
                         !dropped[k - 1]
                     });
                 }
-                self.stats.events_out += (wanted.len() - dropped.iter().filter(|&&d| d).count() + emitted.len()) as u64;
+                self.stats.events_out +=
+                    (wanted.len() - dropped.iter().filter(|&&d| d).count() + emitted.len()) as u64;
                 batch.extend(emitted);
             }
             CallResult::Points(points, late) => {
@@ -493,7 +505,13 @@ impl Plugin {
         }
     }
 
-    fn collect_late(&mut self, batch: &[Event], wanted: &[usize], late: &[u32], out: &mut PluginOutput) {
+    fn collect_late(
+        &mut self,
+        batch: &[Event],
+        wanted: &[usize],
+        late: &[u32],
+        out: &mut PluginOutput,
+    ) {
         self.stats.late += late.len() as u64;
         out.late.extend(
             late.iter()
@@ -504,7 +522,14 @@ impl Plugin {
     /// Sends the wanted events of a batch to the dead-letter output. An
     /// enricher's failed events leave the stream (they were not enriched);
     /// other plugins only observe the stream, so it continues unchanged.
-    fn reject(&mut self, batch: &mut Vec<Event>, wanted: &[usize], kind: FailureKind, error: String, out: &mut PluginOutput) {
+    fn reject(
+        &mut self,
+        batch: &mut Vec<Event>,
+        wanted: &[usize],
+        kind: FailureKind,
+        error: String,
+        out: &mut PluginOutput,
+    ) {
         if wanted.is_empty() {
             return;
         }
@@ -577,7 +602,9 @@ impl Plugin {
             Ok(())
         })();
         match result {
-            Ok(()) => tracing::info!(plugin = %self.name, replayed = self.replay.len(), "plugin instance recreated"),
+            Ok(()) => {
+                tracing::info!(plugin = %self.name, replayed = self.replay.len(), "plugin instance recreated")
+            }
             Err(e) => {
                 tracing::error!(plugin = %self.name, error = %e, "plugin could not be recreated; circuit breaker open");
                 self.instance = None;
@@ -663,7 +690,8 @@ fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
         e.session_id = p.session_id;
     }
     if !p.remove_properties.is_empty() {
-        e.properties.retain(|prop| !p.remove_properties.contains(&prop.key));
+        e.properties
+            .retain(|prop| !p.remove_properties.contains(&prop.key));
     }
     for prop in p.set_properties {
         match e.properties.iter_mut().find(|q| q.key == prop.key) {
@@ -697,7 +725,9 @@ fn check_point(p: &MetricPoint) -> Result<(), String> {
         if let Value::Float(f) = v
             && !f.is_finite()
         {
-            return Err(format!("field `{k}` is {f}, which line protocol cannot carry"));
+            return Err(format!(
+                "field `{k}` is {f}, which line protocol cannot carry"
+            ));
         }
     }
     if let Some((k, _)) = p.tags.iter().find(|(k, _)| k.is_empty()) {

@@ -28,7 +28,10 @@ impl AppendFile {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.out = Some(BufWriter::new(f));
         }
         Ok(self.out.as_mut().expect("opened above"))

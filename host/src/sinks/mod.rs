@@ -5,8 +5,8 @@ pub mod files;
 pub mod lineproto;
 
 use crate::event::{format_timestamp, to_json, value_to_json};
-use crate::runtime::{Alert, AlertStatus, MetricPoint, Severity};
 use crate::runtime::DeadLetter;
+use crate::runtime::{Alert, AlertStatus, MetricPoint, Severity};
 use serde_json::{Map, Value as Json, json};
 
 /// An alert as a JSON record (`alerts.jsonl`, `plugin run`).

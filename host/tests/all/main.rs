@@ -1,1 +1,7 @@
+//! All integration tests of the host, in one binary (one link, fast CI).
 
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod isolation;

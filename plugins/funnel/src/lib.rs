@@ -18,13 +18,19 @@ impl Aggregator for Funnel {
             window: Tumbling::new(60_000),
             state: WindowStore::new(settings.allowed_lateness),
         };
-        Ok((funnel, Interest::all().with_properties(Vec::<String>::new())))
+        Ok((
+            funnel,
+            Interest::all().with_properties(Vec::<String>::new()),
+        ))
     }
 
     fn process(&mut self, events: Vec<Event>, watermark: i64) -> AggregateOutput {
         let mut late = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            match self.state.get_mut(self.window.assign(e.timestamp), &e.event_type) {
+            match self
+                .state
+                .get_mut(self.window.assign(e.timestamp), &e.event_type)
+            {
                 Some(count) => *count += 1,
                 None => late.push(i as u32),
             }

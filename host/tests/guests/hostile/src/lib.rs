@@ -10,7 +10,10 @@ pub struct Hostile;
 impl Enricher for Hostile {
     fn init(config: &str, _settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
         if config.trim() == "reject" {
-            return Err(ConfigError::at("mode", "this config is rejected on purpose"));
+            return Err(ConfigError::at(
+                "mode",
+                "this config is rejected on purpose",
+            ));
         }
         Ok((Hostile, Interest::all()))
     }

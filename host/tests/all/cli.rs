@@ -1,0 +1,182 @@
+//! The plugin author's tools, through the real binary.
+
+use crate::support::{event_json, guest, parse_ndjson, write_ndjson};
+use serde_json::json;
+use std::process::{Command, Output};
+
+fn nexuspipe(args: &[&str], cwd: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NEXUSPIPE_CACHE_DIR", cwd.join("cache"))
+        .output()
+        .expect("running nexuspipe")
+}
+
+#[test]
+fn plugin_run_enriches_ndjson() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    write_ndjson(
+        &input,
+        &[
+            event_json(
+                "page_view",
+                1000,
+                json!({"event_id": "e1", "user_id": "u1", "properties": {"path": "/a"}}),
+            ),
+            event_json(
+                "click",
+                2000,
+                json!({"event_id": "e2", "metadata": {"ip_address": "10.1.2.3"}}),
+            ),
+        ],
+    );
+    let plugin = guest("hostile");
+    let out = nexuspipe(
+        &[
+            "plugin",
+            "run",
+            plugin.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = parse_ndjson(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(
+        lines,
+        vec![
+            json!({"event_id": "e1", "event_type": "page_view", "timestamp": 1000, "user_id": "u1",
+                   "properties": {"path": "/a", "seen": true}, "metadata": {}}),
+            json!({"event_id": "e2", "event_type": "click", "timestamp": 2000,
+                   "properties": {"seen": true}, "metadata": {"ip_address": "10.1.2.3"}}),
+        ]
+    );
+}
+
+#[test]
+fn plugin_run_writes_failed_batches_to_the_dead_letter_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    write_ndjson(
+        &input,
+        &[
+            event_json("ok", 1, json!({"event_id": "a"})),
+            event_json("trap", 2, json!({"event_id": "b"})),
+        ],
+    );
+    let plugin = guest("hostile");
+    let out = nexuspipe(
+        &[
+            "plugin",
+            "run",
+            plugin.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--data-dir",
+            "data",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "the host survives: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "nothing passed the failed enricher");
+    let dead =
+        parse_ndjson(&std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap());
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["plugin"], "hostile");
+    assert_eq!(dead[0]["kind"], "trap");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("told to trap by event b")
+    );
+    let ids: Vec<&str> = dead[0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[test]
+fn plugin_check_reports_world_interest_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = guest("alerts");
+    let out = nexuspipe(&["plugin", "check", plugin.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["world"], "alerter");
+    assert_eq!(
+        report["exports"],
+        json!(["nexuspipe:plugin/alerting@0.1.0"])
+    );
+    assert_eq!(report["version"].as_str().unwrap().len(), 64);
+    assert!(report["interest"]["event_types"].is_array());
+}
+
+#[test]
+fn plugin_check_refuses_non_wasm_and_unknown_worlds() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "just text").unwrap();
+    let out = nexuspipe(&["plugin", "check", text.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("notes.wasm is not a usable plugin"), "{err}");
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+
+    let cmd = guest("not-a-plugin");
+    let out = nexuspipe(&["plugin", "check", cmd.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("implements no NexusPipe world"), "{err}");
+    assert!(
+        err.contains("`nexuspipe:plugin/aggregate@0.1.0` (aggregator)"),
+        "{err}"
+    );
+    assert!(err.contains("wasi:cli/run"), "{err}");
+}
+
+#[test]
+fn plugin_run_reports_bad_input_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"event_type\":\"a\",\"timestamp\":1}\n{\"timestamp\":2}\n",
+    )
+    .unwrap();
+    let plugin = guest("hostile");
+    let out = nexuspipe(
+        &[
+            "plugin",
+            "run",
+            plugin.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in.ndjson:2: invalid event: event_type: is required"),
+        "{err}"
+    );
+}
