@@ -4,7 +4,10 @@
 //! - [`event`] is the canonical event and its JSON form.
 //! - [`sinks`] turn plugin outputs into line protocol, alert records and dead letters.
 
+pub mod api;
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod runtime;
 pub mod sinks;
+pub mod telemetry;

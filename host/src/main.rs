@@ -18,9 +18,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the engine: HTTP ingest, the plugin pipeline, outputs in the data dir.
+    Run {
+        /// Config file (TOML); without it, the embedded default.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Generate reproducible website traffic (load tests, demos).
+    Gen(cli::loadgen::GenArgs),
+    /// Validate configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Work with plugin components offline.
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file and the plugins it names, without starting.
+    Check { file: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +51,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => cli::run::run(config.as_deref()),
+        Command::Config(ConfigCommand::Check { file }) => cli::run::check(&file),
+        Command::Gen(args) => cli::loadgen::run(args),
         Command::Plugin(cmd) => cli::plugin::run(cmd),
     };
     match result {

@@ -153,14 +153,14 @@ macro_rules! __export_stateful {
                     state: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<(), $crate::StateError> {
                     __with_plugin(|p| {
-                $crate::__private::restore_state(
+                        $crate::__private::restore_state(
                             <$ty as $crate::$trait>::state_mut(p),
                             &state,
                         )
                     })
                 }
             }
-            $crate::wit::$world::$bindings!(__Export with_types_in $crate::wit::$world);
+    $crate::wit::$world::$bindings!(__Export with_types_in $crate::wit::$world);
         };
     };
 }

@@ -1,4 +1,6 @@
 //! Subcommands of the `nexuspipe` binary. Errors get their context (which
 //! file, which plugin) here, at the edge.
 
+pub mod loadgen;
 pub mod plugin;
+pub mod run;

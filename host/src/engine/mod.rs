@@ -1,6 +1,9 @@
 //! Event time and the pipeline of plugins.
 
+pub mod checkpoint;
 pub mod offline;
+pub mod pipeline;
 pub mod watermark;
 
+pub use pipeline::{Engine, EngineHandle, EngineSettings, QueueFull};
 pub use watermark::Watermark;

@@ -79,6 +79,8 @@ pub struct PluginStats {
     pub last_error: Option<String>,
     /// Total time inside the plugin.
     pub busy: Duration,
+    /// Time per call.
+    pub latency: crate::telemetry::Histogram,
 }
 
 struct Breaker {
@@ -259,7 +261,9 @@ impl Plugin {
         let hidden: Vec<Hidden> = sub.iter_mut().map(|e| self.project(e)).collect();
         let started = Instant::now();
         let result = self.call(&sub, watermark);
-        self.stats.busy += started.elapsed();
+        let took = started.elapsed();
+        self.stats.busy += took;
+        self.stats.latency.record(took);
         self.stats.calls += 1;
         self.stats.events_in += sub.len() as u64;
         let replay_copy = match &result {

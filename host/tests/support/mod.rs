@@ -53,16 +53,24 @@ pub fn guest(krate: &str) -> PathBuf {
             .status()
             .expect("running cargo to build the test guests");
         assert!(status.success(), "building the test guests failed");
-        target_dir.join("wasm32-wasip2/plugin")
+        // Copy under the crate names (cargo writes `enrich_geo.wasm`), as
+        // `make plugins` does, so the dir works as a plugin dir.
+        let built = target_dir.join("wasm32-wasip2/plugin");
+        let out = target_dir.join("components");
+        std::fs::create_dir_all(&out).unwrap();
+        for g in GUESTS {
+            let src = built.join(format!("{}.wasm", g.replace('-', "_")));
+            let src = if src.exists() {
+                src
+            } else {
+                built.join(format!("{g}.wasm"))
+            };
+            std::fs::copy(&src, out.join(format!("{g}.wasm")))
+                .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+        }
+        out
     });
-    let path = dir.join(format!("{}.wasm", krate.replace('-', "_")));
-    let path = if path.exists() {
-        path
-    } else {
-        dir.join(format!("{krate}.wasm"))
-    };
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    dir.join(format!("{krate}.wasm"))
 }
 
 /// A canonical JSON event line.
@@ -90,4 +98,213 @@ pub fn parse_ndjson(text: &str) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
         .collect()
+}
+
+/// A `nexuspipe run` process on a free loopback port, with its own data dir.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    config: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts the server with `[http] listen` and `[engine] data_dir` set,
+    /// plus the given config body; waits until `/readyz` answers 200.
+    pub fn start(config: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Server {
+        let port = free_port();
+        let mut s = Server {
+            child: Self::spawn(dir.path(), port, config),
+            port,
+            dir,
+            config: config.to_string(),
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(dir: &Path, port: u16, config: &str) -> std::process::Child {
+        // `listen` and `data_dir` are merged into the caller's [http]/[engine] tables.
+        let mut text = config.to_string();
+        let http = format!("listen = \"127.0.0.1:{port}\"\n");
+        let data = format!("data_dir = {:?}\n", dir.join("data").display().to_string());
+        for (table, line) in [("[http]\n", http), ("[engine]\n", data)] {
+            if let Some(i) = text.find(table) {
+                text.insert_str(i + table.len(), &line);
+            } else {
+                text = format!("{table}{line}{text}");
+            }
+        }
+        let path = dir.join("nexuspipe.toml");
+        std::fs::write(&path, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env(
+                "NEXUSPIPE_CACHE_DIR",
+                workspace_root().join("target/test-cache"),
+            )
+            .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
+            .spawn()
+            .expect("starting nexuspipe run")
+    }
+
+    fn wait_ready(&mut self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("server exited early ({status}): {}", self.log());
+            }
+            if let Ok(r) = ureq::get(&self.url("/readyz")).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "server not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn data(&self, file: &str) -> PathBuf {
+        self.dir.path().join("data").join(file)
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.data(file)).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Posts a JSON body to `/v1/events`; returns status and body.
+    pub fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(
+            "/v1/events",
+            "application/json",
+            body.to_string().as_bytes(),
+            None,
+        )
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        encoding: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = ureq::post(&self.url(path)).set("Content-Type", content_type);
+        if let Some(e) = encoding {
+            req = req.set("Content-Encoding", e);
+        }
+        let (status, resp) = match req.send_bytes(body) {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(code, r)) => (code, r),
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let retry_after = resp.header("Retry-After").map(str::to_string);
+        let text = resp.into_string().unwrap_or_default();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::json!({"raw": text}));
+        if let Some(r) = retry_after {
+            v["retry_after_header"] = serde_json::json!(r);
+        }
+        (status, v)
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = ureq::get(&self.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// Stops (SIGTERM) and starts again on the same data dir and config.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "clean exit on SIGTERM: {status}: {}",
+            self.log()
+        );
+        self.port = free_port();
+        self.child = Self::spawn(self.dir.path(), self.port, &self.config);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the test guests are, for `NEXUSPIPE_PLUGIN_DIR` and configs.
+pub fn plugin_dir() -> PathBuf {
+    guest("funnel").parent().unwrap().to_path_buf()
+}
+
+/// Polls `cond` until it holds or `secs` pass; panics with `what` otherwise.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// Final values of line-protocol points: the last line per (series, timestamp)
+/// wins, as in InfluxDB.
+pub fn final_points(lp: &str) -> std::collections::BTreeMap<(String, i64), String> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in lp.lines().filter(|l| !l.is_empty()) {
+        let (rest, ts) = line.rsplit_once(' ').unwrap();
+        let (series, fields) = rest.split_once(' ').unwrap();
+        out.insert(
+            (series.to_string(), ts.parse().unwrap()),
+            fields.to_string(),
+        );
+    }
+    out
 }

@@ -1,6 +1,7 @@
-//! A counting aggregator for the host's recovery tests: `count` per event
-//! type per 1-minute window, except that an event of type `trap` panics.
-//! Its state must survive the panic (the host replays from a snapshot).
+//! A counting aggregator for the host's tests: `counts,event_type=<t> count=<n>i`
+//! per tumbling window (1 minute, or `{"window_ms": N}` in the config), except
+//! that an event of type `trap` panics. Its state must survive the panic (the
+//! host replays from a snapshot) and restarts (checkpoints).
 
 use nexuspipe_sdk::prelude::*;
 
@@ -12,10 +13,18 @@ pub struct Counter {
 impl Aggregator for Counter {
     type State = WindowStore<String, i64>;
 
-    fn init(_config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+    fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+        let mut window_ms = 60_000;
+        if !config.trim().is_empty() {
+            let v: serde_json::Value = serde_json::from_str(config).map_err(ConfigError::parse)?;
+            window_ms = v["window_ms"]
+                .as_i64()
+                .filter(|w| *w > 0)
+                .ok_or_else(|| ConfigError::at("window_ms", "must be a positive integer"))?;
+        }
         Ok((
             Counter {
-                window: Tumbling::new(60_000),
+                window: Tumbling::new(window_ms),
                 state: WindowStore::new(settings.allowed_lateness),
             },
             Interest::all(),

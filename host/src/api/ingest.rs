@@ -1,0 +1,256 @@
+//! `POST /v1/events`: one JSON event, a JSON array, or NDJSON; optionally gzip.
+//! Answers 202 once the events are in the engine's queue.
+
+use super::{ApiState, error};
+use crate::event::{EventDefaults, EventError, from_json, now_ms};
+use crate::runtime::Event;
+use crate::telemetry::RejectReason;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value as Json, json};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct IngestParams {
+    /// Accept the valid events of a batch and report the rejected ones.
+    #[serde(default)]
+    pub(super) partial: bool,
+}
+
+/// One rejected event of a batch.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct Rejected {
+    /// Position in the batch (array index, or NDJSON line - 1).
+    pub index: usize,
+    /// NDJSON line number (1-based), for NDJSON bodies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+/// Reads the body under the size limit, decompressing gzip. The limit applies
+/// to the decompressed size too, so a small gzip bomb is still refused.
+pub(super) async fn read_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Response> {
+    let limit = state.max_body;
+    let too_large = |state: &ApiState| {
+        state.metrics.reject(RejectReason::BodyTooLarge, 1);
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (http.max_body)"),
+            json!({}),
+        )
+    };
+    let raw = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(state))?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(raw),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            if let Err(e) = dec.read_to_end(&mut out) {
+                state.metrics.reject(RejectReason::BadEncoding, 1);
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not valid gzip: {e}"),
+                    json!({}),
+                ));
+            }
+            if out.len() > limit {
+                return Err(too_large(state));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => {
+            state.metrics.reject(RejectReason::BadEncoding, 1);
+            Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{other}` is not supported (use gzip or none)"),
+                json!({}),
+            ))
+        }
+    }
+}
+
+pub(super) fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("application/x-ndjson")
+                || ct.starts_with("application/jsonl")
+                || ct.starts_with("application/ndjson")
+        })
+}
+
+/// Splits a body into JSON values with their position; malformed JSON is an
+/// error naming the line (NDJSON) or the byte offset.
+pub(super) fn split_body(
+    body: &[u8],
+    ndjson: bool,
+) -> Result<Vec<(usize, Option<usize>, Json)>, String> {
+    if ndjson {
+        let mut out = Vec::new();
+        for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let v: Json = serde_json::from_slice(line)
+                .map_err(|e| format!("line {}: malformed JSON: {e}", i + 1))?;
+            out.push((out.len(), Some(i + 1), v));
+        }
+        return Ok(out);
+    }
+    let v: Json = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(match v {
+        Json::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i, None, v))
+            .collect(),
+        other => vec![(0, None, other)],
+    })
+}
+
+pub(super) struct RequestDefaults {
+    pub ip: String,
+    pub user_agent: Option<String>,
+}
+
+impl RequestDefaults {
+    pub fn new(peer: SocketAddr, headers: &HeaderMap) -> Self {
+        RequestDefaults {
+            ip: peer.ip().to_string(),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+
+    pub fn event_defaults(&self) -> EventDefaults<'_> {
+        EventDefaults {
+            now_ms: now_ms(),
+            ip_address: Some(&self.ip),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
+/// Validates, then enqueues; shared by both ingest routes.
+pub(super) fn accept(
+    state: &ApiState,
+    received: Instant,
+    items: Vec<(usize, Option<usize>, Json)>,
+    partial: bool,
+    convert: impl Fn(Json) -> Result<Event, EventError>,
+) -> Response {
+    let m = &state.metrics;
+    m.events_received
+        .fetch_add(items.len() as u64, Ordering::Relaxed);
+    let mut events = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, line, v) in items {
+        match convert(v) {
+            Ok(e) => events.push(e),
+            Err(e) => rejected.push(Rejected {
+                index,
+                line,
+                field: e.field,
+                message: e.message,
+            }),
+        }
+    }
+    if !rejected.is_empty() && (!partial || events.is_empty()) {
+        let total = events.len() + rejected.len();
+        m.reject(RejectReason::InvalidEvent, total as u64);
+        let first = &rejected[0];
+        let at = match first.line {
+            Some(l) => format!("line {l}"),
+            None => format!("event {}", first.index),
+        };
+        let field = if first.field.is_empty() {
+            String::new()
+        } else {
+            format!(" field `{}`", first.field)
+        };
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{at}{field}: {}{}",
+                first.message,
+                if partial {
+                    ""
+                } else {
+                    " (the whole batch was rejected; use ?partial=true to accept the valid events)"
+                }
+            ),
+            json!({ "rejected": rejected }),
+        );
+    }
+    if events.is_empty() {
+        return (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": 0 }))).into_response();
+    }
+    m.reject(RejectReason::InvalidEvent, rejected.len() as u64);
+    let n = events.len();
+    if let Err(full) = state.engine.submit(events, received) {
+        m.reject(RejectReason::QueueFull, n as u64);
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{full}; retry later"),
+            json!({}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    }
+    m.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
+    let mut body = json!({ "accepted": n });
+    if !rejected.is_empty() {
+        body["rejected"] = json!(rejected);
+    }
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+pub(super) async fn post_events(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    let bytes = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let items = match split_body(&bytes, is_ndjson(&headers)) {
+        Ok(items) => items,
+        Err(msg) => {
+            state.metrics.reject(RejectReason::MalformedJson, 1);
+            return error(StatusCode::BAD_REQUEST, msg, json!({}));
+        }
+    };
+    let defaults = RequestDefaults::new(peer, &headers);
+    let d = defaults.event_defaults();
+    accept(&state, received, items, params.partial, |v| {
+        from_json(v, &d)
+    })
+}

@@ -1,0 +1,89 @@
+//! The HTTP API: event ingest, health, metrics. Built on axum (hyper).
+
+mod ingest;
+mod legacy;
+
+use crate::engine::EngineHandle;
+use crate::telemetry::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub max_body: usize,
+    /// False while starting and once shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router with every route and the CORS layer.
+pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/event", post(legacy::post_event))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(cors(cors_origins))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .max_age(std::time::Duration::from_secs(86_400))
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let ready = s.ready.load(Ordering::Relaxed);
+    let room = s.engine.has_room();
+    let body = serde_json::json!({
+        "ready": ready && room,
+        "accepting": ready,
+        "queue_has_room": room,
+        "queue_depth": s.metrics.queue_depth.load(Ordering::Relaxed),
+        "plugins": *s.metrics.plugins.lock().expect("metrics lock"),
+    });
+    let status = if ready && room {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A JSON error answer: `{"error": "...", ...extra}`.
+pub(crate) fn error(
+    status: StatusCode,
+    message: impl Into<String>,
+    extra: serde_json::Value,
+) -> Response {
+    let mut body = serde_json::json!({ "error": message.into() });
+    if let (Some(obj), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    (status, axum::Json(body)).into_response()
+}

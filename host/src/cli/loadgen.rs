@@ -1,0 +1,328 @@
+//! `nexuspipe gen`: reproducible website traffic for load tests and demos.
+//!
+//! Users browse in sessions (page views, product views, clicks), some add to
+//! cart and buy (amount, currency), some fail to log in (bursts from one IP,
+//! sometimes followed by a success). About 2% of events arrive out of order
+//! (a few seconds old). With `--seed`, the same events every time.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value as Json, json};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Events per second to send (0: as fast as the server accepts).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// How long to send, e.g. `30s`, `2m`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Where to send: `http://host:port` (posts to /v1/events).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub target: String,
+    /// Seed of the traffic; the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Events per request (1: single-event posts).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Event time of the first event (ms since the epoch); default: now.
+    #[arg(long)]
+    pub start_ms: Option<i64>,
+    /// Write the generated events to this NDJSON file instead of sending them.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+const PAGES: [&str; 8] = [
+    "/",
+    "/home",
+    "/search",
+    "/category/shoes",
+    "/category/bags",
+    "/about",
+    "/cart",
+    "/checkout",
+];
+const AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+];
+const REFERRERS: [&str; 5] = [
+    "https://www.google.com/",
+    "https://t.co/x",
+    "",
+    "https://news.example/",
+    "https://shop.example/home",
+];
+const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
+
+/// A deterministic traffic source.
+pub struct Traffic {
+    rng: fastrand::Rng,
+    clock: i64,
+    step_ms: i64,
+    queue: std::collections::VecDeque<Json>,
+    next_id: u64,
+}
+
+impl Traffic {
+    /// `rate` events per second of event time, starting at `start_ms`.
+    pub fn new(seed: u64, start_ms: i64, rate: u64) -> Self {
+        Traffic {
+            rng: fastrand::Rng::with_seed(seed),
+            clock: start_ms,
+            step_ms: (1000 / rate.max(1) as i64).max(0),
+            queue: Default::default(),
+            next_id: 0,
+        }
+    }
+
+    fn ip(&mut self) -> String {
+        format!("203.0.{}.{}", self.rng.u8(0..=255), self.rng.u8(1..=254))
+    }
+
+    /// Queues one user session (or a login burst).
+    fn session(&mut self) {
+        let r = &mut self.rng;
+        let user = format!("user-{}", r.u32(0..50_000));
+        let session = format!("s-{:x}", r.u64(..));
+        let ua = AGENTS[r.usize(..AGENTS.len())];
+        let referrer = REFERRERS[r.usize(..REFERRERS.len())];
+        let ip = self.ip();
+        let r = &mut self.rng;
+        let meta = |url: &str| json!({"ip_address": ip, "user_agent": ua, "url": format!("https://shop.example{url}"), "referrer": referrer, "platform": "web"});
+        let kind = r.u8(0..100);
+        if kind < 4 {
+            // A failed-login burst from one IP, sometimes ending in a success.
+            let n = r.usize(3..12);
+            for _ in 0..n {
+                self.queue.push_back(json!({"event_type": "login_failed", "user_id": user, "session_id": session, "properties": {"reason": "bad_password"}, "metadata": meta("/login")}));
+            }
+            if r.bool() {
+                self.queue.push_back(json!({"event_type": "login_success", "user_id": user, "session_id": session, "metadata": meta("/login")}));
+            }
+            return;
+        }
+        for _ in 0..r.usize(1..6) {
+            let page = PAGES[r.usize(..PAGES.len())];
+            self.queue.push_back(json!({"event_type": "page_view", "user_id": user, "session_id": session, "properties": {"path": page}, "metadata": meta(page)}));
+            if r.u8(0..100) < 40 {
+                self.queue.push_back(json!({"event_type": "click", "user_id": user, "session_id": session, "properties": {"path": page, "element": format!("btn-{}", r.u8(0..20))}, "metadata": meta(page)}));
+            }
+        }
+        let product = format!("sku-{:04}", r.u16(0..500));
+        self.queue.push_back(json!({"event_type": "product_view", "user_id": user, "session_id": session, "properties": {"product_id": product}, "metadata": meta(&format!("/products/{product}"))}));
+        if r.u8(0..100) < 30 {
+            self.queue.push_back(json!({"event_type": "add_to_cart", "user_id": user, "session_id": session, "properties": {"product_id": product, "quantity": r.i64(1..4)}, "metadata": meta(&format!("/products/{product}"))}));
+            if r.u8(0..100) < 50 {
+                let amount = (r.f64() * 200.0 * 100.0).round() / 100.0 + 5.0;
+                let currency = CURRENCIES[r.usize(..CURRENCIES.len())];
+                self.queue.push_back(json!({"event_type": "purchase", "user_id": user, "session_id": session, "properties": {"amount": amount, "currency": currency, "product_id": product}, "metadata": meta("/checkout")}));
+            }
+        }
+    }
+
+    /// The next event, with its id and event time.
+    pub fn next_event(&mut self) -> Json {
+        while self.queue.is_empty() {
+            self.session();
+        }
+        let mut e = self.queue.pop_front().expect("filled above");
+        self.clock += self.step_ms;
+        // ~2% out of order, up to 4 s late (within the default 5 s bound).
+        let ts = if self.rng.u8(0..100) < 2 {
+            self.clock - self.rng.i64(500..4_000)
+        } else {
+            self.clock
+        };
+        self.next_id += 1;
+        e["event_id"] = json!(format!("gen-{:016x}", self.next_id));
+        e["timestamp"] = json!(ts);
+        e
+    }
+}
+
+/// Sends traffic and reports what the server accepted.
+pub fn run(args: GenArgs) -> Result<()> {
+    let start_ms = args.start_ms.unwrap_or_else(nexuspipe::event::now_ms);
+    let mut traffic = Traffic::new(args.seed, start_ms, args.rate.max(1));
+    if let Some(path) = &args.output {
+        let total = (args.rate as f64 * args.duration.as_secs_f64()) as u64;
+        let mut s = String::new();
+        for _ in 0..total {
+            s.push_str(&traffic.next_event().to_string());
+            s.push('\n');
+        }
+        std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "{{\"written\": {total}, \"file\": {:?}}}",
+            path.display().to_string()
+        );
+        return Ok(());
+    }
+    let url = format!("{}/v1/events", args.target.trim_end_matches('/'));
+    if !url.starts_with("http://") {
+        bail!(
+            "--target {}: only http:// targets are supported",
+            args.target
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(send(args, url, traffic))
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    accepted: u64,
+    throttled: u64,
+    failed: u64,
+    latencies: Vec<Duration>,
+}
+
+async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let batch = args.batch.max(1);
+    let (tx, rx) = async_channel(args.connections * 4);
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    // Producer: paces requests to the rate, in event order.
+    let producer = {
+        let rate = args.rate;
+        tokio::spawn(async move {
+            let mut sent_events = 0u64;
+            while Instant::now() < deadline {
+                if rate > 0 {
+                    let due = started + Duration::from_secs_f64(sent_events as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                let events: Vec<Json> = (0..batch).map(|_| traffic.next_event()).collect();
+                let body = if batch == 1 {
+                    events[0].to_string()
+                } else {
+                    Json::Array(events).to_string()
+                };
+                sent_events += batch as u64;
+                if tx.send((Bytes::from(body), batch as u64)).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut workers = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let rx = rx.clone();
+        let client = client.clone();
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            while let Ok((body, n)) = rx.recv().await {
+                loop {
+                    let req = hyper::Request::post(&url)
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .expect("valid request");
+                    let sent = Instant::now();
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let _ = resp.into_body().collect().await;
+                            if status == hyper::StatusCode::TOO_MANY_REQUESTS {
+                                // Back-pressure: wait and resend, nothing is dropped.
+                                t.throttled += n;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                            t.latencies.push(sent.elapsed());
+                            t.sent += n;
+                            if status.is_success() {
+                                t.accepted += n
+                            } else {
+                                t.failed += n
+                            }
+                        }
+                        Err(_) => t.failed += n,
+                    }
+                    break;
+                }
+            }
+            t
+        }));
+    }
+    drop(rx);
+    producer.await?;
+    let mut total = Tally::default();
+    for w in workers {
+        let t = w.await?;
+        total.sent += t.sent;
+        total.accepted += t.accepted;
+        total.throttled += t.throttled;
+        total.failed += t.failed;
+        total.latencies.extend(t.latencies);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    total.latencies.sort();
+    let q = |p: f64| {
+        total
+            .latencies
+            .get(
+                ((total.latencies.len() as f64 * p) as usize)
+                    .min(total.latencies.len().saturating_sub(1)),
+            )
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let report = json!({
+        "events_sent": total.sent,
+        "events_accepted": total.accepted,
+        "events_failed": total.failed,
+        "retries_after_429": total.throttled,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "accepted_per_second": (total.accepted as f64 / secs).round(),
+        "request_latency_ms": {"p50": q(0.5), "p99": q(0.99)},
+        "batch": batch,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if total.failed > 0 {
+        bail!("{} events were refused or failed", total.failed);
+    }
+    Ok(())
+}
+
+/// A small bounded MPMC channel on tokio primitives.
+fn async_channel<T: Send + 'static>(cap: usize) -> (tokio::sync::mpsc::Sender<T>, SharedRx<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap.max(1));
+    (
+        tx,
+        SharedRx(std::sync::Arc::new(tokio::sync::Mutex::new(rx))),
+    )
+}
+
+struct SharedRx<T>(std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>);
+
+impl<T> Clone for SharedRx<T> {
+    fn clone(&self) -> Self {
+        SharedRx(self.0.clone())
+    }
+}
+
+impl<T> SharedRx<T> {
+    async fn recv(&self) -> Result<T, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}

@@ -1,0 +1,200 @@
+//! `nexuspipe run` and `nexuspipe config check`.
+
+use anyhow::{Context, Result, bail};
+use nexuspipe::api::{self, ApiState};
+use nexuspipe::config::{Config, PluginConfig};
+use nexuspipe::engine::{Engine, EngineSettings};
+use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
+use nexuspipe::telemetry::Metrics;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The bundled plugins of the default pipeline, in order.
+pub const DEFAULT_PIPELINE: [&str; 3] = ["enrich-geo", "funnel", "alerts"];
+
+/// Where the bundled plugins are: `$NEXUSPIPE_PLUGIN_DIR`, else `target/plugins`
+/// beside the binary's build dir, else `./target/plugins`.
+fn bundled_plugin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NEXUSPIPE_PLUGIN_DIR") {
+        return dir.into();
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|t| t.join("plugins"))
+        && dir.join("funnel.wasm").exists()
+    {
+        return dir;
+    }
+    PathBuf::from("target/plugins")
+}
+
+/// The configured pipeline, or the default one.
+pub fn pipeline(config: &Config) -> Vec<PluginConfig> {
+    if !config.plugins.is_empty() {
+        return config.plugins.clone();
+    }
+    let dir = bundled_plugin_dir();
+    DEFAULT_PIPELINE
+        .iter()
+        .map(|name| PluginConfig {
+            name: name.to_string(),
+            path: dir.join(format!("{name}.wasm")),
+            config: None,
+            config_file: None,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+        })
+        .collect()
+}
+
+/// Loads and initialises every plugin of the pipeline; errors name the plugin and file.
+pub fn load_plugins(runtime: &Runtime, config: &Config) -> Result<Vec<Plugin>> {
+    let settings = HostSettings {
+        allowed_lateness: config.engine.allowed_lateness.as_millis() as i64,
+    };
+    pipeline(config)
+        .into_iter()
+        .map(|p| {
+            let component = runtime.load_file(&p.path).with_context(|| {
+                let hint = if config.plugins.is_empty() {
+                    " (the default pipeline needs the bundled plugins: run `make plugins`)"
+                } else {
+                    ""
+                };
+                format!("plugin `{}` ({}){hint}", p.name, p.path.display())
+            })?;
+            let text = p
+                .config_text()
+                .with_context(|| format!("plugin `{}`", p.name))?;
+            Plugin::new(
+                &p.name,
+                component,
+                &text,
+                settings,
+                p.limits.clone(),
+                p.capabilities.clone(),
+            )
+            .with_context(|| format!("plugin `{}` ({})", p.name, p.path.display()))
+        })
+        .collect()
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// `nexuspipe config check <file>`: validates the config and loads its plugins.
+pub fn check(path: &Path) -> Result<()> {
+    let config = load_config(Some(path))?;
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let plugins = load_plugins(&runtime, &config)?;
+    println!("{}: ok", path.display());
+    for p in &plugins {
+        println!(
+            "  plugin {} ({}, version {})",
+            p.name(),
+            p.world(),
+            p.component().short_hash()
+        );
+    }
+    Ok(())
+}
+
+/// `nexuspipe run`: serves until SIGINT/SIGTERM, then drains, checkpoints and exits.
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let config = load_config(config_path)?;
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let plugins = load_plugins(&runtime, &config)?;
+    let metrics = Arc::new(Metrics::new());
+    let e = &config.engine;
+    let settings = EngineSettings {
+        out_of_orderness: e.out_of_orderness,
+        idle_timeout: e.idle_timeout,
+        checkpoint_interval: e.checkpoint_interval,
+        queue_capacity: e.queue_capacity,
+        batch_size: e.batch_size,
+        data_dir: e.data_dir.clone(),
+    };
+    let engine = Engine::new(settings, plugins, metrics.clone())
+        .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
+    let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+    let plugin_list: Vec<String> = engine
+        .plugins()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({}, {})",
+                p.name(),
+                p.world(),
+                p.component().short_hash()
+            )
+        })
+        .collect();
+    let (handle, engine_thread) = engine.spawn();
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nexuspipe-http")
+        .build()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = ApiState {
+        engine: handle.clone(),
+        metrics,
+        max_body: config.http.max_body,
+        ready: ready.clone(),
+    };
+    let served = tokio.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => bail!("cannot listen on {listen} (http.listen): {e}"),
+        };
+        let local = listener.local_addr()?;
+        tracing::info!(
+            listen = %local,
+            data_dir = %config.engine.data_dir.display(),
+            plugins = %plugin_list.join(", "),
+            "nexuspipe running"
+        );
+        ready.store(true, Ordering::Relaxed);
+        let app = api::router(state, &config.http.cors_origins)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal(ready.clone()))
+            .await?;
+        Ok(())
+    });
+    // Whatever happened to the server, accepted events are processed and state is checkpointed.
+    handle.shutdown();
+    drop(handle);
+    if engine_thread.join().is_err() {
+        bail!("the engine thread panicked");
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal(ready: Arc<AtomicBool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("shutting down: no new requests; draining the queue");
+}

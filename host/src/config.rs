@@ -1,0 +1,266 @@
+//! `nexuspipe.toml`: the operator's config. Every key is documented in
+//! `examples/nexuspipe.toml`; unknown keys are an error that names the key.
+
+use crate::runtime::{Capabilities, Limits};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub engine: EngineConfig,
+    /// The pipeline, in order. Empty: the default pipeline of bundled plugins.
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP ingest API.
+    pub listen: String,
+    /// Largest request body accepted, after decompression (bytes, or text like "1MiB").
+    #[serde(deserialize_with = "de_size")]
+    pub max_body: usize,
+    /// Browser origins allowed to post events (CORS); `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8000".into(),
+            max_body: 1 << 20,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How far behind the newest event time the watermark trails.
+    #[serde(with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// After this long without events, event time advances with processing time.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long after a window closes late events still update it.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// How often plugin state is written to the data dir.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Outputs, dead letters, late events and checkpoints live here.
+    pub data_dir: PathBuf,
+    /// Events accepted but not yet processed, at most; beyond it ingest answers 429.
+    pub queue_capacity: usize,
+    /// Most events per call into a plugin.
+    pub batch_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            out_of_orderness: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            allowed_lateness: Duration::ZERO,
+            checkpoint_interval: Duration::from_secs(5),
+            data_dir: PathBuf::from("nexuspipe-data"),
+            queue_capacity: 100_000,
+            batch_size: 1024,
+        }
+    }
+}
+
+/// One plugin of the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name: in logs, metrics, checkpoints and the admin API.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// The plugin's own config, passed to its `init` as is.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Or a file holding it (relative to the config file).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Granted capabilities (directories, env, clock, network); none by default.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(usize),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `512`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 1048576 or \"1MiB\")"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}` (use KiB, MiB, GiB)"
+            ));
+        }
+    };
+    Ok(n * mult)
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut config.plugins {
+            p.path = base.join(&p.path);
+            if let Some(f) = &mut p.config_file {
+                *f = base.join(&*f);
+            }
+            for d in &mut p.capabilities.dirs {
+                d.host = base.join(&d.host);
+            }
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, exclusive keys, sane numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "http.listen: `{}` is not an address like 127.0.0.1:8000",
+                self.http.listen
+            ));
+        }
+        if self.engine.queue_capacity == 0 || self.engine.batch_size == 0 {
+            return Err("engine.queue_capacity and engine.batch_size must be positive".into());
+        }
+        if self.engine.checkpoint_interval.is_zero() {
+            return Err("engine.checkpoint_interval must be positive".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            validate_plugin_name(&p.name).map_err(|m| format!("plugins[{i}].name: {m}"))?;
+            if !seen.insert(&p.name) {
+                return Err(format!("plugins[{i}].name: `{}` is used twice", p.name));
+            }
+            if p.config.is_some() && p.config_file.is_some() {
+                return Err(format!(
+                    "plugins[{i}] ({}): set `config` or `config_file`, not both",
+                    p.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plugin names appear in file names and URLs: letters, digits, `-`, `_`, `.`; 1 to 64 characters.
+pub fn validate_plugin_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("`{name}` must be 1 to 64 characters long"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("`{name}` must not start with a dot"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "`{name}` contains `{c}`; use letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+impl PluginConfig {
+    /// The plugin's own config text (empty: its default).
+    pub fn config_text(&self) -> Result<String, ConfigError> {
+        match (&self.config, &self.config_file) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
+                path: f.clone(),
+                source,
+            }),
+            (None, None) => Ok(String::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<Config>("[engine]\nout_of_order = \"5s\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `out_of_order`"),
+            "{err}"
+        );
+        let c: Config =
+            toml::from_str("[http]\nmax_body = \"2MiB\"\n[engine]\nidle_timeout = \"250ms\"\n")
+                .unwrap();
+        assert_eq!(c.http.max_body, 2 << 20);
+        assert_eq!(c.engine.idle_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn plugin_names_are_safe() {
+        assert!(validate_plugin_name("enrich-geo").is_ok());
+        assert!(validate_plugin_name("../x").is_err());
+        assert!(validate_plugin_name("a/b").is_err());
+        assert!(validate_plugin_name(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Checkpoints in the data dir: each stateful plugin's snapshot in its own
+//! file, plus a manifest with event time, written last and atomically, so a
+//! crash mid-checkpoint leaves the previous complete checkpoint in force.
+
+use super::Watermark;
+use crate::runtime::Plugin;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    /// Highest event time seen, and the watermark, at the checkpoint.
+    max_event_time: i64,
+    watermark: i64,
+    /// Plugin name -> state file (relative to the checkpoint dir) and version.
+    plugins: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    file: String,
+    version: String,
+}
+
+pub struct Checkpoints {
+    dir: PathBuf,
+    generation: u64,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+impl Checkpoints {
+    pub fn new(dir: PathBuf) -> Self {
+        Checkpoints { dir, generation: 0 }
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    /// Restores every plugin that has a saved state; returns the saved event
+    /// time as (highest event time seen, watermark).
+    pub fn restore(&mut self, plugins: &mut [Plugin]) -> Result<Option<(i64, i64)>> {
+        let path = self.manifest_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let manifest: Manifest =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for p in plugins.iter_mut() {
+            let Some(entry) = manifest.plugins.get(p.name()) else {
+                continue;
+            };
+            let file = self.dir.join(&entry.file);
+            let state =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            if let Err(e) = p.restore(&state) {
+                bail!(
+                    "plugin `{}` rejected its checkpoint {} ({e}); its open windows and timers would be lost. \
+                     Move the file away to start the plugin empty",
+                    p.name(),
+                    file.display()
+                );
+            }
+            tracing::info!(
+                plugin = p.name(),
+                bytes = state.len(),
+                "restored plugin state"
+            );
+        }
+        // Resume numbering after the files on disk.
+        self.generation = manifest
+            .plugins
+            .values()
+            .filter_map(|e| e.file.rsplit('.').nth(1)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(Some((manifest.max_event_time, manifest.watermark)))
+    }
+
+    /// Snapshots every stateful plugin and commits a new manifest.
+    pub fn save(&mut self, plugins: &mut [Plugin], watermark: &Watermark) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        self.generation += 1;
+        let g = self.generation;
+        let mut entries = BTreeMap::new();
+        for p in plugins.iter_mut() {
+            let state = match p.checkpoint() {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(f) => {
+                    // Keep its previous state file: the old checkpoint stays valid for it.
+                    tracing::error!(plugin = p.name(), error = %f, "snapshot failed; keeping its previous checkpoint");
+                    continue;
+                }
+            };
+            let file = format!("{}.{g}.state", p.name());
+            write_atomic(&self.dir.join(&file), &state)
+                .with_context(|| format!("writing {}", file))?;
+            entries.insert(
+                p.name().to_string(),
+                Entry {
+                    file,
+                    version: p.component().hash.clone(),
+                },
+            );
+        }
+        // Plugins whose snapshot failed keep their last good entry.
+        if let Ok(text) = std::fs::read_to_string(self.manifest_path())
+            && let Ok(old) = serde_json::from_str::<Manifest>(&text)
+        {
+            for (name, e) in old.plugins {
+                if plugins.iter().any(|p| p.name() == name) {
+                    entries.entry(name).or_insert(e);
+                }
+            }
+        }
+        let manifest = Manifest {
+            max_event_time: watermark.max_event_time(),
+            watermark: watermark.current(),
+            plugins: entries,
+        };
+        write_atomic(
+            &self.manifest_path(),
+            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        )
+        .context("writing the checkpoint manifest")?;
+        // Remove state files no manifest refers to any more.
+        if let Ok(dir) = std::fs::read_dir(&self.dir) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".state") && !manifest.plugins.values().any(|e| e.file == name) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! The engine: one thread that owns the plugins, pulls accepted batches from
+//! a bounded queue, keeps event time (watermark, idle advance), runs the
+//! pipeline, writes outputs to the embedded sinks and checkpoints state.
+//!
+//! One thread on purpose: plugins are single-threaded instances, batches keep
+//! the boundary cheap, and ordering per input is trivially kept. The HTTP side
+//! only parses and enqueues.
+
+use super::Watermark;
+use super::checkpoint::Checkpoints;
+use crate::runtime::{Event, Plugin, PluginOutput};
+use crate::sinks::{self, files::AppendFile, lineproto};
+use crate::telemetry::{Metrics, PluginFigures};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// Event-time and batching settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub out_of_orderness: Duration,
+    pub idle_timeout: Duration,
+    pub checkpoint_interval: Duration,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub data_dir: std::path::PathBuf,
+}
+
+enum Msg {
+    Batch {
+        events: Vec<Event>,
+        received: Instant,
+    },
+    Shutdown,
+}
+
+/// The queue is full: try again later.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine queue is full ({capacity} events waiting)")]
+pub struct QueueFull {
+    pub capacity: usize,
+}
+
+/// The HTTP side's handle on the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl EngineHandle {
+    /// Hands a batch to the engine, or refuses it if that would exceed the
+    /// queue's capacity (memory stays bounded; the client retries).
+    pub fn submit(&self, events: Vec<Event>, received: Instant) -> Result<(), QueueFull> {
+        let n = events.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.capacity && before > 0 {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(QueueFull {
+                capacity: self.capacity,
+            });
+        }
+        self.metrics
+            .queue_depth
+            .store((before + n) as u64, Ordering::Relaxed);
+        if self.tx.send(Msg::Batch { events, received }).is_err() {
+            // The engine stopped: we are shutting down.
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(QueueFull {
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the queue has room (for `/readyz`).
+    pub fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < self.capacity
+    }
+
+    /// Asks the engine to drain, checkpoint and stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+}
+
+/// The engine thread's state.
+pub struct Engine {
+    settings: EngineSettings,
+    plugins: Vec<Plugin>,
+    watermark: Watermark,
+    last_arrival: Option<Instant>,
+    metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+    checkpoints: Checkpoints,
+    metrics_lp: AppendFile,
+    alerts: AppendFile,
+    dead: AppendFile,
+    late: AppendFile,
+}
+
+impl Engine {
+    /// Builds the engine and restores plugin state and event time from the
+    /// data dir's last checkpoint.
+    pub fn new(
+        settings: EngineSettings,
+        mut plugins: Vec<Plugin>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let dir = &settings.data_dir;
+        std::fs::create_dir_all(dir)?;
+        let mut checkpoints = Checkpoints::new(dir.join("checkpoints"));
+        let mut watermark = Watermark::new(settings.out_of_orderness.as_millis() as i64);
+        if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins)? {
+            watermark.observe(max_ts);
+            watermark.advance_to(wm);
+        }
+        Ok(Engine {
+            metrics_lp: AppendFile::new(dir.join("metrics.lp")),
+            alerts: AppendFile::new(dir.join("alerts.jsonl")),
+            dead: AppendFile::new(dir.join("dead-letter.jsonl")),
+            late: AppendFile::new(dir.join("late.jsonl")),
+            settings,
+            plugins,
+            watermark,
+            last_arrival: None,
+            metrics,
+            queued: Arc::new(AtomicUsize::new(0)),
+            checkpoints,
+        })
+    }
+
+    pub fn plugins(&self) -> &[Plugin] {
+        &self.plugins
+    }
+
+    /// Starts the engine thread; returns the handle and the thread to join.
+    pub fn spawn(self) -> (EngineHandle, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = EngineHandle {
+            tx,
+            queued: self.queued.clone(),
+            capacity: self.settings.queue_capacity,
+            metrics: self.metrics.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("nexuspipe-engine".into())
+            .spawn(move || self.run(rx))
+            .expect("spawning the engine thread");
+        (handle, thread)
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        self.publish();
+        let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+        // How often a quiet engine wakes up to advance idle time and checkpoint.
+        let tick =
+            Duration::from_millis(50).min(self.settings.idle_timeout.max(Duration::from_millis(1)));
+        loop {
+            let msg = rx.recv_timeout(tick);
+            let mut stop = false;
+            match msg {
+                Ok(Msg::Batch { events, received }) => {
+                    let mut pending = vec![(events, received)];
+                    let mut n = pending[0].0.len();
+                    // Coalesce what is already queued into one round of calls.
+                    while n < self.settings.batch_size {
+                        match rx.try_recv() {
+                            Ok(Msg::Batch { events, received }) => {
+                                n += events.len();
+                                pending.push((events, received));
+                            }
+                            Ok(Msg::Shutdown) => {
+                                stop = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.round(pending);
+                }
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if stop {
+                // Drain what was accepted before the shutdown request.
+                let mut rest = Vec::new();
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Batch { events, received } = m {
+                        rest.push((events, received));
+                    }
+                }
+                if !rest.is_empty() {
+                    self.round(rest);
+                }
+                self.checkpoint();
+                tracing::info!("engine drained and checkpointed");
+                return;
+            }
+            self.idle_advance();
+            if Instant::now() >= next_checkpoint {
+                self.checkpoint();
+                next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+            }
+        }
+    }
+
+    /// One round: the pending batches through the whole pipeline, outputs written.
+    fn round(&mut self, pending: Vec<(Vec<Event>, Instant)>) {
+        let now = Instant::now();
+        self.last_arrival = Some(now);
+        let total: usize = pending.iter().map(|(e, _)| e.len()).sum();
+        let mut events = Vec::with_capacity(total);
+        let mut received = Vec::with_capacity(pending.len());
+        for (batch, at) in pending {
+            received.push((at, batch.len()));
+            events.extend(batch);
+        }
+        let mut out = PluginOutput::default();
+        let mut it = events.into_iter().peekable();
+        while it.peek().is_some() {
+            let mut batch: Vec<Event> = it.by_ref().take(self.settings.batch_size).collect();
+            for e in &batch {
+                self.watermark.observe(e.timestamp);
+            }
+            let wm = self.watermark.current();
+            for p in &mut self.plugins {
+                p.process(&mut batch, wm, &mut out);
+            }
+        }
+        self.write(out);
+        let done = Instant::now();
+        {
+            let mut h = self.metrics.ingest_to_output.lock().expect("metrics lock");
+            for (at, n) in received {
+                h.record_n(done.duration_since(at), n as u64);
+            }
+        }
+        let left = self.queued.fetch_sub(total, Ordering::AcqRel) - total;
+        self.metrics
+            .queue_depth
+            .store(left as u64, Ordering::Relaxed);
+        self.metrics
+            .events_processed
+            .fetch_add(total as u64, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// On a quiet stream, event time advances with processing time once the
+    /// idle timeout has passed, so windows close and absence rules fire.
+    fn idle_advance(&mut self) {
+        let Some(last) = self.last_arrival else {
+            return;
+        };
+        let idle = last.elapsed();
+        if idle < self.settings.idle_timeout || self.watermark.max_event_time() == i64::MIN {
+            return;
+        }
+        let target = self
+            .watermark
+            .max_event_time()
+            .saturating_sub(self.settings.out_of_orderness.as_millis() as i64)
+            .saturating_add(idle.as_millis() as i64);
+        if target <= self.watermark.current() {
+            return;
+        }
+        let wm = self.watermark.advance_to(target);
+        let mut out = PluginOutput::default();
+        for p in &mut self.plugins {
+            p.process(&mut Vec::new(), wm, &mut out);
+        }
+        self.write(out);
+        self.publish();
+    }
+
+    /// Writes a round's outputs to the embedded sinks.
+    fn write(&mut self, out: PluginOutput) {
+        let m = &self.metrics;
+        let result = (|| -> std::io::Result<()> {
+            if !out.points.is_empty() {
+                let mut text = String::with_capacity(out.points.len() * 64);
+                for p in &out.points {
+                    lineproto::write_point(&mut text, p);
+                }
+                self.metrics_lp.write_str(&text)?;
+                self.metrics_lp.flush(false)?;
+                m.points_written
+                    .fetch_add(out.points.len() as u64, Ordering::Relaxed);
+            }
+            for a in &out.alerts {
+                tracing::warn!(rule = %a.rule_id, key = %a.key, status = sinks::status_name(a.status), severity = sinks::severity_name(a.severity), "alert: {}", a.summary);
+                self.alerts.write_json(&sinks::alert_to_json(a))?;
+            }
+            if !out.alerts.is_empty() {
+                self.alerts.flush(false)?;
+                m.alerts_written
+                    .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
+            }
+            for d in &out.dead {
+                self.dead.write_json(&sinks::dead_letter_to_json(d))?;
+                m.events_dead_lettered
+                    .fetch_add(d.events.len() as u64, Ordering::Relaxed);
+            }
+            if !out.dead.is_empty() {
+                self.dead.flush(true)?;
+            }
+            for (plugin, e) in &out.late {
+                self.late.write_json(&sinks::late_to_json(plugin, e))?;
+            }
+            if !out.late.is_empty() {
+                self.late.flush(false)?;
+                m.events_late
+                    .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, dir = %self.settings.data_dir.display(), "writing outputs to the data dir failed");
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        if let Err(e) = self.checkpoints.save(&mut self.plugins, &self.watermark) {
+            tracing::error!(error = %e, "checkpoint failed");
+        }
+        for f in [&mut self.metrics_lp, &mut self.alerts, &mut self.late] {
+            if let Err(e) = f.flush(true) {
+                tracing::error!(error = %e, file = %f.path().display(), "flushing an output failed");
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.metrics
+            .watermark_ms
+            .store(self.watermark.current(), Ordering::Relaxed);
+        let figures = self
+            .plugins
+            .iter()
+            .map(|p| PluginFigures {
+                name: p.name().to_string(),
+                world: p.world(),
+                version: p.component().hash.clone(),
+                stats: p.stats().clone(),
+                breaker: p.breaker(),
+            })
+            .collect();
+        *self.metrics.plugins.lock().expect("metrics lock") = figures;
+    }
+}

@@ -1,0 +1,305 @@
+//! Counters and histograms behind `GET /metrics` (Prometheus text format).
+//! Updated with relaxed atomics from the HTTP tasks and the engine thread.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Bucket upper bounds in seconds, from 50 µs (one plugin call) to 10 s.
+const BOUNDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Histogram {
+    counts: [u64; BOUNDS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// Records `n` observations of `d` (e.g. every event of a batch).
+    pub fn record_n(&mut self, d: Duration, n: u64) {
+        let s = d.as_secs_f64();
+        let i = BOUNDS.iter().position(|&b| s <= b).unwrap_or(BOUNDS.len());
+        self.counts[i] += n;
+        self.sum += s * n as f64;
+        self.count += n;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1), in seconds.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let target = (self.count as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= target.max(1) {
+                return BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
+            }
+        }
+        f64::NAN
+    }
+
+    /// Writes the histogram in Prometheus text format (the caller writes HELP/TYPE).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in BOUNDS.iter().enumerate() {
+            cumulative += self.counts[i];
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Reads one counter out of a plugin's stats.
+type StatFn = fn(&crate::runtime::PluginStats) -> u64;
+
+/// Why an ingest request or event was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    MalformedJson,
+    InvalidEvent,
+    BodyTooLarge,
+    QueueFull,
+    BadEncoding,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 5] = [
+        RejectReason::MalformedJson,
+        RejectReason::InvalidEvent,
+        RejectReason::BodyTooLarge,
+        RejectReason::QueueFull,
+        RejectReason::BadEncoding,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::InvalidEvent => "invalid_event",
+            RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::BadEncoding => "bad_encoding",
+        }
+    }
+}
+
+/// One plugin's figures, published by the engine after each round.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginFigures {
+    pub name: String,
+    pub world: crate::runtime::World,
+    pub version: String,
+    pub stats: crate::runtime::PluginStats,
+    pub breaker: crate::runtime::BreakerState,
+}
+
+/// Process-wide telemetry.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub events_received: AtomicU64,
+    pub events_accepted: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub events_processed: AtomicU64,
+    pub events_late: AtomicU64,
+    pub events_dead_lettered: AtomicU64,
+    pub points_written: AtomicU64,
+    pub alerts_written: AtomicU64,
+    /// Events accepted and not yet processed.
+    pub queue_depth: AtomicU64,
+    pub watermark_ms: AtomicI64,
+    pub plugins: Mutex<Vec<PluginFigures>>,
+    /// From the HTTP request that carried an event to its outputs being written.
+    pub ingest_to_output: Mutex<Histogram>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        m.watermark_ms.store(i64::MIN, Ordering::Relaxed);
+        m
+    }
+
+    pub fn reject(&self, reason: RejectReason, n: u64) {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.rejected[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "nexuspipe_events_received_total",
+            "Events received over HTTP.",
+            get(&self.events_received),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_events_accepted_total",
+            "Events accepted into the engine.",
+            get(&self.events_accepted),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_events_processed_total",
+            "Events that went through the pipeline.",
+            get(&self.events_processed),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_events_late_total",
+            "Events written to the late output.",
+            get(&self.events_late),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_events_dead_lettered_total",
+            "Events written to the dead-letter output.",
+            get(&self.events_dead_lettered),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_points_written_total",
+            "Metric points written to the sink.",
+            get(&self.points_written),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_alerts_written_total",
+            "Alerts written to the sink.",
+            get(&self.alerts_written),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_events_rejected_total Events refused at ingest, by reason.\n# TYPE nexuspipe_events_rejected_total counter"
+        );
+        for r in RejectReason::ALL {
+            let _ = writeln!(
+                o,
+                "nexuspipe_events_rejected_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.rejected(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_queue_depth Events accepted and not yet processed.\n# TYPE nexuspipe_queue_depth gauge\nnexuspipe_queue_depth {}",
+            get(&self.queue_depth)
+        );
+        let wm = self.watermark_ms.load(Ordering::Relaxed);
+        if wm != i64::MIN {
+            let _ = writeln!(
+                o,
+                "# HELP nexuspipe_watermark_ms Current event-time watermark (ms since the epoch).\n# TYPE nexuspipe_watermark_ms gauge\nnexuspipe_watermark_ms {wm}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_ingest_to_output_seconds Time from HTTP ingest to the event's outputs being written.\n# TYPE nexuspipe_ingest_to_output_seconds histogram"
+        );
+        self.ingest_to_output.lock().expect("metrics lock").render(
+            &mut o,
+            "nexuspipe_ingest_to_output_seconds",
+            "",
+        );
+        let plugins = self.plugins.lock().expect("metrics lock").clone();
+        if !plugins.is_empty() {
+            let families: [(&str, &str, StatFn); 5] = [
+                (
+                    "nexuspipe_plugin_calls_total",
+                    "Calls into the plugin.",
+                    |s| s.calls,
+                ),
+                (
+                    "nexuspipe_plugin_events_in_total",
+                    "Events sent to the plugin.",
+                    |s| s.events_in,
+                ),
+                (
+                    "nexuspipe_plugin_events_out_total",
+                    "Events, points or alerts the plugin returned.",
+                    |s| s.events_out,
+                ),
+                (
+                    "nexuspipe_plugin_failures_total",
+                    "Failed calls (trap, deadline, memory cap, bad output).",
+                    |s| s.failures,
+                ),
+                (
+                    "nexuspipe_plugin_dead_lettered_total",
+                    "Events dead-lettered because of the plugin.",
+                    |s| s.dead_lettered,
+                ),
+            ];
+            for (name, help, f) in families {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+                for p in &plugins {
+                    let _ = writeln!(o, "{name}{{plugin=\"{}\"}} {}", p.name, f(&p.stats));
+                }
+            }
+            let _ = writeln!(
+                o,
+                "# HELP nexuspipe_plugin_breaker_open 1 when the plugin is disabled by its circuit breaker.\n# TYPE nexuspipe_plugin_breaker_open gauge"
+            );
+            for p in &plugins {
+                let open = u8::from(p.breaker == crate::runtime::BreakerState::Open);
+                let _ = writeln!(
+                    o,
+                    "nexuspipe_plugin_breaker_open{{plugin=\"{}\"}} {open}",
+                    p.name
+                );
+            }
+            let _ = writeln!(
+                o,
+                "# HELP nexuspipe_plugin_call_seconds Time per call into the plugin.\n# TYPE nexuspipe_plugin_call_seconds histogram"
+            );
+            for p in &plugins {
+                p.stats.latency.render(
+                    &mut o,
+                    "nexuspipe_plugin_call_seconds",
+                    &format!("plugin=\"{}\"", p.name),
+                );
+            }
+        }
+        o
+    }
+}
