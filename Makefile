@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins run test bench lint fmt clean
+.PHONY: all plugins run test bench bench-load lint fmt clean
 
 all: plugins
 	$(CARGO) build --release -p nexuspipe
@@ -33,6 +33,10 @@ test: plugins
 
 bench: plugins
 	$(CARGO) bench -p nexuspipe
+
+## Load benchmark: nexuspipe gen against nexuspipe run (release, default pipeline)
+bench-load: plugins
+	python3 host/benches/load.py
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -25,6 +25,7 @@
 //! not meant to be used directly.
 
 mod event;
+pub mod filter;
 mod plugin;
 pub mod state;
 pub mod testing;

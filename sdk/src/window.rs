@@ -233,6 +233,17 @@ impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
             .retain(|w, _| w.end.saturating_add(lateness) > wm);
     }
 
+    /// Takes the accumulator of `key` in `window` out of the store (e.g. when
+    /// session windows merge).
+    pub fn remove(&mut self, window: &Window, key: &K) -> Option<A> {
+        let keys = self.windows.get_mut(window)?;
+        let slot = keys.remove(key)?;
+        if keys.is_empty() {
+            self.windows.remove(window);
+        }
+        Some(slot.acc)
+    }
+
     /// Open windows and their keys, for plugins that need to look across them.
     pub fn iter(&self) -> impl Iterator<Item = (&Window, &K, &A)> {
         self.windows

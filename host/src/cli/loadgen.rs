@@ -70,8 +70,8 @@ const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
 /// A deterministic traffic source.
 pub struct Traffic {
     rng: fastrand::Rng,
-    clock: i64,
-    step_ms: i64,
+    start_ms: i64,
+    rate: u64,
     queue: std::collections::VecDeque<Json>,
     next_id: u64,
 }
@@ -81,8 +81,8 @@ impl Traffic {
     pub fn new(seed: u64, start_ms: i64, rate: u64) -> Self {
         Traffic {
             rng: fastrand::Rng::with_seed(seed),
-            clock: start_ms,
-            step_ms: (1000 / rate.max(1) as i64).max(0),
+            start_ms,
+            rate: rate.max(1),
             queue: Default::default(),
             next_id: 0,
         }
@@ -139,12 +139,13 @@ impl Traffic {
             self.session();
         }
         let mut e = self.queue.pop_front().expect("filled above");
-        self.clock += self.step_ms;
+        // Event time advances at `rate` events per second.
+        let clock = self.start_ms + (self.next_id as i64 * 1000) / self.rate as i64;
         // ~2% out of order, up to 4 s late (within the default 5 s bound).
         let ts = if self.rng.u8(0..100) < 2 {
-            self.clock - self.rng.i64(500..4_000)
+            clock - self.rng.i64(500..4_000)
         } else {
-            self.clock
+            clock
         };
         self.next_id += 1;
         e["event_id"] = json!(format!("gen-{:016x}", self.next_id));

@@ -288,16 +288,22 @@ impl Plugin {
             }
             Err(failure) => {
                 tracing::error!(plugin = %self.name, kind = ?failure.kind, error = %failure.message, events = wanted.len(), "plugin failed; batch sent to the dead-letter output");
-                self.stats.failures += 1;
-                self.stats.last_error = Some(failure.message.clone());
-                self.reject(batch, &wanted, failure.kind, failure.message, out);
-                if self.breaker.record(Instant::now()) {
-                    tracing::error!(plugin = %self.name, failures = self.breaker.threshold, window_secs = self.breaker.window.as_secs(), "circuit breaker open: plugin disabled");
-                    self.instance = None;
-                } else {
-                    self.recover();
-                }
+                self.reject(batch, &wanted, failure.kind, failure.message.clone(), out);
+                self.failed(&failure);
             }
+        }
+    }
+
+    /// Counts a failure, then replaces the instance (a trapped instance cannot
+    /// be entered again) or, on repeated failures, opens the breaker.
+    fn failed(&mut self, failure: &Failure) {
+        self.stats.failures += 1;
+        self.stats.last_error = Some(failure.message.clone());
+        if self.breaker.record(Instant::now()) {
+            tracing::error!(plugin = %self.name, failures = self.breaker.threshold, window_secs = self.breaker.window.as_secs(), "circuit breaker open: plugin disabled");
+            self.instance = None;
+        } else {
+            self.recover();
         }
     }
 
@@ -631,7 +637,11 @@ impl Plugin {
             Ok(s) => s,
             Err(e) => {
                 let instance = self.instance.as_ref().expect("checked above");
-                return Err(self.failure(instance, &e));
+                let failure = self.failure(instance, &e);
+                tracing::error!(plugin = %self.name, kind = ?failure.kind, error = %failure.message, "snapshot failed");
+                // The replay log is kept: recovery restores the last good state and replays it.
+                self.failed(&failure);
+                return Err(failure);
             }
         };
         self.recovery = snapshot.clone();

@@ -1,66 +1,77 @@
-//! enrich-geo: enriches events with where they came from.
+//! enrich-geo: where an event came from, and on what.
 //!
-//! Placeholder logic until the full plugin lands: derives `path` from
-//! `metadata.url` when the event has no `path` property.
+//! - IP to geo (country, region, city, coordinates) and ASN/organisation from
+//!   MaxMind DB files the host grants read access to; private and reserved
+//!   addresses are marked as such.
+//! - User agent to browser, OS and device type (desktop, mobile, tablet, bot).
+//! - URL and referrer: host, path, query, `utm_*` campaign fields, referrer medium.
+//!
+//! Every field is optional: a missing database, an unknown address or an
+//! unparsable header leaves the fields absent; a valid event never fails.
 
+mod config;
+mod geo;
+mod ua;
+mod web;
+
+pub use config::Config;
 use nexuspipe_sdk::prelude::*;
 
-pub struct EnrichGeo;
+pub struct EnrichGeo {
+    config: Config,
+    geo: geo::Geo,
+    agents: ua::AgentCache,
+}
 
 impl Enricher for EnrichGeo {
-    fn init(_config: &str, _settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+    fn init(config: &str, _settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+        let config = Config::parse(config)?;
+        let geo = geo::Geo::open(&config)?;
+        let interest = Interest::all().with_properties(["path"]).with_metadata(
+            MetadataFields::IP_ADDRESS
+                | MetadataFields::USER_AGENT
+                | MetadataFields::URL
+                | MetadataFields::REFERRER,
+        );
         Ok((
-            EnrichGeo,
-            Interest::all()
-                .with_properties(["path"])
-                .with_metadata(MetadataFields::URL),
+            EnrichGeo {
+                config,
+                geo,
+                agents: ua::AgentCache::default(),
+            },
+            interest,
         ))
     }
 
     fn process(&mut self, events: Vec<Event>) -> Vec<Change> {
-        let mut changes = Vec::new();
+        let mut changes = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            if e.get("path").is_some() {
-                continue;
+            let mut patch = EventPatch::new(i);
+            let md = &e.metadata;
+            if let Some(ip) = &md.ip_address {
+                self.geo.enrich(ip, &mut patch);
             }
-            if let Some(url) = &e.metadata.url {
-                changes.push(EventPatch::new(i).set("path", url_path(url)).into());
+            if let Some(agent) = &md.user_agent {
+                self.agents.enrich(agent, &mut patch);
+            }
+            let page_host = md
+                .url
+                .as_deref()
+                .and_then(|u| web::enrich_url(u, e.get("path").is_none(), &mut patch));
+            if let Some(r) = &md.referrer {
+                web::enrich_referrer(
+                    r,
+                    page_host.as_deref(),
+                    &self.config.internal_domains,
+                    &mut patch,
+                );
+            }
+            if !patch.is_empty() {
+                changes.push(patch.into());
             }
         }
         changes
     }
 }
 
-/// The path of a URL (`https://h/p?q` -> `/p`), or the input if it is already a path.
-fn url_path(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path_start = if url.contains("://") {
-        rest.find('/').unwrap_or(rest.len())
-    } else {
-        0
-    };
-    let path = &rest[path_start..];
-    let end = path.find(['?', '#']).unwrap_or(path.len());
-    if end == 0 { "/" } else { &path[..end] }
-}
-
 nexuspipe_sdk::export_enricher!(EnrichGeo);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nexuspipe_sdk::testing::EnricherHarness;
-
-    #[test]
-    fn derives_path_from_url() {
-        let mut h = EnricherHarness::<EnrichGeo>::new("");
-        let out = h.run(vec![
-            Event::new("page_view", 1).with_url("https://shop.example/cart?x=1"),
-            Event::new("page_view", 2).with_property("path", "/kept"),
-        ]);
-        assert_eq!(out[0].get_str("path"), Some("/cart"));
-        assert_eq!(out[1].get_str("path"), Some("/kept"));
-        assert_eq!(url_path("/a/b?c"), "/a/b");
-        assert_eq!(url_path("https://h"), "/");
-    }
-}

@@ -1,80 +1,121 @@
-//! funnel: windowed analytics.
-//!
-//! Placeholder logic until the full plugin lands: `events,event_type=<t> count=<n>i`
-//! per 1-minute tumbling window.
+//! funnel: configurable windowed metrics and conversion funnels (see README.md).
 
+mod config;
+mod funnels;
+pub mod hll;
+mod metrics;
+
+pub use config::{Config, DEFAULT_CONFIG};
+use funnels::FunnelState;
+use metrics::MetricState;
 use nexuspipe_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
 
 pub struct Funnel {
-    window: Tumbling,
-    state: WindowStore<String, i64>,
+    config: Config,
+    lateness: i64,
+    state: State,
+}
+
+/// Per metric and per funnel state, in config order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    metrics: Vec<MetricState>,
+    funnels: Vec<FunnelState>,
 }
 
 impl Aggregator for Funnel {
-    type State = WindowStore<String, i64>;
+    type State = State;
 
-    fn init(_config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
-        let funnel = Funnel {
-            window: Tumbling::new(60_000),
-            state: WindowStore::new(settings.allowed_lateness),
+    fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+        let config = Config::parse(config)?;
+        let interest = config.interest();
+        let lateness = settings.allowed_lateness;
+        let state = State {
+            metrics: config
+                .metrics
+                .iter()
+                .map(|_| MetricState::new(lateness))
+                .collect(),
+            funnels: config
+                .funnels
+                .iter()
+                .map(|_| FunnelState::default())
+                .collect(),
         };
         Ok((
-            funnel,
-            Interest::all().with_properties(Vec::<String>::new()),
+            Funnel {
+                config,
+                lateness,
+                state,
+            },
+            interest,
         ))
     }
 
     fn process(&mut self, events: Vec<Event>, watermark: i64) -> AggregateOutput {
-        let mut late = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            match self
-                .state
-                .get_mut(self.window.assign(e.timestamp), &e.event_type)
-            {
-                Some(count) => *count += 1,
-                None => late.push(i as u32),
+        let mut points = Vec::new();
+        // An event is late only if no metric or funnel could take it.
+        let mut taken = vec![false; events.len()];
+        let mut wanted = vec![false; events.len()];
+        for (m, st) in self
+            .config
+            .metrics
+            .iter()
+            .zip(self.state.metrics.iter_mut())
+        {
+            for (i, e) in events.iter().enumerate() {
+                if m.filter.matches(e) {
+                    wanted[i] = true;
+                    taken[i] |= metrics::add(m, st, e);
+                }
             }
         }
-        let mut points = Vec::new();
-        self.state.advance(watermark, |w, event_type, count| {
-            points.push(
-                MetricPoint::new("events", w.start)
-                    .tag("event_type", event_type.clone())
-                    .field("count", *count),
-            );
-        });
+        let mut funnel_late = Vec::new();
+        for (f, st) in self
+            .config
+            .funnels
+            .iter()
+            .zip(self.state.funnels.iter_mut())
+        {
+            st.add(f, &events, self.lateness, &mut funnel_late);
+        }
+        for (m, st) in self
+            .config
+            .metrics
+            .iter()
+            .zip(self.state.metrics.iter_mut())
+        {
+            metrics::advance(m, st, watermark, &mut points);
+        }
+        for (f, st) in self
+            .config
+            .funnels
+            .iter()
+            .zip(self.state.funnels.iter_mut())
+        {
+            st.advance(f, watermark, self.lateness, &mut points);
+        }
+        let mut late: Vec<u32> = (0..events.len())
+            .filter(|&i| wanted[i] && !taken[i])
+            .map(|i| i as u32)
+            .collect();
+        for i in funnel_late {
+            if !late.contains(&i) && !taken[i as usize] {
+                late.push(i);
+            }
+        }
+        late.sort_unstable();
         AggregateOutput { points, late }
     }
 
-    fn state(&self) -> &Self::State {
+    fn state(&self) -> &State {
         &self.state
     }
 
-    fn state_mut(&mut self) -> &mut Self::State {
+    fn state_mut(&mut self) -> &mut State {
         &mut self.state
     }
 }
 
 nexuspipe_sdk::export_aggregator!(Funnel);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nexuspipe_sdk::testing::AggregatorHarness;
-
-    #[test]
-    fn counts_per_type_and_minute() {
-        let mut h = AggregatorHarness::<Funnel>::new("");
-        let out = h.run([vec![
-            Event::new("click", 0),
-            Event::new("click", 59_999),
-            Event::new("click", 60_000),
-        ]]);
-        let counts: Vec<(i64, Option<i64>)> = out
-            .items
-            .iter()
-            .map(|p| (p.timestamp, p.fields[0].1.as_i64()))
-            .collect();
-        assert_eq!(counts, vec![(0, Some(2)), (60_000, Some(1))]);
-    }
-}

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Load benchmark: `nexuspipe gen` against `nexuspipe run` (release builds,
+default pipeline, loopback). Reports accepted events/s, request latency, the
+ingest-to-output latency histogram from /metrics, and where the CPU time went
+(per thread of the server, per plugin, and the generator).
+
+Usage: make bench-load   (or python3 host/benches/load.py [--duration 20s])
+"""
+import argparse, json, os, re, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "target", "release", "nexuspipe")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def metrics(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+
+def histogram_quantiles(text, name, labels=""):
+    buckets = []
+    for line in text.splitlines():
+        m = re.match(rf'{name}_bucket\{{{labels}{"," if labels else ""}le="([^"]+)"\}} (\d+)', line)
+        if m:
+            buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), int(m.group(2))))
+    total = buckets[-1][1] if buckets else 0
+    out = {}
+    for q in (0.5, 0.99):
+        target = total * q
+        out[f"p{int(q * 100)}_le_ms"] = next((b * 1000 for b, c in buckets if c >= target), None)
+    return out
+
+
+def thread_cpu(pid):
+    """CPU seconds per thread name of a process."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        secs = (int(fields[11]) + int(fields[12])) / TICK
+        key = re.sub(r"-\d+$", "", name)
+        out[key] = round(out.get(key, 0) + secs, 2)
+    return out
+
+
+def scalar(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def run_case(batch, duration, rate, connections):
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="nexuspipe-load-")
+    cfg = os.path.join(data, "nexuspipe.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n[engine]\ndata_dir = "{data}/data"\n')
+    server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"))
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
+                break
+            except Exception:
+                time.sleep(0.05)
+        before = thread_cpu(server.pid)
+        t0 = time.time()
+        gen = subprocess.run(
+            [BIN, "gen", "--target", f"http://127.0.0.1:{port}", "--rate", str(rate), "--duration", duration,
+             "--batch", str(batch), "--connections", str(connections), "--seed", "7"],
+            capture_output=True, text=True)
+        gen_cpu = None
+        if gen.returncode != 0:
+            print(gen.stderr, file=sys.stderr)
+        report = json.loads(gen.stdout[gen.stdout.index("{"):])
+        # Wait for the engine to finish what was accepted.
+        for _ in range(400):
+            m = metrics(port)
+            if scalar(m, "nexuspipe_events_processed_total") >= scalar(m, "nexuspipe_events_accepted_total"):
+                break
+            time.sleep(0.05)
+        wall = time.time() - t0
+        after = thread_cpu(server.pid)
+        m = metrics(port)
+        plugins = {}
+        for line in m.splitlines():
+            mm = re.match(r'nexuspipe_plugin_call_seconds_sum\{plugin="([^"]+)"\} (\S+)', line)
+            if mm:
+                plugins[mm.group(1)] = round(float(mm.group(2)), 2)
+        cpu = {k: round(after.get(k, 0) - before.get(k, 0), 2) for k in after}
+        return {
+            "batch": batch,
+            "generator": report,
+            "processed": scalar(m, "nexuspipe_events_processed_total"),
+            "ingest_to_output": histogram_quantiles(m, "nexuspipe_ingest_to_output_seconds"),
+            "server_cpu_seconds_by_thread": {k: v for k, v in cpu.items() if v > 0},
+            "plugin_call_seconds": plugins,
+            "wall_seconds": round(wall, 2),
+        }
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", default="15s")
+    ap.add_argument("--connections", type=int, default=4)
+    args = ap.parse_args()
+    subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
+    results = [run_case(100, args.duration, 0, args.connections), run_case(1, args.duration, 0, args.connections)]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+//! Rule configuration (JSON). The default rules are what `nexuspipe run` uses
+//! when the plugin is given no config.
+
+use nexuspipe_sdk::filter::{Filter, InterestBuilder, parse_duration};
+use nexuspipe_sdk::{ConfigError, Interest, Severity};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawRule")]
+pub struct Rule {
+    pub id: String,
+    pub severity: Severity,
+    /// Text with placeholders `{rule}`, `{key}`, `{count}`, `{value}`, `{window}`.
+    pub summary: String,
+    pub labels: BTreeMap<String, String>,
+    /// Field path the rule is evaluated per, e.g. `metadata.ip_address`, `user_id`.
+    pub key: String,
+    /// Minimum event time between two `firing` alerts of this rule for one key.
+    pub cooldown: i64,
+    pub kind: RuleKind,
+}
+
+/// A rule as written: every key of every rule type, checked against `type`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "default_severity", deserialize_with = "de_severity")]
+    severity: Severity,
+    summary: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    key: String,
+    #[serde(default)]
+    cooldown: Option<Dur>,
+    filter: Option<Filter>,
+    window: Option<Dur>,
+    above: Option<f64>,
+    sum: Option<String>,
+    #[serde(rename = "for")]
+    for_: Option<Dur>,
+    first: Option<Filter>,
+    count: Option<usize>,
+    then: Option<Filter>,
+    within: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Dur {
+    Ms(i64),
+    Text(String),
+}
+
+fn ms(d: Option<Dur>, what: &str) -> Result<Option<i64>, String> {
+    match d {
+        None => Ok(None),
+        Some(Dur::Ms(v)) => Ok(Some(v)),
+        Some(Dur::Text(t)) => parse_duration(&t)
+            .map(Some)
+            .map_err(|e| format!("`{what}`: {e}")),
+    }
+}
+
+impl TryFrom<RawRule> for Rule {
+    type Error = String;
+
+    fn try_from(r: RawRule) -> Result<Rule, String> {
+        let need = |v: Option<i64>, what: &str| {
+            v.ok_or_else(|| format!("rule `{}` ({}) needs `{what}`", r.id, r.kind))
+        };
+        let window = ms(r.window, "window")?;
+        let within = ms(r.within, "within")?;
+        let for_ms = ms(r.for_, "for")?.unwrap_or(0);
+        let unused = |names: &[(&str, bool)]| -> Result<(), String> {
+            match names.iter().find(|(_, set)| *set) {
+                Some((n, _)) => Err(format!("rule `{}` ({}) does not use `{n}`", r.id, r.kind)),
+                None => Ok(()),
+            }
+        };
+        let kind = match r.kind.as_str() {
+            "threshold" => {
+                unused(&[
+                    ("first", r.first.is_some()),
+                    ("then", r.then.is_some()),
+                    ("within", within.is_some()),
+                    ("count", r.count.is_some()),
+                ])?;
+                RuleKind::Threshold {
+                    filter: r.filter.clone().unwrap_or_default(),
+                    window: need(window, "window")?,
+                    above: r
+                        .above
+                        .ok_or_else(|| format!("rule `{}` (threshold) needs `above`", r.id))?,
+                    sum: r.sum.clone(),
+                    for_ms,
+                }
+            }
+            "sequence" | "absence" => {
+                unused(&[
+                    ("filter", r.filter.is_some()),
+                    ("window", window.is_some()),
+                    ("above", r.above.is_some()),
+                    ("sum", r.sum.is_some()),
+                    ("for", for_ms != 0),
+                ])?;
+                let first = r
+                    .first
+                    .clone()
+                    .ok_or_else(|| format!("rule `{}` needs `first`", r.id))?;
+                let then = r
+                    .then
+                    .clone()
+                    .ok_or_else(|| format!("rule `{}` needs `then`", r.id))?;
+                let within = need(within, "within")?;
+                if r.kind == "sequence" {
+                    RuleKind::Sequence {
+                        first,
+                        count: r.count.unwrap_or(1),
+                        then,
+                        within,
+                    }
+                } else {
+                    unused(&[("count", r.count.is_some())])?;
+                    RuleKind::Absence {
+                        first,
+                        then,
+                        within,
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "rule `{}`: unknown type `{other}` (threshold, sequence, absence)",
+                    r.id
+                ));
+            }
+        };
+        Ok(Rule {
+            cooldown: ms(r.cooldown, "cooldown")?.unwrap_or(0),
+            id: r.id,
+            severity: r.severity,
+            summary: r.summary,
+            labels: r.labels,
+            key: r.key,
+            kind,
+        })
+    }
+}
+
+fn default_severity() -> Severity {
+    Severity::Warning
+}
+
+fn de_severity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(match s.as_str() {
+        "info" => Severity::Info,
+        "warning" => Severity::Warning,
+        "error" => Severity::Error,
+        "critical" => Severity::Critical,
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "unknown severity `{other}` (info, warning, error, critical)"
+            )));
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    /// Count (or sum of `sum`) of matching events per key over a sliding window `> above`.
+    Threshold {
+        filter: Filter,
+        window: i64,
+        above: f64,
+        /// Sum this numeric field instead of counting events.
+        sum: Option<String>,
+        /// The condition must hold this long before the alert fires.
+        for_ms: i64,
+    },
+    /// `count` events matching `first`, then one matching `then`, within `within`.
+    Sequence {
+        first: Filter,
+        count: usize,
+        then: Filter,
+        within: i64,
+    },
+    /// An event matching `first` not followed by one matching `then` within `within`.
+    Absence {
+        first: Filter,
+        then: Filter,
+        within: i64,
+    },
+}
+
+/// The rules used when no config is given.
+pub const DEFAULT_CONFIG: &str = r#"{
+  "rules": [
+    {
+      "id": "failed_login_burst", "type": "threshold", "severity": "warning",
+      "summary": "{count} failed logins from {key} within {window}",
+      "key": "metadata.ip_address",
+      "filter": {"event_type": "login_failed"},
+      "window": "1m", "above": 5, "cooldown": "5m"
+    },
+    {
+      "id": "cart_abandoned", "type": "absence", "severity": "info",
+      "summary": "{key} added to cart but did not buy within {window}",
+      "key": "user_id",
+      "first": {"event_type": "add_to_cart"},
+      "then": {"event_type": "purchase"},
+      "within": "30m"
+    },
+    {
+      "id": "credential_stuffing", "type": "sequence", "severity": "critical",
+      "summary": "{count} failed logins then a success from {key} within {window}",
+      "key": "metadata.ip_address",
+      "first": {"event_type": "login_failed"}, "count": 5,
+      "then": {"event_type": "login_success"},
+      "within": "10m"
+    }
+  ]
+}"#;
+
+impl Config {
+    /// Parses and checks a config; empty text means the default rules.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let text = if text.trim().is_empty() {
+            DEFAULT_CONFIG
+        } else {
+            text
+        };
+        let mut c: Config = serde_json::from_str(text).map_err(ConfigError::parse)?;
+        let mut ids = std::collections::HashSet::new();
+        for (i, r) in c.rules.iter_mut().enumerate() {
+            let at = format!("rules[{i}]");
+            if r.id.is_empty() || !ids.insert(r.id.clone()) {
+                return Err(ConfigError::at(
+                    format!("{at}.id"),
+                    "must be non-empty and unique",
+                ));
+            }
+            match &mut r.kind {
+                RuleKind::Threshold { filter, window, .. } => {
+                    filter.prepare(&format!("{at}.filter"))?;
+                    if *window <= 0 {
+                        return Err(ConfigError::at(format!("{at}.window"), "must be positive"));
+                    }
+                }
+                RuleKind::Sequence {
+                    first,
+                    then,
+                    within,
+                    count,
+                } => {
+                    first.prepare(&format!("{at}.first"))?;
+                    then.prepare(&format!("{at}.then"))?;
+                    if *within <= 0 || *count == 0 {
+                        return Err(ConfigError::at(
+                            format!("{at}.within"),
+                            "within and count must be positive",
+                        ));
+                    }
+                }
+                RuleKind::Absence {
+                    first,
+                    then,
+                    within,
+                } => {
+                    first.prepare(&format!("{at}.first"))?;
+                    then.prepare(&format!("{at}.then"))?;
+                    if *within <= 0 {
+                        return Err(ConfigError::at(format!("{at}.within"), "must be positive"));
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// What the rules read: the union of their filters, keys and summed fields.
+    pub fn interest(&self) -> Interest {
+        let mut b = InterestBuilder::new();
+        for r in &self.rules {
+            b.field(&r.key);
+            match &r.kind {
+                RuleKind::Threshold { filter, sum, .. } => {
+                    filter.declare(&mut b);
+                    if let Some(f) = sum {
+                        b.field(f);
+                    }
+                }
+                RuleKind::Sequence { first, then, .. } | RuleKind::Absence { first, then, .. } => {
+                    first.declare(&mut b);
+                    then.declare(&mut b);
+                }
+            }
+        }
+        b.build()
+    }
+}

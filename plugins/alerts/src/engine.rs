@@ -1,0 +1,449 @@
+//! Rule evaluation. Everything here is deterministic in event time: the same
+//! events and watermarks give the same alerts, which is what makes replays
+//! and restores safe.
+
+use crate::config::{Config, Rule, RuleKind};
+use nexuspipe_sdk::filter::field_value;
+use nexuspipe_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+pub struct Alerts {
+    config: Config,
+    lateness: i64,
+    state: State,
+}
+
+/// Everything that survives a restart or a new version.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Event time up to which observations have been applied.
+    frontier: Option<i64>,
+    /// Observations waiting for the watermark, in arrival order.
+    buffer: Vec<Obs>,
+    seq: u64,
+    /// Rule id -> key -> state. Ordered maps: alerts come out in a stable order.
+    rules: BTreeMap<String, BTreeMap<String, KeyState>>,
+}
+
+/// What one event means to one rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Obs {
+    ts: i64,
+    seq: u64,
+    rule: String,
+    key: String,
+    /// A threshold match (with its value), a `first`, or a `then`.
+    role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+enum Role {
+    Count(f64),
+    First,
+    Then,
+    FirstAndThen,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct KeyState {
+    /// Threshold: matching events in the window (time, value) and their sum.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    window: VecDeque<(i64, f64)>,
+    #[serde(default)]
+    sum: f64,
+    /// Threshold: since when the condition holds, and the alert's start if it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holding_since: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firing: Option<Firing>,
+    /// Sequence: times of `first` events still inside `within`.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    firsts: VecDeque<i64>,
+    /// Absence: start of the open wait for `then`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open: Option<i64>,
+    /// Start of the last alert that was sent (cooldown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_fired: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Firing {
+    starts_at: i64,
+    /// False when the cooldown suppressed it: then no `resolved` is sent either.
+    sent: bool,
+}
+
+impl KeyState {
+    fn is_idle(&self) -> bool {
+        self.window.is_empty()
+            && self.firing.is_none()
+            && self.firsts.is_empty()
+            && self.open.is_none()
+            && self.holding_since.is_none()
+    }
+
+    /// The next event time at which this key changes without new events.
+    fn deadline(&self, rule: &Rule) -> Option<i64> {
+        match &rule.kind {
+            RuleKind::Threshold { window, for_ms, .. } => {
+                let expiry = self.window.front().map(|(t, _)| t + window);
+                let pending = match (self.holding_since, self.firing) {
+                    (Some(h), None) if *for_ms > 0 => Some(h + for_ms),
+                    _ => None,
+                };
+                expiry.into_iter().chain(pending).min()
+            }
+            RuleKind::Sequence { within, .. } => self.firsts.front().map(|t| t + within),
+            RuleKind::Absence { within, .. } => self.open.map(|s| s + within),
+        }
+    }
+}
+
+/// A compact, stable fingerprint of rule + key + start (FNV-1a, 64 bits).
+fn fingerprint(rule: &str, key: &str, starts_at: i64) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule
+        .bytes()
+        .chain([0])
+        .chain(key.bytes())
+        .chain([0])
+        .chain(starts_at.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn human(ms: i64) -> String {
+    match ms {
+        m if m % 86_400_000 == 0 => format!("{}d", m / 86_400_000),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+struct Emitter<'a> {
+    rule: &'a Rule,
+    key: &'a str,
+    out: &'a mut Vec<Alert>,
+}
+
+impl Emitter<'_> {
+    fn emit(
+        &mut self,
+        status: AlertStatus,
+        starts_at: i64,
+        ends_at: Option<i64>,
+        count: usize,
+        value: f64,
+    ) {
+        let (window, _) = match &self.rule.kind {
+            RuleKind::Threshold { window, .. } => (*window, ()),
+            RuleKind::Sequence { within, .. } | RuleKind::Absence { within, .. } => (*within, ()),
+        };
+        let summary = self
+            .rule
+            .summary
+            .replace("{rule}", &self.rule.id)
+            .replace("{key}", self.key)
+            .replace("{count}", &count.to_string())
+            .replace("{value}", &fmt_num(value))
+            .replace("{window}", &human(window));
+        let mut labels: Vec<(String, String)> = vec![
+            ("rule".into(), self.rule.id.clone()),
+            ("key".into(), self.key.to_string()),
+        ];
+        labels.extend(self.rule.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.out.push(Alert {
+            rule_id: self.rule.id.clone(),
+            key: self.key.to_string(),
+            status,
+            severity: self.rule.severity,
+            summary,
+            labels,
+            starts_at,
+            ends_at,
+            fingerprint: fingerprint(&self.rule.id, self.key, starts_at),
+        });
+    }
+}
+
+/// Moves one key of one rule to event time `t` (deadlines up to and including `t`).
+fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, out: &mut Vec<Alert>) {
+    let mut em = Emitter { rule, key, out };
+    match &rule.kind {
+        RuleKind::Threshold {
+            window,
+            above,
+            for_ms,
+            ..
+        } => {
+            // A `for` that completes before the next expiry fires first.
+            loop {
+                if let (Some(h), None) = (ks.holding_since, ks.firing)
+                    && h + for_ms <= t
+                    && ks
+                        .window
+                        .front()
+                        .is_none_or(|(ft, _)| h + for_ms < ft + window)
+                {
+                    fire_threshold(&mut em, ks, h, rule.cooldown);
+                    continue;
+                }
+                let Some(&(ft, v)) = ks.window.front() else {
+                    break;
+                };
+                if ft + window > t {
+                    break;
+                }
+                ks.window.pop_front();
+                ks.sum -= v;
+                if ks.window.is_empty() {
+                    ks.sum = 0.0; // no float drift once empty
+                }
+                if ks.sum <= *above {
+                    ks.holding_since = None;
+                    if let Some(f) = ks.firing.take()
+                        && f.sent
+                    {
+                        em.emit(
+                            AlertStatus::Resolved,
+                            f.starts_at,
+                            Some(ft + window),
+                            ks.window.len(),
+                            ks.sum,
+                        );
+                    }
+                }
+            }
+        }
+        RuleKind::Sequence { within, .. } => {
+            while ks.firsts.front().is_some_and(|f| t - f >= *within) {
+                ks.firsts.pop_front();
+            }
+        }
+        RuleKind::Absence { within, .. } => {
+            if let Some(s) = ks.open
+                && s + within <= t
+            {
+                ks.open = None;
+                if ks.last_fired.is_none_or(|l| s - l >= rule.cooldown) {
+                    ks.last_fired = Some(s);
+                    em.emit(AlertStatus::Firing, s, None, 1, 1.0);
+                }
+            }
+        }
+    }
+}
+
+fn fire_threshold(em: &mut Emitter<'_>, ks: &mut KeyState, starts_at: i64, cooldown: i64) {
+    let sent = ks.last_fired.is_none_or(|l| starts_at - l >= cooldown);
+    ks.firing = Some(Firing { starts_at, sent });
+    if sent {
+        ks.last_fired = Some(starts_at);
+        em.emit(
+            AlertStatus::Firing,
+            starts_at,
+            None,
+            ks.window.len(),
+            ks.sum,
+        );
+    }
+}
+
+/// Applies one observation at its time (the key was advanced to it first).
+fn apply(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, role: Role, out: &mut Vec<Alert>) {
+    let mut em = Emitter { rule, key, out };
+    match (&rule.kind, role) {
+        (RuleKind::Threshold { above, for_ms, .. }, Role::Count(v)) => {
+            ks.window.push_back((t, v));
+            ks.sum += v;
+            if ks.sum > *above {
+                let h = *ks.holding_since.get_or_insert(t);
+                if ks.firing.is_none() && t - h >= *for_ms {
+                    fire_threshold(&mut em, ks, h, rule.cooldown);
+                }
+            }
+        }
+        (RuleKind::Sequence { count, .. }, role) => {
+            if matches!(role, Role::Then | Role::FirstAndThen) && ks.firsts.len() >= *count {
+                let start = *ks.firsts.front().expect("count >= 1");
+                let n = ks.firsts.len();
+                ks.firsts.clear();
+                if ks.last_fired.is_none_or(|l| start - l >= rule.cooldown) {
+                    ks.last_fired = Some(start);
+                    em.emit(AlertStatus::Firing, start, None, n, n as f64);
+                }
+            }
+            if matches!(role, Role::First | Role::FirstAndThen) {
+                ks.firsts.push_back(t);
+            }
+        }
+        (RuleKind::Absence { .. }, role) => {
+            if matches!(role, Role::Then | Role::FirstAndThen) {
+                ks.open = None;
+            }
+            if matches!(role, Role::First | Role::FirstAndThen) && ks.open.is_none() {
+                // A repeated `first` does not restart the wait.
+                ks.open = Some(t);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Alerts {
+    /// What `event` means to `rule`, if anything.
+    fn observe(rule: &Rule, e: &Event) -> Option<Role> {
+        match &rule.kind {
+            RuleKind::Threshold { filter, sum, .. } => {
+                if !filter.matches(e) {
+                    return None;
+                }
+                let v = match sum {
+                    Some(f) => field_value(e, f).and_then(|v| v.as_f64())?,
+                    None => 1.0,
+                };
+                Some(Role::Count(v))
+            }
+            RuleKind::Sequence { first, then, .. } | RuleKind::Absence { first, then, .. } => {
+                match (first.matches(e), then.matches(e)) {
+                    (true, true) => Some(Role::FirstAndThen),
+                    (true, false) => Some(Role::First),
+                    (false, true) => Some(Role::Then),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn apply_now(&mut self, o: Obs, out: &mut Vec<Alert>) {
+        let Some(rule) = self.config.rules.iter().find(|r| r.id == o.rule) else {
+            return;
+        };
+        let ks = self
+            .state
+            .rules
+            .entry(o.rule.clone())
+            .or_default()
+            .entry(o.key.clone())
+            .or_default();
+        advance_key(rule, &o.key, ks, o.ts, out);
+        apply(rule, &o.key, ks, o.ts, o.role, out);
+    }
+
+    /// Fires every deadline up to `wm` and forgets keys with nothing left.
+    fn advance_all(&mut self, wm: i64, out: &mut Vec<Alert>) {
+        for rule in &self.config.rules {
+            let Some(keys) = self.state.rules.get_mut(&rule.id) else {
+                continue;
+            };
+            for (key, ks) in keys.iter_mut() {
+                if ks.deadline(rule).is_some_and(|d| d <= wm) {
+                    advance_key(rule, key, ks, wm, out);
+                }
+            }
+            keys.retain(|_, ks| {
+                !ks.is_idle() || ks.last_fired.is_some_and(|l| wm - l < rule.cooldown)
+            });
+        }
+    }
+}
+
+impl Alerter for Alerts {
+    type State = State;
+
+    fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
+        let config = Config::parse(config)?;
+        let interest = config.interest();
+        Ok((
+            Alerts {
+                config,
+                lateness: settings.allowed_lateness,
+                state: State::default(),
+            },
+            interest,
+        ))
+    }
+
+    fn process(&mut self, events: Vec<Event>, watermark: i64) -> AlertOutput {
+        let mut alerts = Vec::new();
+        let mut late = Vec::new();
+        let frontier = self.state.frontier.unwrap_or(i64::MIN);
+        for (i, e) in events.iter().enumerate() {
+            let too_late = e.timestamp < frontier.saturating_sub(self.lateness);
+            let mut obs = Vec::new();
+            for rule in &self.config.rules {
+                let Some(role) = Self::observe(rule, e) else {
+                    continue;
+                };
+                let Some(key) = e.field(&rule.key) else {
+                    continue;
+                };
+                self.state.seq += 1;
+                obs.push(Obs {
+                    ts: e.timestamp,
+                    seq: self.state.seq,
+                    rule: rule.id.clone(),
+                    key: key.into_owned(),
+                    role,
+                });
+            }
+            if obs.is_empty() {
+                continue;
+            }
+            if too_late {
+                late.push(i as u32);
+            } else if e.timestamp < frontier {
+                // Late but within allowed lateness: applied as it comes.
+                for o in obs {
+                    self.apply_now(o, &mut alerts);
+                }
+            } else {
+                self.state.buffer.extend(obs);
+            }
+        }
+        if watermark > frontier {
+            // Apply what the watermark has passed, oldest first.
+            let mut ready: Vec<Obs> = Vec::new();
+            self.state.buffer.retain(|o| {
+                if o.ts <= watermark {
+                    ready.push(o.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready.sort_by_key(|o| (o.ts, o.seq));
+            for o in ready {
+                // Other keys' deadlines before this event fire in advance_all;
+                // keys are independent, so only this key must be moved first.
+                self.apply_now(o, &mut alerts);
+            }
+            self.advance_all(watermark, &mut alerts);
+            self.state.frontier = Some(watermark);
+        }
+        AlertOutput { alerts, late }
+    }
+
+    fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}

@@ -1,0 +1,76 @@
+//! User agent to browser, OS and device type, with woothee. User agents repeat
+//! a lot, so results are cached (bounded).
+
+use nexuspipe_sdk::EventPatch;
+use std::collections::HashMap;
+
+const CACHE_LIMIT: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub browser: String,
+    pub browser_version: String,
+    pub os: String,
+    pub os_version: String,
+    /// desktop, mobile, tablet, bot or other.
+    pub device: &'static str,
+}
+
+pub fn parse(ua: &str) -> Option<Agent> {
+    let r = woothee::parser::Parser::new().parse(ua)?;
+    let lower = ua.to_ascii_lowercase();
+    let tablet = r.os == "iPad"
+        || lower.contains("tablet")
+        || (lower.contains("android") && !lower.contains("mobile"));
+    let device = match r.category {
+        "crawler" => "bot",
+        _ if tablet => "tablet",
+        "pc" => "desktop",
+        "smartphone" | "mobilephone" => "mobile",
+        _ => "other",
+    };
+    let known = |s: &str| {
+        if s == woothee::woothee::VALUE_UNKNOWN {
+            String::new()
+        } else {
+            s.to_string()
+        }
+    };
+    Some(Agent {
+        browser: known(r.name),
+        browser_version: known(r.version),
+        os: known(r.os),
+        os_version: known(&r.os_version),
+        device,
+    })
+}
+
+#[derive(Default)]
+pub struct AgentCache {
+    cache: HashMap<String, Option<Agent>>,
+}
+
+impl AgentCache {
+    pub fn enrich(&mut self, ua: &str, patch: &mut EventPatch) {
+        if !self.cache.contains_key(ua) {
+            if self.cache.len() >= CACHE_LIMIT {
+                self.cache.clear();
+            }
+            self.cache.insert(ua.to_string(), parse(ua));
+        }
+        let Some(Some(a)) = self.cache.get(ua) else {
+            return;
+        };
+        for (k, v) in [
+            ("ua.browser", &a.browser),
+            ("ua.browser_version", &a.browser_version),
+            ("ua.os", &a.os),
+            ("ua.os_version", &a.os_version),
+        ] {
+            if !v.is_empty() {
+                patch.push(k, v.as_str());
+            }
+        }
+        patch.push("ua.device", a.device);
+    }
+}

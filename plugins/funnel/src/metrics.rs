@@ -1,0 +1,314 @@
+//! Windowed metrics: filter, assign windows, group, aggregate, emit on the watermark.
+
+use crate::config::{AggFn, Metric, WindowSpec};
+use crate::hll::Distinct;
+use nexuspipe_sdk::filter::field_value;
+use nexuspipe_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The values of one window and group.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Acc {
+    count: i64,
+    /// One per configured aggregate, in order.
+    aggs: Vec<AggState>,
+    /// For top-N metrics: value -> count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    top: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum AggState {
+    Count,
+    Sum { sum: f64, n: u64 },
+    Min(Option<f64>),
+    Max(Option<f64>),
+    Unique(Distinct),
+}
+
+impl Acc {
+    fn add(&mut self, m: &Metric, e: &Event) {
+        self.count += 1;
+        if self.aggs.is_empty() {
+            self.aggs = m
+                .aggregates
+                .iter()
+                .map(|a| match a.func {
+                    AggFn::Count => AggState::Count,
+                    AggFn::Sum | AggFn::Avg => AggState::Sum { sum: 0.0, n: 0 },
+                    AggFn::Min => AggState::Min(None),
+                    AggFn::Max => AggState::Max(None),
+                    AggFn::Unique => AggState::Unique(Distinct::default()),
+                })
+                .collect();
+        }
+        for (a, st) in m.aggregates.iter().zip(self.aggs.iter_mut()) {
+            let Some(field) = &a.field else { continue };
+            match st {
+                AggState::Unique(d) => {
+                    if let Some(v) = e.field(field) {
+                        d.insert(&v);
+                    }
+                }
+                _ => {
+                    let Some(x) = field_value(e, field).and_then(|v| v.as_f64()) else {
+                        continue;
+                    };
+                    match st {
+                        AggState::Sum { sum, n } => {
+                            *sum += x;
+                            *n += 1;
+                        }
+                        AggState::Min(v) => *v = Some(v.map_or(x, |m| m.min(x))),
+                        AggState::Max(v) => *v = Some(v.map_or(x, |m| m.max(x))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(t) = &m.top
+            && let Some(v) = e.field(&t.field)
+        {
+            *self.top.entry(v.into_owned()).or_default() += 1;
+        }
+    }
+
+    /// Combines two accumulators of one metric (merging session windows).
+    fn merge(&mut self, other: Acc) {
+        self.count += other.count;
+        if self.aggs.is_empty() {
+            self.aggs = other.aggs;
+        } else {
+            for (a, b) in self.aggs.iter_mut().zip(other.aggs) {
+                match (a, b) {
+                    (AggState::Sum { sum, n }, AggState::Sum { sum: s2, n: n2 }) => {
+                        *sum += s2;
+                        *n += n2;
+                    }
+                    (AggState::Min(x), AggState::Min(y)) => *x = min_opt(*x, y, f64::min),
+                    (AggState::Max(x), AggState::Max(y)) => *x = min_opt(*x, y, f64::max),
+                    (AggState::Unique(x), AggState::Unique(y)) => x.merge(&y),
+                    _ => {}
+                }
+            }
+        }
+        for (k, v) in other.top {
+            *self.top.entry(k).or_default() += v;
+        }
+    }
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(f(x, y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// State of one metric.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricState {
+    store: WindowStore<Vec<String>, Acc>,
+    /// Session windows per group (session metrics only).
+    #[serde(default)]
+    sessions: Vec<(Vec<String>, SessionWindows)>,
+}
+
+impl MetricState {
+    pub fn new(lateness: i64) -> Self {
+        MetricState {
+            store: WindowStore::new(lateness),
+            sessions: Vec::new(),
+        }
+    }
+}
+
+/// The URL part after `#` in a group source (`metadata.url#path`).
+fn url_part(url: &str, part: &str) -> String {
+    let (scheme_rest, has_scheme) = match url.split_once("://") {
+        Some((_, r)) => (r, true),
+        None => (url, false),
+    };
+    let (host, path) = if has_scheme {
+        match scheme_rest.find('/') {
+            Some(i) => (&scheme_rest[..i], &scheme_rest[i..]),
+            None => (scheme_rest, "/"),
+        }
+    } else {
+        ("", scheme_rest)
+    };
+    match part {
+        "host" => host
+            .split(['@'])
+            .next_back()
+            .unwrap_or(host)
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        _ => {
+            let end = path.find(['?', '#']).unwrap_or(path.len());
+            let p = &path[..end];
+            if p.is_empty() {
+                "/".into()
+            } else {
+                p.to_string()
+            }
+        }
+    }
+}
+
+fn group_of(m: &Metric, e: &Event) -> Vec<String> {
+    m.group_by
+        .iter()
+        .map(|g| {
+            g.from
+                .iter()
+                .find_map(|src| match src.split_once('#') {
+                    Some((field, part)) => e.field(field).map(|v| url_part(&v, part)),
+                    None => e.field(src).map(|v| v.into_owned()),
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Adds an event to a metric; false if every window it belongs to has expired (late).
+pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
+    let group = group_of(m, e);
+    match m.window {
+        WindowSpec::Tumbling { size, offset } => {
+            let w = Tumbling { size, offset }.assign(e.timestamp);
+            match st.store.get_mut(w, &group) {
+                Some(acc) => {
+                    acc.add(m, e);
+                    true
+                }
+                None => false,
+            }
+        }
+        WindowSpec::Sliding {
+            size,
+            slide,
+            offset,
+        } => {
+            let mut any = false;
+            for w in (Sliding {
+                size,
+                slide,
+                offset,
+            })
+            .assign(e.timestamp)
+            {
+                if let Some(acc) = st.store.get_mut(w, &group) {
+                    acc.add(m, e);
+                    any = true;
+                }
+            }
+            any
+        }
+        WindowSpec::Session { gap } => {
+            let w = Window {
+                start: e.timestamp,
+                end: e.timestamp + gap,
+            };
+            if st.store.is_expired(&w) {
+                return false;
+            }
+            let pos = match st.sessions.iter().position(|(g, _)| *g == group) {
+                Some(p) => p,
+                None => {
+                    st.sessions.push((group.clone(), SessionWindows::default()));
+                    st.sessions.len() - 1
+                }
+            };
+            let update = st.sessions[pos].1.add(e.timestamp, gap);
+            let mut merged = Acc::default();
+            for old in &update.merged {
+                if let Some(acc) = st.store.remove(old, &group) {
+                    merged.merge(acc);
+                }
+            }
+            let acc = st
+                .store
+                .get_mut(update.window, &group)
+                .expect("a fresh session is not expired");
+            acc.merge(merged);
+            acc.add(m, e);
+            true
+        }
+    }
+}
+
+/// Emits every window the watermark closed.
+pub fn advance(m: &Metric, st: &mut MetricState, watermark: i64, points: &mut Vec<MetricPoint>) {
+    st.store
+        .advance(watermark, |w, group, acc| emit(m, w, group, acc, points));
+    if matches!(m.window, WindowSpec::Session { .. }) {
+        for (_, s) in st.sessions.iter_mut() {
+            s.close(watermark);
+        }
+        st.sessions.retain(|(_, s)| !s.is_empty());
+    }
+}
+
+fn emit(m: &Metric, w: Window, group: &[String], acc: &Acc, points: &mut Vec<MetricPoint>) {
+    let base = || {
+        let mut p = MetricPoint::new(m.measurement.clone(), w.start);
+        for (g, v) in m.group_by.iter().zip(group) {
+            p = p.tag(g.tag.clone(), v.clone());
+        }
+        p
+    };
+    if let Some(t) = &m.top {
+        let mut ranked: Vec<(&String, &i64)> = acc.top.iter().collect();
+        // Most frequent first; ties broken by value, so output is deterministic.
+        ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        for (rank, (value, count)) in ranked.into_iter().take(t.n).enumerate() {
+            points.push(
+                base()
+                    .tag("rank", (rank + 1).to_string())
+                    .field(t.name.clone(), value.as_str())
+                    .field(t.count_as.clone(), *count),
+            );
+        }
+        return;
+    }
+    let mut p = base();
+    for (a, st) in m.aggregates.iter().zip(&acc.aggs) {
+        let name = a.name.clone();
+        p = match (a.func, st) {
+            (AggFn::Count, _) => p.field(name, acc.count),
+            (AggFn::Sum, AggState::Sum { sum, .. }) => p.field(name, *sum),
+            (AggFn::Avg, AggState::Sum { sum, n }) if *n > 0 => p.field(name, sum / *n as f64),
+            (AggFn::Min, AggState::Min(Some(v))) | (AggFn::Max, AggState::Max(Some(v))) => {
+                p.field(name, *v)
+            }
+            (AggFn::Unique, AggState::Unique(d)) => p.field(name, d.count() as i64),
+            _ => p,
+        };
+    }
+    if !p.fields.is_empty() {
+        points.push(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_part;
+
+    #[test]
+    fn url_parts() {
+        assert_eq!(
+            url_part("https://shop.example:8080/a/b?x=1", "path"),
+            "/a/b"
+        );
+        assert_eq!(
+            url_part("https://shop.example:8080/a/b?x=1", "host"),
+            "shop.example"
+        );
+        assert_eq!(url_part("/products/1?utm=x", "path"), "/products/1");
+        assert_eq!(url_part("https://h", "path"), "/");
+    }
+}

@@ -1,0 +1,330 @@
+//! Building blocks for plugin configs: event filters, field paths, durations,
+//! and an [`InterestBuilder`] that turns the fields a config reads into the
+//! plugin's declared [`Interest`].
+
+use crate::{ConfigError, Event, Interest, MetadataFields, Value};
+use serde::Deserialize;
+
+/// Parses a duration: an integer (milliseconds) or text like `500ms`, `10s`, `30m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. \"30s\", \"5m\", \"1h\")"))?;
+    let mult = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m, h, d)"
+            ));
+        }
+    };
+    Ok(n * mult)
+}
+
+/// Serde helper: a duration in milliseconds from `"5m"` or a number of ms.
+pub fn duration_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Dur {
+        Ms(i64),
+        Text(String),
+    }
+    match Dur::deserialize(d)? {
+        Dur::Ms(ms) => Ok(ms),
+        Dur::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Serde helper: one string or a list of strings.
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A comparison on one field of an event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// A field path: `user_id`, `metadata.ip_address`, `properties.amount` (or just `amount`).
+    pub field: String,
+    pub op: Op,
+    /// The operand; a list for `in`, a pattern for `regex`, absent for `exists`.
+    #[serde(default)]
+    pub value: serde_json::Value,
+    #[serde(skip)]
+    regex: Option<regex_lite::Regex>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    In,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Regex,
+    Exists,
+}
+
+/// Which events a rule or metric applies to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Event types; empty means any.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub event_type: Vec<String>,
+    /// Conditions that must all hold.
+    #[serde(default, rename = "where")]
+    pub conditions: Vec<Condition>,
+}
+
+fn json_matches(v: &Value, want: &serde_json::Value) -> bool {
+    match want {
+        serde_json::Value::String(s) => v.to_text() == *s,
+        serde_json::Value::Number(n) => v.as_f64().zip(n.as_f64()).is_some_and(|(a, b)| a == b),
+        serde_json::Value::Bool(b) => v.as_bool() == Some(*b),
+        _ => false,
+    }
+}
+
+impl Filter {
+    /// A filter on event types only.
+    pub fn types<S: Into<String>>(types: impl IntoIterator<Item = S>) -> Self {
+        Filter {
+            event_type: types.into_iter().map(Into::into).collect(),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// Checks operands and compiles patterns; `at` names this filter in errors.
+    pub fn prepare(&mut self, at: &str) -> Result<(), ConfigError> {
+        for (i, c) in self.conditions.iter_mut().enumerate() {
+            let here = format!("{at}.where[{i}]");
+            match c.op {
+                Op::Regex => {
+                    let pattern = c
+                        .value
+                        .as_str()
+                        .ok_or_else(|| ConfigError::at(&here, "`regex` needs a string pattern"))?;
+                    c.regex = Some(
+                        regex_lite::Regex::new(pattern)
+                            .map_err(|e| ConfigError::at(&here, format!("bad pattern: {e}")))?,
+                    );
+                }
+                Op::In if !c.value.is_array() => {
+                    return Err(ConfigError::at(&here, "`in` needs a list"));
+                }
+                Op::Gt | Op::Ge | Op::Lt | Op::Le if !c.value.is_number() => {
+                    return Err(ConfigError::at(&here, "numeric comparisons need a number"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        if !self.event_type.is_empty() && !self.event_type.contains(&e.event_type) {
+            return false;
+        }
+        self.conditions.iter().all(|c| c.holds(e))
+    }
+
+    /// Adds what this filter reads to an interest.
+    pub fn declare(&self, b: &mut InterestBuilder) {
+        if self.event_type.is_empty() {
+            b.any_type();
+        } else {
+            b.types(&self.event_type);
+        }
+        for c in &self.conditions {
+            b.field(&c.field);
+        }
+    }
+}
+
+impl Condition {
+    fn holds(&self, e: &Event) -> bool {
+        let value = field_value(e, &self.field);
+        match self.op {
+            Op::Exists => value.is_some(),
+            _ => {
+                let Some(v) = value else { return false };
+                let num = || v.as_f64().zip(self.value.as_f64());
+                match self.op {
+                    Op::Eq => json_matches(&v, &self.value),
+                    Op::Ne => !json_matches(&v, &self.value),
+                    Op::In => self
+                        .value
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|w| json_matches(&v, w))),
+                    Op::Gt => num().is_some_and(|(a, b)| a > b),
+                    Op::Ge => num().is_some_and(|(a, b)| a >= b),
+                    Op::Lt => num().is_some_and(|(a, b)| a < b),
+                    Op::Le => num().is_some_and(|(a, b)| a <= b),
+                    Op::Regex => self
+                        .regex
+                        .as_ref()
+                        .is_some_and(|r| r.is_match(&v.to_text())),
+                    Op::Exists => unreachable!("handled above"),
+                }
+            }
+        }
+    }
+}
+
+/// The typed value of a field path (core fields and metadata as strings).
+pub fn field_value(e: &Event, path: &str) -> Option<Value> {
+    let key = path.strip_prefix("properties.").unwrap_or(path);
+    if let Some(v) = e.get(key)
+        && !is_core(path)
+    {
+        return Some(v.clone());
+    }
+    e.field(path).map(|s| Value::Str(s.into_owned()))
+}
+
+fn is_core(path: &str) -> bool {
+    matches!(
+        path,
+        "event_type" | "event_id" | "id" | "user_id" | "session_id" | "timestamp"
+    ) || path.starts_with("metadata.")
+}
+
+/// Collects what a plugin reads into an [`Interest`].
+#[derive(Debug, Default)]
+pub struct InterestBuilder {
+    all_types: bool,
+    types: Vec<String>,
+    properties: Vec<String>,
+    all_properties: bool,
+    metadata: MetadataFields,
+}
+
+impl Default for MetadataFields {
+    fn default() -> Self {
+        MetadataFields::empty()
+    }
+}
+
+impl InterestBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The plugin wants events of every type.
+    pub fn any_type(&mut self) -> &mut Self {
+        self.all_types = true;
+        self
+    }
+
+    pub fn types(&mut self, types: &[String]) -> &mut Self {
+        for t in types {
+            if !self.types.contains(t) {
+                self.types.push(t.clone());
+            }
+        }
+        self
+    }
+
+    /// The plugin reads this field path.
+    pub fn field(&mut self, path: &str) -> &mut Self {
+        let md = match path {
+            "metadata.ip_address" | "ip_address" => Some(MetadataFields::IP_ADDRESS),
+            "metadata.user_agent" | "user_agent" => Some(MetadataFields::USER_AGENT),
+            "metadata.platform" | "platform" => Some(MetadataFields::PLATFORM),
+            "metadata.url" | "url" => Some(MetadataFields::URL),
+            "metadata.referrer" | "referrer" => Some(MetadataFields::REFERRER),
+            _ => None,
+        };
+        if let Some(f) = md {
+            self.metadata |= f;
+        } else if !is_core(path) {
+            let key = path.strip_prefix("properties.").unwrap_or(path).to_string();
+            if !self.properties.contains(&key) {
+                self.properties.push(key);
+            }
+        }
+        self
+    }
+
+    /// The plugin reads every property.
+    pub fn all_properties(&mut self) -> &mut Self {
+        self.all_properties = true;
+        self
+    }
+
+    pub fn build(&self) -> Interest {
+        Interest {
+            event_types: if self.all_types {
+                Vec::new()
+            } else {
+                self.types.clone()
+            },
+            properties: if self.all_properties {
+                None
+            } else {
+                Some(self.properties.clone())
+            },
+            metadata: self.metadata,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_interest() {
+        let mut f: Filter = serde_json::from_value(serde_json::json!({
+            "event_type": "purchase",
+            "where": [
+                {"field": "amount", "op": "ge", "value": 10},
+                {"field": "currency", "op": "in", "value": ["EUR", "USD"]},
+                {"field": "metadata.url", "op": "regex", "value": "^https://shop"}
+            ]
+        }))
+        .unwrap();
+        f.prepare("metrics[0].filter").unwrap();
+        let e = Event::new("purchase", 1)
+            .with_property("amount", "12.5")
+            .with_property("currency", "EUR")
+            .with_url("https://shop.example/x");
+        assert!(f.matches(&e));
+        assert!(!f.matches(&e.clone().with_property("currency", "GBP")));
+        let mut b = InterestBuilder::new();
+        f.declare(&mut b);
+        let i = b.build();
+        assert_eq!(i.event_types, ["purchase"]);
+        assert_eq!(i.properties.unwrap(), ["amount", "currency"]);
+        assert!(i.metadata.contains(MetadataFields::URL));
+        assert_eq!(parse_duration("30m"), Ok(1_800_000));
+        let mut bad: Filter = serde_json::from_value(
+            serde_json::json!({"where": [{"field": "a", "op": "gt", "value": "x"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            bad.prepare("rules[1].filter").unwrap_err().field.as_deref(),
+            Some("rules[1].filter.where[0]")
+        );
+    }
+}
