@@ -139,13 +139,14 @@ impl<S: Stateful> StatefulHarness<S> {
 
     /// Feeds one batch (filtered by interest) and advances the watermark.
     pub fn push(&mut self, events: Vec<Event>) -> Outputs<S::Item> {
+        // Like the host: every event moves event time, wanted or not.
+        if let Some(max) = events.iter().map(|e| e.timestamp).max() {
+            self.max_ts = self.max_ts.max(max);
+        }
         let wanted: Vec<Event> = events
             .into_iter()
             .filter(|e| self.interest.wants(&e.event_type))
             .collect();
-        if let Some(max) = wanted.iter().map(|e| e.timestamp).max() {
-            self.max_ts = self.max_ts.max(max);
-        }
         let watermark = self.watermark();
         let (items, late) = self.plugin.step(wanted.clone(), watermark);
         Outputs {
@@ -187,5 +188,209 @@ impl<S: Stateful> StatefulHarness<S> {
             .unwrap_or_else(|e| panic!("restore failed: {}", e.message));
         self.plugin = fresh;
         self.interest = interest;
+    }
+}
+
+/// Reads an event from the HTTP API's canonical JSON (timestamps in epoch ms),
+/// for golden files shared with `nexuspipe plugin run`.
+pub fn event_from_json(v: &serde_json::Value) -> Event {
+    use crate::{Metadata, Property, Value};
+    let s = |k: &str| v[k].as_str().map(str::to_string);
+    let md = &v["metadata"];
+    let m = |k: &str| md[k].as_str().map(str::to_string);
+    let properties = v["properties"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, x)| {
+                    let value = match x {
+                        serde_json::Value::String(s) => Value::Str(s.clone()),
+                        serde_json::Value::Bool(b) => Value::Boolean(*b),
+                        serde_json::Value::Number(n) => match n.as_i64() {
+                            Some(i) => Value::Int(i),
+                            None => Value::Float(n.as_f64()?),
+                        },
+                        serde_json::Value::Null => return None,
+                        other => Value::Str(other.to_string()),
+                    };
+                    Some(Property {
+                        key: k.clone(),
+                        value,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Event {
+        id: s("event_id").unwrap_or_default(),
+        event_type: s("event_type").expect("event_type"),
+        timestamp: v["timestamp"].as_i64().expect("timestamp in epoch ms"),
+        user_id: s("user_id"),
+        session_id: s("session_id"),
+        properties,
+        metadata: Metadata {
+            ip_address: m("ip_address"),
+            user_agent: m("user_agent"),
+            platform: m("platform"),
+            url: m("url"),
+            referrer: m("referrer"),
+        },
+    }
+}
+
+fn value_json(v: &crate::Value) -> serde_json::Value {
+    match v {
+        crate::Value::Str(s) => s.clone().into(),
+        crate::Value::Float(f) => (*f).into(),
+        crate::Value::Int(i) => (*i).into(),
+        crate::Value::Boolean(b) => (*b).into(),
+    }
+}
+
+/// An event as `nexuspipe plugin run` prints it (id omitted when empty).
+pub fn event_to_json(e: &Event) -> serde_json::Value {
+    let mut o = serde_json::json!({
+        "event_id": e.id, "event_type": e.event_type, "timestamp": e.timestamp,
+        "properties": e.properties.iter().map(|p| (p.key.clone(), value_json(&p.value))).collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(u) = &e.user_id {
+        o["user_id"] = u.clone().into();
+    }
+    if let Some(s) = &e.session_id {
+        o["session_id"] = s.clone().into();
+    }
+    let m = &e.metadata;
+    let md: serde_json::Map<String, serde_json::Value> = [
+        ("ip_address", &m.ip_address),
+        ("user_agent", &m.user_agent),
+        ("platform", &m.platform),
+        ("url", &m.url),
+        ("referrer", &m.referrer),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v.clone()?.into())))
+    .collect();
+    o["metadata"] = md.into();
+    o
+}
+
+/// A point as `nexuspipe plugin run` prints it.
+pub fn point_to_json(p: &MetricPoint) -> serde_json::Value {
+    serde_json::json!({
+        "measurement": p.measurement,
+        "tags": p.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "fields": p.fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>(),
+        "timestamp": p.timestamp,
+    })
+}
+
+/// An alert as `nexuspipe plugin run` prints it (times in RFC 3339).
+pub fn alert_to_json(a: &Alert) -> serde_json::Value {
+    use crate::{AlertStatus, Severity};
+    serde_json::json!({
+        "rule_id": a.rule_id,
+        "key": a.key,
+        "status": match a.status { AlertStatus::Firing => "firing", AlertStatus::Resolved => "resolved" },
+        "severity": match a.severity {
+            Severity::Info => "info", Severity::Warning => "warning",
+            Severity::Error => "error", Severity::Critical => "critical",
+        },
+        "summary": a.summary,
+        "labels": a.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "starts_at": rfc3339(a.starts_at),
+        "ends_at": a.ends_at.map(rfc3339),
+        "fingerprint": a.fingerprint,
+    })
+}
+
+/// Epoch milliseconds as RFC 3339 UTC, fraction only when non-zero (as the host prints).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let frac = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    );
+    if frac != 0 {
+        let f = format!(".{frac:03}");
+        s.push_str(f.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Runs a plugin's golden case natively: `<case>.input.ndjson` (and
+/// `<case>.config.json`, with `{geo}` replaced by `vars`) from `dir`, and
+/// returns the output lines as `nexuspipe plugin run` would print them.
+pub fn golden_outputs<F>(
+    dir: &std::path::Path,
+    case: &str,
+    config_vars: &[(&str, &str)],
+    run: F,
+) -> Vec<serde_json::Value>
+where
+    F: FnOnce(&str, Vec<Event>) -> Vec<serde_json::Value>,
+{
+    let input =
+        std::fs::read_to_string(dir.join(format!("{case}.input.ndjson"))).expect("input file");
+    let events = input
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| event_from_json(&serde_json::from_str(l).expect("input JSON")))
+        .collect();
+    let mut config =
+        std::fs::read_to_string(dir.join(format!("{case}.config.json"))).unwrap_or_default();
+    for (k, v) in config_vars {
+        config = config.replace(k, v);
+    }
+    run(&config, events)
+}
+
+/// The golden cases in a directory: every `<case>.input.ndjson` with its `<case>.output.ndjson`.
+pub fn golden_cases(dir: &std::path::Path) -> Vec<(String, Vec<serde_json::Value>)> {
+    let mut cases: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples dir")
+        .filter_map(|f| {
+            let name = f.ok()?.file_name().into_string().ok()?;
+            let case = name.strip_suffix(".input.ndjson")?.to_string();
+            let out = std::fs::read_to_string(dir.join(format!("{case}.output.ndjson"))).ok()?;
+            let expected = out
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("output JSON"))
+                .collect();
+            Some((case, expected))
+        })
+        .collect();
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_matches_the_host() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::rfc3339(1_767_225_600_011),
+            "2026-01-01T00:00:00.011Z"
+        );
+        assert_eq!(super::rfc3339(1_500), "1970-01-01T00:00:01.5Z");
+        assert_eq!(super::rfc3339(-1), "1969-12-31T23:59:59.999Z");
     }
 }

@@ -4,5 +4,6 @@
 mod support;
 
 mod cli;
+mod golden;
 mod isolation;
 mod server;

@@ -11,6 +11,8 @@
 
 mod config;
 mod geo;
+#[cfg(feature = "testdb")]
+pub mod testdb;
 mod ua;
 mod web;
 
