@@ -8,10 +8,7 @@
 mod support;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use nexuspipe::runtime::{
-    Capabilities, Event, HostSettings, Limits, Metadata, Plugin, PluginOutput, Property, Runtime,
-    Value,
-};
+use nexuspipe::runtime::{Event, Limits, Metadata, Plugin, PluginOutput, Property, Runtime, Value};
 use nexuspipe_sdk as sdk;
 use std::cell::Cell;
 
@@ -76,18 +73,7 @@ fn batch(n: usize, clock: &Cell<i64>) -> Vec<Event> {
 }
 
 fn load(rt: &Runtime, krate: &str) -> Plugin {
-    let component = rt.load_file(&support::guest(krate)).unwrap();
-    Plugin::new(
-        krate,
-        component,
-        "",
-        HostSettings {
-            allowed_lateness: 0,
-        },
-        Limits::default(),
-        Capabilities::default(),
-    )
-    .unwrap()
+    support::load_plugin(rt, krate, "", Limits::default())
 }
 
 fn bench_calls(c: &mut Criterion) {

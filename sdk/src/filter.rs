@@ -5,6 +5,20 @@
 use crate::{ConfigError, Event, Interest, MetadataFields, Value};
 use serde::Deserialize;
 
+/// Parses a plugin's JSON config; empty text means `default` (the plugin's
+/// default config). Errors carry serde's line and column.
+pub fn json_config<T: serde::de::DeserializeOwned>(
+    text: &str,
+    default: &str,
+) -> Result<T, ConfigError> {
+    let text = if text.trim().is_empty() {
+        default
+    } else {
+        text
+    };
+    serde_json::from_str(text).map_err(ConfigError::parse)
+}
+
 /// Parses a duration: an integer (milliseconds) or text like `500ms`, `10s`, `30m`, `1h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let t = s.trim();

@@ -229,12 +229,15 @@ pub(super) fn accept(
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
-pub(super) async fn post_events(
-    State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<IngestParams>,
+/// Reads, splits and validates a request body; `normalize` rewrites each
+/// item first (the tracker-compatible `/event` route).
+pub(super) async fn ingest(
+    state: ApiState,
+    peer: SocketAddr,
+    params: IngestParams,
     headers: HeaderMap,
     body: Body,
+    normalize: fn(Json) -> Result<Json, EventError>,
 ) -> Response {
     let received = Instant::now();
     let bytes = match read_body(&state, &headers, body).await {
@@ -251,6 +254,16 @@ pub(super) async fn post_events(
     let defaults = RequestDefaults::new(peer, &headers);
     let d = defaults.event_defaults();
     accept(&state, received, items, params.partial, |v| {
-        from_json(v, &d)
+        from_json(normalize(v)?, &d)
     })
+}
+
+pub(super) async fn post_events(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(state, peer, params, headers, body, Ok).await
 }

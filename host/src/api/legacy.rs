@@ -5,17 +5,14 @@
 //! `{"site_id":"s","event_type":"page_view","path":"/home","user_id":"u"}`.
 
 use super::ApiState;
-use super::ingest::{IngestParams, RequestDefaults, accept, is_ndjson, read_body, split_body};
-use crate::event::{EventDefaults, EventError, from_json};
-use crate::runtime::Event;
-use crate::telemetry::RejectReason;
+use super::ingest::{IngestParams, ingest};
+use crate::event::EventError;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, Value as Json};
 use std::net::SocketAddr;
-use std::time::Instant;
 
 /// Where a legacy key goes in the canonical event.
 fn canonical(key: &str) -> Option<(&'static str, Option<&'static str>)> {
@@ -84,10 +81,6 @@ pub fn normalize(v: Json) -> Result<Json, EventError> {
     Ok(Json::Object(out))
 }
 
-pub(super) fn convert(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
-    from_json(normalize(v)?, d)
-}
-
 pub(super) async fn post_event(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -95,26 +88,19 @@ pub(super) async fn post_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received = Instant::now();
-    let bytes = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let items = match split_body(&bytes, is_ndjson(&headers)) {
-        Ok(items) => items,
-        Err(msg) => {
-            state.metrics.reject(RejectReason::MalformedJson, 1);
-            return super::error(StatusCode::BAD_REQUEST, msg, json!({}));
-        }
-    };
-    let defaults = RequestDefaults::new(peer, &headers);
-    let d = defaults.event_defaults();
-    accept(&state, received, items, params.partial, |v| convert(v, &d))
+    ingest(state, peer, params, headers, body, normalize).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{EventDefaults, from_json};
+    use crate::runtime::Event;
+    use serde_json::json;
+
+    fn convert(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
+        from_json(normalize(v)?, d)
+    }
 
     #[test]
     fn normalizes_known_tracker_payloads() {

@@ -13,6 +13,25 @@ fn nexuspipe(args: &[&str], cwd: &std::path::Path) -> Output {
         .expect("running nexuspipe")
 }
 
+/// `nexuspipe plugin run <guest> --input <input> [extra...]` in `dir`.
+fn plugin_run(
+    dir: &std::path::Path,
+    krate: &str,
+    input: &std::path::Path,
+    extra: &[&str],
+) -> Output {
+    let plugin = guest(krate);
+    let mut args = vec![
+        "plugin",
+        "run",
+        plugin.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    nexuspipe(&args, dir)
+}
+
 #[test]
 fn plugin_run_enriches_ndjson() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,17 +51,7 @@ fn plugin_run_enriches_ndjson() {
             ),
         ],
     );
-    let plugin = guest("hostile");
-    let out = nexuspipe(
-        &[
-            "plugin",
-            "run",
-            plugin.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = plugin_run(dir.path(), "hostile", &input, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -71,19 +80,7 @@ fn plugin_run_writes_failed_batches_to_the_dead_letter_file() {
             event_json("trap", 2, json!({"event_id": "b"})),
         ],
     );
-    let plugin = guest("hostile");
-    let out = nexuspipe(
-        &[
-            "plugin",
-            "run",
-            plugin.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--data-dir",
-            "data",
-        ],
-        dir.path(),
-    );
+    let out = plugin_run(dir.path(), "hostile", &input, &["--data-dir", "data"]);
     assert!(
         out.status.success(),
         "the host survives: {}",
@@ -162,17 +159,7 @@ fn plugin_run_reports_bad_input_lines() {
         "{\"event_type\":\"a\",\"timestamp\":1}\n{\"timestamp\":2}\n",
     )
     .unwrap();
-    let plugin = guest("hostile");
-    let out = nexuspipe(
-        &[
-            "plugin",
-            "run",
-            plugin.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = plugin_run(dir.path(), "hostile", &input, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

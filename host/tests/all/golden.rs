@@ -3,7 +3,7 @@
 //! same files natively, so both must agree with the documented outputs.
 //! `NEXUSPIPE_BLESS=1` rewrites the outputs (then review the diff).
 
-use crate::support::{guest, parse_ndjson, workspace_root};
+use crate::support::{event, guest, parse_ndjson, workspace_root};
 use std::process::Command;
 
 fn run_cases(plugin: &str) {
@@ -90,39 +90,17 @@ fn alerts_examples() {
 #[test]
 fn unique_users_sketch_stays_within_two_percent_in_wasm() {
     use nexuspipe::engine::offline;
-    use nexuspipe::runtime::{
-        Capabilities, Event, HostSettings, Limits, Metadata, Plugin, Runtime, Value,
-    };
+    use nexuspipe::runtime::{Event, Limits, Runtime, Value};
     let rt = Runtime::new(None).unwrap();
     let config = r#"{"metrics": [{"measurement": "u", "window": {"type": "tumbling", "size": "1h"},
         "aggregates": [{"fn": "unique", "field": "user_id", "as": "users"}]}]}"#;
-    let mut p = Plugin::new(
-        "funnel",
-        rt.load_file(&guest("funnel")).unwrap(),
-        config,
-        HostSettings {
-            allowed_lateness: 0,
-        },
-        Limits::default(),
-        Capabilities::default(),
-    )
-    .unwrap();
+    let mut p = crate::support::load_plugin(&rt, "funnel", config, Limits::default());
     let n = 50_000i64;
     let events: Vec<Event> = (0..n)
-        .map(|i| Event {
-            id: String::new(),
-            event_type: "x".into(),
-            timestamp: i % 3_600_000,
-            user_id: Some(format!("user-{i}")),
-            session_id: None,
-            properties: Vec::new(),
-            metadata: Metadata {
-                ip_address: None,
-                user_agent: None,
-                platform: None,
-                url: None,
-                referrer: None,
-            },
+        .map(|i| {
+            let mut e = event("x", i % 3_600_000, "");
+            e.user_id = Some(format!("user-{i}"));
+            e
         })
         .collect();
     let run = offline::run(&mut p, events, 1024, 5_000);

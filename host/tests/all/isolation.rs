@@ -1,10 +1,10 @@
 //! A plugin can fail; the host never does, and never loses an event because of it.
 
-use crate::support::guest;
+use crate::support::{event, guest, load_plugin};
 use nexuspipe::engine::offline;
 use nexuspipe::runtime::{
-    BreakerState, Capabilities, Event, FailureKind, HostSettings, Limits, Metadata, Plugin,
-    PluginError, PluginOutput, Runtime, Value, World,
+    BreakerState, Capabilities, Event, FailureKind, HostSettings, Limits, Plugin, PluginError,
+    PluginOutput, Runtime, Value, World,
 };
 use std::time::{Duration, Instant};
 
@@ -12,37 +12,8 @@ fn runtime() -> Runtime {
     Runtime::new(None).unwrap()
 }
 
-fn event(event_type: &str, ts: i64, id: &str) -> Event {
-    Event {
-        id: id.into(),
-        event_type: event_type.into(),
-        timestamp: ts,
-        user_id: None,
-        session_id: None,
-        properties: Vec::new(),
-        metadata: Metadata {
-            ip_address: None,
-            user_agent: None,
-            platform: None,
-            url: None,
-            referrer: None,
-        },
-    }
-}
-
 fn plugin(krate: &str, limits: Limits) -> Plugin {
-    let component = runtime().load_file(&guest(krate)).unwrap();
-    Plugin::new(
-        krate,
-        component,
-        "",
-        HostSettings {
-            allowed_lateness: 0,
-        },
-        limits,
-        Capabilities::default(),
-    )
-    .unwrap()
+    load_plugin(&runtime(), krate, "", limits)
 }
 
 fn seen(e: &Event) -> bool {

@@ -308,3 +308,46 @@ pub fn final_points(lp: &str) -> std::collections::BTreeMap<(String, i64), Strin
     }
     out
 }
+
+/// A bare event for in-process plugin tests.
+pub fn event(event_type: &str, ts: i64, id: &str) -> nexuspipe::runtime::Event {
+    nexuspipe::runtime::Event {
+        id: id.into(),
+        event_type: event_type.into(),
+        timestamp: ts,
+        user_id: None,
+        session_id: None,
+        properties: Vec::new(),
+        metadata: nexuspipe::runtime::Metadata {
+            ip_address: None,
+            user_agent: None,
+            platform: None,
+            url: None,
+            referrer: None,
+        },
+    }
+}
+
+/// A guest loaded as a supervised plugin with `config` and `limits`, no
+/// capabilities and no allowed lateness.
+pub fn load_plugin(
+    rt: &nexuspipe::runtime::Runtime,
+    krate: &str,
+    config: &str,
+    limits: nexuspipe::runtime::Limits,
+) -> nexuspipe::runtime::Plugin {
+    use nexuspipe::runtime::{Capabilities, HostSettings, Plugin};
+    let component = rt.load_file(&guest(krate)).unwrap();
+    let settings = HostSettings {
+        allowed_lateness: 0,
+    };
+    Plugin::new(
+        krate,
+        component,
+        config,
+        settings,
+        limits,
+        Capabilities::default(),
+    )
+    .unwrap()
+}

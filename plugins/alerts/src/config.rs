@@ -1,7 +1,7 @@
 //! Rule configuration (JSON). The default rules are what `nexuspipe run` uses
 //! when the plugin is given no config.
 
-use nexuspipe_sdk::filter::{Filter, InterestBuilder, parse_duration};
+use nexuspipe_sdk::filter::{Filter, InterestBuilder, json_config, parse_duration};
 use nexuspipe_sdk::{ConfigError, Interest, Severity};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -235,12 +235,7 @@ pub const DEFAULT_CONFIG: &str = r#"{
 impl Config {
     /// Parses and checks a config; empty text means the default rules.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let text = if text.trim().is_empty() {
-            DEFAULT_CONFIG
-        } else {
-            text
-        };
-        let mut c: Config = serde_json::from_str(text).map_err(ConfigError::parse)?;
+        let mut c: Config = json_config(text, DEFAULT_CONFIG)?;
         let mut ids = std::collections::HashSet::new();
         for (i, r) in c.rules.iter_mut().enumerate() {
             let at = format!("rules[{i}]");

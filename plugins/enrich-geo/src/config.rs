@@ -21,9 +21,6 @@ pub struct Config {
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
-        }
-        serde_json::from_str(text).map_err(ConfigError::parse)
+        nexuspipe_sdk::filter::json_config(text, "{}")
     }
 }

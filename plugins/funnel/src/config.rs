@@ -1,7 +1,7 @@
 //! funnel's configuration (JSON). See README.md; `DEFAULT_CONFIG` is what runs
 //! when the plugin is given no config.
 
-use nexuspipe_sdk::filter::{Filter, InterestBuilder, duration_ms};
+use nexuspipe_sdk::filter::{Filter, InterestBuilder, duration_ms, json_config};
 use nexuspipe_sdk::{ConfigError, Interest};
 use serde::Deserialize;
 
@@ -179,12 +179,7 @@ const UNBOUNDED: [&str; 8] = [
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let text = if text.trim().is_empty() {
-            DEFAULT_CONFIG
-        } else {
-            text
-        };
-        let mut c: Config = serde_json::from_str(text).map_err(ConfigError::parse)?;
+        let mut c: Config = json_config(text, DEFAULT_CONFIG)?;
         for (i, m) in c.metrics.iter_mut().enumerate() {
             let at = format!("metrics[{i}]");
             m.filter.prepare(&format!("{at}.filter"))?;
