@@ -8,13 +8,17 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins run test bench bench-load lint fmt clean
+.PHONY: all plugins wasm-target run test bench bench-load lint fmt clean
+
+# rust-toolchain.toml lists the target; older rustups do not add it by themselves.
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 all: plugins
 	$(CARGO) build --release -p nexuspipe
 
 ## Build every bundled plugin to target/plugins/<crate>.wasm
-plugins:
+plugins: wasm-target
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) --target-dir $(PLUGIN_TARGET_DIR) $(addprefix -p ,$(PLUGINS))
 	@mkdir -p $(PLUGIN_OUT)
 	@for p in $(PLUGINS); do \
