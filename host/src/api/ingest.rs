@@ -2,6 +2,7 @@
 //! Answers 202 once the events are in the engine's queue.
 
 use super::{ApiState, error};
+use crate::engine::SubmitError;
 use crate::event::{EventDefaults, EventError, from_json, now_ms};
 use crate::runtime::Event;
 use crate::telemetry::RejectReason;
@@ -210,16 +211,26 @@ pub(super) fn accept(
     }
     m.reject(RejectReason::InvalidEvent, rejected.len() as u64);
     let n = events.len();
-    if let Err(full) = state.engine.submit(events, received) {
-        m.reject(RejectReason::QueueFull, n as u64);
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{full}; retry later"),
-            json!({}),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
+    match state.engine.submit(events, received) {
+        Ok(()) => {}
+        Err(e @ SubmitError::QueueFull { .. }) => {
+            m.reject(RejectReason::QueueFull, n as u64);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{e}; retry later"),
+                json!({}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+        Err(e @ SubmitError::Stopped) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; nothing was accepted"),
+                json!({}),
+            );
+        }
     }
     m.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
     let mut body = json!({ "accepted": n });

@@ -5,5 +5,5 @@ pub mod offline;
 pub mod pipeline;
 pub mod watermark;
 
-pub use pipeline::{Engine, EngineHandle, EngineSettings, QueueFull};
+pub use pipeline::{Engine, EngineHandle, EngineSettings, SubmitError};
 pub use watermark::Watermark;

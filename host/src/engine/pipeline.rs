@@ -35,11 +35,15 @@ enum Msg {
     Shutdown,
 }
 
-/// The queue is full: try again later.
+/// Why the engine did not take a batch.
 #[derive(Debug, thiserror::Error)]
-#[error("the engine queue is full ({capacity} events waiting)")]
-pub struct QueueFull {
-    pub capacity: usize,
+pub enum SubmitError {
+    /// Back-pressure: try again later.
+    #[error("the engine queue is full ({capacity} events waiting)")]
+    QueueFull { capacity: usize },
+    /// The engine has stopped (shutting down): nothing can be accepted.
+    #[error("the engine has stopped")]
+    Stopped,
 }
 
 /// The HTTP side's handle on the engine. Cheap to clone.
@@ -54,12 +58,12 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Hands a batch to the engine, or refuses it if that would exceed the
     /// queue's capacity (memory stays bounded; the client retries).
-    pub fn submit(&self, events: Vec<Event>, received: Instant) -> Result<(), QueueFull> {
+    pub fn submit(&self, events: Vec<Event>, received: Instant) -> Result<(), SubmitError> {
         let n = events.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity && before > 0 {
             self.queued.fetch_sub(n, Ordering::AcqRel);
-            return Err(QueueFull {
+            return Err(SubmitError::QueueFull {
                 capacity: self.capacity,
             });
         }
@@ -67,11 +71,8 @@ impl EngineHandle {
             .queue_depth
             .store((before + n) as u64, Ordering::Relaxed);
         if self.tx.send(Msg::Batch { events, received }).is_err() {
-            // The engine stopped: we are shutting down.
             self.queued.fetch_sub(n, Ordering::AcqRel);
-            return Err(QueueFull {
-                capacity: self.capacity,
-            });
+            return Err(SubmitError::Stopped);
         }
         Ok(())
     }
