@@ -137,25 +137,44 @@ impl<S: Stateful> StatefulHarness<S> {
         self.max_ts.saturating_sub(self.out_of_orderness)
     }
 
-    /// Feeds one batch (filtered by interest) and advances the watermark.
+    /// Feeds one batch (filtered by interest) and advances the watermark. Like
+    /// the host, the batch is cut before each late event (older than the
+    /// running watermark), so each event meets the watermark of all before it.
     pub fn push(&mut self, events: Vec<Event>) -> Outputs<S::Item> {
-        // Like the host: every event moves event time, wanted or not.
-        if let Some(max) = events.iter().map(|e| e.timestamp).max() {
-            self.max_ts = self.max_ts.max(max);
+        let mut out = Outputs {
+            items: Vec::new(),
+            late: Vec::new(),
+        };
+        let mut passed = self.watermark();
+        let mut sub: Vec<Event> = Vec::new();
+        for e in events {
+            if e.timestamp < self.watermark() && self.watermark() > passed && !sub.is_empty() {
+                passed = self.watermark();
+                self.step(std::mem::take(&mut sub), &mut out);
+            }
+            self.max_ts = self.max_ts.max(e.timestamp);
+            sub.push(e);
         }
+        if !sub.is_empty() {
+            self.step(sub, &mut out);
+        }
+        out
+    }
+
+    /// One call: every event moves event time, wanted or not; only wanted
+    /// events reach the plugin.
+    fn step(&mut self, events: Vec<Event>, out: &mut Outputs<S::Item>) {
         let wanted: Vec<Event> = events
             .into_iter()
             .filter(|e| self.interest.wants(&e.event_type))
             .collect();
         let watermark = self.watermark();
         let (items, late) = self.plugin.step(wanted.clone(), watermark);
-        Outputs {
-            items,
-            late: late
-                .into_iter()
-                .filter_map(|i| wanted.get(i as usize).cloned())
-                .collect(),
-        }
+        out.items.extend(items);
+        out.late.extend(
+            late.into_iter()
+                .filter_map(|i| wanted.get(i as usize).cloned()),
+        );
     }
 
     /// Advances event time without events (the host's idle advance or a final flush).

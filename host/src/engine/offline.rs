@@ -3,6 +3,7 @@
 //! the input, and a final flush fires every window and timer.
 
 use super::Watermark;
+use super::watermark::split_at_late;
 use crate::runtime::{Alert, Event, MetricPoint, Plugin, PluginOutput};
 
 /// Everything one offline run produced.
@@ -27,12 +28,11 @@ pub fn run(
     let mut run = OfflineRun::default();
     let mut it = events.into_iter().peekable();
     while it.peek().is_some() {
-        let mut batch: Vec<Event> = it.by_ref().take(batch_size.max(1)).collect();
-        for e in &batch {
-            wm.observe(e.timestamp);
+        let chunk: Vec<Event> = it.by_ref().take(batch_size.max(1)).collect();
+        for (mut batch, watermark) in split_at_late(chunk, &mut wm) {
+            plugin.process(&mut batch, watermark, &mut run.output);
+            run.events.extend(batch);
         }
-        plugin.process(&mut batch, wm.current(), &mut run.output);
-        run.events.extend(batch);
     }
     let mut empty = Vec::new();
     plugin.process(&mut empty, wm.advance_to(i64::MAX), &mut run.output);

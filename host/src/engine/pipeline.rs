@@ -8,6 +8,7 @@
 
 use super::Watermark;
 use super::checkpoint::Checkpoints;
+use super::watermark::split_at_late;
 use crate::runtime::{Event, Plugin, PluginOutput};
 use crate::sinks::{self, files::AppendFile, lineproto};
 use crate::telemetry::{Metrics, PluginFigures};
@@ -223,13 +224,11 @@ impl Engine {
         let mut out = PluginOutput::default();
         let mut it = events.into_iter().peekable();
         while it.peek().is_some() {
-            let mut batch: Vec<Event> = it.by_ref().take(self.settings.batch_size).collect();
-            for e in &batch {
-                self.watermark.observe(e.timestamp);
-            }
-            let wm = self.watermark.current();
-            for p in &mut self.plugins {
-                p.process(&mut batch, wm, &mut out);
+            let chunk: Vec<Event> = it.by_ref().take(self.settings.batch_size).collect();
+            for (mut batch, wm) in split_at_late(chunk, &mut self.watermark) {
+                for p in &mut self.plugins {
+                    p.process(&mut batch, wm, &mut out);
+                }
             }
         }
         self.write(out);
