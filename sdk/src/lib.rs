@@ -36,7 +36,7 @@ pub mod wit;
 pub use event::{EventPatch, IntoValue};
 pub use plugin::{Aggregator, Alerter, Enricher, log};
 pub use state::KeyedState;
-pub use window::{SessionWindows, Sliding, Tumbling, Window, WindowStore};
+pub use window::{EventTimeBuffer, SessionWindows, Sliding, Tumbling, Window, WindowStore};
 
 pub use wit::enricher::nexuspipe::plugin::types::{
     AggregateOutput, Alert, AlertOutput, AlertStatus, Change, ConfigError, Event, HostSettings,
@@ -47,9 +47,9 @@ pub use wit::enricher::nexuspipe::plugin::types::{
 pub mod prelude {
     pub use crate::{
         AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change, ConfigError,
-        Enricher, Event, EventPatch, HostSettings, Interest, KeyedState, Level, Metadata,
-        MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding, StateError,
-        Tumbling, Value, Window, WindowStore,
+        Enricher, Event, EventPatch, EventTimeBuffer, HostSettings, Interest, KeyedState, Level,
+        Metadata, MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding,
+        StateError, Tumbling, Value, Window, WindowStore,
     };
 }
 

@@ -260,6 +260,51 @@ impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
     }
 }
 
+/// Holds items until the watermark passes their event time, then releases
+/// them oldest first (ties in arrival order), so logic that depends on order
+/// (sequences, funnels) sees the same order whatever the arrival order within
+/// the out-of-orderness bound. Serializes with the plugin's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventTimeBuffer<T> {
+    /// (event time, arrival number, item), in arrival order.
+    items: Vec<(i64, u64, T)>,
+    arrivals: u64,
+}
+
+impl<T> Default for EventTimeBuffer<T> {
+    fn default() -> Self {
+        EventTimeBuffer {
+            items: Vec::new(),
+            arrivals: 0,
+        }
+    }
+}
+
+impl<T> EventTimeBuffer<T> {
+    pub fn push(&mut self, ts: i64, item: T) {
+        self.arrivals += 1;
+        self.items.push((ts, self.arrivals, item));
+    }
+
+    /// Removes and returns, in event-time order, every item at or before `watermark`.
+    pub fn release(&mut self, watermark: i64) -> Vec<(i64, T)> {
+        let (mut ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.items)
+            .into_iter()
+            .partition(|(ts, _, _)| *ts <= watermark);
+        self.items = keep;
+        ready.sort_by_key(|(ts, n, _)| (*ts, *n));
+        ready.into_iter().map(|(ts, _, item)| (ts, item)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 mod window_map {
     use super::*;
     use serde::{Deserializer, Serializer};
@@ -342,6 +387,17 @@ mod tests {
         assert_eq!(up.window, Window { start: 10, end: 25 });
         assert_eq!(up.merged.len(), 2);
         assert_eq!(s.windows(), &[Window { start: 10, end: 25 }]);
+    }
+
+    #[test]
+    fn buffer_releases_in_event_time_order() {
+        let mut b = EventTimeBuffer::default();
+        for (ts, x) in [(5, 'a'), (3, 'b'), (9, 'c'), (3, 'd')] {
+            b.push(ts, x);
+        }
+        assert_eq!(b.release(5), vec![(3, 'b'), (3, 'd'), (5, 'a')]);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.release(100), vec![(9, 'c')]);
     }
 
     #[test]

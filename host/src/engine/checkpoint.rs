@@ -18,7 +18,7 @@ struct Manifest {
     plugins: BTreeMap<String, Entry>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     file: String,
     version: String,
@@ -27,6 +27,8 @@ struct Entry {
 pub struct Checkpoints {
     dir: PathBuf,
     generation: u64,
+    /// The plugin entries of the last committed manifest.
+    committed: BTreeMap<String, Entry>,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -41,7 +43,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Checkpoints {
     pub fn new(dir: PathBuf) -> Self {
-        Checkpoints { dir, generation: 0 }
+        Checkpoints {
+            dir,
+            generation: 0,
+            committed: BTreeMap::new(),
+        }
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -87,6 +93,7 @@ impl Checkpoints {
             .filter_map(|e| e.file.rsplit('.').nth(1)?.parse::<u64>().ok())
             .max()
             .unwrap_or(0);
+        self.committed = manifest.plugins;
         Ok(Some((manifest.max_event_time, manifest.watermark)))
     }
 
@@ -119,13 +126,9 @@ impl Checkpoints {
             );
         }
         // Plugins whose snapshot failed keep their last good entry.
-        if let Ok(text) = std::fs::read_to_string(self.manifest_path())
-            && let Ok(old) = serde_json::from_str::<Manifest>(&text)
-        {
-            for (name, e) in old.plugins {
-                if plugins.iter().any(|p| p.name() == name) {
-                    entries.entry(name).or_insert(e);
-                }
+        for (name, e) in &self.committed {
+            if plugins.iter().any(|p| p.name() == name) {
+                entries.entry(name.clone()).or_insert_with(|| e.clone());
             }
         }
         let manifest = Manifest {
@@ -138,11 +141,12 @@ impl Checkpoints {
             &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
         )
         .context("writing the checkpoint manifest")?;
+        self.committed = manifest.plugins;
         // Remove state files no manifest refers to any more.
         if let Ok(dir) = std::fs::read_dir(&self.dir) {
             for f in dir.flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".state") && !manifest.plugins.values().any(|e| e.file == name) {
+                if name.ends_with(".state") && !self.committed.values().any(|e| e.file == name) {
                     let _ = std::fs::remove_file(f.path());
                 }
             }

@@ -19,9 +19,8 @@ pub struct Alerts {
 pub struct State {
     /// Event time up to which observations have been applied.
     frontier: Option<i64>,
-    /// Observations waiting for the watermark, in arrival order.
-    buffer: Vec<Obs>,
-    seq: u64,
+    /// Observations waiting for the watermark.
+    buffer: EventTimeBuffer<Obs>,
     /// Rule id -> key -> state. Ordered maps: alerts come out in a stable order.
     rules: BTreeMap<String, BTreeMap<String, KeyState>>,
 }
@@ -29,8 +28,6 @@ pub struct State {
 /// What one event means to one rule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Obs {
-    ts: i64,
-    seq: u64,
     rule: String,
     key: String,
     /// A threshold match (with its value), a `first`, or a `then`.
@@ -330,19 +327,19 @@ impl Alerts {
         }
     }
 
-    fn apply_now(&mut self, o: Obs, out: &mut Vec<Alert>) {
+    fn apply_now(&mut self, ts: i64, o: Obs, out: &mut Vec<Alert>) {
         let Some(rule) = self.config.rules.iter().find(|r| r.id == o.rule) else {
             return;
         };
         let ks = self
             .state
             .rules
-            .entry(o.rule.clone())
+            .entry(o.rule)
             .or_default()
             .entry(o.key.clone())
             .or_default();
-        advance_key(rule, &o.key, ks, o.ts, out);
-        apply(rule, &o.key, ks, o.ts, o.role, out);
+        advance_key(rule, &o.key, ks, ts, out);
+        apply(rule, &o.key, ks, ts, o.role, out);
     }
 
     /// Fires every deadline up to `wm` and forgets keys with nothing left.
@@ -384,54 +381,38 @@ impl Alerter for Alerts {
         let mut late = Vec::new();
         let frontier = self.state.frontier.unwrap_or(i64::MIN);
         for (i, e) in events.iter().enumerate() {
-            let too_late = e.timestamp < frontier.saturating_sub(self.lateness);
-            let mut obs = Vec::new();
-            for rule in &self.config.rules {
-                let Some(role) = Self::observe(rule, e) else {
-                    continue;
-                };
-                let Some(key) = e.field(&rule.key) else {
-                    continue;
-                };
-                self.state.seq += 1;
-                obs.push(Obs {
-                    ts: e.timestamp,
-                    seq: self.state.seq,
+            let relevant = self.config.rules.iter().filter_map(|rule| {
+                let role = Self::observe(rule, e)?;
+                Some((rule, e.field(&rule.key)?, role))
+            });
+            if e.timestamp < frontier.saturating_sub(self.lateness) {
+                if relevant.count() > 0 {
+                    late.push(i as u32);
+                }
+                continue;
+            }
+            let obs: Vec<Obs> = relevant
+                .map(|(rule, key, role)| Obs {
                     rule: rule.id.clone(),
                     key: key.into_owned(),
                     role,
-                });
-            }
-            if obs.is_empty() {
-                continue;
-            }
-            if too_late {
-                late.push(i as u32);
-            } else if e.timestamp < frontier {
-                // Late but within allowed lateness: applied as it comes.
-                for o in obs {
-                    self.apply_now(o, &mut alerts);
+                })
+                .collect();
+            for o in obs {
+                if e.timestamp < frontier {
+                    // Late but within allowed lateness: applied as it comes.
+                    self.apply_now(e.timestamp, o, &mut alerts);
+                } else {
+                    self.state.buffer.push(e.timestamp, o);
                 }
-            } else {
-                self.state.buffer.extend(obs);
             }
         }
         if watermark > frontier {
-            // Apply what the watermark has passed, oldest first.
-            let mut ready: Vec<Obs> = Vec::new();
-            self.state.buffer.retain(|o| {
-                if o.ts <= watermark {
-                    ready.push(o.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            ready.sort_by_key(|o| (o.ts, o.seq));
-            for o in ready {
-                // Other keys' deadlines before this event fire in advance_all;
-                // keys are independent, so only this key must be moved first.
-                self.apply_now(o, &mut alerts);
+            // Apply what the watermark has passed, oldest first. Other keys'
+            // deadlines before an event fire in advance_all; keys are
+            // independent, so only the event's own key is moved first.
+            for (ts, o) in self.state.buffer.release(watermark) {
+                self.apply_now(ts, o, &mut alerts);
             }
             self.advance_all(watermark, &mut alerts);
             self.state.frontier = Some(watermark);

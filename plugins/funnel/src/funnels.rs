@@ -15,9 +15,8 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct FunnelState {
-    /// (time, arrival order, user, steps the event matches as a bit mask).
-    buffer: Vec<(i64, u64, String, u64)>,
-    seq: u64,
+    /// (user, steps the event matches as a bit mask), until the watermark passes.
+    buffer: EventTimeBuffer<(String, u64)>,
     frontier: Option<i64>,
     /// Users with an open conversion window.
     users: BTreeMap<String, Progress>,
@@ -62,12 +61,10 @@ impl FunnelState {
                 late.push(i as u32);
                 continue;
             }
-            self.seq += 1;
             if e.timestamp < frontier {
                 self.apply(f, e.timestamp, &user, m);
             } else {
-                self.buffer
-                    .push((e.timestamp, self.seq, user.into_owned(), m));
+                self.buffer.push(e.timestamp, (user.into_owned(), m));
             }
         }
     }
@@ -127,17 +124,7 @@ impl FunnelState {
         if self.frontier.is_some_and(|fr| watermark <= fr) {
             return;
         }
-        let mut ready: Vec<(i64, u64, String, u64)> = Vec::new();
-        self.buffer.retain(|o| {
-            if o.0 <= watermark {
-                ready.push(o.clone());
-                false
-            } else {
-                true
-            }
-        });
-        ready.sort_by_key(|o| (o.0, o.1));
-        for (ts, _, user, m) in ready {
+        for (ts, (user, m)) in self.buffer.release(watermark) {
             self.apply(f, ts, &user, m);
         }
         self.users.retain(|_, p| p.start + f.within > watermark);
