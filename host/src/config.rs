@@ -25,6 +25,26 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The pipeline, in order. Empty: the default pipeline of bundled plugins.
     pub plugins: Vec<PluginConfig>,
+    /// A watched folder of plugins (`<name>.wasm` and optional `<name>.toml`).
+    /// Not `[plugins]`: TOML cannot have that table beside the `[[plugins]]` list.
+    pub plugin_folder: Option<FolderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// The folder; created if missing.
+    pub dir: PathBuf,
+    /// A file must be unchanged this long before it is loaded, so a file
+    /// still being copied is never loaded half-written.
+    #[serde(with = "humantime_serde", default = "FolderConfig::default_debounce")]
+    pub debounce: Duration,
+}
+
+impl FolderConfig {
+    fn default_debounce() -> Duration {
+        Duration::from_millis(500)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +57,12 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Browser origins allowed to post events (CORS); `["*"]` allows any.
     pub cors_origins: Vec<String>,
+    /// Bearer token of the admin API (`/v1/plugins`); the environment variable
+    /// `NEXUSPIPE_ADMIN_TOKEN` overrides it. Unset: the admin API is disabled.
+    pub admin_token: Option<String>,
+    /// Largest plugin upload (bytes, or text like "64MiB").
+    #[serde(deserialize_with = "de_size")]
+    pub max_plugin_size: usize,
 }
 
 impl Default for HttpConfig {
@@ -45,7 +71,20 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8000".into(),
             max_body: 1 << 20,
             cors_origins: Vec::new(),
+            admin_token: None,
+            // Components that embed an interpreter (Python, JavaScript) weigh tens of MiB.
+            max_plugin_size: 64 << 20,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The admin token in force: the environment's, else the config's; empty counts as unset.
+    pub fn admin_token(&self) -> Option<String> {
+        std::env::var("NEXUSPIPE_ADMIN_TOKEN")
+            .ok()
+            .or_else(|| self.admin_token.clone())
+            .filter(|t| !t.is_empty())
     }
 }
 
@@ -160,12 +199,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut config.plugins {
             p.path = base.join(&p.path);
-            if let Some(f) = &mut p.config_file {
-                *f = base.join(&*f);
-            }
-            for d in &mut p.capabilities.dirs {
-                d.host = base.join(&d.host);
-            }
+            p.resolve_paths(base);
+        }
+        if let Some(f) = &mut config.plugin_folder {
+            f.dir = base.join(&f.dir);
         }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -194,12 +231,11 @@ impl Config {
             if !seen.insert(&p.name) {
                 return Err(format!("plugins[{i}].name: `{}` is used twice", p.name));
             }
-            if p.config.is_some() && p.config_file.is_some() {
-                return Err(format!(
-                    "plugins[{i}] ({}): set `config` or `config_file`, not both",
-                    p.name
-                ));
-            }
+            p.validate()
+                .map_err(|m| format!("plugins[{i}] ({}): {m}", p.name))?;
+        }
+        if self.http.max_plugin_size == 0 {
+            return Err("http.max_plugin_size must be positive".into());
         }
         Ok(())
     }
@@ -225,6 +261,64 @@ pub fn validate_plugin_name(name: &str) -> Result<(), String> {
 }
 
 impl PluginConfig {
+    /// Resolves the relative paths of the entry (config file, granted dirs) against `base`.
+    fn resolve_paths(&mut self, base: &Path) {
+        if let Some(f) = &mut self.config_file {
+            *f = base.join(&*f);
+        }
+        for d in &mut self.capabilities.dirs {
+            d.host = base.join(&d.host);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.config.is_some() && self.config_file.is_some() {
+            return Err("set `config` or `config_file`, not both".into());
+        }
+        Ok(())
+    }
+
+    /// Reads the sidecar `<name>.toml` of a plugin in the plugins folder: the
+    /// keys of a `[[plugins]]` table except `name` and `path`, which the file
+    /// names give. Relative paths are resolved against the folder.
+    pub fn from_sidecar(
+        name: &str,
+        wasm: &Path,
+        sidecar: Option<&Path>,
+    ) -> Result<PluginConfig, ConfigError> {
+        let invalid = |path: &Path, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut table = toml::Table::new();
+        if let Some(path) = sidecar {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| invalid(path, e.to_string()))?;
+            for key in ["name", "path"] {
+                if table.contains_key(key) {
+                    return Err(invalid(
+                        path,
+                        format!("`{key}` is given by the file names; remove it"),
+                    ));
+                }
+            }
+        }
+        let at = sidecar.unwrap_or(wasm);
+        table.insert("name".into(), name.into());
+        table.insert("path".into(), wasm.display().to_string().into());
+        let mut p: PluginConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(at, e.to_string()))?;
+        p.resolve_paths(wasm.parent().unwrap_or(Path::new(".")));
+        p.validate().map_err(|m| invalid(at, m))?;
+        Ok(p)
+    }
+
     /// The plugin's own config text (empty: its default).
     pub fn config_text(&self) -> Result<String, ConfigError> {
         match (&self.config, &self.config_file) {

@@ -134,6 +134,12 @@ pub struct Metrics {
     pub plugins: Mutex<Vec<PluginFigures>>,
     /// From the HTTP request that carried an event to its outputs being written.
     pub ingest_to_output: Mutex<Histogram>,
+    /// How long the engine held events back to swap a plugin version.
+    pub swap_pause: Mutex<Histogram>,
+    /// Plugin versions that reached the pipeline (uploads, folder, rollbacks).
+    pub plugin_swaps: AtomicU64,
+    /// Uploads and folder loads refused (bad component, config, state...).
+    pub plugin_swaps_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -240,6 +246,27 @@ impl Metrics {
             &mut o,
             "nexuspipe_ingest_to_output_seconds",
             "",
+        );
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_plugin_swap_pause_seconds Time the engine held events back to swap a plugin version.\n# TYPE nexuspipe_plugin_swap_pause_seconds histogram"
+        );
+        self.swap_pause.lock().expect("metrics lock").render(
+            &mut o,
+            "nexuspipe_plugin_swap_pause_seconds",
+            "",
+        );
+        counter(
+            &mut o,
+            "nexuspipe_plugin_swaps_total",
+            "Plugin versions swapped in or removed (uploads, folder, rollbacks).",
+            get(&self.plugin_swaps),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_plugin_swaps_failed_total",
+            "Uploads and folder loads refused; the running version stayed.",
+            get(&self.plugin_swaps_failed),
         );
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {

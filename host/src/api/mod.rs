@@ -1,5 +1,6 @@
 //! The HTTP API: event ingest, health, metrics. Built on axum (hyper).
 
+mod admin;
 mod ingest;
 mod legacy;
 
@@ -22,6 +23,11 @@ pub struct ApiState {
     pub max_body: usize,
     /// False while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// Plugin versions: the admin API's and the folder watcher's way in.
+    pub manager: Arc<crate::live::Manager>,
+    /// `None`: the admin API is disabled.
+    pub admin_token: Option<String>,
+    pub max_plugin_size: usize,
 }
 
 /// The router with every route and the CORS layer.
@@ -32,6 +38,12 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/plugins", get(admin::list))
+        .route(
+            "/v1/plugins/{name}",
+            get(admin::get_one).put(admin::put).delete(admin::delete),
+        )
+        .route("/v1/plugins/{name}/rollback", post(admin::rollback))
         .layer(cors(cors_origins))
         .with_state(state)
 }

@@ -21,6 +21,30 @@ pub enum PluginCommand {
     },
     /// Run one plugin over events from an NDJSON file and print its outputs as NDJSON.
     Run(RunArgs),
+    /// Upload a new version to a running server (`PUT /v1/plugins/{name}`);
+    /// it swaps in between two batches, keeping the plugin's state.
+    Deploy(DeployArgs),
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The component (`.wasm`).
+    file: PathBuf,
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    server: String,
+    /// The admin token.
+    #[arg(long, env = "NEXUSPIPE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Plugin name (default: the file name without `.wasm`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Plugin config file (default: keep the running version's config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Start the new version empty instead of handing it the running state.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 #[derive(Args)]
@@ -60,6 +84,69 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
     match cmd {
         PluginCommand::Check { file, config } => check(&file, config.as_deref()),
         PluginCommand::Run(args) => run_file(args),
+        PluginCommand::Deploy(args) => deploy(args),
+    }
+}
+
+fn deploy(args: DeployArgs) -> Result<()> {
+    let component =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let name = match args.name {
+        Some(n) => n,
+        None => args
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .with_context(|| format!("{}: give the plugin a --name", args.file.display()))?,
+    };
+    // A multipart body: the component, and the config if given.
+    let boundary = format!("nexuspipe-{:016x}", fastrand::u64(..));
+    let mut body = Vec::with_capacity(component.len() + 1024);
+    let mut part = |name: &str, content_type: &str, data: &[u8]| {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("component", "application/wasm", &component);
+    if let Some(path) = &args.config {
+        let text = read_config(Some(path))?;
+        part("config", "text/plain; charset=utf-8", text.as_bytes());
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let url = format!(
+        "{}/v1/plugins/{name}?reset_state={}",
+        args.server.trim_end_matches('/'),
+        args.reset_state
+    );
+    let response = ureq::put(&url)
+        .set("Authorization", &format!("Bearer {}", args.token))
+        .set(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send_bytes(&body);
+    match response {
+        Ok(r) => {
+            let text = r.into_string().context("reading the server's answer")?;
+            let report: serde_json::Value =
+                serde_json::from_str(&text).context("the server's answer is not JSON")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{url}: {code}: {message}")
+        }
+        Err(e) => bail!("{url}: {e}"),
     }
 }
 

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use nexuspipe::api::{self, ApiState};
 use nexuspipe::config::{Config, PluginConfig};
 use nexuspipe::engine::{Engine, EngineSettings};
+use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
 use nexuspipe::telemetry::Metrics;
 use std::net::SocketAddr;
@@ -53,9 +54,7 @@ pub fn pipeline(config: &Config) -> Vec<PluginConfig> {
 
 /// Loads and initialises every plugin of the pipeline; errors name the plugin and file.
 pub fn load_plugins(runtime: &Runtime, config: &Config) -> Result<Vec<Plugin>> {
-    let settings = HostSettings {
-        allowed_lateness: config.engine.allowed_lateness.as_millis() as i64,
-    };
+    let settings = host_settings(config);
     pipeline(config)
         .into_iter()
         .map(|p| {
@@ -81,6 +80,12 @@ pub fn load_plugins(runtime: &Runtime, config: &Config) -> Result<Vec<Plugin>> {
             .with_context(|| format!("plugin `{}` ({})", p.name, p.path.display()))
         })
         .collect()
+}
+
+fn host_settings(config: &Config) -> HostSettings {
+    HostSettings {
+        allowed_lateness: config.engine.allowed_lateness.as_millis() as i64,
+    }
 }
 
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -111,9 +116,22 @@ pub fn check(path: &Path) -> Result<()> {
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let config = load_config(config_path)?;
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
-    let plugins = load_plugins(&runtime, &config)?;
     let metrics = Arc::new(Metrics::new());
     let e = &config.engine;
+    let (manager, plugins) = Manager::start(
+        runtime,
+        host_settings(&config),
+        metrics.clone(),
+        &e.data_dir,
+        pipeline(&config),
+    )
+    .with_context(|| {
+        if config.plugins.is_empty() {
+            "the default pipeline needs the bundled plugins: run `make plugins`"
+        } else {
+            "loading the pipeline"
+        }
+    })?;
     let settings = EngineSettings {
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,
@@ -138,6 +156,14 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         })
         .collect();
     let (handle, engine_thread) = engine.spawn();
+    manager.attach(handle.clone());
+    if let Some(folder) = &config.plugin_folder {
+        folder::watch(manager.clone(), folder.clone())?;
+    }
+    let admin_token = config.http.admin_token();
+    if admin_token.is_none() {
+        tracing::info!("admin API disabled (set http.admin_token or NEXUSPIPE_ADMIN_TOKEN)");
+    }
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,6 +175,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         metrics,
         max_body: config.http.max_body,
         ready: ready.clone(),
+        manager,
+        admin_token,
+        max_plugin_size: config.http.max_plugin_size,
     };
     let served = tokio.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {

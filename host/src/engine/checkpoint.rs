@@ -31,7 +31,9 @@ pub struct Checkpoints {
     committed: BTreeMap<String, Entry>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file so that readers see the old or the new content, never a mix,
+/// and the new content is on disk before the rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;

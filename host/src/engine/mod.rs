@@ -5,5 +5,8 @@ pub mod offline;
 pub mod pipeline;
 pub mod watermark;
 
-pub use pipeline::{Engine, EngineHandle, EngineSettings, SubmitError};
+pub use pipeline::{
+    ControlOp, Engine, EngineHandle, EngineSettings, Handover, SubmitError, SwapError, Swapped,
+    insert_position,
+};
 pub use watermark::Watermark;

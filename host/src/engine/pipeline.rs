@@ -9,7 +9,7 @@
 use super::Watermark;
 use super::checkpoint::Checkpoints;
 use super::watermark::split_at_late;
-use crate::runtime::{Event, Plugin, PluginOutput};
+use crate::runtime::{Event, Plugin, PluginOutput, World};
 use crate::sinks::{self, files::AppendFile, lineproto};
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
@@ -33,7 +33,90 @@ enum Msg {
         events: Vec<Event>,
         received: Instant,
     },
+    Control(Control),
     Shutdown,
+}
+
+/// A change to the pipeline. The engine applies it between two rounds, so
+/// every event is processed exactly once, by the old version or the new one.
+pub struct Control {
+    pub op: ControlOp,
+    pub reply: tokio::sync::oneshot::Sender<Result<Swapped, SwapError>>,
+}
+
+pub enum ControlOp {
+    /// Put `plugin` in place of the plugin of the same name, handing over the
+    /// old instance's state (unless `reset_state`), or add it to the pipeline:
+    /// a new enricher after the last enricher, anything else at the end.
+    Deploy {
+        plugin: Box<Plugin>,
+        reset_state: bool,
+    },
+    /// Take a plugin out of the pipeline; its state is discarded.
+    Remove { name: String },
+}
+
+/// Where a plugin new to the pipeline goes: an enricher after the last
+/// enricher (so aggregators and alerters see its changes), anything else at the end.
+pub fn insert_position(pipeline: impl Iterator<Item = World>, world: World) -> usize {
+    let worlds: Vec<World> = pipeline.collect();
+    if world.is_stateful() {
+        worlds.len()
+    } else {
+        worlds
+            .iter()
+            .rposition(|w| !w.is_stateful())
+            .map_or(0, |i| i + 1)
+    }
+}
+
+/// What happened to the state across a swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handover {
+    /// The new version restored the old one's snapshot.
+    Kept,
+    /// The new version starts empty, as asked.
+    Reset,
+    /// Enrichers hold no state.
+    Stateless,
+    /// A plugin new to the pipeline.
+    New,
+    /// The plugin was removed.
+    Removed,
+}
+
+/// A control operation that took effect.
+#[derive(Debug, Clone)]
+pub struct Swapped {
+    pub handover: Handover,
+    /// Size of the state handed over (0 unless `Kept`).
+    pub state_bytes: usize,
+    /// How long the engine held events back to apply it.
+    pub pause: Duration,
+}
+
+/// Why a control operation was refused; the running pipeline is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error(
+        "the new version rejected the running version's state: {0} (upload with reset_state=true to start it empty)"
+    )]
+    StateRejected(String),
+    #[error(
+        "the running version could not snapshot its state: {0} (upload with reset_state=true to start the new version empty)"
+    )]
+    Snapshot(String),
+    #[error("plugin `{name}` is an {running}; the new version is an {new}")]
+    WorldMismatch {
+        name: String,
+        running: World,
+        new: World,
+    },
+    #[error("no plugin named `{0}` in the pipeline")]
+    NotFound(String),
+    #[error("the engine has stopped")]
+    Stopped,
 }
 
 /// Why the engine did not take a batch.
@@ -81,6 +164,20 @@ impl EngineHandle {
     /// Whether the queue has room (for `/readyz`).
     pub fn has_room(&self) -> bool {
         self.queued.load(Ordering::Relaxed) < self.capacity
+    }
+
+    /// Sends a pipeline change to the engine; the answer arrives once it is applied.
+    pub fn control(
+        &self,
+        op: ControlOp,
+    ) -> tokio::sync::oneshot::Receiver<Result<Swapped, SwapError>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if let Err(std::sync::mpsc::SendError(Msg::Control(c))) =
+            self.tx.send(Msg::Control(Control { op, reply }))
+        {
+            let _ = c.reply.send(Err(SwapError::Stopped));
+        }
+        rx
     }
 
     /// Asks the engine to drain, checkpoint and stop.
@@ -168,12 +265,18 @@ impl Engine {
                 Ok(Msg::Batch { events, received }) => {
                     let mut pending = vec![(events, received)];
                     let mut n = pending[0].0.len();
-                    // Coalesce what is already queued into one round of calls.
+                    let mut control = None;
+                    // Coalesce what is already queued into one round of calls;
+                    // a control message ends the round, so it applies between rounds.
                     while n < self.settings.batch_size {
                         match rx.try_recv() {
                             Ok(Msg::Batch { events, received }) => {
                                 n += events.len();
                                 pending.push((events, received));
+                            }
+                            Ok(Msg::Control(c)) => {
+                                control = Some(c);
+                                break;
                             }
                             Ok(Msg::Shutdown) => {
                                 stop = true;
@@ -183,16 +286,27 @@ impl Engine {
                         }
                     }
                     self.round(pending);
+                    if let Some(c) = control {
+                        self.control(c);
+                    }
                 }
+                Ok(Msg::Control(c)) => self.control(c),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if stop {
-                // Drain what was accepted before the shutdown request.
+                // Drain what was accepted before the shutdown request, in order.
                 let mut rest = Vec::new();
                 while let Ok(m) = rx.try_recv() {
-                    if let Msg::Batch { events, received } = m {
-                        rest.push((events, received));
+                    match m {
+                        Msg::Batch { events, received } => rest.push((events, received)),
+                        Msg::Control(c) => {
+                            if !rest.is_empty() {
+                                self.round(std::mem::take(&mut rest));
+                            }
+                            self.control(c);
+                        }
+                        Msg::Shutdown => {}
                     }
                 }
                 if !rest.is_empty() {
@@ -247,6 +361,86 @@ impl Engine {
             .events_processed
             .fetch_add(total as u64, Ordering::Relaxed);
         self.publish();
+    }
+
+    /// Applies a pipeline change and answers it. The pause (events held back)
+    /// covers the old instance's snapshot, the new one's restore and dropping
+    /// the old instance; compiling and initialising happened off this thread.
+    fn control(&mut self, c: Control) {
+        let started = Instant::now();
+        let (result, retired) = match c.op {
+            ControlOp::Deploy {
+                plugin,
+                reset_state,
+            } => self.deploy(*plugin, reset_state),
+            ControlOp::Remove { name } => {
+                match self.plugins.iter().position(|p| p.name() == name) {
+                    Some(i) => (Ok((Handover::Removed, 0)), Some(self.plugins.remove(i))),
+                    None => (Err(SwapError::NotFound(name)), None),
+                }
+            }
+        };
+        drop(retired);
+        let pause = started.elapsed();
+        let result = result.map(|(handover, state_bytes)| {
+            self.metrics
+                .swap_pause
+                .lock()
+                .expect("metrics lock")
+                .record(pause);
+            Swapped {
+                handover,
+                state_bytes,
+                pause,
+            }
+        });
+        if matches!(&result, Ok(s) if s.handover == Handover::Reset) {
+            // The last checkpoint holds the old version's state, which this
+            // version may not understand: replace it before a restart needs it.
+            self.checkpoint();
+        }
+        self.publish();
+        let _ = c.reply.send(result);
+    }
+
+    /// Swaps `new` in; returns the outcome and the retired instance (dropped by the caller).
+    #[allow(clippy::type_complexity, reason = "a private two-part result")]
+    fn deploy(
+        &mut self,
+        mut new: Plugin,
+        reset_state: bool,
+    ) -> (Result<(Handover, usize), SwapError>, Option<Plugin>) {
+        let Some(i) = self.plugins.iter().position(|p| p.name() == new.name()) else {
+            let at = insert_position(self.plugins.iter().map(Plugin::world), new.world());
+            self.plugins.insert(at, new);
+            return (Ok((Handover::New, 0)), None);
+        };
+        let old = &mut self.plugins[i];
+        if old.world() != new.world() {
+            let e = SwapError::WorldMismatch {
+                name: new.name().to_string(),
+                running: old.world(),
+                new: new.world(),
+            };
+            return (Err(e), Some(new));
+        }
+        let outcome = if !old.world().is_stateful() {
+            (Handover::Stateless, 0)
+        } else if reset_state {
+            (Handover::Reset, 0)
+        } else {
+            match old.checkpoint() {
+                Err(f) => return (Err(SwapError::Snapshot(f.to_string())), Some(new)),
+                Ok(None) => (Handover::Reset, 0),
+                Ok(Some(state)) => match new.restore(&state) {
+                    Ok(()) => (Handover::Kept, state.len()),
+                    Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
+                },
+            }
+        };
+        new.carry_over(old);
+        let old = std::mem::replace(&mut self.plugins[i], new);
+        (Ok(outcome), Some(old))
     }
 
     /// On a quiet stream, event time advances with processing time once the

@@ -161,7 +161,7 @@ impl Runtime {
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(PluginError::CoreModule);
         }
-        let hash = hex::encode(Sha256::digest(bytes));
+        let hash = content_hash(bytes);
         let component = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, &hash, bytes)?,
             None => Component::new(&self.engine, bytes).map_err(PluginError::compile)?,
@@ -189,6 +189,11 @@ impl Runtime {
             _ticker: self._ticker.clone(),
         })
     }
+}
+
+/// A component's version: hex SHA-256 of its bytes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Increments the engine's epoch on a background thread; stopped on drop.

@@ -623,6 +623,15 @@ impl Plugin {
         }
     }
 
+    /// Takes over what a previous version of this plugin had counted, so the
+    /// plugin's counters stay monotonic across versions, and its event-time progress.
+    pub fn carry_over(&mut self, old: &Plugin) {
+        let mut stats = old.stats.clone();
+        stats.last_error = None;
+        self.stats = stats;
+        self.watermark = self.watermark.max(old.watermark);
+    }
+
     /// Takes a snapshot of the plugin's state (None for enrichers), which also
     /// becomes the recovery point.
     pub fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, Failure> {

@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "alerts",
     "hostile",
     "counter",
+    "counter-v2",
     "not-a-plugin",
 ];
 

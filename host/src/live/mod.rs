@@ -1,0 +1,602 @@
+//! Live plugins: new versions arrive from the admin API or the plugins folder,
+//! are compiled, checked and initialised off the event path, then swapped in by
+//! the engine between two rounds with the old version's state handed over.
+//!
+//! Every change is recorded in `<data_dir>/deployed/deployments.json` (uploaded
+//! components beside it, by hash), so a restart runs the versions that were
+//! running, not the ones the config file names.
+
+pub mod folder;
+
+use crate::config::{PluginConfig, validate_plugin_name};
+use crate::engine::checkpoint::write_atomic;
+use crate::engine::{ControlOp, EngineHandle, Handover, SwapError, insert_position};
+use crate::runtime::{
+    Capabilities, HostSettings, Limits, Plugin, PluginComponent, PluginError, Runtime, World,
+};
+use crate::telemetry::Metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The config file (or the default pipeline).
+    Config,
+    /// `PUT /v1/plugins/{name}`.
+    Upload,
+    /// The watched plugins folder.
+    Folder,
+}
+
+/// A loaded version of a plugin: enough to instantiate it again (rollback).
+#[derive(Clone)]
+struct Version {
+    component: PluginComponent,
+    config: String,
+    limits: Limits,
+    caps: Capabilities,
+    source: Source,
+    /// Where its bytes are, so a restart can load it again.
+    path: PathBuf,
+    loaded_at: SystemTime,
+}
+
+struct Slot {
+    current: Version,
+    previous: Option<Version>,
+}
+
+#[derive(Default)]
+struct Registry {
+    slots: BTreeMap<String, Slot>,
+    /// Configured plugins removed through the API: they stay out after a restart.
+    removed: BTreeSet<String>,
+}
+
+/// A new version to deploy.
+pub struct DeployRequest {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// The plugin's own config; `None` keeps the running version's (or the default).
+    pub config: Option<String>,
+    pub source: Source,
+    /// Start the new version empty instead of handing it the old one's state.
+    pub reset_state: bool,
+    /// Limits and capabilities (a folder sidecar); `None` keeps the running
+    /// version's, or the configured entry's, or the defaults.
+    pub settings: Option<(Limits, Capabilities)>,
+    /// Where the file came from (folder); uploads are stored in the data dir.
+    pub path: Option<PathBuf>,
+    /// When the request arrived, for the upload-to-active time.
+    pub received: Instant,
+}
+
+/// Why a change was refused. The running version is untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("invalid plugin name: {0}")]
+    InvalidName(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    #[error("plugin `{0}` has no previous version to roll back to")]
+    NoPrevious(String),
+    #[error("storing the plugin in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A change that took effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployed {
+    pub name: String,
+    pub world: World,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub state: Handover,
+    pub state_bytes: usize,
+    /// Events held back while the engine swapped (µs).
+    pub swap_pause_us: u64,
+    /// From the request's arrival (or the file settling) to the version running (ms).
+    pub upload_to_active_ms: f64,
+}
+
+/// A plugin as `GET /v1/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub world: World,
+    pub version: String,
+    pub source: Source,
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: time::OffsetDateTime,
+    pub previous_version: Option<String>,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub calls: u64,
+    pub failures: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub breaker: crate::runtime::BreakerState,
+    pub last_error: Option<String>,
+}
+
+/// One entry of `deployments.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct VersionRecord {
+    hash: String,
+    path: PathBuf,
+    config: String,
+    source: Source,
+    loaded_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SlotRecord {
+    name: String,
+    current: VersionRecord,
+    previous: Option<VersionRecord>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Deployments {
+    /// In the order they were first deployed (new plugins are inserted in that order).
+    plugins: Vec<SlotRecord>,
+    removed: BTreeSet<String>,
+}
+
+/// Owns plugin versions and applies changes through the engine.
+pub struct Manager {
+    runtime: Runtime,
+    settings: HostSettings,
+    metrics: Arc<Metrics>,
+    engine: OnceLock<EngineHandle>,
+    /// `<data_dir>/deployed`.
+    store: PathBuf,
+    /// The operator's `[[plugins]]` entries, for limits and capabilities.
+    configured: BTreeMap<String, PluginConfig>,
+    registry: Mutex<Registry>,
+    /// One change at a time, so two uploads of one plugin cannot interleave.
+    changes: Mutex<()>,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Manager {
+    /// Builds the starting pipeline: the configured one, with the changes
+    /// recorded in the data dir applied. Returns the manager and the plugins
+    /// (for the engine, which restores their checkpoints).
+    pub fn start(
+        runtime: Runtime,
+        settings: HostSettings,
+        metrics: Arc<Metrics>,
+        data_dir: &Path,
+        pipeline: Vec<PluginConfig>,
+    ) -> anyhow::Result<(Arc<Manager>, Vec<Plugin>)> {
+        use anyhow::Context;
+        let store = data_dir.join("deployed");
+        let manager = Manager {
+            runtime,
+            settings,
+            metrics,
+            engine: OnceLock::new(),
+            configured: pipeline
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+            store,
+            registry: Mutex::new(Registry::default()),
+            changes: Mutex::new(()),
+        };
+        let recorded = manager.read_deployments()?;
+        let mut registry = Registry {
+            removed: recorded.removed.clone(),
+            ..Registry::default()
+        };
+        let mut order: Vec<(String, World)> = Vec::new();
+        for p in &pipeline {
+            if recorded.removed.contains(&p.name) {
+                tracing::info!(plugin = %p.name, "removed through the admin API; not started");
+                continue;
+            }
+            let component = manager
+                .runtime
+                .load_file(&p.path)
+                .with_context(|| format!("plugin `{}` ({})", p.name, p.path.display()))?;
+            let config = p
+                .config_text()
+                .with_context(|| format!("plugin `{}`", p.name))?;
+            order.push((p.name.clone(), component.world));
+            let version = Version {
+                component,
+                config,
+                limits: p.limits.clone(),
+                caps: p.capabilities.clone(),
+                source: Source::Config,
+                path: p.path.clone(),
+                loaded_at: SystemTime::now(),
+            };
+            registry.slots.insert(
+                p.name.clone(),
+                Slot {
+                    current: version,
+                    previous: None,
+                },
+            );
+        }
+        for r in recorded.plugins {
+            let Some(current) = manager.load_record(&r.name, &r.current) else {
+                continue;
+            };
+            let previous = r
+                .previous
+                .as_ref()
+                .and_then(|v| manager.load_record(&r.name, v));
+            if !order.iter().any(|(n, _)| *n == r.name) {
+                let at = insert_position(order.iter().map(|(_, w)| *w), current.component.world);
+                order.insert(at, (r.name.clone(), current.component.world));
+            }
+            tracing::info!(plugin = %r.name, version = %current.component.short_hash(), source = ?current.source, "running the version deployed before the restart");
+            registry.slots.insert(r.name, Slot { current, previous });
+        }
+        let mut plugins = Vec::with_capacity(order.len());
+        for (name, _) in &order {
+            let v = &registry.slots[name].current;
+            let plugin = manager
+                .instantiate(name, v)
+                .with_context(|| format!("plugin `{name}` ({})", v.path.display()))?;
+            plugins.push(plugin);
+        }
+        *manager.registry.lock().expect("registry lock") = registry;
+        Ok((Arc::new(manager), plugins))
+    }
+
+    /// Connects the manager to the running engine.
+    pub fn attach(&self, engine: EngineHandle) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Loads a recorded version; a missing or changed file is skipped with a warning.
+    fn load_record(&self, name: &str, r: &VersionRecord) -> Option<Version> {
+        let loaded = std::fs::read(&r.path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.runtime.load(&bytes).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(component) if component.hash == r.hash => {
+                let (limits, caps) = self.defaults_for(name);
+                Some(Version {
+                    component,
+                    config: r.config.clone(),
+                    limits,
+                    caps,
+                    source: r.source,
+                    path: r.path.clone(),
+                    loaded_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.loaded_at_ms),
+                })
+            }
+            Ok(_) => {
+                tracing::warn!(plugin = name, path = %r.path.display(), "the deployed file changed since it was recorded; not loaded");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(plugin = name, path = %r.path.display(), error = %e, "the deployed version cannot be loaded any more; not loaded");
+                None
+            }
+        }
+    }
+
+    fn defaults_for(&self, name: &str) -> (Limits, Capabilities) {
+        self.configured
+            .get(name)
+            .map(|p| (p.limits.clone(), p.capabilities.clone()))
+            .unwrap_or_default()
+    }
+
+    fn instantiate(&self, name: &str, v: &Version) -> Result<Plugin, PluginError> {
+        Plugin::new(
+            name,
+            v.component.clone(),
+            &v.config,
+            self.settings,
+            v.limits.clone(),
+            v.caps.clone(),
+        )
+    }
+
+    fn engine(&self) -> Result<&EngineHandle, DeployError> {
+        self.engine
+            .get()
+            .ok_or(DeployError::Swap(SwapError::Stopped))
+    }
+
+    /// Compiles, checks and initialises a new version, then swaps it in.
+    /// Blocking: call it from a blocking thread.
+    pub fn deploy(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
+        self.try_deploy(req).inspect_err(|_| self.note_refused())
+    }
+
+    /// Counts a refused version (for `/metrics`).
+    pub fn note_refused(&self) {
+        self.metrics
+            .plugin_swaps_failed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn try_deploy(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
+        validate_plugin_name(&req.name).map_err(DeployError::InvalidName)?;
+        let _one_at_a_time = self.changes.lock().expect("changes lock");
+        let component = self.runtime.load(&req.bytes)?;
+        let running = self.current(&req.name);
+        if let Some(cur) = &running
+            && cur.component.world != component.world
+        {
+            return Err(SwapError::WorldMismatch {
+                name: req.name,
+                running: cur.component.world,
+                new: component.world,
+            }
+            .into());
+        }
+        let (limits, caps) = req
+            .settings
+            .or_else(|| running.as_ref().map(|v| (v.limits.clone(), v.caps.clone())))
+            .unwrap_or_else(|| self.defaults_for(&req.name));
+        let config = req
+            .config
+            .or_else(|| running.as_ref().map(|v| v.config.clone()))
+            .unwrap_or_default();
+        let path = match req.path {
+            Some(p) => p,
+            None => self.store_bytes(&component.hash, &req.bytes)?,
+        };
+        let version = Version {
+            component,
+            config,
+            limits,
+            caps,
+            source: req.source,
+            path,
+            loaded_at: SystemTime::now(),
+        };
+        self.swap(&req.name, version, req.reset_state, req.received)
+    }
+
+    /// Puts the previous version back (with the running one's state, unless `reset_state`).
+    pub fn rollback(&self, name: &str, reset_state: bool) -> Result<Deployed, DeployError> {
+        let received = Instant::now();
+        let _one_at_a_time = self.changes.lock().expect("changes lock");
+        let previous = {
+            let reg = self.registry.lock().expect("registry lock");
+            let slot = reg
+                .slots
+                .get(name)
+                .ok_or_else(|| SwapError::NotFound(name.to_string()))?;
+            slot.previous
+                .clone()
+                .ok_or_else(|| DeployError::NoPrevious(name.to_string()))?
+        };
+        self.swap(name, previous, reset_state, received)
+    }
+
+    fn swap(
+        &self,
+        name: &str,
+        version: Version,
+        reset_state: bool,
+        received: Instant,
+    ) -> Result<Deployed, DeployError> {
+        let plugin = self.instantiate(name, &version)?;
+        let swapped = self
+            .engine()?
+            .control(ControlOp::Deploy {
+                plugin: Box::new(plugin),
+                reset_state,
+            })
+            .blocking_recv()
+            .map_err(|_| SwapError::Stopped)??;
+        let world = version.component.world;
+        let hash = version.component.hash.clone();
+        let previous_version = {
+            let mut reg = self.registry.lock().expect("registry lock");
+            reg.removed.remove(name);
+            let previous = reg.slots.remove(name).map(|s| s.current);
+            let previous_version = previous.as_ref().map(|v| v.component.hash.clone());
+            reg.slots.insert(
+                name.to_string(),
+                Slot {
+                    current: version,
+                    previous,
+                },
+            );
+            previous_version
+        };
+        self.persist();
+        self.metrics.plugin_swaps.fetch_add(1, Ordering::Relaxed);
+        let deployed = Deployed {
+            name: name.to_string(),
+            world,
+            version: hash,
+            previous_version,
+            state: swapped.handover,
+            state_bytes: swapped.state_bytes,
+            swap_pause_us: swapped.pause.as_micros() as u64,
+            upload_to_active_ms: received.elapsed().as_secs_f64() * 1e3,
+        };
+        tracing::info!(plugin = name, world = %world, version = &deployed.version[..12], state = ?deployed.state, pause_us = deployed.swap_pause_us, "plugin version swapped in");
+        Ok(deployed)
+    }
+
+    /// Takes a plugin out of the pipeline.
+    pub fn remove(&self, name: &str) -> Result<String, DeployError> {
+        let _one_at_a_time = self.changes.lock().expect("changes lock");
+        self.engine()?
+            .control(ControlOp::Remove {
+                name: name.to_string(),
+            })
+            .blocking_recv()
+            .map_err(|_| SwapError::Stopped)??;
+        let version = {
+            let mut reg = self.registry.lock().expect("registry lock");
+            if self.configured.contains_key(name) {
+                reg.removed.insert(name.to_string());
+            }
+            reg.slots
+                .remove(name)
+                .map(|s| s.current.component.hash)
+                .unwrap_or_default()
+        };
+        self.persist();
+        self.metrics.plugin_swaps.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(plugin = name, "plugin removed from the pipeline");
+        Ok(version)
+    }
+
+    fn current(&self, name: &str) -> Option<Version> {
+        let reg = self.registry.lock().expect("registry lock");
+        reg.slots.get(name).map(|s| s.current.clone())
+    }
+
+    /// The running version's hash, config and source, if the plugin runs.
+    pub fn running(&self, name: &str) -> Option<(String, String, Source)> {
+        self.current(name)
+            .map(|v| (v.component.hash, v.config, v.source))
+    }
+
+    /// The pipeline, in order, with each plugin's figures.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let figures = self.metrics.plugins.lock().expect("metrics lock").clone();
+        let reg = self.registry.lock().expect("registry lock");
+        figures
+            .into_iter()
+            .filter_map(|f| {
+                let slot = reg.slots.get(&f.name)?;
+                let v = &slot.current;
+                Some(PluginInfo {
+                    world: v.component.world,
+                    version: v.component.hash.clone(),
+                    source: v.source,
+                    loaded_at: time::OffsetDateTime::from(v.loaded_at),
+                    previous_version: slot.previous.as_ref().map(|p| p.component.hash.clone()),
+                    events_in: f.stats.events_in,
+                    events_out: f.stats.events_out,
+                    calls: f.stats.calls,
+                    failures: f.stats.failures,
+                    dead_lettered: f.stats.dead_lettered,
+                    late: f.stats.late,
+                    breaker: f.breaker,
+                    last_error: f.stats.last_error,
+                    name: f.name,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps an uploaded component in the data dir (by hash), for restarts.
+    fn store_bytes(&self, hash: &str, bytes: &[u8]) -> Result<PathBuf, DeployError> {
+        let path = self.store.join(format!("{hash}.wasm"));
+        if path.exists() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.store)
+            .and_then(|()| write_atomic(&path, bytes))
+            .map_err(|source| DeployError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(path)
+    }
+
+    fn read_deployments(&self) -> anyhow::Result<Deployments> {
+        use anyhow::Context;
+        let path = self.store.join("deployments.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "parsing {} (move it away to start from the config alone)",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Deployments::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Records every change to the configured pipeline, and removes uploaded
+    /// components no record refers to. A failure is logged: the change is
+    /// running, it would only be forgotten by a restart.
+    fn persist(&self) {
+        let record = |v: &Version| VersionRecord {
+            hash: v.component.hash.clone(),
+            path: v.path.clone(),
+            config: v.config.clone(),
+            source: v.source,
+            loaded_at_ms: millis(v.loaded_at),
+        };
+        let deployments = {
+            let reg = self.registry.lock().expect("registry lock");
+            let mut previous = self.read_deployments().unwrap_or_default().plugins;
+            let mut plugins = Vec::new();
+            // Keep the first-deployed order of the names already recorded.
+            previous.retain(|r| reg.slots.contains_key(&r.name));
+            let mut names: Vec<&String> = previous.iter().map(|r| &r.name).collect();
+            names.extend(
+                reg.slots
+                    .keys()
+                    .filter(|n| !previous.iter().any(|r| &r.name == *n)),
+            );
+            for name in names {
+                let slot = &reg.slots[name];
+                if slot.current.source == Source::Config && slot.previous.is_none() {
+                    continue;
+                }
+                plugins.push(SlotRecord {
+                    name: name.clone(),
+                    current: record(&slot.current),
+                    previous: slot.previous.as_ref().map(record),
+                });
+            }
+            Deployments {
+                plugins,
+                removed: reg.removed.clone(),
+            }
+        };
+        let path = self.store.join("deployments.json");
+        let json = serde_json::to_vec_pretty(&deployments).expect("deployments serialize");
+        if let Err(e) =
+            std::fs::create_dir_all(&self.store).and_then(|()| write_atomic(&path, &json))
+        {
+            tracing::error!(path = %path.display(), error = %e, "recording the deployed plugins failed; a restart would run the previous versions");
+            return;
+        }
+        let referenced: BTreeSet<&Path> = deployments
+            .plugins
+            .iter()
+            .flat_map(|r| std::iter::once(&r.current).chain(r.previous.as_ref()))
+            .map(|v| v.path.as_path())
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(&self.store) {
+            for f in dir.flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "wasm") && !referenced.contains(p.as_path()) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+}

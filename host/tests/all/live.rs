@@ -1,0 +1,638 @@
+//! Live plugins: uploads over HTTP, the plugins folder, state across versions,
+//! all through a real `nexuspipe run` and real components.
+
+use crate::support::{Server, final_points, guest, parse_ndjson, wait_until, workspace_root};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The binary, with the compile cache the test servers use.
+fn nexuspipe(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nexuspipe"));
+    c.args(args).env(
+        "NEXUSPIPE_CACHE_DIR",
+        workspace_root().join("target/test-cache"),
+    );
+    c
+}
+
+/// An admin request; returns status and JSON body.
+fn admin(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, Value) {
+    let mut req = ureq::request(method, &s.url(path));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/wasm").send_bytes(b),
+        None => req.call(),
+    };
+    let (status, resp) = match result {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(code, r)) => (code, r),
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let text = resp.into_string().unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
+    (status, v)
+}
+
+fn upload(s: &Server, name_and_query: &str, component: &Path) -> (u16, Value) {
+    let bytes = std::fs::read(component).unwrap();
+    admin(
+        s,
+        "PUT",
+        &format!("/v1/plugins/{name_and_query}"),
+        Some(TOKEN),
+        Some(&bytes),
+    )
+}
+
+fn plugin_info(s: &Server, name: &str) -> Value {
+    let (status, v) = admin(s, "GET", &format!("/v1/plugins/{name}"), Some(TOKEN), None);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn counter_config(extra_engine: &str) -> String {
+    format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\n{extra_engine}\n[[plugins]]\nname = \"counter\"\npath = {:?}\nconfig = '{{\"window_ms\": 5000}}'\n",
+        guest("counter").display().to_string()
+    )
+}
+
+/// (window start, event type) -> count, from line protocol or from
+/// `plugin run`'s JSON points. The version field is ignored.
+fn lp_counts(lp: &str) -> BTreeMap<(i64, String), i64> {
+    final_points(lp)
+        .into_iter()
+        .filter_map(|((series, ts), fields)| {
+            let t = series.strip_prefix("counts,event_type=")?.to_string();
+            let n = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("count="))?
+                .trim_end_matches('i')
+                .parse()
+                .unwrap();
+            Some(((ts, t), n))
+        })
+        .collect()
+}
+
+fn json_counts(points: &[Value]) -> BTreeMap<(i64, String), i64> {
+    points
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["timestamp"].as_i64().unwrap(),
+                    p["tags"]["event_type"].as_str().unwrap().to_string(),
+                ),
+                p["fields"]["count"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn late_ids(text: &str) -> Vec<String> {
+    let mut ids: Vec<String> = parse_ndjson(text)
+        .iter()
+        .map(|l| l["event"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The acceptance test of a swap under load: `nexuspipe gen` sends a stream
+/// while `nexuspipe plugin deploy` swaps `counter` for `counter-v2`. Every
+/// window must equal what one uninterrupted run of the same events gives,
+/// including the windows open during the swap, which v2 emits.
+#[test]
+fn upload_under_load_swaps_without_loss_or_duplication() {
+    let s = Server::start(&counter_config(
+        "out_of_orderness = \"1s\"\nidle_timeout = \"2s\"",
+    ));
+    let v2 = guest("counter-v2");
+    // Warm the compile cache, so the swap happens while gen still runs.
+    assert!(
+        nexuspipe(&["plugin", "check", v2.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let start_ms = 1_700_000_000_000i64;
+    let (rate, secs, batch) = ("2000", "5s", "50");
+    let common = [
+        "--rate",
+        rate,
+        "--seed",
+        "42",
+        "--batch",
+        batch,
+        "--start-ms",
+    ];
+    let start = start_ms.to_string();
+    let mut gen_args = vec!["gen"];
+    gen_args.extend_from_slice(&common);
+    let target = s.url("");
+    gen_args.extend_from_slice(&[&start, "--duration", secs, "--connections", "1"]);
+    gen_args.extend_from_slice(&["--target", &target]);
+    let gen_run = nexuspipe(&gen_args).stdout(Stdio::piped()).spawn().unwrap();
+
+    wait_until(30, "the stream to start", || {
+        s.metric("nexuspipe_events_processed_total") >= 1_000.0
+    });
+    let out = nexuspipe(&[
+        "plugin",
+        "deploy",
+        v2.to_str().unwrap(),
+        "--name",
+        "counter",
+        "--server",
+        &s.url(""),
+        "--token",
+        TOKEN,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let processed_at_swap = s.metric("nexuspipe_events_processed_total");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["state"], "kept", "{report}");
+    assert_eq!(report["version"], sha256(&v2));
+    assert_eq!(report["previous_version"], sha256(&guest("counter")));
+    assert!(report["swap_pause_us"].as_u64().is_some(), "{report}");
+
+    let gen_out = gen_run.wait_with_output().unwrap();
+    assert!(gen_out.status.success(), "gen failed");
+    let gen_report: Value = serde_json::from_slice(&gen_out.stdout).unwrap();
+    let accepted = gen_report["events_accepted"].as_u64().unwrap();
+    assert!(
+        (processed_at_swap as u64) < accepted,
+        "the swap happened mid-stream ({processed_at_swap} of {accepted} processed)"
+    );
+
+    // The same events, written instead of sent, run through v1 alone.
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.ndjson");
+    let mut args = vec!["gen"];
+    args.extend_from_slice(&common);
+    let path = all.to_str().unwrap();
+    args.extend_from_slice(&[&start, "--duration", "10s", "--output", path]);
+    assert!(nexuspipe(&args).output().unwrap().status.success());
+    let text = std::fs::read_to_string(&all).unwrap();
+    let sent: Vec<&str> = text.lines().take(accepted as usize).collect();
+    assert_eq!(sent.len() as u64, accepted);
+    let input = dir.path().join("sent.ndjson");
+    std::fs::write(&input, sent.join("\n") + "\n").unwrap();
+    let config = dir.path().join("counter.json");
+    std::fs::write(&config, r#"{"window_ms": 5000}"#).unwrap();
+    let expected = nexuspipe(&[
+        "plugin",
+        "run",
+        guest("counter").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--out-of-orderness",
+        "1000",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(expected.status.success());
+    let expected_counts = json_counts(&parse_ndjson(&String::from_utf8_lossy(&expected.stdout)));
+    let expected_late =
+        late_ids(&std::fs::read_to_string(dir.path().join("data/late.jsonl")).unwrap_or_default());
+    let expected_total: i64 = expected_counts.values().sum::<i64>() + expected_late.len() as i64;
+    assert_eq!(expected_total as u64, accepted);
+
+    // The server closes its last windows once the stream has been idle.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while lp_counts(&s.read("metrics.lp")) != expected_counts {
+        if std::time::Instant::now() > until {
+            let got = lp_counts(&s.read("metrics.lp"));
+            let diff: Vec<_> = expected_counts
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(*v))
+                .map(|(k, v)| format!("{k:?}: expected {v}, got {:?}", got.get(k)))
+                .chain(
+                    got.keys()
+                        .filter(|k| !expected_counts.contains_key(*k))
+                        .map(|k| format!("{k:?}: unexpected")),
+                )
+                .collect();
+            panic!(
+                "windows differ from an uninterrupted run:\n{}\nlate: {} here, {} expected",
+                diff.join("\n"),
+                late_ids(&s.read("late.jsonl")).len(),
+                expected_late.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(late_ids(&s.read("late.jsonl")), expected_late);
+    assert_eq!(s.read("dead-letter.jsonl"), "", "no failed batch");
+    // v2 emitted the windows that were open at the swap, from v1's state.
+    let lp = s.read("metrics.lp");
+    let first_v2 = lp
+        .lines()
+        .find(|l| l.contains("version=2i"))
+        .expect("v2 emitted windows");
+    let (_, ts) = first_v2.rsplit_once(' ').unwrap();
+    let window = ts.parse::<i64>().unwrap();
+    let before_swap: i64 = sent
+        .iter()
+        .take(processed_at_swap as usize)
+        .filter(|l| {
+            let t = serde_json::from_str::<Value>(l).unwrap()["timestamp"]
+                .as_i64()
+                .unwrap();
+            t >= window && t < window + 5_000
+        })
+        .count() as i64;
+    assert!(
+        before_swap > 0,
+        "the first window v2 emitted was open before the swap"
+    );
+    let info = plugin_info(&s, "counter");
+    assert_eq!(info["version"], sha256(&v2));
+    assert_eq!(info["source"], "upload");
+    assert_eq!(info["events_in"].as_u64().unwrap(), accepted);
+}
+
+fn alerts_config() -> String {
+    format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"alerts\"\npath = {:?}\n",
+        guest("alerts").display().to_string()
+    )
+}
+
+fn post_events(s: &Server, events: Value) {
+    let (status, resp) = s.post(&events);
+    assert_eq!(status, 202, "{resp}");
+}
+
+fn abandoned(s: &Server, user: &str) -> Vec<Value> {
+    parse_ndjson(&s.read("alerts.jsonl"))
+        .into_iter()
+        .filter(|a| a["rule_id"] == "cart_abandoned" && a["key"] == user)
+        .collect()
+}
+
+/// A new version of the rule set: the abandoned-cart rule as before, plus one.
+fn rules_v2() -> String {
+    json!({"rules": [
+        {
+            "id": "cart_abandoned", "type": "absence", "severity": "info",
+            "summary": "{key} added to cart but did not buy within {window}",
+            "key": "user_id",
+            "first": {"event_type": "add_to_cart"},
+            "then": {"event_type": "purchase"},
+            "within": "30m"
+        },
+        {
+            "id": "error_burst", "type": "threshold", "severity": "error",
+            "summary": "{count} errors", "key": "event_type",
+            "filter": {"event_type": "error"}, "window": "1m", "above": 10
+        }
+    ]})
+    .to_string()
+}
+
+#[test]
+fn swapping_the_alerts_plugin_keeps_a_pending_absence_timer() {
+    let s = Server::start(&alerts_config());
+    let minute = 60_000i64;
+    let t0 = 1_700_000_000_000i64;
+    let view = |ts: i64| json!({"event_type": "page_view", "timestamp": ts, "user_id": "someone"});
+    let cart = |ts: i64, user: &str| json!({"event_type": "add_to_cart", "timestamp": ts, "user_id": user});
+    post_events(&s, json!([cart(t0, "u-kept")]));
+
+    // A new version of the rules, uploaded with the config as a query parameter.
+    let config = rules_v2();
+    let q: String = url_encode(&config);
+    let (status, swap) = upload(&s, &format!("alerts?config={q}"), &guest("alerts"));
+    assert_eq!(status, 200, "{swap}");
+    assert_eq!(swap["state"], "kept");
+    assert!(swap["state_bytes"].as_u64().unwrap() > 0);
+
+    // On time: not before the 30 minutes are up (watermark = newest - 5 s)...
+    post_events(&s, json!([view(t0 + 30 * minute)]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(abandoned(&s, "u-kept").is_empty(), "fired early");
+    // ...and as soon as the watermark passes them.
+    post_events(&s, json!([view(t0 + 30 * minute + 5_000)]));
+    wait_until(10, "the absence alert", || {
+        !abandoned(&s, "u-kept").is_empty()
+    });
+    let fired = abandoned(&s, "u-kept");
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["starts_at"], "2023-11-14T22:13:20Z");
+    // The new rule is live too.
+    let errors: Vec<Value> = (0..11)
+        .map(|i| json!({"event_type": "error", "timestamp": t0 + 31 * minute + i}))
+        .collect();
+    post_events(&s, Value::Array(errors));
+    post_events(&s, json!([view(t0 + 32 * minute)]));
+    wait_until(10, "the new rule's alert", || {
+        parse_ndjson(&s.read("alerts.jsonl"))
+            .iter()
+            .any(|a| a["rule_id"] == "error_burst")
+    });
+
+    // The control: with reset_state the pending timer is gone, as documented.
+    post_events(&s, json!([cart(t0 + 40 * minute, "u-reset")]));
+    let (status, swap) = upload(&s, "alerts?reset_state=true", &guest("alerts"));
+    assert_eq!(status, 200, "{swap}");
+    assert_eq!(swap["state"], "reset");
+    post_events(&s, json!([view(t0 + 80 * minute)]));
+    post_events(&s, json!([cart(t0 + 81 * minute, "u-after")]));
+    post_events(&s, json!([view(t0 + 120 * minute)]));
+    wait_until(10, "the alert of a timer set after the reset", || {
+        !abandoned(&s, "u-after").is_empty()
+    });
+    assert!(abandoned(&s, "u-reset").is_empty());
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn bad_uploads_are_refused_and_the_running_version_stays() {
+    let s = Server::start(&format!(
+        "[http]\nmax_plugin_size = \"3MiB\"\n{}",
+        counter_config("idle_timeout = \"1h\"").replace("[http]\n", "")
+    ));
+    let v1 = sha256(&guest("counter"));
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not wasm at all").unwrap();
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; 4 << 20]).unwrap();
+    let counter = std::fs::read(guest("counter")).unwrap();
+
+    // (what, the answer, expected status, reason, part of the message)
+    type Case<'a> = (&'a str, (u16, Value), u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            admin(&s, "PUT", "/v1/plugins/counter", None, Some(&counter)),
+            401,
+            "unauthorized",
+            "Authorization",
+        ),
+        (
+            "wrong token",
+            admin(
+                &s,
+                "PUT",
+                "/v1/plugins/counter",
+                Some("guess"),
+                Some(&counter),
+            ),
+            403,
+            "forbidden",
+            "wrong",
+        ),
+        (
+            "../ in the name",
+            upload(&s, "..%2Fcounter", &guest("counter")),
+            400,
+            "invalid_name",
+            "invalid plugin name",
+        ),
+        (
+            "not Wasm",
+            upload(&s, "counter", &text),
+            415,
+            "not_a_component",
+            "not a WebAssembly file",
+        ),
+        (
+            "too large",
+            upload(&s, "counter", &big),
+            413,
+            "too_large",
+            "max_plugin_size",
+        ),
+        (
+            "wrong world",
+            upload(&s, "counter", &guest("alerts")),
+            409,
+            "world_mismatch",
+            "is an aggregator; the new version is an alerter",
+        ),
+        (
+            "no world",
+            upload(&s, "counter", &guest("not-a-plugin")),
+            422,
+            "unknown_world",
+            "implements no NexusPipe world",
+        ),
+        (
+            "config that fails init",
+            upload(
+                &s,
+                "counter?config=%7B%22window_ms%22%3A-1%7D",
+                &guest("counter-v2"),
+            ),
+            422,
+            "config_rejected",
+            "window_ms: must be a positive integer",
+        ),
+        (
+            "state the new version rejects",
+            upload(&s, "counter?config=", &guest("funnel")),
+            409,
+            "state_rejected",
+            "rejected the running version's state",
+        ),
+        (
+            "unknown query key",
+            upload(&s, "counter?reset=true", &guest("counter-v2")),
+            400,
+            "bad_request",
+            "reset",
+        ),
+    ];
+    for (what, (status, body), want_status, reason, message) in cases {
+        assert_eq!(status, want_status, "{what}: {body}");
+        assert_eq!(body["reason"], reason, "{what}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{what}: {error}");
+    }
+    assert_eq!(
+        s.metric("nexuspipe_plugin_swaps_failed_total"),
+        5.0,
+        "the five that reached validation are counted"
+    );
+
+    // The old version still runs and counts.
+    assert_eq!(plugin_info(&s, "counter")["version"], v1);
+    post_events(
+        &s,
+        json!([{"event_type": "click", "timestamp": 1_000}, {"event_type": "click", "timestamp": 2_000}]),
+    );
+    post_events(&s, json!([{"event_type": "click", "timestamp": 20_000}]));
+    wait_until(10, "the old version's window", || {
+        lp_counts(&s.read("metrics.lp")).get(&(0, "click".into())) == Some(&2)
+    });
+
+    // A breaking version goes in with reset_state; rollback brings v1 back;
+    // DELETE takes it out; all of it survives a restart.
+    let (status, r) = upload(&s, "counter?reset_state=true&config=", &guest("funnel"));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["state"], "reset");
+    let (status, r) = admin(
+        &s,
+        "POST",
+        "/v1/plugins/counter/rollback",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 409, "funnel's state is not the counter's: {r}");
+    assert_eq!(r["reason"], "state_rejected");
+    let (status, r) = admin(
+        &s,
+        "POST",
+        "/v1/plugins/counter/rollback?reset_state=true",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["version"], v1);
+    let (status, r) = upload(&s, "extra", &guest("counter-v2"));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["state"], "new");
+    let (status, list) = admin(&s, "GET", "/v1/plugins", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["counter", "extra"]);
+    let (status, r) = admin(&s, "DELETE", "/v1/plugins/counter", Some(TOKEN), None);
+    assert_eq!(status, 200, "{r}");
+    let (status, _) = admin(&s, "GET", "/v1/plugins/counter", Some(TOKEN), None);
+    assert_eq!(status, 404);
+
+    let mut s = s;
+    s.restart();
+    let (_, list) = admin(&s, "GET", "/v1/plugins", Some(TOKEN), None);
+    let plugins = list["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 1, "{list}");
+    assert_eq!(plugins[0]["name"], "extra");
+    assert_eq!(plugins[0]["version"], sha256(&guest("counter-v2")));
+}
+
+#[test]
+fn the_admin_api_is_disabled_without_a_token() {
+    let s = Server::start(&counter_config("").replace(&format!("admin_token = \"{TOKEN}\"\n"), ""));
+    let (status, body) = upload(&s, "counter", &guest("counter-v2"));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["reason"], "admin_disabled");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("NEXUSPIPE_ADMIN_TOKEN")
+    );
+}
+
+/// A component copied slowly into the folder (chunks well inside the
+/// debounce time) is loaded once, complete; deleting it unloads it.
+#[test]
+fn the_plugins_folder_loads_a_slowly_copied_component_once() {
+    let folder = tempfile::tempdir().unwrap();
+    let s = Server::start(&format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n[plugin_folder]\ndir = {:?}\ndebounce = \"400ms\"\n[engine]\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"counter\"\npath = {:?}\n",
+        folder.path().display().to_string(),
+        guest("counter").display().to_string()
+    ));
+    // The largest component we have, in 20 chunks 100 ms apart (2 s in all).
+    let source = guest("enrich-geo");
+    let bytes = std::fs::read(&source).unwrap();
+    let target = folder.path().join("geo.wasm");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&target).unwrap();
+        for chunk in bytes.chunks(bytes.len().div_ceil(20)) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    wait_until(30, "the folder plugin", || {
+        admin(&s, "GET", "/v1/plugins/geo", Some(TOKEN), None).0 == 200
+    });
+    let info = plugin_info(&s, "geo");
+    assert_eq!(info["version"], sha256(&source));
+    assert_eq!(info["source"], "folder");
+    assert_eq!(info["world"], "enricher");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(s.metric("nexuspipe_plugin_swaps_total"), 1.0, "loaded once");
+    assert_eq!(
+        s.metric("nexuspipe_plugin_swaps_failed_total"),
+        0.0,
+        "never half-written"
+    );
+    // The enricher went before the aggregator.
+    let (_, list) = admin(&s, "GET", "/v1/plugins", Some(TOKEN), None);
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["geo", "counter"]);
+
+    // A sidecar with a config the plugin refuses: logged, the running version stays.
+    std::fs::write(folder.path().join("geo.toml"), "config = '{\"nope\": 1}'\n").unwrap();
+    wait_until(10, "the refused config", || {
+        s.metric("nexuspipe_plugin_swaps_failed_total") == 1.0
+    });
+    assert!(
+        s.log().contains("not loaded from the plugins folder"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(plugin_info(&s, "geo")["version"], sha256(&source));
+
+    std::fs::remove_file(&target).unwrap();
+    wait_until(10, "the unload", || {
+        admin(&s, "GET", "/v1/plugins/geo", Some(TOKEN), None).0 == 404
+    });
+    assert_eq!(plugin_info(&s, "counter")["source"], "config");
+}
