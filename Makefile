@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target run test bench bench-load lint fmt clean
+.PHONY: all plugins wasm-target run test bench bench-load bench-swap lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -40,7 +40,13 @@ bench: plugins
 
 ## Load benchmark: nexuspipe gen against nexuspipe run (release, default pipeline)
 bench-load: plugins
+	$(CARGO) build --release -p nexuspipe
 	python3 host/benches/load.py
+
+## Swap benchmark: pause and upload-to-active of plugin uploads under load
+bench-swap: plugins
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/swap.py
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -351,6 +351,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sidecar_is_a_plugins_table_without_name_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("geo.wasm");
+        let sidecar = dir.path().join("geo.toml");
+        std::fs::write(
+            &sidecar,
+            "config_file = \"geo.json\"\n[limits]\nmemory_mib = 128\n[capabilities]\ndirs = [{ host = \"db\", guest = \"/db\" }]\n",
+        )
+        .unwrap();
+        let p = PluginConfig::from_sidecar("geo", &wasm, Some(&sidecar)).unwrap();
+        assert_eq!(p.name, "geo");
+        assert_eq!(p.path, wasm);
+        assert_eq!(p.config_file, Some(dir.path().join("geo.json")));
+        assert_eq!(p.limits.memory_mib, 128);
+        assert_eq!(p.capabilities.dirs[0].host, dir.path().join("db"));
+
+        std::fs::write(&sidecar, "name = \"other\"\n").unwrap();
+        let err = PluginConfig::from_sidecar("geo", &wasm, Some(&sidecar)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`name` is given by the file names"),
+            "{err}"
+        );
+        std::fs::write(&sidecar, "[limits]\nmemory = 1\n").unwrap();
+        let err = PluginConfig::from_sidecar("geo", &wasm, Some(&sidecar)).unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+        assert!(err.to_string().contains("geo.toml"), "{err}");
+    }
+
+    #[test]
     fn plugin_names_are_safe() {
         assert!(validate_plugin_name("enrich-geo").is_ok());
         assert!(validate_plugin_name("../x").is_err());

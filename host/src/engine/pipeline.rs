@@ -9,7 +9,7 @@
 use super::Watermark;
 use super::checkpoint::Checkpoints;
 use super::watermark::split_at_late;
-use crate::runtime::{Event, Plugin, PluginOutput, World};
+use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, same_interest};
 use crate::sinks::{self, files::AppendFile, lineproto};
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
@@ -34,6 +34,12 @@ enum Msg {
         received: Instant,
     },
     Control(Control),
+    /// A new version asks what it needs to catch up with the running one.
+    Catchup {
+        name: String,
+        since: Option<u64>,
+        reply: tokio::sync::oneshot::Sender<Option<Catchup>>,
+    },
     Shutdown,
 }
 
@@ -51,6 +57,10 @@ pub enum ControlOp {
     Deploy {
         plugin: Box<Plugin>,
         reset_state: bool,
+        /// The new version already caught up to this batch of the running
+        /// one (see [`EngineHandle::catchup`]): only later batches are
+        /// replayed in the pause. `None`: snapshot and restore in the pause.
+        caught_up: Option<u64>,
     },
     /// Take a plugin out of the pipeline; its state is discarded.
     Remove { name: String },
@@ -92,6 +102,9 @@ pub struct Swapped {
     pub handover: Handover,
     /// Size of the state handed over (0 unless `Kept`).
     pub state_bytes: usize,
+    /// The new version had caught up before the pause (only the last batches
+    /// were replayed in it); otherwise a `Kept` state went by snapshot and restore.
+    pub caught_up: bool,
     /// How long the engine held events back to apply it.
     pub pause: Duration,
 }
@@ -178,6 +191,19 @@ impl EngineHandle {
             let _ = c.reply.send(Err(SwapError::Stopped));
         }
         rx
+    }
+
+    /// What plugin `name`'s new version needs to catch up with it (after
+    /// batch `since`, if given); `None` if there is no such plugin.
+    pub fn catchup(&self, name: &str, since: Option<u64>) -> Option<Catchup> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::Catchup {
+            name: name.to_string(),
+            since,
+            reply,
+        };
+        self.tx.send(msg).ok()?;
+        rx.blocking_recv().ok().flatten()
     }
 
     /// Asks the engine to drain, checkpoint and stop.
@@ -278,6 +304,9 @@ impl Engine {
                                 control = Some(c);
                                 break;
                             }
+                            Ok(Msg::Catchup { name, since, reply }) => {
+                                self.catchup(&name, since, reply)
+                            }
                             Ok(Msg::Shutdown) => {
                                 stop = true;
                                 break;
@@ -291,6 +320,7 @@ impl Engine {
                     }
                 }
                 Ok(Msg::Control(c)) => self.control(c),
+                Ok(Msg::Catchup { name, since, reply }) => self.catchup(&name, since, reply),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -306,6 +336,7 @@ impl Engine {
                             }
                             self.control(c);
                         }
+                        Msg::Catchup { name, since, reply } => self.catchup(&name, since, reply),
                         Msg::Shutdown => {}
                     }
                 }
@@ -372,17 +403,21 @@ impl Engine {
             ControlOp::Deploy {
                 plugin,
                 reset_state,
-            } => self.deploy(*plugin, reset_state),
+                caught_up,
+            } => self.deploy(*plugin, reset_state, caught_up),
             ControlOp::Remove { name } => {
                 match self.plugins.iter().position(|p| p.name() == name) {
-                    Some(i) => (Ok((Handover::Removed, 0)), Some(self.plugins.remove(i))),
+                    Some(i) => (
+                        Ok((Handover::Removed, 0, false)),
+                        Some(self.plugins.remove(i)),
+                    ),
                     None => (Err(SwapError::NotFound(name)), None),
                 }
             }
         };
         drop(retired);
         let pause = started.elapsed();
-        let result = result.map(|(handover, state_bytes)| {
+        let result = result.map(|(handover, state_bytes, caught_up)| {
             self.metrics
                 .swap_pause
                 .lock()
@@ -391,6 +426,7 @@ impl Engine {
             Swapped {
                 handover,
                 state_bytes,
+                caught_up,
                 pause,
             }
         });
@@ -409,11 +445,12 @@ impl Engine {
         &mut self,
         mut new: Plugin,
         reset_state: bool,
-    ) -> (Result<(Handover, usize), SwapError>, Option<Plugin>) {
+        caught_up: Option<u64>,
+    ) -> (Result<(Handover, usize, bool), SwapError>, Option<Plugin>) {
         let Some(i) = self.plugins.iter().position(|p| p.name() == new.name()) else {
             let at = insert_position(self.plugins.iter().map(Plugin::world), new.world());
             self.plugins.insert(at, new);
-            return (Ok((Handover::New, 0)), None);
+            return (Ok((Handover::New, 0, false)), None);
         };
         let old = &mut self.plugins[i];
         if old.world() != new.world() {
@@ -425,15 +462,25 @@ impl Engine {
             return (Err(e), Some(new));
         }
         let outcome = if !old.world().is_stateful() {
-            (Handover::Stateless, 0)
+            (Handover::Stateless, 0, false)
         } else if reset_state {
-            (Handover::Reset, 0)
+            (Handover::Reset, 0, false)
+        } else if let Some(c) = caught_up
+            .map(|n| old.catchup(Some(n)))
+            .filter(|c| !c.from_base && same_interest(&c.interest, new.interest()))
+        {
+            // The common case: only the batches since the new version's
+            // catch-up are replayed here, whatever the size of the state.
+            match new.catch_up(&c) {
+                Ok(()) => (Handover::Kept, 0, true),
+                Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
+            }
         } else {
             match old.checkpoint() {
                 Err(f) => return (Err(SwapError::Snapshot(f.to_string())), Some(new)),
-                Ok(None) => (Handover::Reset, 0),
+                Ok(None) => (Handover::Reset, 0, false),
                 Ok(Some(state)) => match new.restore(&state) {
-                    Ok(()) => (Handover::Kept, state.len()),
+                    Ok(()) => (Handover::Kept, state.len(), false),
                     Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
                 },
             }
@@ -441,6 +488,20 @@ impl Engine {
         new.carry_over(old);
         let old = std::mem::replace(&mut self.plugins[i], new);
         (Ok(outcome), Some(old))
+    }
+
+    fn catchup(
+        &self,
+        name: &str,
+        since: Option<u64>,
+        reply: tokio::sync::oneshot::Sender<Option<Catchup>>,
+    ) {
+        let c = self
+            .plugins
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| p.catchup(since));
+        let _ = reply.send(c);
     }
 
     /// On a quiet stream, event time advances with processing time once the

@@ -104,6 +104,8 @@ pub struct Deployed {
     pub previous_version: Option<String>,
     pub state: Handover,
     pub state_bytes: usize,
+    /// The state went over by catch-up before the pause (see the README).
+    pub caught_up: bool,
     /// Events held back while the engine swapped (µs).
     pub swap_pause_us: u64,
     /// From the request's arrival (or the file settling) to the version running (ms).
@@ -401,15 +403,24 @@ impl Manager {
         reset_state: bool,
         received: Instant,
     ) -> Result<Deployed, DeployError> {
-        let plugin = self.instantiate(name, &version)?;
-        let swapped = self
+        let mut plugin = self.instantiate(name, &version)?;
+        let (caught_up, base_bytes) = if reset_state || !version.component.world.is_stateful() {
+            (None, 0)
+        } else {
+            self.catch_up(name, &mut plugin)?
+        };
+        let mut swapped = self
             .engine()?
             .control(ControlOp::Deploy {
                 plugin: Box::new(plugin),
                 reset_state,
+                caught_up,
             })
             .blocking_recv()
             .map_err(|_| SwapError::Stopped)??;
+        if swapped.caught_up {
+            swapped.state_bytes = base_bytes;
+        }
         let world = version.component.world;
         let hash = version.component.hash.clone();
         let previous_version = {
@@ -435,11 +446,56 @@ impl Manager {
             previous_version,
             state: swapped.handover,
             state_bytes: swapped.state_bytes,
+            caught_up: swapped.caught_up,
             swap_pause_us: swapped.pause.as_micros() as u64,
             upload_to_active_ms: received.elapsed().as_secs_f64() * 1e3,
         };
         tracing::info!(plugin = name, world = %world, version = &deployed.version[..12], state = ?deployed.state, pause_us = deployed.swap_pause_us, "plugin version swapped in");
         Ok(deployed)
+    }
+
+    /// Brings a new version's state up to the running version's, off the
+    /// event path, so the swap itself only replays the last few batches:
+    /// restore the running version's last snapshot, replay the batches it
+    /// processed since, then ask again for the batches processed meanwhile,
+    /// until few remain. Returns the batch number reached and the snapshot's
+    /// size; `None` if the versions' interests differ (the batches kept are
+    /// what the old version was shown, not what the new one wants): then the
+    /// swap snapshots and restores in the pause instead.
+    fn catch_up(
+        &self,
+        name: &str,
+        plugin: &mut Plugin,
+    ) -> Result<(Option<u64>, usize), DeployError> {
+        const ROUNDS: usize = 8;
+        const CLOSE_ENOUGH: usize = 2_000;
+        let engine = self.engine()?;
+        let mut since = None;
+        let mut base_bytes = 0;
+        for _ in 0..ROUNDS {
+            let Some(c) = engine.catchup(name, since) else {
+                return Ok((None, 0)); // a new plugin: nothing to catch up with
+            };
+            if !crate::runtime::same_interest(&c.interest, plugin.interest()) {
+                tracing::info!(
+                    plugin = name,
+                    "the new version reads other events or fields; its state is handed over in the pause"
+                );
+                return Ok((None, 0));
+            }
+            if let Some(b) = &c.base {
+                base_bytes = b.len();
+            }
+            plugin.catch_up(&c).map_err(|e| match e {
+                PluginError::State(m) => DeployError::Swap(SwapError::StateRejected(m)),
+                other => DeployError::Plugin(other),
+            })?;
+            since = Some(c.next);
+            if !c.from_base && c.events() <= CLOSE_ENOUGH {
+                break;
+            }
+        }
+        Ok((since, base_bytes))
     }
 
     /// Takes a plugin out of the pipeline.

@@ -182,6 +182,14 @@ impl Instance {
         self.store.set_epoch_deadline(self.deadline_ticks);
     }
 
+    /// Arms a deadline `factor` times the usual one: for replays that run off
+    /// the event path, where a busy machine stretches wall time, but a
+    /// runaway plugin must still be stopped.
+    pub(crate) fn arm_lenient(&mut self, factor: u64) {
+        self.store
+            .set_epoch_deadline(self.deadline_ticks.saturating_mul(factor));
+    }
+
     /// Whatever the guest wrote to stderr so far (e.g. a panic message).
     pub(crate) fn stderr(&self) -> String {
         let bytes = self.store.data().stderr.contents();

@@ -17,7 +17,8 @@ pub use error::PluginError;
 pub use instance::PluginState;
 pub use limits::{Capabilities, DirGrant, Limits};
 pub use supervisor::{
-    BreakerState, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
+    BreakerState, Catchup, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
+    same_interest,
 };
 
 use sha2::{Digest, Sha256};

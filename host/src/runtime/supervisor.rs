@@ -13,6 +13,7 @@ use super::instance::{Exports, Instance};
 use super::limits::{Capabilities, Limits};
 use super::{PluginComponent, PluginError, World};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call failed.
@@ -120,9 +121,12 @@ pub struct Plugin {
     instance: Option<Instance>,
     interest: Interest,
     /// State to recover from, and the batches processed since it was taken.
-    recovery: Option<Vec<u8>>,
-    replay: Vec<(Vec<Event>, i64)>,
+    recovery: Option<Arc<Vec<u8>>>,
+    replay: Vec<Arc<Remembered>>,
     replay_events: usize,
+    /// Sequence number of `replay[0]`: batches are numbered from the start,
+    /// so a new version can ask for "everything after n" (see [`Catchup`]).
+    replay_start: u64,
     watermark: i64,
     breaker: Breaker,
     stats: PluginStats,
@@ -188,6 +192,7 @@ impl Plugin {
             recovery: None,
             replay: Vec::new(),
             replay_events: 0,
+            replay_start: 0,
             watermark: i64::MIN,
             stats: PluginStats::default(),
         };
@@ -569,7 +574,7 @@ impl Plugin {
 
     fn remember(&mut self, events: Vec<Event>, watermark: i64) {
         self.replay_events += events.len().max(1);
-        self.replay.push((events, watermark));
+        self.replay.push(Arc::new(Remembered { events, watermark }));
         if self.replay_events >= self.limits.replay_limit
             && let Err(f) = self.checkpoint()
         {
@@ -585,28 +590,17 @@ impl Plugin {
             self.start()?;
             let instance = self.instance.as_mut().expect("started");
             if let Some(state) = &self.recovery {
-                match instance.restore(state) {
+                match instance.restore(state.as_slice()) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(PluginError::State(e.message)),
                     Err(e) => return Err(PluginError::State(chain(&e))),
                 }
             }
             let replay = std::mem::take(&mut self.replay);
-            for (events, wm) in &replay {
+            for batch in &replay {
                 let instance = self.instance.as_mut().expect("started");
-                instance.arm();
-                let r = match &instance.exports {
-                    Exports::Enricher(_) => Ok(()),
-                    Exports::Aggregator(b) => b
-                        .nexuspipe_plugin_aggregate()
-                        .call_process(&mut instance.store, events, *wm)
-                        .map(drop),
-                    Exports::Alerter(b) => b
-                        .nexuspipe_plugin_alerting()
-                        .call_process(&mut instance.store, events, *wm)
-                        .map(drop),
-                };
-                r.map_err(|e| PluginError::State(format!("replay failed: {}", chain(&e))))?;
+                replay_into(instance, batch)
+                    .map_err(|e| PluginError::State(format!("replay failed: {}", chain(&e))))?;
             }
             self.replay = replay;
             Ok(())
@@ -621,6 +615,69 @@ impl Plugin {
                 self.breaker.open = true;
             }
         }
+    }
+
+    fn truncate_replay(&mut self) {
+        self.replay_start += self.replay.len() as u64;
+        self.replay.clear();
+        self.replay_events = 0;
+    }
+
+    /// What a new version needs to catch up with this instance: everything
+    /// after batch `since`, or (`None`, or those batches are already folded
+    /// into a newer snapshot) the last snapshot and every batch after it.
+    /// Cheap: it shares the snapshot and the batches.
+    pub fn catchup(&self, since: Option<u64>) -> Catchup {
+        let (from_base, skip) = match since {
+            Some(s) if s >= self.replay_start => (false, (s - self.replay_start) as usize),
+            _ => (true, 0),
+        };
+        Catchup {
+            base: if from_base {
+                self.recovery.clone()
+            } else {
+                None
+            },
+            from_base,
+            batches: self.replay.get(skip..).unwrap_or_default().to_vec(),
+            next: self.replay_start + self.replay.len() as u64,
+            interest: self.interest.clone(),
+        }
+    }
+
+    /// Brings this (new, idle) instance to the state `c` describes: restores
+    /// the snapshot, then replays the batches, remembering them in turn so
+    /// this instance can recover too. A refused snapshot is a `State` error.
+    pub fn catch_up(&mut self, c: &Catchup) -> Result<(), PluginError> {
+        if c.from_base {
+            match &c.base {
+                Some(state) => self.restore(state)?,
+                None => {
+                    // The running version never took a snapshot: start from
+                    // this version's initial state, as that one did.
+                    self.instance = None;
+                    self.start()?;
+                    self.recovery = None;
+                    self.truncate_replay();
+                }
+            }
+        }
+        for batch in &c.batches {
+            let instance = self
+                .instance
+                .as_mut()
+                .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
+            replay_into(instance, batch).map_err(|e| {
+                PluginError::State(format!(
+                    "the new version failed on events the running one processed: {}",
+                    chain(&e)
+                ))
+            })?;
+            self.watermark = self.watermark.max(batch.watermark);
+            self.replay_events += batch.events.len().max(1);
+            self.replay.push(batch.clone());
+        }
+        Ok(())
     }
 
     /// Takes over what a previous version of this plugin had counted, so the
@@ -640,7 +697,7 @@ impl Plugin {
         }
         let Some(instance) = self.instance.as_mut() else {
             // Disabled: the last good state is what we have.
-            return Ok(self.recovery.clone());
+            return Ok(self.recovery.as_ref().map(|s| s.to_vec()));
         };
         let snapshot = match instance.snapshot() {
             Ok(s) => s,
@@ -653,9 +710,8 @@ impl Plugin {
                 return Err(failure);
             }
         };
-        self.recovery = snapshot.clone();
-        self.replay.clear();
-        self.replay_events = 0;
+        self.recovery = snapshot.clone().map(Arc::new);
+        self.truncate_replay();
         Ok(snapshot)
     }
 
@@ -667,14 +723,65 @@ impl Plugin {
             .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
         match instance.restore(state) {
             Ok(Ok(())) => {
-                self.recovery = Some(state.to_vec());
-                self.replay.clear();
-                self.replay_events = 0;
+                self.recovery = Some(Arc::new(state.to_vec()));
+                self.truncate_replay();
                 Ok(())
             }
             Ok(Err(e)) => Err(PluginError::State(e.message)),
             Err(e) => Err(PluginError::State(chain(&e))),
         }
+    }
+}
+
+/// A batch a stateful plugin processed, kept until the next snapshot.
+pub struct Remembered {
+    events: Vec<Event>,
+    watermark: i64,
+}
+
+/// What a new version needs to reach a running instance's state without
+/// stopping it: the last snapshot (`base`) and the batches processed since,
+/// or, asked incrementally, only the batches after a sequence number.
+pub struct Catchup {
+    pub base: Option<Arc<Vec<u8>>>,
+    /// `true`: `base` replaces all state (possibly none: the instance never
+    /// took a snapshot); `false`: `batches` continue the previous catch-up.
+    pub from_base: bool,
+    pub batches: Vec<Arc<Remembered>>,
+    /// Sequence number of the batch after the last of `batches`.
+    pub next: u64,
+    pub interest: Interest,
+}
+
+impl Catchup {
+    pub fn events(&self) -> usize {
+        self.batches.iter().map(|b| b.events.len()).sum()
+    }
+}
+
+/// Whether two versions see the same events and fields, so one's recorded
+/// batches are exactly what the other would have been given.
+pub fn same_interest(a: &Interest, b: &Interest) -> bool {
+    a.event_types == b.event_types && a.properties == b.properties && a.metadata == b.metadata
+}
+
+/// How much longer than a live call a replay may run (wall time): replays run
+/// back to back, often beside the live instance on a busy machine.
+const REPLAY_DEADLINE_FACTOR: u64 = 10;
+
+/// Feeds a remembered batch to an instance again; its outputs were delivered already.
+fn replay_into(instance: &mut Instance, batch: &Remembered) -> wasmtime::Result<()> {
+    instance.arm_lenient(REPLAY_DEADLINE_FACTOR);
+    match &instance.exports {
+        Exports::Enricher(_) => Ok(()),
+        Exports::Aggregator(b) => b
+            .nexuspipe_plugin_aggregate()
+            .call_process(&mut instance.store, &batch.events, batch.watermark)
+            .map(drop),
+        Exports::Alerter(b) => b
+            .nexuspipe_plugin_alerting()
+            .call_process(&mut instance.store, &batch.events, batch.watermark)
+            .map(drop),
     }
 }
 

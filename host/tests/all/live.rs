@@ -178,6 +178,7 @@ fn upload_under_load_swaps_without_loss_or_duplication() {
     let processed_at_swap = s.metric("nexuspipe_events_processed_total");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["state"], "kept", "{report}");
+    assert_eq!(report["caught_up"], true, "{report}");
     assert_eq!(report["version"], sha256(&v2));
     assert_eq!(report["previous_version"], sha256(&guest("counter")));
     assert!(report["swap_pause_us"].as_u64().is_some(), "{report}");
@@ -330,12 +331,24 @@ fn swapping_the_alerts_plugin_keeps_a_pending_absence_timer() {
     let cart = |ts: i64, user: &str| json!({"event_type": "add_to_cart", "timestamp": ts, "user_id": user});
     post_events(&s, json!([cart(t0, "u-kept")]));
 
-    // A new version of the rules, uploaded with the config as a query parameter.
+    // A new build with the same rules: the new version catches up off the
+    // event path (last snapshot + the batches since), then swaps.
+    let (status, swap) = upload(&s, "alerts", &guest("alerts"));
+    assert_eq!(status, 200, "{swap}");
+    assert_eq!(swap["state"], "kept");
+    assert_eq!(swap["caught_up"], true);
+    // A new version of the rules (they read other events, so the state is
+    // handed over by snapshot and restore), config as a query parameter.
+    post_events(&s, json!([view(t0 + minute)]));
     let config = rules_v2();
     let q: String = url_encode(&config);
     let (status, swap) = upload(&s, &format!("alerts?config={q}"), &guest("alerts"));
     assert_eq!(status, 200, "{swap}");
     assert_eq!(swap["state"], "kept");
+    assert_eq!(
+        swap["caught_up"], false,
+        "other interest: snapshot and restore"
+    );
     assert!(swap["state_bytes"].as_u64().unwrap() > 0);
 
     // On time: not before the 30 minutes are up (watermark = newest - 5 s)...
