@@ -73,6 +73,7 @@ def main():
     with open(cfg, "w") as f:
         f.write(f'[http]\nlisten = "127.0.0.1:{port}"\nadmin_token = "{TOKEN}"\n[engine]\ndata_dir = "{data}/data"\n')
     env = dict(os.environ, NEXUSPIPE_CACHE_DIR=os.path.join(data, "cache"))
+    env.setdefault("NEXUSPIPE_LOG", "info,nexuspipe::engine=debug")
     server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"), env=env)
     gen = None
     try:
@@ -111,6 +112,7 @@ def main():
                 "upload_to_active_ms_first_compile": round(cold[1][0]["upload_to_active_ms"], 1),
                 "client_round_trip_ms": quantiles(round_trip),
             }
+        report["server_log"] = os.path.join(data, "server.log")
         print(json.dumps(report, indent=2))
     finally:
         if gen:

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod offline;
 pub mod pipeline;
+mod shadow;
 pub mod watermark;
 
 pub use pipeline::{

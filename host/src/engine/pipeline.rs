@@ -8,6 +8,7 @@
 
 use super::Watermark;
 use super::checkpoint::Checkpoints;
+use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, same_interest};
 use crate::sinks::{self, files::AppendFile, lineproto};
@@ -225,7 +226,24 @@ pub struct Engine {
     alerts: AppendFile,
     dead: AppendFile,
     late: AppendFile,
+    /// A new version replaying in the background until it can take over.
+    shadow: Option<Shadow>,
+    /// Replaced instances, freed on a thread of their own.
+    retire: Sender<Plugin>,
 }
+
+/// A thread that drops the plugin instances it is sent.
+fn retirer() -> std::io::Result<Sender<Plugin>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Plugin>();
+    std::thread::Builder::new()
+        .name("nexuspipe-retire".into())
+        .spawn(move || rx.into_iter().for_each(drop))?;
+    Ok(tx)
+}
+
+/// How long a shadow may trail the live version before the engine waits for
+/// it (a pause) rather than let the upload wait on.
+const SHADOW_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Engine {
     /// Builds the engine and restores plugin state and event time from the
@@ -255,6 +273,8 @@ impl Engine {
             metrics,
             queued: Arc::new(AtomicUsize::new(0)),
             checkpoints,
+            shadow: None,
+            retire: retirer()?,
         })
     }
 
@@ -324,6 +344,7 @@ impl Engine {
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            self.advance_shadow(stop);
             if stop {
                 // Drain what was accepted before the shutdown request, in order.
                 let mut rest = Vec::new();
@@ -394,17 +415,31 @@ impl Engine {
         self.publish();
     }
 
-    /// Applies a pipeline change and answers it. The pause (events held back)
-    /// covers the old instance's snapshot, the new one's restore and dropping
-    /// the old instance; compiling and initialising happened off this thread.
+    /// Applies a pipeline change and answers it. A caught-up new version goes
+    /// to a shadow thread first (see [`shadow`]); the pause (events held back)
+    /// is then the handoff. Without catch-up it covers the old instance's
+    /// snapshot and the new one's restore. Compiling, initialising and
+    /// catching up happen off this thread.
     fn control(&mut self, c: Control) {
         let started = Instant::now();
-        let (result, retired) = match c.op {
+        let outcome = match c.op {
             ControlOp::Deploy {
                 plugin,
                 reset_state,
                 caught_up,
-            } => self.deploy(*plugin, reset_state, caught_up),
+            } => {
+                let plugin = match (reset_state, caught_up) {
+                    (false, Some(n)) => match self.shadow_or_back(*plugin, n, c.reply) {
+                        None => return, // answered when the shadow takes over
+                        Some((plugin, reply)) => {
+                            let outcome = self.deploy(plugin, false, Some(n));
+                            return self.complete(reply, started, outcome);
+                        }
+                    },
+                    _ => *plugin,
+                };
+                self.deploy(plugin, reset_state, caught_up)
+            }
             ControlOp::Remove { name } => {
                 match self.plugins.iter().position(|p| p.name() == name) {
                     Some(i) => (
@@ -415,7 +450,97 @@ impl Engine {
                 }
             }
         };
-        drop(retired);
+        self.complete(c.reply, started, outcome);
+    }
+
+    /// Hands a caught-up new version to a shadow thread, which keeps
+    /// replaying what the live version processes until it can take over.
+    /// Gives the plugin back when a shadow is not possible (a new plugin,
+    /// another interest, a shadow already running): the swap then happens now.
+    fn shadow_or_back(
+        &mut self,
+        plugin: Plugin,
+        caught_up: u64,
+        reply: shadow::Reply,
+    ) -> Option<(Plugin, shadow::Reply)> {
+        let catchup = self
+            .plugins
+            .iter()
+            .find(|p| p.name() == plugin.name() && p.world() == plugin.world())
+            .map(|old| old.catchup(Some(caught_up)));
+        match catchup {
+            Some(c) if self.shadow.is_none() && same_interest(&c.interest, plugin.interest()) => {
+                match Shadow::start(plugin, caught_up, reply) {
+                    Ok(mut sh) => {
+                        sh.feed(&c);
+                        self.shadow = Some(sh);
+                        None
+                    }
+                    Err(back) => Some(*back),
+                }
+            }
+            _ => Some((plugin, reply)),
+        }
+    }
+
+    /// After a round: sends the shadow what the live version just processed,
+    /// and swaps once the shadow has replayed all of it (or waits for it when
+    /// it trails too long, or `force`, at shutdown).
+    fn advance_shadow(&mut self, force: bool) {
+        if self.shadow.is_none() {
+            return;
+        }
+        let in_step = self.feed_shadow();
+        let sh = self.shadow.as_mut().expect("checked above");
+        let ready = sh.caught_up() || sh.failed();
+        if in_step && !ready && !force && sh.started.elapsed() < SHADOW_PATIENCE {
+            return;
+        }
+        let started = Instant::now();
+        let sh = self.shadow.take().expect("checked above");
+        if in_step && !ready {
+            tracing::info!(plugin = %sh.name, shadowed_ms = sh.started.elapsed().as_millis() as u64, "the new version trails the live one; waiting for it to catch up");
+        }
+        let next = sh.next();
+        let (plugin, replayed, reply) = sh.finish();
+        let outcome = match replayed {
+            Err(e) => (Err(SwapError::StateRejected(e.to_string())), Some(plugin)),
+            // In step: nothing left to replay. Otherwise the swap snapshots and restores.
+            Ok(()) => self.deploy(plugin, false, in_step.then_some(next)),
+        };
+        self.complete(reply, started, outcome);
+    }
+
+    /// Sends the shadow what the live version processed since the last feed
+    /// (with the snapshot, if it took one meanwhile). False if the plugin is gone.
+    fn feed_shadow(&mut self) -> bool {
+        let Some(sh) = self.shadow.as_mut() else {
+            return true;
+        };
+        match self.plugins.iter().find(|p| p.name() == sh.name) {
+            Some(old) => {
+                sh.feed(&old.catchup(Some(sh.next())));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Retires the old instance, records the pause and answers the change.
+    #[allow(clippy::type_complexity, reason = "the private result of deploy")]
+    fn complete(
+        &mut self,
+        reply: shadow::Reply,
+        started: Instant,
+        (result, retired): (Result<(Handover, usize, bool), SwapError>, Option<Plugin>),
+    ) {
+        if let Some(old) = retired {
+            // Freeing an instance unmaps its linear memory: milliseconds for a
+            // big state, which the events need not wait for.
+            if let Err(std::sync::mpsc::SendError(old)) = self.retire.send(old) {
+                drop(old);
+            }
+        }
         let pause = started.elapsed();
         let result = result.map(|(handover, state_bytes, caught_up)| {
             self.metrics
@@ -436,7 +561,7 @@ impl Engine {
             self.checkpoint();
         }
         self.publish();
-        let _ = c.reply.send(result);
+        let _ = reply.send(result);
     }
 
     /// Swaps `new` in; returns the outcome and the retired instance (dropped by the caller).
@@ -471,7 +596,16 @@ impl Engine {
         {
             // The common case: only the batches since the new version's
             // catch-up are replayed here, whatever the size of the state.
-            match new.catch_up(&c) {
+            let t = Instant::now();
+            let r = new.catch_up(&c);
+            tracing::debug!(
+                plugin = new.name(),
+                events = c.events(),
+                batches = c.batches.len(),
+                took_us = t.elapsed().as_micros() as u64,
+                "replayed the last batches in the pause"
+            );
+            match r {
                 Ok(()) => (Handover::Kept, 0, true),
                 Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
             }
@@ -578,6 +712,9 @@ impl Engine {
     }
 
     fn checkpoint(&mut self) {
+        // The checkpoint folds the replay log into a snapshot: a shadow gets
+        // its batches first (else it would restart from the snapshot).
+        self.feed_shadow();
         if let Err(e) = self.checkpoints.save(&mut self.plugins, &self.watermark) {
             tracing::error!(error = %e, "checkpoint failed");
         }

@@ -92,6 +92,10 @@ pub(crate) enum Exports {
     Alerter(alerter::Alerter),
 }
 
+/// Snapshots and restores walk the whole state, which legitimately takes
+/// longer than a batch: they get this many times the call deadline.
+const STATE_DEADLINE_FACTOR: u64 = 10;
+
 pub(crate) struct Instance {
     pub(crate) store: Store<PluginState>,
     pub(crate) exports: Exports,
@@ -220,7 +224,7 @@ impl Instance {
 
     /// `None` for enrichers, which keep no state.
     pub(crate) fn snapshot(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.arm();
+        self.arm_lenient(STATE_DEADLINE_FACTOR);
         match &self.exports {
             Exports::Enricher(_) => Ok(None),
             Exports::Aggregator(b) => b
@@ -238,7 +242,7 @@ impl Instance {
         &mut self,
         state: &[u8],
     ) -> wasmtime::Result<Result<(), types::StateError>> {
-        self.arm();
+        self.arm_lenient(STATE_DEADLINE_FACTOR);
         match &self.exports {
             Exports::Enricher(_) => Ok(Ok(())),
             Exports::Aggregator(b) => b

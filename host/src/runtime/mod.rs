@@ -18,7 +18,7 @@ pub use instance::PluginState;
 pub use limits::{Capabilities, DirGrant, Limits};
 pub use supervisor::{
     BreakerState, Catchup, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
-    same_interest,
+    Remembered, same_interest,
 };
 
 use sha2::{Digest, Sha256};

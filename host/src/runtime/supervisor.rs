@@ -650,33 +650,44 @@ impl Plugin {
     /// this instance can recover too. A refused snapshot is a `State` error.
     pub fn catch_up(&mut self, c: &Catchup) -> Result<(), PluginError> {
         if c.from_base {
-            match &c.base {
-                Some(state) => self.restore(state)?,
-                None => {
-                    // The running version never took a snapshot: start from
-                    // this version's initial state, as that one did.
-                    self.instance = None;
-                    self.start()?;
-                    self.recovery = None;
-                    self.truncate_replay();
-                }
-            }
+            self.reset_to(c.base.as_deref().map(Vec::as_slice))?;
         }
         for batch in &c.batches {
-            let instance = self
-                .instance
-                .as_mut()
-                .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
-            replay_into(instance, batch).map_err(|e| {
-                PluginError::State(format!(
-                    "the new version failed on events the running one processed: {}",
-                    chain(&e)
-                ))
-            })?;
-            self.watermark = self.watermark.max(batch.watermark);
-            self.replay_events += batch.events.len().max(1);
-            self.replay.push(batch.clone());
+            self.replay_one(batch)?;
         }
+        Ok(())
+    }
+
+    /// Replaces all state with a snapshot, or with this version's initial
+    /// state when the running version never took one.
+    pub fn reset_to(&mut self, base: Option<&[u8]>) -> Result<(), PluginError> {
+        match base {
+            Some(state) => self.restore(state),
+            None => {
+                self.instance = None;
+                self.start()?;
+                self.recovery = None;
+                self.truncate_replay();
+                Ok(())
+            }
+        }
+    }
+
+    /// Replays one batch the running version processed (see [`Plugin::catch_up`]).
+    pub fn replay_one(&mut self, batch: &Arc<Remembered>) -> Result<(), PluginError> {
+        let instance = self
+            .instance
+            .as_mut()
+            .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
+        replay_into(instance, batch).map_err(|e| {
+            PluginError::State(format!(
+                "the new version failed on events the running one processed: {}",
+                chain(&e)
+            ))
+        })?;
+        self.watermark = self.watermark.max(batch.watermark);
+        self.replay_events += batch.events.len().max(1);
+        self.replay.push(batch.clone());
         Ok(())
     }
 
