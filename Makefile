@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target run test bench bench-load bench-swap lint fmt clean
+.PHONY: all plugins wasm-target toolchains examples run test bench bench-load bench-swap lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -26,12 +26,21 @@ plugins: wasm-target
 	done
 	@ls -l $(PLUGIN_OUT)/*.wasm
 
+## Install the Python, JavaScript and C plugin toolchains (skips what is there)
+toolchains:
+	.ci/install-plugin-toolchains.sh
+
+## Build the example plugins (Python, JavaScript, C, and their Rust twins) to target/examples/
+examples: toolchains wasm-target
+	examples/plugins/build.sh
+
 ## Run NexusPipe with the embedded default pipeline (HTTP on 127.0.0.1:8000)
 run: plugins
 	$(CARGO) run --release -p nexuspipe -- run
 
-## The whole test suite (tests build the Wasm artifacts they need)
-test: plugins
+## The whole test suite (tests build the Wasm artifacts they need, in every
+## example language: the toolchains are installed first if missing)
+test: plugins toolchains
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 

@@ -6,5 +6,6 @@ mod support;
 mod cli;
 mod golden;
 mod isolation;
+mod languages;
 mod live;
 mod server;
