@@ -75,7 +75,9 @@ if [ -f "$JS_DIR/node_modules/.package-lock.json" ] &&
   [ "$JS_DIR/node_modules/.package-lock.json" -nt "$JS_DIR/package-lock.json" ]; then
   done_step "already installed"
 else
-  (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  # `npm install` with the lock, not `npm ci`: npm 11 finds its own lock (with
+  # optional per-platform packages) "out of sync" on a clean install.
+  (cd "$JS_DIR" && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
   done_step installed
 fi
 

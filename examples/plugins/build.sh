@@ -66,7 +66,7 @@ build_js() { # js-scroll-depth
   local name=$1 src="$here/$1" dst="$out/$1.wasm"
   local jco="$src/node_modules/.bin/jco"
   need node
-  [ -x "$jco" ] || die "jco not installed in $src/node_modules (npm ci)"
+  [ -x "$jco" ] || die "jco not installed in $src/node_modules (npm install)"
   stale "$dst" "$src/src" "$src/package-lock.json" "$wit" "$0" || { echo "$name: up to date"; return; }
   echo "$name: jco componentize"
   # Absolute paths: jco resolves --wit from the source's directory.

@@ -58,6 +58,9 @@ impl Shadow {
                         *failure.lock().expect("shadow lock") = Some(e);
                         return;
                     }
+                    // Unlock before announcing progress: the engine takes the
+                    // plugin as soon as it sees the count, and must not wait.
+                    drop(guard);
                     progress.fetch_add(1, Ordering::Release);
                 }
             });

@@ -140,6 +140,10 @@ struct VersionRecord {
     config: String,
     source: Source,
     loaded_at_ms: u64,
+    /// A folder version's own limits and capabilities (from its sidecar);
+    /// other versions take the configured plugin's at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<(Limits, Capabilities)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -281,7 +285,10 @@ impl Manager {
             .and_then(|bytes| self.runtime.load(&bytes).map_err(|e| e.to_string()));
         match loaded {
             Ok(component) if component.hash == r.hash => {
-                let (limits, caps) = self.defaults_for(name);
+                let (limits, caps) = r
+                    .settings
+                    .clone()
+                    .unwrap_or_else(|| self.defaults_for(name));
                 Some(Version {
                     component,
                     config: r.config.clone(),
@@ -605,6 +612,7 @@ impl Manager {
             config: v.config.clone(),
             source: v.source,
             loaded_at_ms: millis(v.loaded_at),
+            settings: (v.source == Source::Folder).then(|| (v.limits.clone(), v.caps.clone())),
         };
         let deployments = {
             let reg = self.registry.lock().expect("registry lock");

@@ -1,11 +1,11 @@
 //! Per-plugin limits and capabilities. Everything is denied unless granted.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Resource limits of one plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest a single call may run before it is interrupted (ms).
@@ -43,7 +43,7 @@ impl Limits {
 }
 
 /// A host directory made visible to a plugin, read-only unless `writable`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
     /// Directory on the host.
@@ -55,7 +55,7 @@ pub struct DirGrant {
 }
 
 /// What a plugin may reach beyond its own memory. Denied by default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Capabilities {
     pub dirs: Vec<DirGrant>,
