@@ -136,7 +136,7 @@ fn upload_under_load_swaps_without_loss_or_duplication() {
             .success()
     );
     let start_ms = 1_700_000_000_000i64;
-    let (rate, secs, batch) = ("2000", "5s", "50");
+    let (rate, secs, batch) = ("2000", "8s", "50");
     let common = [
         "--rate",
         rate,
@@ -198,7 +198,7 @@ fn upload_under_load_swaps_without_loss_or_duplication() {
     let mut args = vec!["gen"];
     args.extend_from_slice(&common);
     let path = all.to_str().unwrap();
-    args.extend_from_slice(&[&start, "--duration", "10s", "--output", path]);
+    args.extend_from_slice(&[&start, "--duration", "12s", "--output", path]);
     assert!(nexuspipe(&args).output().unwrap().status.success());
     let text = std::fs::read_to_string(&all).unwrap();
     let sent: Vec<&str> = text.lines().take(accepted as usize).collect();
