@@ -17,7 +17,7 @@
 //! | 422    | `config_rejected` | the plugin's `init` refused the config            |
 //! | 422    | `init_failed`     | instantiation or `init` failed (trap, imports...) |
 
-use super::{ApiState, error};
+use super::{ApiState, BodyError, drain, error, read_limited};
 use crate::config::validate_plugin_name;
 use crate::engine::SwapError;
 use crate::live::{DeployError, DeployRequest, Source};
@@ -192,7 +192,22 @@ pub(super) async fn put(
     let limit = s.max_plugin_size;
     let body = match read_limited(body, limit).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(BodyError::TooLarge) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the upload is larger than the limit of {limit} bytes (http.max_plugin_size)"
+                ),
+            );
+        }
+        Err(BodyError::Broken(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the upload: {e}"),
+            );
+        }
     };
     let (bytes, part_config) = match split_upload(&headers, body).await {
         Ok(u) => u,
@@ -213,53 +228,6 @@ pub(super) async fn put(
         Ok(d) => axum::Json(d).into_response(),
         Err(r) => r,
     }
-}
-
-/// Reads and drops a refused request's body (up to `bound` bytes), so a client
-/// that sends it whole reads the refusal instead of a broken pipe.
-async fn drain(body: Body, bound: usize) {
-    use futures_util::StreamExt;
-    let mut body = body.into_data_stream();
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = body.next().await {
-        seen += chunk.len();
-        if seen > bound {
-            break;
-        }
-    }
-}
-
-/// Reads a body of at most `limit` bytes. The rest of an oversized body is
-/// read and dropped (up to a bound), so a client that sends it whole still
-/// gets the 413 instead of a broken pipe.
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Response> {
-    use futures_util::StreamExt;
-    let mut body = body.into_data_stream();
-    let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("reading the upload: {e}"),
-            )
-        })?;
-        seen += chunk.len();
-        if seen <= limit {
-            buf.extend_from_slice(&chunk);
-        } else if seen > limit.saturating_mul(4) {
-            break;
-        }
-    }
-    if seen > limit {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the upload is larger than the limit of {limit} bytes (http.max_plugin_size)"),
-        ));
-    }
-    Ok(buf.freeze())
 }
 
 /// The component and the optional config of an upload: the raw body, or the

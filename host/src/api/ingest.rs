@@ -51,9 +51,17 @@ pub(super) async fn read_body(
             json!({}),
         )
     };
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(state))?;
+    let raw = match super::read_limited(body, limit).await {
+        Ok(raw) => raw,
+        Err(super::BodyError::TooLarge) => return Err(too_large(state)),
+        Err(super::BodyError::Broken(e)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+                json!({}),
+            ));
+        }
+    };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

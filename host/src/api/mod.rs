@@ -87,6 +87,52 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Why a request body could not be read.
+pub(crate) enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a body of at most `limit` bytes. The rest of an oversized body is
+/// read and dropped (up to four times the limit), so a client that sends it
+/// whole reads the 413 instead of a broken pipe.
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut body = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_mul(4) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops a refused request's body (up to `bound` bytes), so a
+/// client that sends it whole reads the refusal instead of a broken pipe.
+pub(crate) async fn drain(body: axum::body::Body, bound: usize) {
+    use futures_util::StreamExt;
+    let mut body = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = body.next().await {
+        seen += chunk.len();
+        if seen > bound {
+            break;
+        }
+    }
+}
+
 /// A JSON error answer: `{"error": "...", ...extra}`.
 pub(crate) fn error(
     status: StatusCode,
