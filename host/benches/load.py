@@ -62,20 +62,27 @@ def scalar(text, name):
     return 0.0
 
 
-def run_case(batch, duration, rate, connections):
+def start_server(name, http_extra="", env=None):
+    """A release `nexuspipe run` on a free port with its own data dir (default
+    pipeline), once /readyz answers. Returns (process, port, data dir)."""
     port = free_port()
-    data = tempfile.mkdtemp(prefix="nexuspipe-load-")
+    data = tempfile.mkdtemp(prefix=f"nexuspipe-{name}-")
     cfg = os.path.join(data, "nexuspipe.toml")
     with open(cfg, "w") as f:
-        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n[engine]\ndata_dir = "{data}/data"\n')
-    server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"))
+        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n{http_extra}[engine]\ndata_dir = "{data}/data"\n')
+    server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"), env=env)
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
+            break
+        except Exception:
+            time.sleep(0.05)
+    return server, port, data
+
+
+def run_case(batch, duration, rate, connections):
+    server, port, data = start_server("load")
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
-                break
-            except Exception:
-                time.sleep(0.05)
         before = thread_cpu(server.pid)
         t0 = time.time()
         gen = subprocess.run(

@@ -14,10 +14,10 @@ extra custom section, so every swap is a real change of version.
 
 Usage: make bench-swap   (or python3 host/benches/swap.py [--swaps 50] [--rate 20000])
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import BIN, ROOT, free_port  # noqa: E402
+from load import BIN, ROOT, start_server  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -67,22 +67,11 @@ def main():
     ap.add_argument("--swaps", type=int, default=50, help="uploads per plugin")
     ap.add_argument("--rate", type=int, default=20000, help="events/s of background load")
     args = ap.parse_args()
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="nexuspipe-swap-")
-    cfg = os.path.join(data, "nexuspipe.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\nadmin_token = "{TOKEN}"\n[engine]\ndata_dir = "{data}/data"\n')
-    env = dict(os.environ, NEXUSPIPE_CACHE_DIR=os.path.join(data, "cache"))
-    env.setdefault("NEXUSPIPE_LOG", "info,nexuspipe::engine=debug")
-    server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"), env=env)
+    data_cache = tempfile.mkdtemp(prefix="nexuspipe-swap-cache-")
+    env = dict(os.environ, NEXUSPIPE_CACHE_DIR=data_cache)
+    server, port, data = start_server("swap", f'admin_token = "{TOKEN}"\n', env)
     gen = None
     try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
-                break
-            except Exception:
-                time.sleep(0.05)
         duration = max(10, args.swaps // 2)
         gen = subprocess.Popen(
             [BIN, "gen", "--rate", str(args.rate), "--duration", f"{duration + 30}s", "--target", f"http://127.0.0.1:{port}"],

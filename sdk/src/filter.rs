@@ -42,6 +42,36 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     Ok(n * mult)
 }
 
+/// Formats milliseconds in the largest unit that divides them (`1m`, `90s`,
+/// `250ms`): the inverse of [`parse_duration`], for alert summaries.
+pub fn format_duration(ms: i64) -> String {
+    match ms {
+        m if m != 0 && m % 86_400_000 == 0 => format!("{}d", m / 86_400_000),
+        m if m != 0 && m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m != 0 && m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m != 0 && m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// The fingerprint of an alert: FNV-1a (64 bits, hex) of rule id, key and
+/// start time. Stable across replays and versions, so receivers can
+/// deduplicate on it (the WIT's `alert.fingerprint`).
+pub fn alert_fingerprint(rule: &str, key: &str, starts_at: i64) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule
+        .bytes()
+        .chain([0])
+        .chain(key.bytes())
+        .chain([0])
+        .chain(starts_at.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Serde helper: a duration in milliseconds from `"5m"` or a number of ms.
 pub fn duration_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     #[derive(Deserialize)]

@@ -52,34 +52,25 @@ pub fn pipeline(config: &Config) -> Vec<PluginConfig> {
         .collect()
 }
 
-/// Loads and initialises every plugin of the pipeline; errors name the plugin and file.
-pub fn load_plugins(runtime: &Runtime, config: &Config) -> Result<Vec<Plugin>> {
-    let settings = host_settings(config);
-    pipeline(config)
-        .into_iter()
-        .map(|p| {
-            let component = runtime.load_file(&p.path).with_context(|| {
-                let hint = if config.plugins.is_empty() {
-                    " (the default pipeline needs the bundled plugins: run `make plugins`)"
-                } else {
-                    ""
-                };
-                format!("plugin `{}` ({}){hint}", p.name, p.path.display())
-            })?;
-            let text = p
-                .config_text()
-                .with_context(|| format!("plugin `{}`", p.name))?;
-            Plugin::new(
-                &p.name,
-                component,
-                &text,
-                settings,
-                p.limits.clone(),
-                p.capabilities.clone(),
-            )
-            .with_context(|| format!("plugin `{}` ({})", p.name, p.path.display()))
-        })
-        .collect()
+/// Loads and initialises the pipeline the server runs: the configured (or
+/// default) plugins, with the versions deployed since recorded in the data
+/// dir. Errors name the plugin and file.
+fn start_pipeline(config: &Config, metrics: Arc<Metrics>) -> Result<(Arc<Manager>, Vec<Plugin>)> {
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    Manager::start(
+        runtime,
+        host_settings(config),
+        metrics,
+        &config.engine.data_dir,
+        pipeline(config),
+    )
+    .with_context(|| {
+        if config.plugins.is_empty() {
+            "the default pipeline needs the bundled plugins: run `make plugins`"
+        } else {
+            "loading the pipeline"
+        }
+    })
 }
 
 fn host_settings(config: &Config) -> HostSettings {
@@ -95,11 +86,11 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-/// `nexuspipe config check <file>`: validates the config and loads its plugins.
+/// `nexuspipe config check <file>`: validates the config and loads the
+/// plugins the server would run with it.
 pub fn check(path: &Path) -> Result<()> {
     let config = load_config(Some(path))?;
-    let runtime = Runtime::new(Runtime::default_cache_dir())?;
-    let plugins = load_plugins(&runtime, &config)?;
+    let (_, plugins) = start_pipeline(&config, Arc::new(Metrics::new()))?;
     println!("{}: ok", path.display());
     for p in &plugins {
         println!(
@@ -115,23 +106,9 @@ pub fn check(path: &Path) -> Result<()> {
 /// `nexuspipe run`: serves until SIGINT/SIGTERM, then drains, checkpoints and exits.
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let config = load_config(config_path)?;
-    let runtime = Runtime::new(Runtime::default_cache_dir())?;
     let metrics = Arc::new(Metrics::new());
     let e = &config.engine;
-    let (manager, plugins) = Manager::start(
-        runtime,
-        host_settings(&config),
-        metrics.clone(),
-        &e.data_dir,
-        pipeline(&config),
-    )
-    .with_context(|| {
-        if config.plugins.is_empty() {
-            "the default pipeline needs the bundled plugins: run `make plugins`"
-        } else {
-            "loading the pipeline"
-        }
-    })?;
+    let (manager, plugins) = start_pipeline(&config, metrics.clone())?;
     let settings = EngineSettings {
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,

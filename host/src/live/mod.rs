@@ -274,10 +274,6 @@ impl Manager {
         let _ = self.engine.set(engine);
     }
 
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-
     /// Loads a recorded version; a missing or changed file is skipped with a warning.
     fn load_record(&self, name: &str, r: &VersionRecord) -> Option<Version> {
         let loaded = std::fs::read(&r.path)

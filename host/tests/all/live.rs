@@ -68,6 +68,18 @@ fn plugin_info(s: &Server, name: &str) -> Value {
     v
 }
 
+/// The plugin names of `GET /v1/plugins`, in pipeline order.
+fn pipeline(s: &Server) -> Vec<String> {
+    let (status, list) = admin(s, "GET", "/v1/plugins", Some(TOKEN), None);
+    assert_eq!(status, 200, "{list}");
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn counter_config(extra_engine: &str) -> String {
     format!(
         "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\n{extra_engine}\n[[plugins]]\nname = \"counter\"\npath = {:?}\nconfig = '{{\"window_ms\": 5000}}'\n",
@@ -547,15 +559,7 @@ fn bad_uploads_are_refused_and_the_running_version_stays() {
     let (status, r) = upload(&s, "extra", &guest("counter-v2"));
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["state"], "new");
-    let (status, list) = admin(&s, "GET", "/v1/plugins", Some(TOKEN), None);
-    assert_eq!(status, 200);
-    let names: Vec<&str> = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["counter", "extra"]);
+    assert_eq!(pipeline(&s), ["counter", "extra"]);
     let (status, r) = admin(&s, "DELETE", "/v1/plugins/counter", Some(TOKEN), None);
     assert_eq!(status, 200, "{r}");
     let (status, _) = admin(&s, "GET", "/v1/plugins/counter", Some(TOKEN), None);
@@ -622,14 +626,7 @@ fn the_plugins_folder_loads_a_slowly_copied_component_once() {
         "never half-written"
     );
     // The enricher went before the aggregator.
-    let (_, list) = admin(&s, "GET", "/v1/plugins", Some(TOKEN), None);
-    let names: Vec<&str> = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["geo", "counter"]);
+    assert_eq!(pipeline(&s), ["geo", "counter"]);
 
     // A sidecar with a config the plugin refuses: logged, the running version stays.
     std::fs::write(folder.path().join("geo.toml"), "config = '{\"nope\": 1}'\n").unwrap();

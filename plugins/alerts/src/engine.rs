@@ -3,7 +3,7 @@
 //! and restores safe.
 
 use crate::config::{Config, Rule, RuleKind};
-use nexuspipe_sdk::filter::field_value;
+use nexuspipe_sdk::filter::{alert_fingerprint, field_value, format_duration};
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -98,32 +98,6 @@ impl KeyState {
     }
 }
 
-/// A compact, stable fingerprint of rule + key + start (FNV-1a, 64 bits).
-fn fingerprint(rule: &str, key: &str, starts_at: i64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule
-        .bytes()
-        .chain([0])
-        .chain(key.bytes())
-        .chain([0])
-        .chain(starts_at.to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-fn human(ms: i64) -> String {
-    match ms {
-        m if m % 86_400_000 == 0 => format!("{}d", m / 86_400_000),
-        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
-        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
-        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
-        m => format!("{m}ms"),
-    }
-}
-
 fn fmt_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
@@ -158,7 +132,7 @@ impl Emitter<'_> {
             .replace("{key}", self.key)
             .replace("{count}", &count.to_string())
             .replace("{value}", &fmt_num(value))
-            .replace("{window}", &human(window));
+            .replace("{window}", &format_duration(window));
         let mut labels: Vec<(String, String)> = vec![
             ("rule".into(), self.rule.id.clone()),
             ("key".into(), self.key.to_string()),
@@ -173,7 +147,7 @@ impl Emitter<'_> {
             labels,
             starts_at,
             ends_at,
-            fingerprint: fingerprint(&self.rule.id, self.key, starts_at),
+            fingerprint: alert_fingerprint(&self.rule.id, self.key, starts_at),
         });
     }
 }

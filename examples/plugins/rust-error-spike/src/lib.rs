@@ -1,7 +1,7 @@
 //! error-spike in Rust with the SDK: the same logic and config as
 //! `examples/plugins/c-error-spike`, to compare languages.
 
-use nexuspipe_sdk::filter::parse_duration;
+use nexuspipe_sdk::filter::{alert_fingerprint, format_duration, parse_duration};
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -117,31 +117,6 @@ pub struct ErrorSpike {
     state: State,
 }
 
-fn fingerprint(rule: &str, key: &str, starts_at: i64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule
-        .bytes()
-        .chain([0])
-        .chain(key.bytes())
-        .chain([0])
-        .chain(starts_at.to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-fn human(ms: i64) -> String {
-    match ms {
-        m if m % 86_400_000 == 0 => format!("{}d", m / 86_400_000),
-        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
-        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
-        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
-        m => format!("{m}ms"),
-    }
-}
-
 impl ErrorSpike {
     fn alert(&self, key: &str, starts_at: i64, ends_at: Option<i64>, count: i64) -> Alert {
         let c = &self.config;
@@ -151,7 +126,7 @@ impl ErrorSpike {
                 format!(
                     "{count} {} events for {key} in {} (threshold {})",
                     c.event_type,
-                    human(c.window),
+                    format_duration(c.window),
                     c.threshold
                 ),
             ),
@@ -161,7 +136,7 @@ impl ErrorSpike {
                     "{} events for {key} back to at most {} per {}",
                     c.event_type,
                     c.threshold,
-                    human(c.window)
+                    format_duration(c.window)
                 ),
             ),
         };
@@ -177,7 +152,7 @@ impl ErrorSpike {
             ],
             starts_at,
             ends_at,
-            fingerprint: fingerprint(&c.rule, key, starts_at),
+            fingerprint: alert_fingerprint(&c.rule, key, starts_at),
         }
     }
 
