@@ -28,6 +28,239 @@ pub struct Config {
     /// A watched folder of plugins (`<name>.wasm` and optional `<name>.toml`).
     /// Not `[plugins]`: TOML cannot have that table beside the `[[plugins]]` list.
     pub plugin_folder: Option<FolderConfig>,
+    /// Metric points go to InfluxDB (v2 or v1 write API) instead of `metrics.lp`.
+    pub influxdb: Option<InfluxConfig>,
+    /// Alert receivers, each independent of the others.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// Which InfluxDB write API to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `/api/v2/write` with org, bucket and token (InfluxDB 2.x, 3.x, Cloud,
+    /// VictoriaMetrics), through the influxdb2 crate.
+    V2,
+    /// `/write?db=` (InfluxDB 1.x).
+    V1,
+}
+
+/// `[influxdb]`: where metric points go, and how they are batched and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    #[serde(default = "InfluxConfig::default_api")]
+    pub api: InfluxApi,
+    /// v2: organization, bucket and API token.
+    #[serde(default)]
+    pub org: String,
+    #[serde(default)]
+    pub bucket: String,
+    #[serde(default)]
+    pub token: String,
+    /// v1: database, optional user and password, optional retention policy.
+    #[serde(default)]
+    pub database: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub retention_policy: Option<String>,
+    /// A write carries at most this many points...
+    #[serde(default = "InfluxConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// ...and waits at most this long for more.
+    #[serde(
+        default = "InfluxConfig::default_flush_interval",
+        with = "humantime_serde"
+    )]
+    pub flush_interval: Duration,
+    /// Gzip the request bodies.
+    #[serde(default = "yes")]
+    pub gzip: bool,
+    /// One write attempt's timeout.
+    #[serde(default = "InfluxConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Backoff between retries: starts here, doubles, with jitter...
+    #[serde(
+        default = "InfluxConfig::default_retry_initial",
+        with = "humantime_serde"
+    )]
+    pub retry_initial: Duration,
+    /// ...up to this. Points are retried until they are written: none is dropped.
+    #[serde(default = "InfluxConfig::default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Points held in memory while InfluxDB is slow or down.
+    #[serde(default = "InfluxConfig::default_buffer_points")]
+    pub buffer_points: usize,
+    /// Beyond the memory buffer, points spill to `<data_dir>/spool/influxdb/`
+    /// up to this many bytes (0: no spill). Then the pipeline waits, and
+    /// ingest answers 429.
+    #[serde(default, deserialize_with = "de_size")]
+    pub spill_max: usize,
+    /// Also append the points to `metrics.lp` in the data dir.
+    #[serde(default)]
+    pub metrics_file: bool,
+    /// At shutdown, how long to keep trying to deliver the backlog; what is
+    /// left is kept in the spool and sent after the restart.
+    #[serde(
+        default = "InfluxConfig::default_drain_timeout",
+        with = "humantime_serde"
+    )]
+    pub drain_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl InfluxConfig {
+    fn default_api() -> InfluxApi {
+        InfluxApi::V2
+    }
+    fn default_batch_size() -> usize {
+        5000
+    }
+    fn default_flush_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_retry_initial() -> Duration {
+        Duration::from_millis(200)
+    }
+    fn default_retry_max() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_buffer_points() -> usize {
+        200_000
+    }
+    fn default_drain_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("influxdb.url: `{}` is not a URL: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("influxdb.url: `{}` is not http or https", self.url));
+        }
+        match self.api {
+            InfluxApi::V2 if self.bucket.is_empty() => {
+                return Err("influxdb: api = \"v2\" needs `bucket` (and `org`, `token`)".into());
+            }
+            InfluxApi::V1 if self.database.is_empty() => {
+                return Err("influxdb: api = \"v1\" needs `database`".into());
+            }
+            _ => {}
+        }
+        if self.batch_size == 0 || self.buffer_points == 0 {
+            return Err("influxdb.batch_size and influxdb.buffer_points must be positive".into());
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err("influxdb: retry_initial must be positive and at most retry_max".into());
+        }
+        Ok(())
+    }
+}
+
+/// The body a webhook receiver gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The Prometheus Alertmanager webhook shape.
+    Alertmanager,
+    /// A Slack incoming-webhook message (`{"text": ...}`).
+    Slack,
+}
+
+/// `[[webhooks]]`: one alert receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Name in logs, metrics and dead letters (default `webhook-<index>`).
+    #[serde(default)]
+    pub name: String,
+    pub url: String,
+    /// HMAC key of the Standard Webhooks signature: `whsec_<base64>` is
+    /// decoded, any other text is used as bytes. Unset: requests are unsigned.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default = "WebhookConfig::default_format")]
+    pub format: WebhookFormat,
+    /// Rule ids sent to this receiver; unset: all.
+    #[serde(default)]
+    pub rules: Option<Vec<String>>,
+    /// Extra request headers, e.g. `{ Authorization = "Bearer ..." }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// One attempt's timeout.
+    #[serde(default = "WebhookConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per alert (on 5xx, 429, timeouts and connection errors)
+    /// before it goes to the dead-letter file.
+    #[serde(default = "WebhookConfig::default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(
+        default = "WebhookConfig::default_retry_initial",
+        with = "humantime_serde"
+    )]
+    pub retry_initial: Duration,
+    #[serde(default = "WebhookConfig::default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Alerts waiting for this receiver, at most; more go to the dead-letter
+    /// file at once (a dead receiver never holds the pipeline back).
+    #[serde(default = "WebhookConfig::default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl WebhookConfig {
+    fn default_format() -> WebhookFormat {
+        WebhookFormat::Alertmanager
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_max_attempts() -> u32 {
+        8
+    }
+    fn default_retry_initial() -> Duration {
+        Duration::from_millis(500)
+    }
+    fn default_retry_max() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_queue_capacity() -> usize {
+        10_000
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("url: `{}` is not a URL: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url: `{}` is not http or https", self.url));
+        }
+        if let Some(s) = &self.secret {
+            crate::sinks::webhook::secret_key(s).map_err(|e| format!("secret: {e}"))?;
+        }
+        for (k, v) in &self.headers {
+            reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("headers: `{k}` is not a header name"))?;
+            reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| format!("headers.{k}: the value is not a valid header value"))?;
+        }
+        if self.max_attempts == 0 || self.queue_capacity == 0 {
+            return Err("max_attempts and queue_capacity must be positive".into());
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err("retry_initial must be positive and at most retry_max".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,7 +470,34 @@ impl Config {
         if self.http.max_plugin_size == 0 {
             return Err("http.max_plugin_size must be positive".into());
         }
+        if let Some(i) = &self.influxdb {
+            i.validate()?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.validate()
+                .map_err(|m| format!("webhooks[{i}] ({}): {m}", w.url))?;
+            if !w.name.is_empty() {
+                validate_plugin_name(&w.name).map_err(|m| format!("webhooks[{i}].name: {m}"))?;
+            }
+            if !names.insert(self.webhook_name(i)) {
+                return Err(format!(
+                    "webhooks[{i}].name: `{}` is used twice",
+                    self.webhook_name(i)
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The name of webhook receiver `i`: its `name`, else `webhook-<i>`.
+    pub fn webhook_name(&self, i: usize) -> String {
+        match self.webhooks[i].name.as_str() {
+            "" => format!("webhook-{i}"),
+            n => n.to_string(),
+        }
     }
 }
 
@@ -378,6 +638,47 @@ mod tests {
         let err = PluginConfig::from_sidecar("geo", &wasm, Some(&sidecar)).unwrap_err();
         assert!(err.to_string().contains("unknown field `memory`"), "{err}");
         assert!(err.to_string().contains("geo.toml"), "{err}");
+    }
+
+    #[test]
+    fn sink_tables_are_checked() {
+        let check = |text: &str| {
+            toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c))
+        };
+        let ok = check(
+            "[influxdb]\nurl = \"http://127.0.0.1:8086\"\napi = \"v1\"\ndatabase = \"db\"\nflush_interval = \"250ms\"\n[[webhooks]]\nurl = \"https://h/x\"\nsecret = \"whsec_AAAA\"\nformat = \"slack\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.influxdb.unwrap().api, InfluxApi::V1);
+        assert_eq!(ok.webhooks[0].format, WebhookFormat::Slack);
+        for (text, want) in [
+            ("[influxdb]\nurl = \"http://h\"\n", "needs `bucket`"),
+            (
+                "[influxdb]\nurl = \"h:1\"\nbucket = \"b\"\n",
+                "not http or https",
+            ),
+            (
+                "[influxdb]\nurl = \"http://h\"\napi = \"v3\"\n",
+                "unknown variant `v3`",
+            ),
+            (
+                "[influxdb]\nurl = \"http://h\"\nbuckett = \"b\"\n",
+                "unknown field `buckett`",
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://h\"\nsecret = \"whsec_!!\"\n",
+                "webhooks[0] (http://h): secret: a `whsec_` secret must be base64",
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://h\"\n[[webhooks]]\nname = \"webhook-0\"\nurl = \"http://i\"\n",
+                "`webhook-0` is used twice",
+            ),
+        ] {
+            let err = check(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

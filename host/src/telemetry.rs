@@ -2,8 +2,8 @@
 //! Updated with relaxed atomics from the HTTP tasks and the engine thread.
 
 use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bucket upper bounds in seconds, from 50 µs (one plugin call) to 10 s.
@@ -77,6 +77,14 @@ impl Histogram {
 /// Reads one counter out of a plugin's stats.
 type StatFn = fn(&crate::runtime::PluginStats) -> u64;
 
+/// One sink metric family: name, Prometheus type, help, and how to read it.
+type SinkFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkStats) -> u64,
+);
+
 /// Why an ingest request or event was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -117,6 +125,92 @@ pub struct PluginFigures {
     pub breaker: crate::runtime::BreakerState,
 }
 
+/// The state of one external sink (InfluxDB, a webhook receiver), shared by
+/// its delivery thread and the health endpoints.
+#[derive(Debug)]
+pub struct SinkStats {
+    /// `influxdb`, or the webhook receiver's name.
+    pub name: String,
+    /// `influxdb` or `webhook`.
+    pub kind: &'static str,
+    /// Items (points, alerts) waiting in memory...
+    pub backlog: AtomicU64,
+    /// ...and bytes of them spilled to the data dir.
+    pub spilled_bytes: AtomicU64,
+    /// How many items memory holds before the sink spills or holds back.
+    pub capacity: u64,
+    pub delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// The last attempt succeeded (or none failed yet).
+    pub up: AtomicBool,
+    /// The buffer is full: the pipeline waits for this sink (back-pressure).
+    pub full: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+    /// From an item's hand-over to the sink to its acknowledgement.
+    pub latency: Mutex<Histogram>,
+}
+
+impl SinkStats {
+    pub fn new(name: impl Into<String>, kind: &'static str, capacity: usize) -> Arc<Self> {
+        Arc::new(SinkStats {
+            name: name.into(),
+            kind,
+            backlog: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
+            capacity: capacity as u64,
+            delivered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            full: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            latency: Mutex::new(Histogram::default()),
+        })
+    }
+
+    /// Records a failed attempt.
+    pub fn failed(&self, error: &str) {
+        self.up.store(false, Ordering::Relaxed);
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("sink stats lock") = Some(error.to_string());
+    }
+
+    /// Records a successful delivery of `n` items.
+    pub fn delivered(&self, n: u64) {
+        self.up.store(true, Ordering::Relaxed);
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `ok`, `retrying` (the last attempt failed) or `full` (holding the pipeline back).
+    pub fn state(&self) -> &'static str {
+        if self.full.load(Ordering::Relaxed) {
+            "full"
+        } else if self.up.load(Ordering::Relaxed) {
+            "ok"
+        } else {
+            "retrying"
+        }
+    }
+
+    /// The sink as `/readyz` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state(),
+            "backlog": get(&self.backlog),
+            "spilled_bytes": get(&self.spilled_bytes),
+            "capacity": self.capacity,
+            "delivered": get(&self.delivered),
+            "retries": get(&self.retries),
+            "dead_lettered": get(&self.dead_lettered),
+            "last_error": *self.last_error.lock().expect("sink stats lock"),
+        })
+    }
+}
+
 /// Process-wide telemetry.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -140,6 +234,8 @@ pub struct Metrics {
     pub plugin_swaps: AtomicU64,
     /// Uploads and folder loads refused (bad component, config, state...).
     pub plugin_swaps_failed: AtomicU64,
+    /// External sinks, registered when they start.
+    pub sinks: Mutex<Vec<Arc<SinkStats>>>,
 }
 
 impl Metrics {
@@ -163,6 +259,89 @@ impl Metrics {
             .position(|r| *r == reason)
             .expect("listed");
         self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    /// Whether a sink holds the pipeline back (its buffer is full).
+    pub fn sink_full(&self) -> bool {
+        self.sinks
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .any(|s| s.full.load(Ordering::Relaxed))
+    }
+
+    fn render_sinks(&self, o: &mut String) {
+        let sinks = self.sinks.lock().expect("metrics lock").clone();
+        if sinks.is_empty() {
+            return;
+        }
+        let families: [SinkFamily; 7] = [
+            (
+                "nexuspipe_sink_backlog",
+                "gauge",
+                "Items (points, alerts) waiting in memory for the sink.",
+                |s| s.backlog.load(Ordering::Relaxed),
+            ),
+            (
+                "nexuspipe_sink_spilled_bytes",
+                "gauge",
+                "Bytes of points spilled to the data dir.",
+                |s| s.spilled_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "nexuspipe_sink_up",
+                "gauge",
+                "1 when the sink's last attempt succeeded.",
+                |s| u64::from(s.up.load(Ordering::Relaxed)),
+            ),
+            (
+                "nexuspipe_sink_full",
+                "gauge",
+                "1 when the sink's buffer is full and the pipeline waits for it.",
+                |s| u64::from(s.full.load(Ordering::Relaxed)),
+            ),
+            (
+                "nexuspipe_sink_delivered_total",
+                "counter",
+                "Items the sink acknowledged.",
+                |s| s.delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "nexuspipe_sink_retries_total",
+                "counter",
+                "Failed attempts, retried.",
+                |s| s.retries.load(Ordering::Relaxed),
+            ),
+            (
+                "nexuspipe_sink_dead_lettered_total",
+                "counter",
+                "Items written to the dead-letter file (rejected, or out of attempts).",
+                |s| s.dead_lettered.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, f) in families {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in &sinks {
+                let _ = writeln!(
+                    o,
+                    "{name}{{sink=\"{}\",kind=\"{}\"}} {}",
+                    s.name,
+                    s.kind,
+                    f(s)
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_sink_delivery_seconds From hand-over to the sink to acknowledgement.\n# TYPE nexuspipe_sink_delivery_seconds histogram"
+        );
+        for s in &sinks {
+            s.latency.lock().expect("sink stats lock").render(
+                o,
+                "nexuspipe_sink_delivery_seconds",
+                &format!("sink=\"{}\",kind=\"{}\"", s.name, s.kind),
+            );
+        }
     }
 
     /// Prometheus text exposition.
@@ -268,6 +447,7 @@ impl Metrics {
             "Uploads and folder loads refused; the running version stayed.",
             get(&self.plugin_swaps_failed),
         );
+        self.render_sinks(&mut o);
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {
             let families: [(&str, &str, StatFn); 5] = [

@@ -64,14 +64,25 @@ fn cors(origins: &[String]) -> CorsLayer {
 async fn readyz(State(s): State<ApiState>) -> Response {
     let ready = s.ready.load(Ordering::Relaxed);
     let room = s.engine.has_room();
+    // A full sink holds the pipeline back: new events would only wait (429).
+    let sinks_ok = !s.metrics.sink_full();
+    let sinks: Vec<serde_json::Value> = s
+        .metrics
+        .sinks
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|x| x.to_json())
+        .collect();
     let body = serde_json::json!({
-        "ready": ready && room,
+        "ready": ready && room && sinks_ok,
         "accepting": ready,
         "queue_has_room": room,
         "queue_depth": s.metrics.queue_depth.load(Ordering::Relaxed),
         "plugins": *s.metrics.plugins.lock().expect("metrics lock"),
+        "sinks": sinks,
     });
-    let status = if ready && room {
+    let status = if ready && room && sinks_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -6,6 +6,7 @@ use nexuspipe::config::{Config, PluginConfig};
 use nexuspipe::engine::{Engine, EngineSettings};
 use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
+use nexuspipe::sinks::Outputs;
 use nexuspipe::telemetry::Metrics;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,7 +118,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         batch_size: e.batch_size,
         data_dir: e.data_dir.clone(),
     };
-    let engine = Engine::new(settings, plugins, metrics.clone())
+    let outputs = Outputs::open(&config, metrics.clone())?;
+    let stopper = outputs.stopper();
+    let engine = Engine::new(settings, plugins, metrics.clone(), outputs)
         .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
     let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let plugin_list: Vec<String> = engine
@@ -166,6 +169,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             listen = %local,
             data_dir = %config.engine.data_dir.display(),
             plugins = %plugin_list.join(", "),
+            metrics = %config.influxdb.as_ref().map_or_else(|| "metrics.lp".to_string(), |i| format!("InfluxDB {:?} at {}", i.api, i.url)),
+            webhooks = config.webhooks.len(),
             "nexuspipe running"
         );
         ready.store(true, Ordering::Relaxed);
@@ -177,6 +182,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         Ok(())
     });
     // Whatever happened to the server, accepted events are processed and state is checkpointed.
+    stopper.stop();
     handle.shutdown();
     drop(handle);
     if engine_thread.join().is_err() {

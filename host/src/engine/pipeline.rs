@@ -11,7 +11,7 @@ use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, same_interest};
-use crate::sinks::{self, files::AppendFile, lineproto};
+use crate::sinks::Outputs;
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -222,10 +222,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
     checkpoints: Checkpoints,
-    metrics_lp: AppendFile,
-    alerts: AppendFile,
-    dead: AppendFile,
-    late: AppendFile,
+    outputs: Outputs,
     /// A new version replaying in the background until it can take over.
     shadow: Option<Shadow>,
     /// Replaced instances, freed on a thread of their own.
@@ -252,6 +249,7 @@ impl Engine {
         settings: EngineSettings,
         mut plugins: Vec<Plugin>,
         metrics: Arc<Metrics>,
+        outputs: Outputs,
     ) -> anyhow::Result<Self> {
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir)?;
@@ -262,10 +260,7 @@ impl Engine {
             watermark.advance_to(wm);
         }
         Ok(Engine {
-            metrics_lp: AppendFile::new(dir.join("metrics.lp")),
-            alerts: AppendFile::new(dir.join("alerts.jsonl")),
-            dead: AppendFile::new(dir.join("dead-letter.jsonl")),
-            late: AppendFile::new(dir.join("late.jsonl")),
+            outputs,
             settings,
             plugins,
             watermark,
@@ -366,6 +361,14 @@ impl Engine {
                 }
                 self.checkpoint();
                 tracing::info!("engine drained and checkpointed");
+                let backlog = self.outputs.influx_backlog();
+                if backlog > 0 {
+                    tracing::info!(
+                        points = backlog,
+                        "delivering the InfluxDB backlog before exit"
+                    );
+                }
+                self.outputs.close();
                 return;
             }
             self.idle_advance();
@@ -665,50 +668,9 @@ impl Engine {
         self.publish();
     }
 
-    /// Writes a round's outputs to the embedded sinks.
+    /// Writes a round's outputs (see [`Outputs::write`]).
     fn write(&mut self, out: PluginOutput) {
-        let m = &self.metrics;
-        let result = (|| -> std::io::Result<()> {
-            if !out.points.is_empty() {
-                let mut text = String::with_capacity(out.points.len() * 64);
-                for p in &out.points {
-                    lineproto::write_point(&mut text, p);
-                }
-                self.metrics_lp.write_str(&text)?;
-                self.metrics_lp.flush(false)?;
-                m.points_written
-                    .fetch_add(out.points.len() as u64, Ordering::Relaxed);
-            }
-            for a in &out.alerts {
-                tracing::warn!(rule = %a.rule_id, key = %a.key, status = sinks::status_name(a.status), severity = sinks::severity_name(a.severity), "alert: {}", a.summary);
-                self.alerts.write_json(&sinks::alert_to_json(a))?;
-            }
-            if !out.alerts.is_empty() {
-                self.alerts.flush(false)?;
-                m.alerts_written
-                    .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
-            }
-            for d in &out.dead {
-                self.dead.write_json(&sinks::dead_letter_to_json(d))?;
-                m.events_dead_lettered
-                    .fetch_add(d.events.len() as u64, Ordering::Relaxed);
-            }
-            if !out.dead.is_empty() {
-                self.dead.flush(true)?;
-            }
-            for (plugin, e) in &out.late {
-                self.late.write_json(&sinks::late_to_json(plugin, e))?;
-            }
-            if !out.late.is_empty() {
-                self.late.flush(false)?;
-                m.events_late
-                    .fetch_add(out.late.len() as u64, Ordering::Relaxed);
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, dir = %self.settings.data_dir.display(), "writing outputs to the data dir failed");
-        }
+        self.outputs.write(&out);
     }
 
     fn checkpoint(&mut self) {
@@ -718,11 +680,7 @@ impl Engine {
         if let Err(e) = self.checkpoints.save(&mut self.plugins, &self.watermark) {
             tracing::error!(error = %e, "checkpoint failed");
         }
-        for f in [&mut self.metrics_lp, &mut self.alerts, &mut self.late] {
-            if let Err(e) = f.flush(true) {
-                tracing::error!(error = %e, file = %f.path().display(), "flushing an output failed");
-            }
-        }
+        self.outputs.sync();
     }
 
     fn publish(&self) {

@@ -60,3 +60,23 @@ impl AppendFile {
         Ok(())
     }
 }
+
+/// A file several threads append to (the dead-letter file: the engine and
+/// the sinks' delivery threads).
+pub type SharedFile = std::sync::Arc<std::sync::Mutex<AppendFile>>;
+
+impl AppendFile {
+    pub fn shared(path: impl Into<PathBuf>) -> SharedFile {
+        std::sync::Arc::new(std::sync::Mutex::new(AppendFile::new(path)))
+    }
+
+    /// Appends a record and syncs it to disk (dead letters are the last copy
+    /// of what they hold); a failure is logged, since the caller has nowhere
+    /// else to put it.
+    pub fn write_shared(file: &SharedFile, record: &serde_json::Value) {
+        let mut f = file.lock().expect("dead-letter file lock");
+        if let Err(e) = f.write_json(record).and_then(|()| f.flush(true)) {
+            tracing::error!(error = %e, file = %f.path().display(), record = %record, "writing a dead letter failed");
+        }
+    }
+}

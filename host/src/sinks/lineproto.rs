@@ -58,6 +58,14 @@ pub fn write_point(out: &mut String, p: &MetricPoint) {
     let _ = writeln!(out, " {}", p.timestamp);
 }
 
+/// One point as a line, without the newline.
+pub fn to_line_bare(p: &MetricPoint) -> String {
+    let mut s = String::with_capacity(96);
+    write_point(&mut s, p);
+    s.pop();
+    s
+}
+
 /// One point as a line (with its newline).
 pub fn to_line(p: &MetricPoint) -> String {
     let mut s = String::new();

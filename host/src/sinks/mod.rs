@@ -1,13 +1,180 @@
-//! Where plugin outputs go: line protocol for metric points, JSON records for
-//! alerts, late events and dead letters.
+//! Where plugin outputs go: metric points to InfluxDB or `metrics.lp`,
+//! alerts to `alerts.jsonl`, the log and webhook receivers, late events and
+//! dead letters to their files.
 
 pub mod files;
+pub mod influx;
 pub mod lineproto;
+pub mod retry;
+pub mod webhook;
 
+use crate::config::Config;
 use crate::event::{format_timestamp, to_json, value_to_json};
 use crate::runtime::DeadLetter;
-use crate::runtime::{Alert, AlertStatus, MetricPoint, Severity};
+use crate::runtime::{Alert, AlertStatus, MetricPoint, PluginOutput, Severity};
+use crate::telemetry::{Metrics, SinkStats};
+use files::{AppendFile, SharedFile};
+use influx::InfluxSink;
 use serde_json::{Map, Value as Json, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use webhook::WebhookSink;
+
+/// Every output of the engine: the embedded files and the external sinks.
+pub struct Outputs {
+    /// `metrics.lp`: without `[influxdb]`, or with `metrics_file = true`.
+    metrics_lp: Option<AppendFile>,
+    influx: Option<InfluxSink>,
+    webhooks: Vec<WebhookSink>,
+    alerts: AppendFile,
+    dead: SharedFile,
+    late: AppendFile,
+    metrics: Arc<Metrics>,
+    data_dir: PathBuf,
+}
+
+impl Outputs {
+    /// Opens the files in the data dir and starts the configured sinks.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Outputs> {
+        let dir = config.engine.data_dir.clone();
+        std::fs::create_dir_all(&dir)?;
+        let dead = AppendFile::shared(dir.join("dead-letter.jsonl"));
+        let mut stats = Vec::new();
+        let influx =
+            match &config.influxdb {
+                Some(c) => {
+                    let s = SinkStats::new("influxdb", "influxdb", c.buffer_points);
+                    stats.push(s.clone());
+                    Some(InfluxSink::start(c, &dir, dead.clone(), s).map_err(|e| {
+                        anyhow::anyhow!("starting the InfluxDB sink ({}): {e}", c.url)
+                    })?)
+                }
+                None => None,
+            };
+        let mut webhooks = Vec::new();
+        for (i, c) in config.webhooks.iter().enumerate() {
+            let name = config.webhook_name(i);
+            let s = SinkStats::new(name.clone(), "webhook", c.queue_capacity);
+            stats.push(s.clone());
+            webhooks.push(
+                WebhookSink::start(&name, c, &dir, dead.clone(), s)
+                    .map_err(|e| anyhow::anyhow!("starting webhook `{name}` ({}): {e}", c.url))?,
+            );
+        }
+        *metrics.sinks.lock().expect("metrics lock") = stats;
+        let keep_file = config.influxdb.as_ref().is_none_or(|c| c.metrics_file);
+        Ok(Outputs {
+            metrics_lp: keep_file.then(|| AppendFile::new(dir.join("metrics.lp"))),
+            influx,
+            webhooks,
+            alerts: AppendFile::new(dir.join("alerts.jsonl")),
+            dead,
+            late: AppendFile::new(dir.join("late.jsonl")),
+            metrics,
+            data_dir: dir,
+        })
+    }
+
+    /// Writes a round's outputs. Blocks while the InfluxDB backlog is full.
+    pub fn write(&mut self, out: &PluginOutput) {
+        if let Err(e) = self.try_write(out) {
+            tracing::error!(error = %e, dir = %self.data_dir.display(), "writing outputs to the data dir failed");
+        }
+    }
+
+    fn try_write(&mut self, out: &PluginOutput) -> std::io::Result<()> {
+        let m = &self.metrics;
+        if !out.points.is_empty() {
+            if let Some(f) = &mut self.metrics_lp {
+                let mut text = String::with_capacity(out.points.len() * 64);
+                for p in &out.points {
+                    lineproto::write_point(&mut text, p);
+                }
+                f.write_str(&text)?;
+                f.flush(false)?;
+            }
+            if let Some(influx) = &self.influx {
+                influx.push(out.points.iter().map(lineproto::to_line_bare).collect());
+            }
+            m.points_written
+                .fetch_add(out.points.len() as u64, Ordering::Relaxed);
+        }
+        for a in &out.alerts {
+            tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
+            self.alerts.write_json(&alert_to_json(a))?;
+            for w in &self.webhooks {
+                w.push(a);
+            }
+        }
+        if !out.alerts.is_empty() {
+            self.alerts.flush(false)?;
+            m.alerts_written
+                .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
+        }
+        if !out.dead.is_empty() {
+            let mut dead = self.dead.lock().expect("dead-letter file lock");
+            for d in &out.dead {
+                dead.write_json(&dead_letter_to_json(d))?;
+                m.events_dead_lettered
+                    .fetch_add(d.events.len() as u64, Ordering::Relaxed);
+            }
+            dead.flush(true)?;
+        }
+        for (plugin, e) in &out.late {
+            self.late.write_json(&late_to_json(plugin, e))?;
+        }
+        if !out.late.is_empty() {
+            self.late.flush(false)?;
+            m.events_late
+                .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Syncs the files to disk (at each checkpoint).
+    pub fn sync(&mut self) {
+        let files = [
+            self.metrics_lp.as_mut(),
+            Some(&mut self.alerts),
+            Some(&mut self.late),
+        ];
+        for f in files.into_iter().flatten() {
+            if let Err(e) = f.flush(true) {
+                tracing::error!(error = %e, file = %f.path().display(), "flushing an output failed");
+            }
+        }
+    }
+
+    /// Ends sink back-pressure at shutdown (call before asking the engine to stop).
+    pub fn stopper(&self) -> influx::Stopper {
+        self.influx
+            .as_ref()
+            .map_or_else(influx::Stopper::default, InfluxSink::stopper)
+    }
+
+    /// Points handed to InfluxDB and not yet written.
+    pub fn influx_backlog(&self) -> usize {
+        self.influx.as_ref().map_or(0, InfluxSink::backlog)
+    }
+
+    /// Drains the sinks (each within its drain timeout; the rest is spooled
+    /// for the next run) and syncs the files.
+    pub fn close(mut self) {
+        self.sync();
+        // Receivers drain in parallel: one dead receiver costs its timeout once.
+        let closing: Vec<_> = std::mem::take(&mut self.webhooks)
+            .into_iter()
+            .map(|w| std::thread::spawn(move || w.close()))
+            .collect();
+        if let Some(i) = self.influx.take() {
+            i.close();
+        }
+        for c in closing {
+            let _ = c.join();
+        }
+    }
+}
 
 /// An alert as a JSON record (`alerts.jsonl`, `plugin run`).
 pub fn alert_to_json(a: &Alert) -> Json {
