@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains examples run test bench bench-load bench-swap lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -30,6 +30,10 @@ plugins: wasm-target
 toolchains:
 	.ci/install-plugin-toolchains.sh
 
+## Install InfluxDB 1.x and VictoriaMetrics (Debian packages) for the sink tests
+servers:
+	.ci/install-servers.sh
+
 ## Build the example plugins (Python, JavaScript, C, and their Rust twins) to target/examples/
 examples: toolchains wasm-target
 	examples/plugins/build.sh
@@ -39,8 +43,9 @@ run: plugins
 	$(CARGO) run --release -p nexuspipe -- run
 
 ## The whole test suite (tests build the Wasm artifacts they need, in every
-## example language: the toolchains are installed first if missing)
-test: plugins toolchains
+## example language, and start the real servers the sinks write to: the
+## toolchains and servers are installed first if missing)
+test: plugins toolchains servers
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -56,6 +61,10 @@ bench-load: plugins
 bench-swap: plugins
 	$(CARGO) build --release -p nexuspipe
 	python3 host/benches/swap.py
+
+## Sink benchmark: points/s into InfluxDB 1.x and VictoriaMetrics, webhook alert latency
+bench-sinks: servers
+	$(CARGO) bench -p nexuspipe --bench sinks
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -9,3 +9,4 @@ mod isolation;
 mod languages;
 mod live;
 mod server;
+mod sinks;

@@ -257,6 +257,13 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// Starts a stopped server again on the same data dir and config.
+    pub fn start_again(&mut self) {
+        self.port = free_port();
+        self.child = Self::spawn(self.dir.path(), self.port, &self.config);
+        self.wait_ready();
+    }
+
     /// Stops (SIGTERM) and starts again on the same data dir and config.
     pub fn restart(&mut self) {
         let status = self.stop();
