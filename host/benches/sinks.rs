@@ -176,8 +176,9 @@ fn alert_latencies(secret: Option<&str>, dir: &Path) -> Vec<f64> {
     // Alerts come a few at a time: one every 2 ms, so the figure is delivery, not queueing.
     for i in 0..ALERTS {
         let a = alert(i);
-        sent.push((nexuspipe::sinks::webhook::message_id(&a), Instant::now()));
-        sink.push(&a);
+        let id = nexuspipe::sinks::webhook::message_id(&a);
+        sent.push((id.clone(), Instant::now()));
+        sink.push(&a, &id, &nexuspipe::sinks::alert_to_json(&a));
         std::thread::sleep(Duration::from_millis(2));
     }
     let until = Instant::now() + Duration::from_secs(30);

@@ -35,14 +35,7 @@ pub fn watch(manager: Arc<Manager>, config: FolderConfig) -> anyhow::Result<()> 
     let mut pending: HashMap<String, Pending> = HashMap::new();
     for entry in std::fs::read_dir(&dir)?.flatten() {
         if let Some(name) = plugin_name(&entry.path()) {
-            let fingerprint = fingerprint(&dir, &name);
-            pending.insert(
-                name,
-                Pending {
-                    since: Instant::now(),
-                    fingerprint,
-                },
-            );
+            changed(&mut pending, &dir, name);
         }
     }
     tracing::info!(dir = %dir.display(), debounce = ?config.debounce, "watching the plugins folder");
@@ -56,14 +49,7 @@ pub fn watch(manager: Arc<Manager>, config: FolderConfig) -> anyhow::Result<()> 
                     Ok(Ok(event)) => {
                         for path in &event.paths {
                             if let Some(name) = plugin_name(path) {
-                                let fingerprint = fingerprint(&dir, &name);
-                                pending.insert(
-                                    name,
-                                    Pending {
-                                        since: Instant::now(),
-                                        fingerprint,
-                                    },
-                                );
+                                changed(&mut pending, &dir, name);
                             }
                         }
                     }
@@ -109,6 +95,18 @@ fn plugin_name(path: &Path) -> Option<String> {
     }
     let stem = path.file_stem()?.to_str()?;
     (!stem.starts_with('.')).then(|| stem.to_string())
+}
+
+/// Notes that `name`'s files changed: its debounce starts again.
+fn changed(pending: &mut HashMap<String, Pending>, dir: &Path, name: String) {
+    let fingerprint = fingerprint(dir, &name);
+    pending.insert(
+        name,
+        Pending {
+            since: Instant::now(),
+            fingerprint,
+        },
+    );
 }
 
 fn fingerprint(dir: &Path, name: &str) -> Fingerprint {

@@ -154,25 +154,21 @@ impl Spool {
     /// shutdown) into a segment numbered before the oldest.
     fn prepend(&mut self, lines: &[String]) -> std::io::Result<()> {
         self.close_writer()?;
-        // The loaded segment's unsent lines are among `lines`: it is replaced.
-        if let Some((path, _)) = self.loaded.take() {
-            let n = path
+        // The loaded segment's unsent lines are among `lines`: its file is
+        // rewritten with them all. Otherwise a segment before the oldest.
+        let n = match self.loaded.take() {
+            Some((path, _)) => path
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok());
-            let text = lines.join("\n") + "\n";
-            crate::engine::checkpoint::write_atomic(&path, text.as_bytes())?;
-            if let Some(n) = n {
-                self.segments
-                    .push_front((n, lines.len(), text.len() as u64));
-            }
-            return Ok(());
-        }
-        let n = self.segments.front().map_or(FIRST_SEGMENT, |s| s.0 - 1);
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("spool segments are named by number"),
+            None => self.segments.front().map_or(FIRST_SEGMENT, |s| s.0 - 1),
+        };
         let text = lines.join("\n") + "\n";
         crate::engine::checkpoint::write_atomic(&self.path(n), text.as_bytes())?;
         self.segments
             .push_front((n, lines.len(), text.len() as u64));
+        self.bytes += text.len() as u64;
         Ok(())
     }
 }
@@ -659,6 +655,11 @@ mod tests {
         assert!(spool.segments.len() > 1, "rolled into several segments");
         spool.prepend(&["first".to_string()]).unwrap();
         spool.close_writer().unwrap();
+        let on_disk: u64 = std::fs::read_dir(dir.path().join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(spool.bytes, on_disk, "the spilled size counts the prepend");
         // A new run finds the same points, in the same order.
         let mut again = Spool::open(dir.path().join("s")).unwrap();
         assert_eq!(again.lines(), 5001);

@@ -102,9 +102,13 @@ impl Outputs {
         }
         for a in &out.alerts {
             tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
-            self.alerts.write_json(&alert_to_json(a))?;
-            for w in &self.webhooks {
-                w.push(a);
+            let record = alert_to_json(a);
+            self.alerts.write_json(&record)?;
+            if !self.webhooks.is_empty() {
+                let id = webhook::message_id(a);
+                for w in &self.webhooks {
+                    w.push(a, &id, &record);
+                }
             }
         }
         if !out.alerts.is_empty() {

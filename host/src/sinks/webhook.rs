@@ -7,10 +7,12 @@
 //! delivered or given up. The `webhook-id` is derived from the alert (its
 //! fingerprint and status), so it is the same on every retry and after a
 //! restart that re-emits the alert: receivers deduplicate on it.
+//!
+//! [`alert_to_json`]: super::alert_to_json
 
 use super::files::{AppendFile, SharedFile};
 use super::retry::{Backoff, Failure};
-use super::{alert_to_json, severity_name, status_name};
+use super::{severity_name, status_name};
 use crate::config::{WebhookConfig, WebhookFormat};
 use crate::event::format_timestamp;
 use crate::runtime::{Alert, AlertStatus};
@@ -249,16 +251,18 @@ impl WebhookSink {
         })
     }
 
-    /// Queues an alert for this receiver (if its rules include it). Never
-    /// blocks: a full queue sends the alert to the dead-letter file.
-    pub fn push(&self, a: &Alert) {
+    /// Queues an alert for this receiver (if its rules include it), with its
+    /// [`message_id`] and record ([`alert_to_json`]), which the caller makes
+    /// once for all receivers. Never blocks: a full queue sends the alert to
+    /// the dead-letter file.
+    pub fn push(&self, a: &Alert, id: &str, record: &Json) {
         if self.rules.as_ref().is_some_and(|r| !r.contains(&a.rule_id)) {
             return;
         }
         let item = Pending {
-            id: message_id(a),
+            id: id.to_string(),
             body: body(a, self.format, &self.name).to_string(),
-            alert: alert_to_json(a),
+            alert: record.clone(),
             queued: Instant::now(),
         };
         let mut q = self.shared.queue.lock().expect("webhook queue lock");

@@ -3,7 +3,7 @@
 //! InfluxDB v2 write API (`scripts/victoria-metrics.sh`), and webhook
 //! receivers (one in this file, one the example in `examples/webhook-receiver`).
 
-use crate::support::{Server, free_port, parse_ndjson, wait_until, workspace_root};
+use crate::support::{Server, free_port, parse_ndjson, terminate, wait_until, workspace_root};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -87,10 +87,7 @@ impl Db {
 
     /// Stops the server (SIGTERM) and waits for it to exit.
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 
     /// Starts the server again on the same port and data.
@@ -977,7 +974,7 @@ headers = {{ Authorization = "Bearer chat-token" }}
     // The example receiver refuses a forged request.
     let forged = ureq::post(&format!("http://127.0.0.1:{}/", example.port))
         .set("webhook-id", "msg_x")
-        .set("webhook-timestamp", &(chrono_now()).to_string())
+        .set("webhook-timestamp", &unix_now().to_string())
         .set("webhook-signature", "v1,AAAA")
         .send_string("{}");
     assert!(
@@ -986,7 +983,7 @@ headers = {{ Authorization = "Bearer chat-token" }}
     );
 }
 
-fn chrono_now() -> u64 {
+fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

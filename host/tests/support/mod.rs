@@ -251,10 +251,7 @@ impl Server {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap()
+        terminate(&mut self.child)
     }
 
     /// Starts a stopped server again on the same data dir and config.
@@ -276,6 +273,14 @@ impl Server {
         self.child = Self::spawn(self.dir.path(), self.port, &self.config);
         self.wait_ready();
     }
+}
+
+/// SIGTERM to a child process, then waits for it to exit.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap()
 }
 
 impl Drop for Server {
