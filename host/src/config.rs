@@ -32,6 +32,89 @@ pub struct Config {
     pub influxdb: Option<InfluxConfig>,
     /// Alert receivers, each independent of the others.
     pub webhooks: Vec<WebhookConfig>,
+    /// Events go through Kafka: collectors produce, processors consume.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `[kafka]`: the topic HTTP collectors write to and processors read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The events topic.
+    #[serde(default = "KafkaConfig::default_topic")]
+    pub topic: String,
+    /// The processors' consumer group; also names the internal topics.
+    #[serde(default = "KafkaConfig::default_group")]
+    pub group: String,
+    /// Partitions of the topics NexusPipe creates when they are missing (the
+    /// events topic and the repartition topics of keyed plugins).
+    #[serde(default = "KafkaConfig::default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "KafkaConfig::default_replication")]
+    pub replication_factor: i32,
+    /// librdkafka properties passed through to every client (security, tuning),
+    /// e.g. `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// A collector's answer waits at most this long for the broker's
+    /// acknowledgement; then it is 503.
+    #[serde(default = "KafkaConfig::default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How a processor resumes an assigned partition: `offset` fetches from
+    /// the committed (or checkpointed) offset; `scan` reads the partition from
+    /// its start and skips what is before it, for brokers that cannot fetch
+    /// from inside a record batch (tansu 0.6).
+    #[serde(default)]
+    pub resume: Resume,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resume {
+    #[default]
+    Offset,
+    Scan,
+}
+
+impl KafkaConfig {
+    fn default_topic() -> String {
+        "nexuspipe-events".into()
+    }
+    fn default_group() -> String {
+        "nexuspipe".into()
+    }
+    fn default_partitions() -> i32 {
+        4
+    }
+    fn default_replication() -> i32 {
+        1
+    }
+    fn default_ack_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.brokers.trim().is_empty() {
+            return Err("kafka.brokers: empty; give host:port of at least one broker".into());
+        }
+        for (k, v) in [("topic", &self.topic), ("group", &self.group)] {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(format!(
+                    "kafka.{k}: `{v}` is not a valid topic or group name (letters, digits, `.`, `_`, `-`)"
+                ));
+            }
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            return Err("kafka.partitions and kafka.replication_factor must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which InfluxDB write API to speak.
@@ -377,6 +460,13 @@ pub struct PluginConfig {
     /// Granted capabilities (directories, env, clock, network); none by default.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// With Kafka: the event field this stateful plugin's state is keyed by
+    /// (`user_id`, `session_id`, `event_type`, `metadata.ip_address`,
+    /// `properties.<key>`...). Its events are repartitioned by that field, so
+    /// its work spreads over the processors. Unset: one instance sees every
+    /// event (right for global aggregates). Ignored without Kafka.
+    #[serde(default)]
+    pub partition_by: Option<String>,
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -473,6 +563,9 @@ impl Config {
         if let Some(i) = &self.influxdb {
             i.validate()?;
         }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
         let mut names = std::collections::HashSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate()
@@ -534,6 +627,9 @@ impl PluginConfig {
     fn validate(&self) -> Result<(), String> {
         if self.config.is_some() && self.config_file.is_some() {
             return Err("set `config` or `config_file`, not both".into());
+        }
+        if let Some(f) = &self.partition_by {
+            crate::kafka::check_field(f).map_err(|m| format!("partition_by: {m}"))?;
         }
         Ok(())
     }

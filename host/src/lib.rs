@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod kafka;
 pub mod live;
 pub mod runtime;
 pub mod sinks;

@@ -28,6 +28,10 @@ enum Command {
         /// Config file (TOML); without it, the embedded default.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// `collector` (HTTP into Kafka), `processor` (Kafka through the
+        /// pipeline) or `all`; the first two need `[kafka]` in the config.
+        #[arg(long, value_enum, default_value = "all")]
+        role: cli::run::Role,
     },
     /// Generate reproducible website traffic (load tests, demos).
     Gen(cli::loadgen::GenArgs),
@@ -56,7 +60,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => cli::run::run(config.as_deref()),
+        Command::Run { config, role } => cli::run::run(config.as_deref(), role),
         Command::Config(ConfigCommand::Check { file }) => cli::run::check(&file),
         Command::Gen(args) => cli::loadgen::run(args),
         Command::Plugin(cmd) => cli::plugin::run(cmd),

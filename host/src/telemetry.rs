@@ -93,15 +93,18 @@ pub enum RejectReason {
     BodyTooLarge,
     QueueFull,
     BadEncoding,
+    /// A collector's Kafka broker did not acknowledge (503).
+    Broker,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 5] = [
+    const ALL: [RejectReason; 6] = [
         RejectReason::MalformedJson,
         RejectReason::InvalidEvent,
         RejectReason::BodyTooLarge,
         RejectReason::QueueFull,
         RejectReason::BadEncoding,
+        RejectReason::Broker,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +114,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::QueueFull => "queue_full",
             RejectReason::BadEncoding => "bad_encoding",
+            RejectReason::Broker => "broker_unavailable",
         }
     }
 }
@@ -149,6 +153,11 @@ pub struct SinkStats {
     pub last_error: Mutex<Option<String>>,
     /// From an item's hand-over to the sink to its acknowledgement.
     pub latency: Mutex<Histogram>,
+    /// Items handed over, and items settled (delivered or dead-lettered), in
+    /// order: everything handed over before `handed == n` is settled once
+    /// `settled >= n`. Kafka offsets are committed on that.
+    pub handed: AtomicU64,
+    pub settled: AtomicU64,
 }
 
 impl SinkStats {
@@ -166,6 +175,8 @@ impl SinkStats {
             full: AtomicBool::new(false),
             last_error: Mutex::new(None),
             latency: Mutex::new(Histogram::default()),
+            handed: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
         })
     }
 

@@ -1,9 +1,11 @@
 //! `POST /v1/events`: one JSON event, a JSON array, or NDJSON; optionally gzip.
 //! Answers 202 once the events are in the engine's queue.
 
+use super::Ingest;
 use super::{ApiState, error};
 use crate::engine::SubmitError;
 use crate::event::{EventDefaults, EventError, from_json, now_ms};
+use crate::kafka::collector::SendError;
 use crate::runtime::Event;
 use crate::telemetry::RejectReason;
 use axum::body::{Body, Bytes};
@@ -163,8 +165,8 @@ impl RequestDefaults {
     }
 }
 
-/// Validates, then enqueues; shared by both ingest routes.
-pub(super) fn accept(
+/// Validates, then hands the events on (see [`deliver`]); shared by both ingest routes.
+pub(super) async fn accept(
     state: &ApiState,
     received: Instant,
     items: Vec<(usize, Option<usize>, Json)>,
@@ -219,26 +221,8 @@ pub(super) fn accept(
     }
     m.reject(RejectReason::InvalidEvent, rejected.len() as u64);
     let n = events.len();
-    match state.engine.submit(events, received) {
-        Ok(()) => {}
-        Err(e @ SubmitError::QueueFull { .. }) => {
-            m.reject(RejectReason::QueueFull, n as u64);
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{e}; retry later"),
-                json!({}),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
-        }
-        Err(e @ SubmitError::Stopped) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{e}; nothing was accepted"),
-                json!({}),
-            );
-        }
+    if let Err(r) = deliver(state, events, received).await {
+        return r;
     }
     m.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
     let mut body = json!({ "accepted": n });
@@ -246,6 +230,58 @@ pub(super) fn accept(
         body["rejected"] = json!(rejected);
     }
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// 429 with `Retry-After`: back-pressure, the client retries later.
+fn busy(message: String) -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message, json!({}));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// Puts validated events in the engine's queue or, on a collector, in Kafka
+/// (acknowledged). Never a 2xx for events that may be lost.
+async fn deliver(state: &ApiState, events: Vec<Event>, received: Instant) -> Result<(), Response> {
+    let m = &state.metrics;
+    let n = events.len() as u64;
+    match &state.ingest {
+        Ingest::Engine(engine) => match engine.submit(events, received) {
+            Ok(()) => Ok(()),
+            Err(e @ SubmitError::QueueFull { .. }) => {
+                m.reject(RejectReason::QueueFull, n);
+                Err(busy(format!("{e}; retry later")))
+            }
+            Err(e @ SubmitError::Stopped) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; nothing was accepted"),
+                json!({}),
+            )),
+        },
+        Ingest::Kafka(collector) => match collector.send(&events).await {
+            Ok(()) => Ok(()),
+            Err(e @ SendError::QueueFull) => {
+                m.reject(RejectReason::QueueFull, n);
+                Err(busy(format!("{e}; retry later")))
+            }
+            Err(e @ SendError::Broker(_)) => {
+                m.reject(RejectReason::Broker, n);
+                tracing::warn!(error = %e, events = n, "answering 503: Kafka did not acknowledge");
+                Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{e}; retry later (events of this request may have been written already)"
+                    ),
+                    json!({}),
+                ))
+            }
+        },
+        Ingest::Disabled => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host runs `--role processor`; send events to a collector",
+            json!({}),
+        )),
+    }
 }
 
 /// Reads, splits and validates a request body; `normalize` rewrites each
@@ -275,6 +311,7 @@ pub(super) async fn ingest(
     accept(&state, received, items, params.partial, |v| {
         from_json(normalize(v)?, &d)
     })
+    .await
 }
 
 pub(super) async fn post_events(

@@ -15,10 +15,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+/// Where accepted events go.
+#[derive(Clone)]
+pub enum Ingest {
+    /// The embedded engine's queue: 202 once enqueued.
+    Engine(EngineHandle),
+    /// A collector: 202 once the Kafka broker acknowledged.
+    Kafka(Arc<crate::kafka::Collector>),
+    /// A processor-only host takes no events over HTTP.
+    Disabled,
+}
+
+impl Ingest {
+    fn has_room(&self) -> bool {
+        match self {
+            Ingest::Engine(h) => h.has_room(),
+            Ingest::Kafka(_) | Ingest::Disabled => true,
+        }
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
-    pub engine: EngineHandle,
+    pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
     /// False while starting and once shutdown begins.
@@ -63,7 +83,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 async fn readyz(State(s): State<ApiState>) -> Response {
     let ready = s.ready.load(Ordering::Relaxed);
-    let room = s.engine.has_room();
+    let room = s.ingest.has_room();
     // A full sink holds the pipeline back: new events would only wait (429).
     let sinks_ok = !s.metrics.sink_full();
     let sinks: Vec<serde_json::Value> = s

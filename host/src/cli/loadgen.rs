@@ -23,7 +23,8 @@ pub struct GenArgs {
     /// How long to send, e.g. `30s`, `2m`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Where to send: `http://host:port` (posts to /v1/events).
+    /// Where to send: `http://host:port` (posts to /v1/events) or
+    /// `kafka://host:port/topic` (produces with acks=all, keyed by user).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub target: String,
     /// Seed of the traffic; the same seed gives the same events.
@@ -176,18 +177,111 @@ pub fn run(args: GenArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let url = format!("{}/v1/events", args.target.trim_end_matches('/'));
-    if !url.starts_with("http://") {
-        bail!(
-            "--target {}: only http:// targets are supported",
-            args.target
-        );
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if let Some(rest) = args.target.strip_prefix("kafka://") {
+        let Some((brokers, topic)) = rest
+            .split_once('/')
+            .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+        else {
+            bail!("--target {}: expected kafka://host:port/topic", args.target);
+        };
+        let (brokers, topic) = (brokers.to_string(), topic.to_string());
+        return rt.block_on(produce(args, brokers, topic, traffic));
+    }
+    let url = format!("{}/v1/events", args.target.trim_end_matches('/'));
+    if !url.starts_with("http://") {
+        bail!(
+            "--target {}: use http://host:port or kafka://host:port/topic",
+            args.target
+        );
+    }
     rt.block_on(send(args, url, traffic))
+}
+
+/// Produces the traffic straight to a Kafka topic, as a collector would:
+/// keyed by user (else session, else event id), acks=all. Latency is from
+/// hand-over to the broker's acknowledgement of a batch's last event.
+async fn produce(
+    args: GenArgs,
+    brokers: String,
+    topic: String,
+    mut traffic: Traffic,
+) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .with_context(|| format!("connecting to kafka at {brokers}"))?;
+    let batch = args.batch.max(1);
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.connections.max(1) * 8));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut sent_events = 0u64;
+    let mut chunks = Vec::new();
+    while Instant::now() < deadline {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(sent_events as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let at = Instant::now();
+        let mut acks = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let e = traffic.next_event();
+            let key = ["user_id", "session_id", "event_id"]
+                .iter()
+                .find_map(|k| e[*k].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let payload = e.to_string();
+            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            loop {
+                match producer.send_result(record) {
+                    Ok(ack) => break acks.push(ack),
+                    // The local queue is full: wait for acknowledgements.
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        back,
+                    )) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => bail!("producing to `{topic}` at {brokers}: {e}"),
+                }
+            }
+        }
+        sent_events += batch as u64;
+        chunks.push(tokio::spawn(async move {
+            let ok = futures_util::future::join_all(acks)
+                .await
+                .iter()
+                .filter(|r| matches!(r, Ok(Ok(_))))
+                .count() as u64;
+            drop(permit);
+            (batch as u64, ok, at.elapsed())
+        }));
+    }
+    let mut total = Tally::default();
+    for c in chunks {
+        let (n, ok, latency) = c.await?;
+        total.sent += n;
+        total.accepted += ok;
+        total.failed += n - ok;
+        total.latencies.push(latency);
+    }
+    report(total, started.elapsed().as_secs_f64(), batch)
 }
 
 #[derive(Default)]
@@ -281,7 +375,11 @@ async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
         total.failed += t.failed;
         total.latencies.extend(t.latencies);
     }
-    let secs = started.elapsed().as_secs_f64();
+    report(total, started.elapsed().as_secs_f64(), batch)
+}
+
+/// Prints the run's figures; an error if any event was not accepted.
+fn report(mut total: Tally, secs: f64, batch: usize) -> Result<()> {
     total.latencies.sort();
     let q = |p: f64| {
         total

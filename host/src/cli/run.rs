@@ -1,9 +1,11 @@
 //! `nexuspipe run` and `nexuspipe config check`.
 
 use anyhow::{Context, Result, bail};
-use nexuspipe::api::{self, ApiState};
+use nexuspipe::api::{self, ApiState, Ingest};
 use nexuspipe::config::{Config, PluginConfig};
 use nexuspipe::engine::{Engine, EngineSettings};
+use nexuspipe::kafka::Collector;
+use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings};
 use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
 use nexuspipe::sinks::Outputs;
@@ -49,6 +51,7 @@ pub fn pipeline(config: &Config) -> Vec<PluginConfig> {
             config_file: None,
             limits: Limits::default(),
             capabilities: Capabilities::default(),
+            partition_by: None,
         })
         .collect()
 }
@@ -104,27 +107,47 @@ pub fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a host does (`nexuspipe run --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything: without `[kafka]` the embedded engine; with it, a collector and a processor.
+    All,
+    /// HTTP ingest into Kafka (needs `[kafka]`).
+    Collector,
+    /// Consumes Kafka in the consumer group and runs the pipeline (needs `[kafka]`).
+    Processor,
+}
+
 /// `nexuspipe run`: serves until SIGINT/SIGTERM, then drains, checkpoints and exits.
-pub fn run(config_path: Option<&Path>) -> Result<()> {
+pub fn run(config_path: Option<&Path>, role: Role) -> Result<()> {
     let config = load_config(config_path)?;
-    let metrics = Arc::new(Metrics::new());
-    let e = &config.engine;
-    let (manager, plugins) = start_pipeline(&config, metrics.clone())?;
-    let settings = EngineSettings {
+    match (&config.kafka, role) {
+        (None, Role::All) => run_embedded(config),
+        (None, r) => bail!(
+            "--role {} needs a `[kafka]` table in the config (brokers, topic, group)",
+            if r == Role::Collector {
+                "collector"
+            } else {
+                "processor"
+            }
+        ),
+        (Some(_), r) => run_kafka(config, r),
+    }
+}
+
+fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
+    EngineSettings {
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,
         checkpoint_interval: e.checkpoint_interval,
         queue_capacity: e.queue_capacity,
         batch_size: e.batch_size,
         data_dir: e.data_dir.clone(),
-    };
-    let outputs = Outputs::open(&config, metrics.clone())?;
-    let stopper = outputs.stopper();
-    let engine = Engine::new(settings, plugins, metrics.clone(), outputs)
-        .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
-    let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
-    let plugin_list: Vec<String> = engine
-        .plugins()
+    }
+}
+
+fn describe(plugins: &[Plugin]) -> String {
+    plugins
         .iter()
         .map(|p| {
             format!(
@@ -134,7 +157,20 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
                 p.component().short_hash()
             )
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The embedded default: HTTP ingest into the engine thread, on one host.
+fn run_embedded(config: Config) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let e = &config.engine;
+    let (manager, plugins) = start_pipeline(&config, metrics.clone())?;
+    let outputs = Outputs::open(&config, metrics.clone())?;
+    let stopper = outputs.stopper();
+    let engine = Engine::new(engine_settings(e), plugins, metrics.clone(), outputs)
+        .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
+    let plugin_list = describe(engine.plugins());
     let (handle, engine_thread) = engine.spawn();
     manager.attach(handle.clone());
     if let Some(folder) = &config.plugin_folder {
@@ -144,43 +180,16 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if admin_token.is_none() {
         tracing::info!("admin API disabled (set http.admin_token or NEXUSPIPE_ADMIN_TOKEN)");
     }
-
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("nexuspipe-http")
-        .build()?;
-    let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
-        engine: handle.clone(),
+        ingest: Ingest::Engine(handle.clone()),
         metrics,
         max_body: config.http.max_body,
-        ready: ready.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
         manager,
         admin_token,
         max_plugin_size: config.http.max_plugin_size,
     };
-    let served = tokio.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => bail!("cannot listen on {listen} (http.listen): {e}"),
-        };
-        let local = listener.local_addr()?;
-        tracing::info!(
-            listen = %local,
-            data_dir = %config.engine.data_dir.display(),
-            plugins = %plugin_list.join(", "),
-            metrics = %config.influxdb.as_ref().map_or_else(|| "metrics.lp".to_string(), |i| format!("InfluxDB {:?} at {}", i.api, i.url)),
-            webhooks = config.webhooks.len(),
-            "nexuspipe running"
-        );
-        ready.store(true, Ordering::Relaxed);
-        let app = api::router(state, &config.http.cors_origins)
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(ready.clone()))
-            .await?;
-        Ok(())
-    });
+    let served = serve(&config, state, &plugin_list, "embedded");
     // Whatever happened to the server, accepted events are processed and state is checkpointed.
     stopper.stop();
     handle.shutdown();
@@ -191,6 +200,130 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With Kafka: a collector (HTTP into the topic), a processor (the topic
+/// through the pipeline), or both.
+fn run_kafka(config: Config, role: Role) -> Result<()> {
+    let k = config.kafka.clone().expect("checked by the caller");
+    let metrics = Arc::new(Metrics::new());
+    let e = &config.engine;
+    let collects = role != Role::Processor;
+    let processes = role != Role::Collector;
+    let pipeline_config = pipeline(&config);
+    let (manager, plugins) = if processes {
+        start_pipeline(&config, metrics.clone())?
+    } else {
+        let runtime = Runtime::new(None)?;
+        Manager::start(
+            runtime,
+            host_settings(&config),
+            metrics.clone(),
+            &e.data_dir,
+            Vec::new(),
+        )?
+    };
+    let plugin_list = describe(&plugins);
+    let processor = if processes {
+        let (enrichers, stateful): (Vec<Plugin>, Vec<Plugin>) =
+            plugins.into_iter().partition(|p| !p.world().is_stateful());
+        let keyed = stateful
+            .into_iter()
+            .map(|p| {
+                let partition_by = pipeline_config
+                    .iter()
+                    .find(|c| c.name == p.name())
+                    .and_then(|c| c.partition_by.clone());
+                Keyed {
+                    template: p,
+                    partition_by,
+                }
+            })
+            .collect();
+        let settings = ProcessorSettings {
+            out_of_orderness: e.out_of_orderness,
+            idle_timeout: e.idle_timeout,
+            checkpoint_interval: e.checkpoint_interval,
+            batch_size: e.batch_size,
+        };
+        let outputs = Outputs::open(&config, metrics.clone())?;
+        Some(
+            processor::start(&k, settings, enrichers, keyed, outputs, metrics.clone())
+                .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?,
+        )
+    } else {
+        None
+    };
+    let ingest = if collects {
+        nexuspipe::kafka::ensure_topics(&k, &[(k.topic.clone(), k.partitions, false)])
+            .with_context(|| format!("kafka at {}", k.brokers))?;
+        Ingest::Kafka(Arc::new(Collector::new(&k)?))
+    } else {
+        Ingest::Disabled
+    };
+    if config.http.admin_token().is_some() {
+        tracing::warn!(
+            "the admin API (plugin uploads) is not available with [kafka] yet; deploy new versions by restarting processors"
+        );
+    }
+    let state = ApiState {
+        ingest: ingest.clone(),
+        metrics,
+        max_body: config.http.max_body,
+        ready: Arc::new(AtomicBool::new(false)),
+        manager,
+        admin_token: None,
+        max_plugin_size: config.http.max_plugin_size,
+    };
+    let role_name = match role {
+        Role::All => "collector and processor",
+        Role::Collector => "collector",
+        Role::Processor => "processor",
+    };
+    let served = serve(&config, state, &plugin_list, role_name);
+    if let Ingest::Kafka(c) = &ingest {
+        c.flush();
+    }
+    if let Some(p) = processor {
+        p.stop().context("stopping the processor")?;
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves the HTTP API until SIGINT/SIGTERM.
+fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Result<()> {
+    let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nexuspipe-http")
+        .build()?;
+    let ready = state.ready.clone();
+    tokio.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => bail!("cannot listen on {listen} (http.listen): {e}"),
+        };
+        let local = listener.local_addr()?;
+        tracing::info!(
+            listen = %local,
+            role,
+            data_dir = %config.engine.data_dir.display(),
+            plugins = %plugin_list,
+            metrics = %config.influxdb.as_ref().map_or_else(|| "metrics.lp".to_string(), |i| format!("InfluxDB {:?} at {}", i.api, i.url)),
+            webhooks = config.webhooks.len(),
+            kafka = %config.kafka.as_ref().map_or_else(|| "off".to_string(), |k| format!("{} topic {} group {}", k.brokers, k.topic, k.group)),
+            "nexuspipe running"
+        );
+        ready.store(true, Ordering::Relaxed);
+        let app = api::router(state, &config.http.cors_origins)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal(ready.clone()))
+            .await?;
+        Ok(())
+    })
 }
 
 async fn shutdown_signal(ready: Arc<AtomicBool>) {

@@ -42,25 +42,42 @@ impl Watermark {
     }
 }
 
+/// Event-time progress that a batch of `T` is cut against (see [`split_at_late`]).
+pub trait Clock<T> {
+    fn current(&self) -> i64;
+    /// Notes an item's time.
+    fn observe(&mut self, item: &T);
+    fn time(item: &T) -> i64;
+}
+
+impl Clock<crate::runtime::Event> for Watermark {
+    fn current(&self) -> i64 {
+        self.current
+    }
+    fn observe(&mut self, e: &crate::runtime::Event) {
+        Watermark::observe(self, e.timestamp);
+    }
+    fn time(e: &crate::runtime::Event) -> i64 {
+        e.timestamp
+    }
+}
+
 /// Splits a batch so that every event meets the watermark of all events before
 /// it, as if the watermark advanced per event: a cut goes before each event
 /// older than the running watermark (a late event), when the watermark moved
 /// since the last cut. In-order traffic is not cut; lateness decisions and
 /// window contents then do not depend on how requests were batched.
 /// Returns the sub-batches with the watermark to pass along each.
-pub fn split_at_late(
-    events: Vec<crate::runtime::Event>,
-    wm: &mut Watermark,
-) -> Vec<(Vec<crate::runtime::Event>, i64)> {
+pub fn split_at_late<T, C: Clock<T>>(events: Vec<T>, wm: &mut C) -> Vec<(Vec<T>, i64)> {
     let mut out = Vec::new();
     let mut passed = wm.current();
     let mut sub = Vec::with_capacity(events.len());
     for e in events {
-        if e.timestamp < wm.current() && wm.current() > passed && !sub.is_empty() {
+        if C::time(&e) < wm.current() && wm.current() > passed && !sub.is_empty() {
             passed = wm.current();
             out.push((std::mem::take(&mut sub), passed));
         }
-        wm.observe(e.timestamp);
+        wm.observe(&e);
         sub.push(e);
     }
     if !sub.is_empty() {

@@ -215,6 +215,19 @@ impl Plugin {
         Ok(())
     }
 
+    /// Another instance of the same plugin (same component, config and
+    /// limits), with empty state: one per partition of a keyed stage.
+    pub fn fresh(&self) -> Result<Plugin, PluginError> {
+        Plugin::new(
+            &self.name,
+            self.component.clone(),
+            &self.config,
+            self.settings,
+            self.limits.clone(),
+            self.caps.clone(),
+        )
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -184,6 +184,9 @@ struct Backlog {
     /// Set by [`Stopper::stop`] at shutdown: a full buffer no longer holds
     /// the engine back, points go to the spool whatever its size.
     stopping: bool,
+    /// Deliver without waiting for a full batch until `stats.settled` reaches
+    /// this (a Kafka commit is waiting for these points).
+    hurry_until: u64,
 }
 
 struct Shared {
@@ -371,6 +374,7 @@ impl InfluxSink {
                 spool,
                 closing: None,
                 stopping: false,
+                hurry_until: 0,
             }),
             room: Condvar::new(),
             wake: tokio::sync::Notify::new(),
@@ -386,6 +390,9 @@ impl InfluxSink {
             },
         });
         shared.publish(&shared.lock());
+        // Spooled points come first: they count as handed over.
+        let spooled = shared.lock().spool.lines() as u64;
+        shared.stats.handed.store(spooled, Ordering::Relaxed);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -416,8 +423,10 @@ impl InfluxSink {
             // Order: once points are spooled, newer ones queue behind them on disk.
             let fits_mem =
                 b.spool.is_empty() && (b.mem.len() + lines.len() <= s.capacity || b.mem.is_empty());
+            let n = lines.len() as u64;
             if fits_mem {
                 b.mem.extend(lines.into_iter().map(|l| (l, now)));
+                s.stats.handed.fetch_add(n, Ordering::Relaxed);
                 break;
             }
             let spill = b.stopping
@@ -425,7 +434,10 @@ impl InfluxSink {
                     && (b.spool.bytes + bytes <= s.spill_max || b.spool.is_empty()));
             if spill {
                 match b.spool.append(lines.iter().map(String::as_str)) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        s.stats.handed.fetch_add(n, Ordering::Relaxed);
+                        break;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, dir = %b.spool.dir.display(), "spilling points to the data dir failed; holding the pipeline until InfluxDB takes them")
                     }
@@ -457,9 +469,22 @@ impl InfluxSink {
         s.wake.notify_one();
     }
 
+    pub fn stats(&self) -> &SinkStats {
+        &self.shared.stats
+    }
+
     /// A handle that ends the back-pressure at shutdown (see [`Stopper`]).
     pub fn stopper(&self) -> Stopper {
         Stopper(Some(self.shared.clone()))
+    }
+
+    /// Asks for the points handed over so far to be sent now, without
+    /// waiting for a full batch or the flush interval.
+    pub fn hurry(&self, until: u64) {
+        let mut b = self.shared.lock();
+        b.hurry_until = b.hurry_until.max(until);
+        drop(b);
+        self.shared.wake.notify_one();
     }
 
     /// Points handed over and not yet written (memory and spool).
@@ -512,6 +537,7 @@ async fn deliver_all(s: Arc<Shared>, writer: Writer, gzip: bool) {
                 b.mem.drain(..n);
                 b.in_flight = 0;
                 b.spool.sent(n);
+                s.stats.settled.fetch_add(n as u64, Ordering::Relaxed);
                 s.publish(&b);
                 drop(b);
                 s.room.notify_all();
@@ -565,7 +591,8 @@ async fn next_batch(s: &Shared) -> Option<Vec<(String, Instant)>> {
                 None => s.flush_interval.max(Duration::from_millis(100)),
                 Some((_, at)) => {
                     let age = at.elapsed();
-                    if b.mem.len() >= s.batch_size || closing || age >= s.flush_interval {
+                    let hurry = s.stats.settled.load(Ordering::Relaxed) < b.hurry_until;
+                    if b.mem.len() >= s.batch_size || closing || hurry || age >= s.flush_interval {
                         let n = b.mem.len().min(s.batch_size);
                         b.in_flight = n;
                         return Some(b.mem.iter().take(n).cloned().collect());

@@ -136,6 +136,25 @@ impl Outputs {
         Ok(())
     }
 
+    /// Writes records that never became events (bad Kafka records) to the
+    /// dead-letter file.
+    pub fn dead_records(&mut self, records: &[Json]) {
+        if records.is_empty() {
+            return;
+        }
+        let mut dead = self.dead.lock().expect("dead-letter file lock");
+        let r = records
+            .iter()
+            .try_for_each(|r| dead.write_json(r))
+            .and_then(|()| dead.flush(true));
+        if let Err(e) = r {
+            tracing::error!(error = %e, "writing the dead-letter file failed");
+        }
+        self.metrics
+            .events_dead_lettered
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+
     /// Syncs the files to disk (at each checkpoint).
     pub fn sync(&mut self) {
         let files = [
@@ -155,6 +174,37 @@ impl Outputs {
         self.influx
             .as_ref()
             .map_or_else(influx::Stopper::default, InfluxSink::stopper)
+    }
+
+    /// How far each external sink's hand-overs go now (see [`SinkStats::handed`]).
+    pub fn mark(&self) -> Mark {
+        Mark(
+            self.stats()
+                .map(|s| s.handed.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// Whether everything handed over before `mark` is settled.
+    pub fn settled(&self, mark: &Mark) -> bool {
+        self.stats()
+            .zip(&mark.0)
+            .all(|(s, &m)| s.settled.load(Ordering::Relaxed) >= m)
+    }
+
+    /// Asks InfluxDB's delivery to send what `mark` covers now.
+    pub fn hurry(&self, mark: &Mark) {
+        if let (Some(i), Some(&m)) = (&self.influx, mark.0.first()) {
+            i.hurry(m);
+        }
+    }
+
+    /// The external sinks' figures, InfluxDB first.
+    fn stats(&self) -> impl Iterator<Item = &SinkStats> {
+        self.influx
+            .iter()
+            .map(InfluxSink::stats)
+            .chain(self.webhooks.iter().map(WebhookSink::stats))
     }
 
     /// Points handed to InfluxDB and not yet written.
@@ -179,6 +229,10 @@ impl Outputs {
         }
     }
 }
+
+/// A position in the sinks' hand-overs (see [`Outputs::mark`]).
+#[derive(Debug, Clone, Default)]
+pub struct Mark(Vec<u64>);
 
 /// An alert as a JSON record (`alerts.jsonl`, `plugin run`).
 pub fn alert_to_json(a: &Alert) -> Json {

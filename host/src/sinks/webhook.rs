@@ -223,6 +223,7 @@ impl WebhookSink {
             );
         }
         stats.backlog.store(items.len() as u64, Ordering::Relaxed);
+        stats.handed.store(items.len() as u64, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 items: items.into(),
@@ -266,8 +267,10 @@ impl WebhookSink {
             queued: Instant::now(),
         };
         let mut q = self.shared.queue.lock().expect("webhook queue lock");
+        self.shared.stats.handed.fetch_add(1, Ordering::Relaxed);
         if q.items.len() >= self.capacity {
             drop(q);
+            self.shared.stats.settled.fetch_add(1, Ordering::Relaxed);
             let error = format!("receiver backlog full ({} alerts waiting)", self.capacity);
             tracing::error!(receiver = %self.name, rule = %a.rule_id, "{error}; the alert goes to the dead-letter file");
             dead_letter(&self.dead, &self.shared.stats, &self.name, &item, &error, 0);
@@ -280,6 +283,10 @@ impl WebhookSink {
             .store(q.items.len() as u64, Ordering::Relaxed);
         drop(q);
         self.shared.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> &SinkStats {
+        &self.shared.stats
     }
 
     /// Delivers what is queued for a little while, then keeps the rest in
@@ -378,6 +385,7 @@ async fn deliver_all(s: Arc<Shared>, t: Target) {
         if deliver(&s, &t, &item).await {
             let mut q = s.queue.lock().expect("webhook queue lock");
             q.items.pop_front();
+            s.stats.settled.fetch_add(1, Ordering::Relaxed);
             s.stats
                 .backlog
                 .store(q.items.len() as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod golden;
 mod isolation;
+mod kafka;
 mod languages;
 mod live;
 mod server;

@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A database server run by one of the project's scripts.
-struct Db {
+pub(crate) struct Db {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     rpc_port: u16,
     dir: tempfile::TempDir,
     kind: &'static str,
 }
 
 impl Db {
-    fn influxdb() -> Db {
+    pub(crate) fn influxdb() -> Db {
         Self::start_on(
             "influxdb",
             free_port(),
@@ -109,7 +109,7 @@ impl Db {
     }
 
     /// Every point in InfluxDB database `np`: (series, timestamp) -> fields.
-    fn influx_points(&self) -> BTreeMap<(String, i64), BTreeMap<String, Value>> {
+    pub(crate) fn influx_points(&self) -> BTreeMap<(String, i64), BTreeMap<String, Value>> {
         let mut out = BTreeMap::new();
         let m = self.query("SHOW MEASUREMENTS");
         let names: Vec<String> = m["results"][0]["series"][0]["values"]
@@ -284,7 +284,7 @@ fn parse_line(line: &str) -> Line {
 
 /// The final points of `metrics.lp`, keyed like [`Db::influx_points`]: the
 /// last write of a (series, timestamp) wins, as in InfluxDB.
-fn expected_points(lp: &str) -> BTreeMap<(String, i64), BTreeMap<String, Value>> {
+pub(crate) fn expected_points(lp: &str) -> BTreeMap<(String, i64), BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for line in lp.lines().filter(|l| !l.is_empty()) {
         let (m, tags, fields, ts) = parse_line(line);
@@ -293,12 +293,12 @@ fn expected_points(lp: &str) -> BTreeMap<(String, i64), BTreeMap<String, Value>>
     out
 }
 
-const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+pub(crate) const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 /// A reproducible stream from `nexuspipe gen` (5 minutes of event time),
 /// sorted by time so no event is late, then one event 10 minutes later that
 /// closes every window of the stream.
-fn known_stream(seed: u64) -> Vec<Value> {
+pub(crate) fn known_stream(seed: u64) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.ndjson");
     let status = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
@@ -324,7 +324,7 @@ fn wait_processed(s: &Server, n: usize) {
     });
 }
 
-fn post_all(s: &Server, events: &[Value], chunk: usize, pause: Duration) {
+pub(crate) fn post_all(s: &Server, events: &[Value], chunk: usize, pause: Duration) {
     for c in events.chunks(chunk) {
         loop {
             let (status, resp) = s.post(&Value::Array(c.to_vec()));
@@ -357,7 +357,7 @@ fn page_views(events: &[Value]) -> BTreeMap<(i64, String), f64> {
     out
 }
 
-fn influx_config(port: u16, api: &str, extra: &str) -> String {
+pub(crate) fn influx_config(port: u16, api: &str, extra: &str) -> String {
     let target = if api == "v1" {
         "database = \"np\"".to_string()
     } else {

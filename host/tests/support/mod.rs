@@ -107,6 +107,8 @@ pub struct Server {
     pub port: u16,
     pub dir: tempfile::TempDir,
     config: String,
+    /// Extra `nexuspipe run` arguments (e.g. `--role processor`).
+    args: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -126,18 +128,29 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Server {
+        Self::start_with(dir, config, &[])
+    }
+
+    /// Starts `nexuspipe run --role <role>`.
+    pub fn start_role(config: &str, role: &str) -> Server {
+        Self::start_with(tempfile::tempdir().unwrap(), config, &["--role", role])
+    }
+
+    fn start_with(dir: tempfile::TempDir, config: &str, args: &[&str]) -> Server {
         let port = free_port();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut s = Server {
-            child: Self::spawn(dir.path(), port, config),
+            child: Self::spawn(dir.path(), port, config, &args),
             port,
             dir,
             config: config.to_string(),
+            args,
         };
         s.wait_ready();
         s
     }
 
-    fn spawn(dir: &Path, port: u16, config: &str) -> std::process::Child {
+    fn spawn(dir: &Path, port: u16, config: &str, args: &[String]) -> std::process::Child {
         // `listen` and `data_dir` are merged into the caller's [http]/[engine] tables.
         let mut text = config.to_string();
         let http = format!("listen = \"127.0.0.1:{port}\"\n");
@@ -153,6 +166,7 @@ impl Server {
         std::fs::write(&path, text).unwrap();
         Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
             .args(["run", "--config", path.to_str().unwrap()])
+            .args(args)
             .env(
                 "NEXUSPIPE_CACHE_DIR",
                 workspace_root().join("target/test-cache"),
@@ -257,7 +271,7 @@ impl Server {
     /// Starts a stopped server again on the same data dir and config.
     pub fn start_again(&mut self) {
         self.port = free_port();
-        self.child = Self::spawn(self.dir.path(), self.port, &self.config);
+        self.child = Self::spawn(self.dir.path(), self.port, &self.config, &self.args);
         self.wait_ready();
     }
 
@@ -269,9 +283,7 @@ impl Server {
             "clean exit on SIGTERM: {status}: {}",
             self.log()
         );
-        self.port = free_port();
-        self.child = Self::spawn(self.dir.path(), self.port, &self.config);
-        self.wait_ready();
+        self.start_again();
     }
 }
 

@@ -1,0 +1,1171 @@
+//! A processor: one member of the consumer group that shares the events
+//! topic and the keyed stages' repartition topics.
+//!
+//! Two stages, as Kafka Streams does when a grouping key differs from the
+//! partitioning key:
+//! - **Source stage** (events topic, keyed by user): records are parsed (bad
+//!   ones go to the dead-letter file with topic, partition and offset), the
+//!   enrichers run on the batch, and each event is produced to the
+//!   repartition topic of every stateful plugin that wants it, keyed by that
+//!   plugin's `partition_by` field. A plugin without `partition_by` has a
+//!   one-partition topic: one instance sees every event (global aggregates).
+//! - **Keyed stage** (one task per repartition-topic partition): a plugin
+//!   instance with its own event time, fed what its partition holds.
+//!
+//! Guarantees:
+//! - Source offsets are committed once the repartitioned records are
+//!   acknowledged (idempotent producer, acks=all). Records re-produced after
+//!   a crash carry the same source partition, offset and index, and a keyed
+//!   task skips those it has already taken in, so each event counts once.
+//! - A keyed task's offset is committed only after the outputs it produced
+//!   before it were settled by every sink and its snapshot was written to
+//!   the compacted checkpoints topic. A restart (here or on another host)
+//!   restores that snapshot and replays from there; points are deterministic,
+//!   so replays overwrite.
+//! - Event time: a task's watermark is the minimum over the source partitions
+//!   of their highest event time minus the bound, leaving out a partition idle
+//!   for `idle_timeout`; when every input is idle, it advances with
+//!   processing time (as on one host).
+//! - Revocation: the task is flushed, checkpointed and committed before its
+//!   partition goes. Assignment: restore, then consume.
+
+use super::checkpoint::{self, Header};
+use super::{KafkaError, Topics, client_config, client_error, field_value};
+use crate::config::{KafkaConfig, Resume};
+use crate::engine::watermark::{Clock, split_at_late};
+use crate::event::{EventDefaults, from_json, now_ms, to_json};
+use crate::runtime::{Event, Plugin, PluginOutput};
+use crate::sinks::{Mark, Outputs};
+use crate::telemetry::Metrics;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::{Header as KHeader, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The header that says where a repartitioned record came from: `partition:offset:index`.
+const SOURCE_HEADER: &str = "nexuspipe-source";
+
+/// A watermark marker's header: `partition:event-time`. The source stage
+/// sends one to every partition of every repartition topic when a source
+/// partition's event time advances (as Flink broadcasts watermarks), so a
+/// keyed task that gets few events of its own still sees time pass.
+const WATERMARK_HEADER: &str = "nexuspipe-watermark";
+
+/// Checkpoints waiting for their outputs, per task, at most: beyond, a task
+/// skips a snapshot until older ones are written.
+const MAX_PENDING: usize = 4;
+
+/// A stateful plugin of the pipeline and the field its state is keyed by.
+pub struct Keyed {
+    pub template: Plugin,
+    pub partition_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub out_of_orderness: Duration,
+    pub idle_timeout: Duration,
+    pub checkpoint_interval: Duration,
+    pub batch_size: usize,
+}
+
+/// The topics a pipeline needs: the events topic and, per stateful plugin,
+/// its repartition topic (one partition unless keyed); the checkpoints topic.
+pub fn topics_for(k: &KafkaConfig, keyed: &[(String, bool)]) -> Vec<(String, i32, bool)> {
+    let t = Topics::new(k);
+    let mut out = vec![(t.events.clone(), k.partitions, false)];
+    for (name, partitioned) in keyed {
+        let n = if *partitioned { k.partitions } else { 1 };
+        out.push((t.repartition(name), n, false));
+    }
+    out.push((t.checkpoints(), 1, true));
+    out
+}
+
+/// A running processor; [`ProcessorHandle::stop`] flushes, checkpoints,
+/// commits and leaves the group.
+pub struct ProcessorHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), KafkaError>>,
+}
+
+impl ProcessorHandle {
+    pub fn stop(self) -> Result<(), KafkaError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(KafkaError::Other("the processor thread panicked".into())))
+    }
+
+    /// Whether the processor stopped on its own (a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Creates the topics, joins the group and starts consuming on a thread of its own.
+pub fn start(
+    k: &KafkaConfig,
+    settings: ProcessorSettings,
+    enrichers: Vec<Plugin>,
+    keyed: Vec<Keyed>,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+) -> Result<ProcessorHandle, KafkaError> {
+    let topics = Topics::new(k);
+    let names: Vec<(String, bool)> = keyed
+        .iter()
+        .map(|p| (p.template.name().to_string(), p.partition_by.is_some()))
+        .collect();
+    super::ensure_topics(k, &topics_for(k, &names))?;
+    let producer: ThreadedProducer<Delivery> = client_config(
+        k,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            // Retried until written: a failure is fatal, never a silent loss.
+            ("message.timeout.ms", "0"),
+            ("message.max.bytes", "100000000"),
+        ],
+    )
+    .create_with_context(Delivery::default())
+    .map_err(client_error("creating the processor's producer"))?;
+    let stages: Vec<Stage> = keyed
+        .into_iter()
+        .map(|p| Stage {
+            topic: topics.repartition(p.template.name()),
+            partitions: if p.partition_by.is_some() {
+                k.partitions
+            } else {
+                1
+            },
+            template: p.template,
+            partition_by: p.partition_by,
+        })
+        .collect();
+    let mut subscribed = vec![topics.events.clone()];
+    subscribed.extend(stages.iter().map(|s| s.topic.clone()));
+    let state = Proc {
+        kafka: k.clone(),
+        topics,
+        settings: settings.clone(),
+        enrichers,
+        stages,
+        sources: BTreeMap::new(),
+        source_partitions: k.partitions,
+        tasks: BTreeMap::new(),
+        clocks: HashMap::new(),
+        floors: HashMap::new(),
+        buffer: Vec::new(),
+        producer,
+        outputs: Some(outputs),
+        metrics,
+        fatal: None,
+        next_checkpoint: Instant::now() + settings.checkpoint_interval,
+    };
+    let consumer: BaseConsumer<Ctx> = client_config(
+        k,
+        &[
+            ("group.id", &k.group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Incremental: a member joining or leaving moves only the
+            // partitions that change hands.
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
+    .create_with_context(Ctx(Mutex::new(state)))
+    .map_err(client_error("creating the processor's consumer"))?;
+    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(client_error(format!(
+        "subscribing to {}",
+        topics.join(", ")
+    )))?;
+    tracing::info!(topics = %subscribed.join(", "), group = %k.group, "processor joining the consumer group");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("nexuspipe-processor".into())
+        .spawn(move || run(consumer, s))
+        .map_err(|e| KafkaError::Other(format!("starting the processor thread: {e}")))?;
+    Ok(ProcessorHandle { stop, thread })
+}
+
+fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaError> {
+    let batch = consumer.context().lock().settings.batch_size;
+    while !stop.load(Ordering::Relaxed) {
+        // Gather up to a batch; the buffer lives in the shared state, so a
+        // revocation inside `poll` processes what was taken before it.
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut n = 0;
+        while n < batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.poll(left) {
+                Some(Ok(m)) => {
+                    consumer.context().lock().buffer.push(Record::from(&m));
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        let mut p = consumer.context().lock();
+        p.process_buffer();
+        p.tick(&consumer);
+        if let Some(e) = p.fatal.take() {
+            return Err(e);
+        }
+    }
+    // Leave cleanly: everything processed is flushed, checkpointed and committed.
+    {
+        let mut p = consumer.context().lock();
+        p.process_buffer();
+        p.checkpoint(&consumer, true);
+        p.tasks.clear();
+        p.sources.clear();
+    }
+    // Closing the consumer revokes what is left (nothing) and leaves the group.
+    let ctx = consumer.context().clone();
+    drop(consumer);
+    let outputs = ctx.lock().outputs.take();
+    if let Some(o) = outputs {
+        o.close();
+    }
+    tracing::info!("processor left the group");
+    Ok(())
+}
+
+/// Counts failed deliveries of the processor's producer: with endless
+/// retries, only fatal errors fail, and they stop the processor.
+#[derive(Default)]
+struct Delivery {
+    failed: AtomicU64,
+    last: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            *self.last.lock().expect("delivery lock") = Some(e.to_string());
+        }
+    }
+}
+
+/// The consumer's context: the processor's state, also reached by the
+/// rebalance callback (which runs inside `poll`, on the processor thread).
+struct Ctx(Mutex<Proc>);
+
+impl Ctx {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Proc> {
+        self.0.lock().expect("processor lock")
+    }
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut p = self.lock();
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = p.assign(consumer, tpl) {
+                    tracing::error!(error = %e, "restoring the assigned partitions failed");
+                    p.fatal = Some(e);
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+            }
+            _ => {
+                p.revoke(consumer, tpl);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "unassigning partitions failed");
+                }
+            }
+        }
+    }
+}
+
+/// A record taken off a partition.
+struct Record {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+    source: Option<String>,
+    watermark: Option<String>,
+}
+
+impl Record {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == name)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+            source: header(SOURCE_HEADER),
+            watermark: header(WATERMARK_HEADER),
+        }
+    }
+}
+
+/// What a keyed task reads: events, and watermark markers of a source partition.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every item is an event; boxing them would cost an allocation each"
+)]
+enum Item {
+    Event(Event, i32),
+    /// `None`: the partition is idle.
+    Marker(i32, Option<i64>),
+}
+
+struct Stage {
+    template: Plugin,
+    partition_by: Option<String>,
+    topic: String,
+    partitions: i32,
+}
+
+/// One partition of a repartition topic: a plugin instance and its event time.
+struct Task {
+    plugin: Plugin,
+    wm: Inputs,
+    /// Per source partition, the last (offset, index) taken in.
+    seen: BTreeMap<i32, (i64, u32)>,
+    next_offset: i64,
+    /// Processed something since the last snapshot.
+    changed: bool,
+    /// Snapshots waiting for their outputs to settle, oldest first.
+    pending: Vec<(Mark, i64, Vec<u8>)>,
+}
+
+/// Event time over several source partitions (SEMANTICS.md: the minimum
+/// over the inputs, leaving out idle inputs). Whether a source partition is
+/// idle is said by its owner (an idle marker), never guessed here: while a
+/// partition changes hands after a crash, it holds event time back, so its
+/// replayed events are not late.
+struct Inputs {
+    bound: i64,
+    idle: Duration,
+    /// Source partition -> highest event time, and whether it is idle.
+    inputs: BTreeMap<i32, (i64, bool)>,
+    current: i64,
+    /// Every input idle since then: event time advances with processing time.
+    all_idle_since: Option<Instant>,
+}
+
+impl Inputs {
+    fn new(bound: i64, idle: Duration, sources: i32) -> Self {
+        Inputs {
+            bound,
+            idle,
+            // A partition that has not delivered yet holds event time back
+            // until it does or its owner says it is idle.
+            inputs: (0..sources).map(|s| (s, (i64::MIN, false))).collect(),
+            current: i64::MIN,
+            all_idle_since: None,
+        }
+    }
+
+    fn refresh(&mut self) -> i64 {
+        let active = self
+            .inputs
+            .values()
+            .filter(|(_, idle)| !idle)
+            .map(|(max, _)| *max)
+            .min();
+        if let Some(m) = active
+            && m != i64::MIN
+        {
+            self.current = self.current.max(m.saturating_sub(self.bound));
+        }
+        self.current
+    }
+
+    /// Every input idle: event time advances with processing time from the
+    /// highest time seen, as on one host (`max - bound + idle time`).
+    fn idle_advance(&mut self, now: Instant) -> i64 {
+        let max = self
+            .inputs
+            .values()
+            .map(|(m, _)| *m)
+            .max()
+            .unwrap_or(i64::MIN);
+        if let Some(since) = self.all_idle_since
+            && max != i64::MIN
+        {
+            let idle_for = self.idle + now.duration_since(since);
+            let to = max
+                .saturating_sub(self.bound)
+                .saturating_add(idle_for.as_millis() as i64);
+            self.current = self.current.max(to);
+        }
+        self.current
+    }
+
+    /// Source partition `source` reached event time `ts` (`None`: its owner
+    /// says it is idle).
+    fn observe_source(&mut self, source: i32, ts: Option<i64>) {
+        let entry = self.inputs.entry(source).or_insert((i64::MIN, false));
+        match ts {
+            Some(ts) => {
+                entry.0 = entry.0.max(ts);
+                entry.1 = false;
+                self.all_idle_since = None;
+            }
+            None => {
+                entry.1 = true;
+                if self.all_idle_since.is_none() && self.inputs.values().all(|(_, idle)| *idle) {
+                    self.all_idle_since = Some(Instant::now());
+                }
+            }
+        }
+        self.refresh();
+    }
+}
+
+impl Clock<Item> for Inputs {
+    fn current(&self) -> i64 {
+        self.current
+    }
+    fn observe(&mut self, item: &Item) {
+        match item {
+            Item::Event(e, source) => self.observe_source(*source, Some(e.timestamp)),
+            Item::Marker(source, ts) => self.observe_source(*source, *ts),
+        }
+    }
+    fn time(item: &Item) -> i64 {
+        match item {
+            Item::Event(e, _) => e.timestamp,
+            Item::Marker(..) => i64::MAX, // never late
+        }
+    }
+}
+
+/// An owned source partition's event time, as broadcast to the keyed tasks.
+struct SourceClock {
+    max: i64,
+    last_record: Instant,
+    last_idle_marker: Option<Instant>,
+}
+
+struct Proc {
+    kafka: KafkaConfig,
+    topics: Topics,
+    settings: ProcessorSettings,
+    enrichers: Vec<Plugin>,
+    stages: Vec<Stage>,
+    /// Assigned partitions of the events topic -> next offset to commit.
+    sources: BTreeMap<i32, i64>,
+    source_partitions: i32,
+    tasks: BTreeMap<(usize, i32), Task>,
+    /// Owned source partitions' event time (see [`WATERMARK_HEADER`]).
+    clocks: HashMap<i32, SourceClock>,
+    /// With `resume = "scan"`: records below these offsets were processed
+    /// before the partition was assigned here, and are skipped.
+    floors: HashMap<(String, i32), i64>,
+    buffer: Vec<Record>,
+    producer: ThreadedProducer<Delivery>,
+    /// Taken at shutdown.
+    outputs: Option<Outputs>,
+    metrics: Arc<Metrics>,
+    fatal: Option<KafkaError>,
+    next_checkpoint: Instant,
+}
+
+impl Proc {
+    fn outputs(&mut self) -> &mut Outputs {
+        self.outputs.as_mut().expect("outputs live until shutdown")
+    }
+
+    fn stage_of(&self, topic: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.topic == topic)
+    }
+
+    /// Restores the tasks of newly assigned repartition partitions and points
+    /// their offsets at their checkpoints.
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        tpl: &mut TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let keyed: Vec<(usize, i32)> = assigned
+            .iter()
+            .filter_map(|(t, p)| Some((self.stage_of(t)?, *p)))
+            .collect();
+        let saved = if keyed.is_empty() {
+            HashMap::new()
+        } else {
+            checkpoint::load_all(&self.kafka, &self.topics.checkpoints())?
+        };
+        let mut resume_at: Vec<(String, i32, Option<i64>)> = Vec::new();
+        let mut sources = TopicPartitionList::new();
+        for (topic, p) in &assigned {
+            if *topic == self.topics.events {
+                let _ = sources.add_partition(topic, *p);
+            }
+        }
+        if sources.count() > 0 {
+            let committed = consumer
+                .committed_offsets(sources, Duration::from_secs(30))
+                .map_err(client_error("reading the committed offsets"))?;
+            for e in committed.elements() {
+                let at = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                self.sources.insert(e.partition(), at.unwrap_or(-1));
+                self.clocks.insert(
+                    e.partition(),
+                    SourceClock {
+                        max: i64::MIN,
+                        last_record: Instant::now(),
+                        last_idle_marker: None,
+                    },
+                );
+                resume_at.push((e.topic().to_string(), e.partition(), at));
+            }
+        }
+        for (stage, p) in keyed {
+            let s = &self.stages[stage];
+            let name = s.template.name().to_string();
+            let mut plugin = s.template.fresh().map_err(|e| {
+                KafkaError::Other(format!("starting plugin `{name}` for partition {p}: {e}"))
+            })?;
+            let mut wm = Inputs::new(
+                self.settings.out_of_orderness.as_millis() as i64,
+                self.settings.idle_timeout,
+                self.source_partitions,
+            );
+            let mut seen = BTreeMap::new();
+            let mut next_offset = 0;
+            let offset = match saved.get(&checkpoint::key(&name, p)) {
+                Some(bytes) => {
+                    let (h, state) = checkpoint::decode(bytes).map_err(|e| {
+                        KafkaError::Other(format!(
+                            "the checkpoint of `{name}` partition {p} is unreadable: {e}"
+                        ))
+                    })?;
+                    if !state.is_empty() {
+                        plugin.restore(&state).map_err(|e| {
+                            KafkaError::Other(format!(
+                                "plugin `{name}` rejected its checkpoint for partition {p} (written by version {}): {e}",
+                                h.version
+                            ))
+                        })?;
+                    }
+                    for (src, max) in &h.inputs {
+                        wm.inputs.insert(*src, (*max, false));
+                    }
+                    wm.current = h.watermark;
+                    seen = h.seen;
+                    next_offset = h.next_offset;
+                    tracing::info!(plugin = %name, partition = p, offset = h.next_offset, bytes = state.len(), "restored from checkpoint");
+                    Some(h.next_offset)
+                }
+                None => None,
+            };
+            resume_at.push((self.stages[stage].topic.clone(), p, offset));
+            let task = Task {
+                plugin,
+                wm,
+                seen,
+                next_offset,
+                changed: false,
+                pending: Vec::new(),
+            };
+            self.tasks.insert((stage, p), task);
+        }
+        for (topic, p, at) in resume_at {
+            let offset = match (at, self.kafka.resume) {
+                (Some(o), Resume::Offset) => Offset::Offset(o),
+                (Some(o), Resume::Scan) => {
+                    self.floors.insert((topic.clone(), p), o);
+                    Offset::Beginning
+                }
+                (None, _) => Offset::Beginning,
+            };
+            tpl.set_partition_offset(&topic, p, offset)
+                .map_err(client_error("setting the start offset"))?;
+        }
+        tracing::info!(
+            sources = ?self.sources.keys().collect::<Vec<_>>(),
+            tasks = ?self.tasks.keys().map(|(s, p)| format!("{}/{p}", self.stages[*s].template.name())).collect::<Vec<_>>(),
+            "partitions assigned"
+        );
+        Ok(())
+    }
+
+    /// Before partitions go: process what was taken, flush, checkpoint, commit.
+    fn revoke(&mut self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        self.process_buffer();
+        self.checkpoint(consumer, true);
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, p) in &revoked {
+            if *topic == self.topics.events {
+                self.sources.remove(p);
+                self.clocks.remove(p);
+            } else if let Some(stage) = self.stage_of(topic) {
+                self.tasks.remove(&(stage, *p));
+            }
+            self.floors.remove(&(topic.clone(), *p));
+        }
+        tracing::info!(partitions = ?revoked, "partitions revoked after a checkpoint");
+    }
+
+    fn process_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let mut records = std::mem::take(&mut self.buffer);
+        if !self.floors.is_empty() {
+            records.retain(|r| {
+                self.floors
+                    .get(&(r.topic.clone(), r.partition))
+                    .is_none_or(|&floor| r.offset >= floor)
+            });
+        }
+        let (source, keyed): (Vec<Record>, Vec<Record>) = records
+            .into_iter()
+            .partition(|r| r.topic == self.topics.events);
+        if !source.is_empty() {
+            self.source_stage(source);
+        }
+        if !keyed.is_empty() {
+            self.keyed_stage(keyed);
+        }
+    }
+
+    /// Parses, enriches and repartitions a batch of the events topic.
+    fn source_stage(&mut self, records: Vec<Record>) {
+        let mut events = Vec::with_capacity(records.len());
+        let mut origins = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
+        let mut times: BTreeMap<i32, i64> = BTreeMap::new();
+        let now = Instant::now();
+        for r in &records {
+            if let Some(next) = self.sources.get_mut(&r.partition) {
+                *next = (*next).max(r.offset + 1);
+            }
+            if let Some(c) = self.clocks.get_mut(&r.partition) {
+                c.last_record = now;
+                c.last_idle_marker = None;
+            }
+            match parse(r.payload.as_deref()) {
+                Ok(e) => {
+                    origins.push((r.partition, r.offset));
+                    let t = times.entry(r.partition).or_insert(i64::MIN);
+                    *t = (*t).max(e.timestamp);
+                    events.push(e);
+                }
+                Err(reason) => dead.push(bad_record(r, &reason)),
+            }
+        }
+        let n = events.len();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let mut out = PluginOutput::default();
+        for p in &mut self.enrichers {
+            p.process(&mut events, i64::MIN, &mut out);
+        }
+        // Origins: by position when the enrichers kept the batch's shape
+        // (the usual case), else by event id (events they emit count as the
+        // batch's last record).
+        let positional = events.len() == n && events.iter().zip(&ids).all(|(e, id)| e.id == *id);
+        let by_id: HashMap<&str, (i32, i64)> = if positional {
+            HashMap::new()
+        } else {
+            ids.iter()
+                .map(String::as_str)
+                .zip(origins.iter().copied())
+                .collect()
+        };
+        let last = origins.last().copied();
+        let mut index: HashMap<(i32, i64), u32> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let origin = if positional {
+                Some(origins[i])
+            } else {
+                by_id.get(e.id.as_str()).copied().or(last)
+            };
+            let Some((src, off)) = origin else { continue };
+            let k = index.entry((src, off)).or_insert(0);
+            let source = format!("{src}:{off}:{k}");
+            *k += 1;
+            self.repartition(e, &source);
+        }
+        for (src, ts) in times {
+            let advanced = self.clocks.get_mut(&src).is_some_and(|c| {
+                let up = ts > c.max;
+                c.max = c.max.max(ts);
+                up
+            });
+            if advanced {
+                self.send_marker(src, Some(ts));
+            }
+        }
+        self.outputs().write(&out);
+        self.outputs().dead_records(&dead);
+        self.metrics
+            .events_received
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Produces an event to the repartition topic of each stage that wants it.
+    fn repartition(&mut self, e: &Event, source: &str) {
+        let mut payload: Option<String> = None;
+        for s in &self.stages {
+            let types = &s.template.interest().event_types;
+            if !types.is_empty() && !types.contains(&e.event_type) {
+                continue;
+            }
+            let payload = payload.get_or_insert_with(|| to_json(e).to_string());
+            let key = s
+                .partition_by
+                .as_deref()
+                .map_or_else(String::new, |f| field_value(e, f));
+            let headers = OwnedHeaders::new().insert(KHeader {
+                key: SOURCE_HEADER,
+                value: Some(source),
+            });
+            let mut record = BaseRecord::to(&s.topic)
+                .key(&key)
+                .payload(payload.as_str())
+                .headers(headers);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((err, back)) => {
+                        // A full local queue: wait for deliveries (back-pressure).
+                        if !is_queue_full(&err) {
+                            tracing::error!(error = %err, topic = %s.topic, "producing a repartitioned event failed");
+                            self.fatal = Some(KafkaError::Other(format!(
+                                "producing to `{}`: {err}",
+                                s.topic
+                            )));
+                            return;
+                        }
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells every keyed task that source partition `src` reached `ts`; the
+    /// marker follows that partition's events in every repartition topic.
+    fn send_marker(&mut self, src: i32, ts: Option<i64>) {
+        let value = match ts {
+            Some(ts) => format!("{src}:{ts}"),
+            None => format!("{src}:idle"),
+        };
+        for s in &self.stages {
+            for p in 0..s.partitions {
+                let headers = OwnedHeaders::new().insert(KHeader {
+                    key: WATERMARK_HEADER,
+                    value: Some(&value),
+                });
+                let mut record = BaseRecord::<(), [u8]>::to(&s.topic)
+                    .partition(p)
+                    .headers(headers);
+                while let Err((err, back)) = self.producer.send(record) {
+                    if !is_queue_full(&err) {
+                        tracing::error!(error = %err, topic = %s.topic, "producing a watermark marker failed");
+                        self.fatal = Some(KafkaError::Other(format!(
+                            "producing to `{}`: {err}",
+                            s.topic
+                        )));
+                        return;
+                    }
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Runs each keyed task on the records its partition delivered.
+    fn keyed_stage(&mut self, records: Vec<Record>) {
+        let mut batches: BTreeMap<(usize, i32), Vec<Item>> = BTreeMap::new();
+        let mut dead = Vec::new();
+        for r in records {
+            let Some(stage) = self.stage_of(&r.topic) else {
+                continue;
+            };
+            let Some(task) = self.tasks.get_mut(&(stage, r.partition)) else {
+                continue; // not ours any more
+            };
+            task.next_offset = task.next_offset.max(r.offset + 1);
+            task.changed = true;
+            if let Some((src, ts)) = r.watermark.as_deref().and_then(parse_marker) {
+                batches
+                    .entry((stage, r.partition))
+                    .or_default()
+                    .push(Item::Marker(src, ts));
+                continue;
+            }
+            let Some((src, off, idx)) = r.source.as_deref().and_then(parse_source) else {
+                dead.push(bad_record(&r, "no `nexuspipe-source` header"));
+                continue;
+            };
+            if task.seen.get(&src).is_some_and(|&last| (off, idx) <= last) {
+                continue; // a replayed copy of a record already taken in
+            }
+            task.seen.insert(src, (off, idx));
+            match parse(r.payload.as_deref()) {
+                Ok(e) => batches
+                    .entry((stage, r.partition))
+                    .or_default()
+                    .push(Item::Event(e, src)),
+                Err(reason) => dead.push(bad_record(&r, &reason)),
+            }
+        }
+        self.outputs().dead_records(&dead);
+        let mut out = PluginOutput::default();
+        let mut processed = 0u64;
+        for (key, items) in batches {
+            let task = self.tasks.get_mut(&key).expect("checked above");
+            for (batch, wm) in split_at_late(items, &mut task.wm) {
+                let mut events: Vec<Event> = batch
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Item::Event(e, _) => Some(e),
+                        Item::Marker(..) => None,
+                    })
+                    .collect();
+                processed += events.len() as u64;
+                task.plugin.process(&mut events, wm, &mut out);
+            }
+        }
+        self.outputs().write(&out);
+        self.metrics
+            .events_processed
+            .fetch_add(processed, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Between batches: event time on quiet inputs, checkpoints.
+    fn tick(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let now = Instant::now();
+        let mut out = PluginOutput::default();
+        for task in self.tasks.values_mut() {
+            let before = task.wm.current;
+            let wm = task.wm.idle_advance(now);
+            if wm > before {
+                task.plugin.process(&mut Vec::new(), wm, &mut out);
+                task.changed = true;
+            }
+        }
+        self.outputs().write(&out);
+        // Quiet source partitions: tell the keyed tasks (again every idle timeout).
+        let idle = self.settings.idle_timeout;
+        let quiet: Vec<i32> = self
+            .clocks
+            .iter_mut()
+            .filter(|(_, c)| {
+                now.duration_since(c.last_record) >= idle
+                    && c.last_idle_marker
+                        .is_none_or(|t| now.duration_since(t) >= idle)
+            })
+            .map(|(s, c)| {
+                c.last_idle_marker = Some(now);
+                *s
+            })
+            .collect();
+        for s in quiet {
+            self.send_marker(s, None);
+        }
+        if now >= self.next_checkpoint {
+            self.checkpoint(consumer, false);
+            self.next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+        }
+        self.complete(consumer);
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed > 0 && self.fatal.is_none() {
+            let last = self
+                .producer
+                .context()
+                .last
+                .lock()
+                .expect("delivery lock")
+                .clone();
+            self.fatal = Some(KafkaError::Other(format!(
+                "{failed} repartitioned records could not be written ({}); stopping without committing them",
+                last.unwrap_or_default()
+            )));
+        }
+        self.publish();
+    }
+
+    /// Commits the source offsets whose records are acknowledged, and
+    /// snapshots the keyed tasks; their offsets are committed once their
+    /// outputs settle (see [`Proc::complete`]). `wait`: settle now (revocation, shutdown).
+    fn checkpoint(&mut self, consumer: &BaseConsumer<Ctx>, wait: bool) {
+        if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, "repartitioned records not acknowledged yet; no commit this time");
+            return;
+        }
+        if self.producer.context().failed.load(Ordering::Relaxed) > 0 {
+            return; // fatal, reported by tick: nothing more is committed
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in &self.sources {
+            if next >= 0 {
+                let _ = tpl.add_partition_offset(&self.topics.events, p, Offset::Offset(next));
+            }
+        }
+        commit(consumer, &tpl);
+        let outputs = self.outputs.as_mut().expect("outputs live until shutdown");
+        outputs.sync();
+        let mark = outputs.mark();
+        for ((stage, p), task) in &mut self.tasks {
+            if !task.changed || task.pending.len() >= MAX_PENDING {
+                continue;
+            }
+            let state = match task.plugin.checkpoint() {
+                Ok(s) => s,
+                Err(f) => {
+                    tracing::error!(plugin = task.plugin.name(), partition = p, error = %f, "snapshot failed; keeping the previous checkpoint");
+                    continue;
+                }
+            };
+            let h = Header {
+                plugin: task.plugin.name().to_string(),
+                partition: *p,
+                version: task.plugin.component().hash.clone(),
+                next_offset: task.next_offset,
+                watermark: task.wm.current,
+                inputs: task.wm.inputs.iter().map(|(s, (m, _))| (*s, *m)).collect(),
+                seen: task.seen.clone(),
+            };
+            let _ = stage;
+            task.pending.push((
+                mark.clone(),
+                task.next_offset,
+                checkpoint::encode(&h, state.as_deref()),
+            ));
+            task.changed = false;
+        }
+        if wait {
+            let outputs = self.outputs.as_ref().expect("outputs live until shutdown");
+            outputs.hurry(&mark);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !outputs.settled(&mark) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !outputs.settled(&mark) {
+                tracing::warn!(
+                    "sinks did not settle in 30 s; leaving the last checkpoints in force (the next owner replays from them)"
+                );
+            }
+            self.complete(consumer);
+        }
+    }
+
+    /// Writes the snapshots whose outputs have settled, then commits their offsets.
+    fn complete(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let outputs = self.outputs.as_ref().expect("outputs live until shutdown");
+        let topic = self.topics.checkpoints();
+        let mut commits = Vec::new();
+        for ((stage, p), task) in &mut self.tasks {
+            let ready = task
+                .pending
+                .iter()
+                .rposition(|(mark, _, _)| outputs.settled(mark));
+            let Some(i) = ready else { continue };
+            // The newest settled snapshot supersedes older ones.
+            let (_, offset, record) = task.pending.drain(..=i).next_back().expect("non-empty");
+            let key = checkpoint::key(task.plugin.name(), *p);
+            let r = BaseRecord::to(&topic).key(&key).payload(&record);
+            if let Err((e, _)) = self.producer.send(r) {
+                tracing::warn!(error = %e, "writing a checkpoint failed; retrying at the next one");
+                continue;
+            }
+            commits.push((self.stages[*stage].topic.clone(), *p, offset));
+        }
+        if commits.is_empty() {
+            return;
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, "checkpoints not acknowledged; their offsets are not committed");
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in commits {
+            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+        }
+        commit(consumer, &tpl);
+    }
+
+    fn publish(&self) {
+        let wm = self.tasks.values().map(|t| t.wm.current).min();
+        if let Some(wm) = wm {
+            self.metrics.watermark_ms.store(wm, Ordering::Relaxed);
+        }
+    }
+}
+
+fn commit(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+    if tpl.count() == 0 {
+        return;
+    }
+    if let Err(e) = consumer.commit(tpl, CommitMode::Sync) {
+        tracing::warn!(error = %e, "committing offsets failed; they are committed at the next checkpoint");
+    }
+}
+
+fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e,
+        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+    )
+}
+
+/// `partition:event-time` or `partition:idle`.
+fn parse_marker(s: &str) -> Option<(i32, Option<i64>)> {
+    let (p, t) = s.split_once(':')?;
+    let ts = match t {
+        "idle" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((p.parse().ok()?, ts))
+}
+
+/// `partition:offset:index`.
+fn parse_source(s: &str) -> Option<(i32, i64, u32)> {
+    let mut it = s.split(':');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
+}
+
+/// A record's payload as a canonical event.
+fn parse(payload: Option<&[u8]>) -> Result<Event, String> {
+    let bytes = payload.ok_or("the record has no value")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let d = EventDefaults {
+        now_ms: now_ms(),
+        ..EventDefaults::default()
+    };
+    from_json(v, &d).map_err(|e| format!("not a valid event: {e}"))
+}
+
+/// A record that cannot be processed, for the dead-letter file: where it
+/// is, why, and its value.
+fn bad_record(r: &Record, reason: &str) -> serde_json::Value {
+    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = reason, "bad record; it goes to the dead-letter file");
+    serde_json::json!({
+        "at": crate::event::format_timestamp(now_ms()),
+        "kind": "kafka_bad_record",
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "error": reason,
+        "value": r.payload.as_deref().map(String::from_utf8_lossy),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts: i64) -> Event {
+        let mut e = crate::event::from_json(
+            serde_json::json!({"event_type": "x", "timestamp": ts}),
+            &EventDefaults::default(),
+        )
+        .unwrap();
+        e.timestamp = ts;
+        e
+    }
+
+    #[test]
+    fn the_watermark_waits_for_every_source_until_it_is_idle() {
+        let mut w = Inputs::new(1_000, Duration::from_millis(200), 2);
+        w.observe(&Item::Event(ev(10_000), 0));
+        assert_eq!(w.current, i64::MIN, "source 1 has not delivered yet");
+        w.observe(&Item::Marker(1, Some(5_000)));
+        assert_eq!(w.current, 4_000, "the minimum over both sources");
+        w.observe(&Item::Event(ev(20_000), 0));
+        assert_eq!(w.current, 4_000, "source 1 holds it back while active");
+        w.observe(&Item::Marker(1, None));
+        assert_eq!(w.current, 19_000, "source 1 is idle: left out");
+        w.observe(&Item::Event(ev(6_000), 1));
+        assert_eq!(w.current, 19_000, "rejoining never moves it back");
+        assert_eq!(
+            w.idle_advance(Instant::now()),
+            19_000,
+            "not every input is idle"
+        );
+        w.observe(&Item::Marker(0, None));
+        w.observe(&Item::Marker(1, None));
+        assert!(
+            w.idle_advance(Instant::now()) >= 19_200,
+            "all idle: processing time"
+        );
+    }
+
+    #[test]
+    fn source_headers_round_trip() {
+        assert_eq!(parse_source("3:1200:1"), Some((3, 1200, 1)));
+        assert_eq!(parse_source("3:x:1"), None);
+    }
+}

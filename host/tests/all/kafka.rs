@@ -1,0 +1,382 @@
+//! Kafka roles against a real broker (tansu, `scripts/tansu.sh`) and
+//! InfluxDB 1.x (`scripts/influxdb.sh`): collectors produce, processors in
+//! one consumer group share the work, results stay exact through crashes.
+//!
+//! The expected results come from the embedded engine (one host, no Kafka)
+//! running the same pipeline on the same stream.
+
+use crate::sinks::{Db, expected_points, known_stream, post_all};
+use crate::support::{
+    Server, free_port, parse_ndjson, plugin_dir, terminate, wait_until, workspace_root,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A tansu broker on a free port, in memory.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = free_port();
+        let child = Command::new(workspace_root().join("scripts/tansu.sh"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scripts/tansu.sh (install tansu: see DEVELOPERS.md)");
+        wait_until(30, "tansu to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Broker { child, port }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// IP rules keyed by IP, the cart rule keyed by user: two instances of the
+/// alerts plugin, each repartitioned by its own key.
+const IP_RULES: &str = r#"{"rules": [
+  {"id": "failed_login_burst", "type": "threshold", "severity": "warning",
+   "summary": "{count} failed logins from {key} within {window}", "key": "metadata.ip_address",
+   "filter": {"event_type": "login_failed"}, "window": "1m", "above": 5, "cooldown": "5m"},
+  {"id": "credential_stuffing", "type": "sequence", "severity": "critical",
+   "summary": "{count} failed logins then a success from {key} within {window}", "key": "metadata.ip_address",
+   "first": {"event_type": "login_failed"}, "count": 5, "then": {"event_type": "login_success"}, "within": "10m"}
+]}"#;
+const USER_RULES: &str = r#"{"rules": [
+  {"id": "cart_abandoned", "type": "absence", "severity": "info",
+   "summary": "{key} added to cart but did not buy within {window}", "key": "user_id",
+   "first": {"event_type": "add_to_cart"}, "then": {"event_type": "purchase"}, "within": "3m"}
+]}"#;
+
+/// The pipeline under test; `keyed` adds each plugin's `partition_by`.
+fn pipeline(keyed: bool) -> String {
+    let dir = plugin_dir();
+    let plugin = |name: &str, file: &str, config: Option<&str>, by: Option<&str>| {
+        let mut t = format!(
+            "[[plugins]]\nname = \"{name}\"\npath = {:?}\n",
+            dir.join(format!("{file}.wasm")).display().to_string()
+        );
+        if let Some(c) = config {
+            t.push_str(&format!("config = '''{c}'''\n"));
+        }
+        if let (true, Some(by)) = (keyed, by) {
+            t.push_str(&format!("partition_by = \"{by}\"\n"));
+        }
+        t
+    };
+    [
+        plugin("enrich-geo", "enrich-geo", None, None),
+        plugin("funnel", "funnel", None, None),
+        plugin(
+            "alerts-ip",
+            "alerts",
+            Some(IP_RULES),
+            Some("metadata.ip_address"),
+        ),
+        plugin("alerts-user", "alerts", Some(USER_RULES), Some("user_id")),
+    ]
+    .concat()
+}
+
+fn influx(port: u16) -> String {
+    format!(
+        "[influxdb]\nurl = \"http://127.0.0.1:{port}\"\napi = \"v1\"\ndatabase = \"np\"\nflush_interval = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n"
+    )
+}
+
+/// A deployment's config: the broker, InfluxDB, short timeouts for the tests.
+fn kafka_config(broker: &Broker, db: &Db, group: &str) -> String {
+    format!(
+        "[engine]\nidle_timeout = \"8s\"\ncheckpoint_interval = \"1s\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:{}\"\ntopic = \"events\"\ngroup = \"{group}\"\npartitions = 4\nresume = \"scan\"\n\
+         [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
+         {}{}",
+        broker.port,
+        influx(db.port),
+        pipeline(true)
+    )
+}
+
+/// An alert as the tests compare them.
+type AlertKey = (String, String, String, String);
+
+fn alerts(text: &str) -> Vec<AlertKey> {
+    parse_ndjson(text)
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+            (s("rule_id"), s("key"), s("status"), s("fingerprint"))
+        })
+        .collect()
+}
+
+/// What one host computes for the stream: final points and alerts.
+struct Expected {
+    points: BTreeMap<(String, i64), BTreeMap<String, Value>>,
+    alerts: BTreeSet<AlertKey>,
+}
+
+const SEED: u64 = 21;
+
+/// The embedded engine on the same pipeline and stream (computed once).
+fn expected(events: &[Value]) -> &'static Expected {
+    static EXPECTED: OnceLock<Expected> = OnceLock::new();
+    EXPECTED.get_or_init(|| {
+        let s = Server::start(&format!(
+            "[engine]\nidle_timeout = \"1h\"\n{}",
+            pipeline(false)
+        ));
+        post_all(&s, events, 500, Duration::ZERO);
+        wait_until(60, "the reference run", || {
+            s.metric("nexuspipe_events_processed_total") == events.len() as f64
+        });
+        let all = alerts(&s.read("alerts.jsonl"));
+        let set: BTreeSet<AlertKey> = all.iter().cloned().collect();
+        assert_eq!(set.len(), all.len(), "each alert once");
+        Expected {
+            points: expected_points(&s.read("metrics.lp")),
+            alerts: set,
+        }
+    })
+}
+
+/// The stream, with an idle gap's worth of quiet at its end handled by the
+/// processors' idle advance (the sentinel closes the reference's windows).
+fn stream() -> Vec<Value> {
+    known_stream(SEED)
+}
+
+/// Points equal, floats to 1e-9 relative: sums over events that reached a
+/// task in another order may differ in the last bits.
+fn same_points(
+    got: &BTreeMap<(String, i64), BTreeMap<String, Value>>,
+    want: &BTreeMap<(String, i64), BTreeMap<String, Value>>,
+) -> Result<(), String> {
+    // The reference never closes the sentinel's own window; processors do
+    // once their inputs are idle.
+    let got: BTreeMap<_, _> = got
+        .iter()
+        .filter(|((series, _), _)| !series.contains("sentinel"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if got.keys().ne(want.keys()) {
+        let extra: Vec<_> = got
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .take(5)
+            .collect();
+        let missing: Vec<_> = want
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .take(5)
+            .collect();
+        return Err(format!(
+            "{} points, want {}; extra {extra:?}, missing {missing:?}",
+            got.len(),
+            want.len()
+        ));
+    }
+    for (k, fields) in want {
+        let g = &got[k];
+        for (f, v) in fields {
+            let ok = match (g.get(f), v) {
+                (Some(Value::Number(a)), Value::Number(b)) => {
+                    let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                    (a - b).abs() <= b.abs() * 1e-9
+                }
+                (x, y) => x == Some(y),
+            };
+            if !ok {
+                return Err(format!("{k:?}.{f}: got {:?}, want {v}", g.get(f)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until InfluxDB holds exactly the expected points.
+fn wait_points(db: &Db, want: &Expected, what: &str, logs: &[&Server]) {
+    let mut last = String::new();
+    let done = (0..180).any(|_| {
+        match same_points(&db.influx_points(), &want.points) {
+            Ok(()) => return true,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        false
+    });
+    if !done {
+        let logs: Vec<String> = logs.iter().map(|s| s.log()).collect();
+        panic!("{what}: {last}\n{}", logs.join("\n-----\n"));
+    }
+}
+
+/// The alerts all processors wrote, as a set; each (rule, key, status,
+/// fingerprint) may repeat only as a replay the fingerprint deduplicates.
+fn alert_set(processors: &[&Server]) -> BTreeSet<AlertKey> {
+    processors
+        .iter()
+        .flat_map(|p| alerts(&p.read("alerts.jsonl")))
+        .collect()
+}
+
+fn assert_alerts(processors: &[&Server], want: &Expected) {
+    let ok = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        alert_set(processors) == want.alerts
+    });
+    let got = alert_set(processors);
+    assert!(
+        ok,
+        "alerts: extra {:?}\nmissing {:?}",
+        got.difference(&want.alerts).collect::<Vec<_>>(),
+        want.alerts.difference(&got).collect::<Vec<_>>()
+    );
+    assert!(
+        want.alerts.iter().any(|a| a.0 == "failed_login_burst"),
+        "the per-IP rule fired: {:?}",
+        want.alerts
+    );
+}
+
+#[test]
+fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
+    let events = stream();
+    let want = expected(&events);
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = kafka_config(&broker, &db, "e2e");
+    let processor = Server::start_role(&config, "processor");
+    let collector = Server::start_role(&config, "collector");
+    post_all(&collector, &events, 500, Duration::ZERO);
+    assert_eq!(
+        collector.metric("nexuspipe_events_accepted_total"),
+        events.len() as f64,
+        "every event acknowledged"
+    );
+    wait_points(&db, want, "points through Kafka", &[&processor]);
+    assert_alerts(&[&processor], want);
+    let fired = alerts(&processor.read("alerts.jsonl"));
+    assert_eq!(fired.len(), want.alerts.len(), "each alert fired once");
+
+    // A bad record (not JSON) goes to the dead-letter file, and the partition goes on.
+    let status = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args([
+            "gen",
+            "--rate",
+            "0",
+            "--duration",
+            "1s",
+            "--seed",
+            "3",
+            "--batch",
+            "50",
+        ])
+        .args([
+            "--target",
+            &format!("kafka://127.0.0.1:{}/events", broker.port),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen --target kafka://");
+    produce_raw(broker.port, "events", b"{not json");
+    wait_until(30, "the bad record in the dead-letter file", || {
+        processor
+            .read("dead-letter.jsonl")
+            .contains("kafka_bad_record")
+    });
+    let dead = parse_ndjson(&processor.read("dead-letter.jsonl"));
+    assert_eq!(dead[0]["topic"], "events");
+    assert_eq!(dead[0]["value"], "{not json");
+    assert!(
+        dead[0]["error"].as_str().unwrap().starts_with("not JSON"),
+        "{}",
+        dead[0]
+    );
+}
+
+/// Writes one raw record, as a misbehaving producer would.
+fn produce_raw(port: u16, topic: &str, value: &[u8]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .create()
+        .unwrap();
+    p.send(BaseRecord::<[u8], [u8]>::to(topic).payload(value))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_processor_killed_mid_stream_resumes_exactly_on_another_disk() {
+    let events = stream();
+    let want = expected(&events);
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = kafka_config(&broker, &db, "crash");
+    let collector = Server::start_role(&config, "collector");
+    let mut first = Server::start_role(&config, "processor");
+    let half = events.len() / 2;
+    post_all(&collector, &events[..half], 250, Duration::from_millis(50));
+    wait_until(60, "the first processor to make progress", || {
+        first.metric("nexuspipe_events_processed_total") > 1000.0
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // a checkpoint or two
+    first.child.kill().unwrap(); // kill -9
+    first.child.wait().unwrap();
+    post_all(&collector, &events[half..], 250, Duration::ZERO);
+    // A new host, with an empty data dir: state comes from the checkpoints topic.
+    let second = Server::start_role(&config, "processor");
+    wait_points(&db, want, "points after the crash", &[&second]);
+    assert!(
+        second.log().contains("restored from checkpoint"),
+        "{}",
+        second.log()
+    );
+    assert_alerts(&[&first, &second], want);
+}
+
+#[test]
+fn two_processors_share_the_work_and_the_survivor_takes_over() {
+    let events = stream();
+    let want = expected(&events);
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = kafka_config(&broker, &db, "pair");
+    let collector = Server::start_role(&config, "collector");
+    let a = Server::start_role(&config, "processor");
+    wait_until(30, "the first processor's assignment", || {
+        a.log().contains("partitions assigned")
+    });
+    let mut b = Server::start_role(&config, "processor");
+    wait_until(60, "the second processor's share", || {
+        b.log()
+            .lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("sources=[] tasks=[]"))
+    });
+    let third = events.len() / 3;
+    post_all(&collector, &events[..third], 250, Duration::from_millis(30));
+    wait_until(60, "both processors to work", || {
+        a.metric("nexuspipe_events_processed_total") > 0.0
+            && b.metric("nexuspipe_events_processed_total") > 0.0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    b.child.kill().unwrap(); // kill -9
+    b.child.wait().unwrap();
+    post_all(&collector, &events[third..], 250, Duration::ZERO);
+    wait_points(&db, want, "points after the takeover", &[&a]);
+    assert_alerts(&[&a, &b], want);
+}
