@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Installs the servers the sink tests run against, from Debian's packages,
-# skipping what is there: InfluxDB 1.x (`influxd`) and VictoriaMetrics (which
-# speaks the InfluxDB v2 write API). Only the binaries are used: the tests
+# Installs the servers the sink and Kafka tests run against, skipping what is
+# there: the Kafka-compatible broker tansu (from crates.io, about 14 minutes
+# on 2 cores, once per machine), then from Debian's packages InfluxDB 1.x
+# (`influxd`) and VictoriaMetrics (which speaks the InfluxDB v2 write API). Only the binaries are used: the tests
 # start them as plain processes through scripts/influxdb.sh and
 # scripts/victoria-metrics.sh, never as system services.
 set -euo pipefail
+
+if command -v tansu >/dev/null || [ -x "$HOME/.cargo/bin/tansu" ]; then
+    echo "servers: tansu present"
+else
+    echo "servers: installing tansu (cargo install, about 14 minutes on 2 cores)"
+    cargo install tansu --version 0.6.0 --features dynostore,libsql
+fi
 
 missing=()
 command -v influxd >/dev/null || missing+=(influxdb)

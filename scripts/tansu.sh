@@ -5,6 +5,7 @@
 # Usage: scripts/tansu.sh <port>
 set -euo pipefail
 port=${1:?usage: scripts/tansu.sh <port>}
+PATH="$HOME/.cargo/bin:$PATH"
 exec tansu broker \
   --listener-url "tcp://127.0.0.1:${port}" \
   --advertised-listener-url "tcp://127.0.0.1:${port}" \
