@@ -98,7 +98,7 @@ fn influx(port: u16) -> String {
 /// A deployment's config: the broker, InfluxDB, short timeouts for the tests.
 fn kafka_config(broker: &Broker, db: &Db, group: &str) -> String {
     format!(
-        "[engine]\nidle_timeout = \"8s\"\ncheckpoint_interval = \"1s\"\n\
+        "[engine]\nidle_timeout = \"20s\"\ncheckpoint_interval = \"1s\"\n\
          [kafka]\nbrokers = \"127.0.0.1:{}\"\ntopic = \"events\"\ngroup = \"{group}\"\npartitions = 4\nresume = \"scan\"\n\
          [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
          {}{}",
