@@ -509,7 +509,7 @@ struct Proc {
     clocks: HashMap<i32, SourceClock>,
     /// With `resume = "scan"`: records below these offsets were processed
     /// before the partition was assigned here, and are skipped.
-    floors: HashMap<(String, i32), i64>,
+    floors: HashMap<String, HashMap<i32, i64>>,
     buffer: Vec<Record>,
     producer: ThreadedProducer<Delivery>,
     /// Taken at shutdown.
@@ -631,7 +631,7 @@ impl Proc {
             let offset = match (at, self.kafka.resume) {
                 (Some(o), Resume::Offset) => Offset::Offset(o),
                 (Some(o), Resume::Scan) => {
-                    self.floors.insert((topic.clone(), p), o);
+                    self.floors.entry(topic.clone()).or_default().insert(p, o);
                     Offset::Beginning
                 }
                 (None, _) => Offset::Beginning,
@@ -663,7 +663,9 @@ impl Proc {
             } else if let Some(stage) = self.stage_of(topic) {
                 self.tasks.remove(&(stage, *p));
             }
-            self.floors.remove(&(topic.clone(), *p));
+            if let Some(f) = self.floors.get_mut(topic) {
+                f.remove(p);
+            }
         }
         tracing::info!(partitions = ?revoked, "partitions revoked after a checkpoint");
     }
@@ -676,7 +678,8 @@ impl Proc {
         if !self.floors.is_empty() {
             records.retain(|r| {
                 self.floors
-                    .get(&(r.topic.clone(), r.partition))
+                    .get(&r.topic)
+                    .and_then(|f| f.get(&r.partition))
                     .is_none_or(|&floor| r.offset >= floor)
             });
         }
@@ -782,27 +785,14 @@ impl Proc {
                 key: SOURCE_HEADER,
                 value: Some(source),
             });
-            let mut record = BaseRecord::to(&s.topic)
+            let record = BaseRecord::to(&s.topic)
                 .key(&key)
                 .payload(payload.as_str())
                 .headers(headers);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((err, back)) => {
-                        // A full local queue: wait for deliveries (back-pressure).
-                        if !is_queue_full(&err) {
-                            tracing::error!(error = %err, topic = %s.topic, "producing a repartitioned event failed");
-                            self.fatal = Some(KafkaError::Other(format!(
-                                "producing to `{}`: {err}",
-                                s.topic
-                            )));
-                            return;
-                        }
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
+            if let Err(e) = send_waiting(&self.producer, record) {
+                tracing::error!(error = %e, "producing a repartitioned event failed");
+                self.fatal = Some(e);
+                return;
             }
         }
     }
@@ -820,20 +810,13 @@ impl Proc {
                     key: WATERMARK_HEADER,
                     value: Some(&value),
                 });
-                let mut record = BaseRecord::<(), [u8]>::to(&s.topic)
+                let record = BaseRecord::<(), [u8]>::to(&s.topic)
                     .partition(p)
                     .headers(headers);
-                while let Err((err, back)) = self.producer.send(record) {
-                    if !is_queue_full(&err) {
-                        tracing::error!(error = %err, topic = %s.topic, "producing a watermark marker failed");
-                        self.fatal = Some(KafkaError::Other(format!(
-                            "producing to `{}`: {err}",
-                            s.topic
-                        )));
-                        return;
-                    }
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+                if let Err(e) = send_waiting(&self.producer, record) {
+                    tracing::error!(error = %e, "producing a watermark marker failed");
+                    self.fatal = Some(e);
+                    return;
                 }
             }
         }
@@ -973,7 +956,7 @@ impl Proc {
         let outputs = self.outputs.as_mut().expect("outputs live until shutdown");
         outputs.sync();
         let mark = outputs.mark();
-        for ((stage, p), task) in &mut self.tasks {
+        for ((_, p), task) in &mut self.tasks {
             if !task.changed || task.pending.len() >= MAX_PENDING {
                 continue;
             }
@@ -993,7 +976,6 @@ impl Proc {
                 inputs: task.wm.inputs.iter().map(|(s, (m, _))| (*s, *m)).collect(),
                 seen: task.seen.clone(),
             };
-            let _ = stage;
             task.pending.push((
                 mark.clone(),
                 task.next_offset,
@@ -1074,6 +1056,33 @@ fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
         e,
         rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
     )
+}
+
+/// Sends a record, waiting while the producer's local queue is full (the
+/// back-pressure); any other error is returned.
+fn send_waiting<K, P>(
+    producer: &ThreadedProducer<Delivery>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((err, back)) if is_queue_full(&err) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((err, back)) => {
+                return Err(KafkaError::Other(format!(
+                    "producing to `{}`: {err}",
+                    back.topic
+                )));
+            }
+        }
+    }
 }
 
 /// `partition:event-time` or `partition:idle`.
