@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks bench-kafka lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -65,6 +65,11 @@ bench-swap: plugins
 ## Sink benchmark: points/s into InfluxDB 1.x and VictoriaMetrics, webhook alert latency
 bench-sinks: servers
 	$(CARGO) bench -p nexuspipe --bench sinks
+
+## Kafka benchmark: collector events/s with acks, processor events/s from Kafka to InfluxDB (tansu, InfluxDB 1.x)
+bench-kafka: plugins servers
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/kafka.py
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -79,6 +79,20 @@ pub enum Resume {
 }
 
 impl KafkaConfig {
+    /// The defaults of every key but the brokers and the topic.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            group: Self::default_group(),
+            partitions: Self::default_partitions(),
+            replication_factor: Self::default_replication(),
+            options: Default::default(),
+            ack_timeout: Self::default_ack_timeout(),
+            resume: Resume::default(),
+        }
+    }
+
     fn default_topic() -> String {
         "nexuspipe-events".into()
     }

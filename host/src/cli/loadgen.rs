@@ -20,6 +20,10 @@ pub struct GenArgs {
     /// time then advances at a nominal 10 000 events/s).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
+    /// Events per second of event time (default: `--rate`), e.g. a fast
+    /// replay of a slow day: `--rate 0 --event-rate 500`.
+    #[arg(long)]
+    pub event_rate: Option<u64>,
     /// How long to send, e.g. `30s`, `2m`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -161,7 +165,11 @@ pub fn run(args: GenArgs) -> Result<()> {
     let start_ms = args.start_ms.unwrap_or_else(nexuspipe::event::now_ms);
     // Event time advances at the send rate; as-fast-as-possible runs use a
     // nominal 10 000 events/s of event time, so windows stay realistic.
-    let event_rate = if args.rate == 0 { 10_000 } else { args.rate };
+    let event_rate = match (args.event_rate, args.rate) {
+        (Some(r), _) => r,
+        (None, 0) => 10_000,
+        (None, r) => r,
+    };
     let mut traffic = Traffic::new(args.seed, start_ms, event_rate);
     if let Some(path) = &args.output {
         let total = (args.rate as f64 * args.duration.as_secs_f64()) as u64;
@@ -189,6 +197,10 @@ pub fn run(args: GenArgs) -> Result<()> {
             bail!("--target {}: expected kafka://host:port/topic", args.target);
         };
         let (brokers, topic) = (brokers.to_string(), topic.to_string());
+        // Like a collector, create the topic (default partitions) when missing.
+        let k = nexuspipe::config::KafkaConfig::new(&brokers, &topic);
+        nexuspipe::kafka::ensure_topics(&k, &[(topic.clone(), k.partitions, false)])
+            .with_context(|| format!("kafka at {brokers}"))?;
         return rt.block_on(produce(args, brokers, topic, traffic));
     }
     let url = format!("{}/v1/events", args.target.trim_end_matches('/'));

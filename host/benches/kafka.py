@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Kafka benchmark, against a real broker (tansu, scripts/tansu.sh) and
+InfluxDB 1.x (scripts/influxdb.sh), release builds on loopback:
+
+- collector: `nexuspipe gen` posting to `nexuspipe run --role collector`;
+  every 202 waits for the broker's acks=all. Baseline: the same generator
+  producing straight to the topic (`gen --target kafka://`), which is the
+  most the broker takes from one client.
+- processor: `nexuspipe run --role processor` (default pipeline) consuming a
+  topic filled beforehand, until every event went through every stage and the
+  points are in InfluxDB. Baseline: the embedded engine (`nexuspipe run`)
+  on the same generator, batches of 100 (host/benches/load.py).
+
+Each case runs --repeat times; the report gives medians, ratios and CPU
+seconds per process (the broker shares the 2 cores with NexusPipe).
+
+Usage: make bench-kafka   (or python3 host/benches/kafka.py [--repeat 3])
+"""
+import argparse, json, os, re, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+from load import BIN, ROOT, free_port, metrics, run_case, scalar, thread_cpu
+
+
+def process_cpu(pid):
+    return sum(thread_cpu(pid).values())
+
+
+def labelled_sum(text, name):
+    """Sum of a metric over all its label sets."""
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+def wait_until(what, ok, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if ok():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def listening(port):
+    def ok():
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    return ok
+
+
+class Servers:
+    """tansu and InfluxDB 1.x, each a plain process under one temp dir."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="nexuspipe-bench-kafka-")
+        self.kafka = free_port()
+        self.influx = free_port()
+        self.procs = []
+        self.tansu = self.spawn("tansu", [f"{ROOT}/scripts/tansu.sh", str(self.kafka)])
+        self.spawn("influxdb", [f"{ROOT}/scripts/influxdb.sh", f"{self.dir}/influx", str(self.influx), str(free_port())])
+        wait_until("tansu", listening(self.kafka))
+        wait_until("influxdb", lambda: urllib.request.urlopen(f"http://127.0.0.1:{self.influx}/ping"))
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.influx}/query", data=b"q=CREATE DATABASE np"))
+
+    def spawn(self, name, cmd):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/{name}.log", "w"))
+        self.procs.append(p)
+        return p
+
+    def nexuspipe(self, name, role, config):
+        """A release `nexuspipe run --role <role>` once /readyz answers; returns (process, port)."""
+        port = free_port()
+        cfg = f"{self.dir}/{name}.toml"
+        with open(cfg, "w") as f:
+            f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n[engine]\ndata_dir = "{self.dir}/{name}"\n{config}')
+        p = subprocess.Popen([BIN, "run", "--role", role, "--config", cfg],
+                             stderr=open(f"{self.dir}/{name}.log", "w"))
+        wait_until(f"{name} (see {self.dir}/{name}.log)",
+                   lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz"))
+        return p, port
+
+    def kafka_config(self, topic, group="bench"):
+        return f'[kafka]\nbrokers = "127.0.0.1:{self.kafka}"\ntopic = "{topic}"\ngroup = "{group}"\n'
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+            p.wait()
+
+
+def gen(target, batch, duration, rate=0, connections=4, extra=()):
+    out = subprocess.run([BIN, "gen", "--target", target, "--rate", str(rate), "--duration", duration,
+                          "--batch", str(batch), "--connections", str(connections), "--seed", "7", *extra],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"gen {target}: {out.stderr}")
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def collector_case(servers, i, batch, duration, connections):
+    p, port = servers.nexuspipe(f"collector-{batch}-{i}", "collector", servers.kafka_config(f"col-{batch}-{i}"))
+    try:
+        cpu0, broker0 = process_cpu(p.pid), process_cpu(servers.tansu.pid)
+        report = gen(f"http://127.0.0.1:{port}", batch, duration, connections=connections)
+        report["cpu_seconds"] = {"collector": round(process_cpu(p.pid) - cpu0, 2),
+                                 "broker": round(process_cpu(servers.tansu.pid) - broker0, 2)}
+        return report
+    finally:
+        p.terminate()
+        p.wait()
+
+
+def processor_case(servers, i, topic, events):
+    """Consumes `topic` (holding `events` events) with a new group; seconds
+    from the first event read to the last output delivered."""
+    config = (servers.kafka_config(topic, f"bench-{i}")
+              + f'[influxdb]\nurl = "http://127.0.0.1:{servers.influx}"\napi = "v1"\ndatabase = "np"\n')
+    p, port = servers.nexuspipe(f"processor-{i}", "processor", config)
+    try:
+        cpu0, broker0 = process_cpu(p.pid), process_cpu(servers.tansu.pid)
+        started = time.time()
+        first = last = None
+        seen = None
+        while True:
+            m = metrics(port)
+            now = time.time()
+            state = (scalar(m, "nexuspipe_events_received_total"), scalar(m, "nexuspipe_events_processed_total"),
+                     labelled_sum(m, "nexuspipe_sink_delivered_total"), labelled_sum(m, "nexuspipe_sink_backlog"))
+            if first is None and state[0] > 0:
+                first = now
+            if state != seen:
+                seen, last = state, now
+            # Done: every event read, and nothing moved for 3 s with an empty sink backlog.
+            if state[0] >= events and state[3] == 0 and now - last > 3:
+                break
+            if first is None and now - started > 120:
+                sys.exit(f"processor read nothing (see {servers.dir}/processor-{i}.log)")
+            time.sleep(0.05)
+        seconds = last - first
+        return {
+            "events": events,
+            "seconds": round(seconds, 2),
+            "events_per_second": round(events / seconds),
+            "stage_events_processed": seen[1],
+            "points_delivered": seen[2],
+            "cpu_seconds": {"processor": round(process_cpu(p.pid) - cpu0, 2),
+                            "broker": round(process_cpu(servers.tansu.pid) - broker0, 2)},
+        }
+    finally:
+        p.terminate()
+        p.wait()
+
+
+def median(xs):
+    return round(statistics.median(xs))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", default="10s", help="of each collector run")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--events", type=int, default=300_000, help="in the processor's input topic")
+    args = ap.parse_args()
+    subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
+    servers = Servers()
+    try:
+        runs = {"collector_batch_100": [], "collector_single": [], "producer_baseline_batch_100": [],
+                "processor": [], "embedded_batch_100": []}
+        for i in range(args.repeat):
+            runs["collector_batch_100"].append(collector_case(servers, i, 100, args.duration, 4))
+            # Each single-event post waits for its ack (a few ms): throughput
+            # comes from many clients at once, as with browser trackers.
+            runs["collector_single"].append(collector_case(servers, i, 1, args.duration, 64))
+            runs["producer_baseline_batch_100"].append(
+                gen(f"kafka://127.0.0.1:{servers.kafka}/raw-{i}", 100, args.duration))
+        # The processor's input: --events events, produced once (gen creates
+        # the topic), spanning minutes of event time so windows close and
+        # points flow to InfluxDB while it runs.
+        seconds = max(1, args.events // 100_000)
+        filled = gen(f"kafka://127.0.0.1:{servers.kafka}/input", 100, f"{seconds}s", rate=args.events // seconds,
+                     extra=("--event-rate", "1000"))
+        for i in range(args.repeat):
+            runs["processor"].append(processor_case(servers, i, "input", filled["events_accepted"]))
+            runs["embedded_batch_100"].append(run_case(100, args.duration, 0, 4))
+    finally:
+        servers.stop()
+
+    def rate(case, key):
+        return median(r[key] if key in r else r["generator"][key] for r in runs[case])
+
+    summary = {
+        "collector_batch_100_events_per_second": rate("collector_batch_100", "accepted_per_second"),
+        "collector_batch_100_p50_p99_ms": [
+            statistics.median(r["request_latency_ms"][q] for r in runs["collector_batch_100"]) for q in ("p50", "p99")],
+        "collector_single_64_clients_events_per_second": rate("collector_single", "accepted_per_second"),
+        "producer_baseline_events_per_second": rate("producer_baseline_batch_100", "accepted_per_second"),
+        "processor_events_per_second": rate("processor", "events_per_second"),
+        "embedded_events_per_second": rate("embedded_batch_100", "accepted_per_second"),
+    }
+    summary["collector_vs_producer"] = round(
+        summary["collector_batch_100_events_per_second"] / summary["producer_baseline_events_per_second"], 2)
+    summary["processor_vs_embedded"] = round(
+        summary["processor_events_per_second"] / summary["embedded_events_per_second"], 2)
+    print(json.dumps({"runs": runs, "median": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
