@@ -238,13 +238,7 @@ async fn produce(
     let deadline = started + args.duration;
     let mut sent_events = 0u64;
     let mut chunks = Vec::new();
-    while Instant::now() < deadline {
-        if args.rate > 0 {
-            let due = started + Duration::from_secs_f64(sent_events as f64 / args.rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+    while wait_turn(started, deadline, args.rate, sent_events).await {
         let permit = permits.clone().acquire_owned().await?;
         let at = Instant::now();
         let mut acks = Vec::with_capacity(batch);
@@ -296,6 +290,21 @@ async fn produce(
     report(total, started.elapsed().as_secs_f64(), batch)
 }
 
+/// Waits until the next batch is due at `rate` events/s (0: at once);
+/// false when the run is over, so a paced run sends `rate × duration`.
+async fn wait_turn(started: Instant, deadline: Instant, rate: u64, sent: u64) -> bool {
+    if rate > 0 {
+        let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+        if due >= deadline {
+            return false;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Instant::now() < deadline
+}
+
 #[derive(Default)]
 struct Tally {
     sent: u64,
@@ -316,13 +325,7 @@ async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
         let rate = args.rate;
         tokio::spawn(async move {
             let mut sent_events = 0u64;
-            while Instant::now() < deadline {
-                if rate > 0 {
-                    let due = started + Duration::from_secs_f64(sent_events as f64 / rate as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+            while wait_turn(started, deadline, rate, sent_events).await {
                 let events: Vec<Json> = (0..batch).map(|_| traffic.next_event()).collect();
                 let body = if batch == 1 {
                     events[0].to_string()

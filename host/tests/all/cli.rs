@@ -167,3 +167,35 @@ fn plugin_run_reports_bad_input_lines() {
         "{err}"
     );
 }
+
+/// `gen --event-rate` sets how fast event time runs, apart from the send rate.
+#[test]
+fn gen_event_time_follows_the_event_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let span = |extra: &[&str]| {
+        let file = dir.path().join("events.ndjson");
+        let mut args = vec!["gen", "--rate", "200", "--duration", "1s"];
+        args.extend_from_slice(&["--start-ms", "1767225600000", "--output"]);
+        args.push(file.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let out = nexuspipe(&args, dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events = parse_ndjson(&std::fs::read_to_string(&file).unwrap());
+        assert_eq!(events.len(), 200);
+        let times: Vec<i64> = events
+            .iter()
+            .map(|e| e["timestamp"].as_i64().unwrap())
+            .collect();
+        times.iter().max().unwrap() - times.iter().min().unwrap()
+    };
+    // 200 events: one second of event time at the send rate, twenty at 10/s
+    // (give or take the generator's out-of-order events).
+    let at_send_rate = span(&[]);
+    let slow = span(&["--event-rate", "10"]);
+    assert!((500..=6_000).contains(&at_send_rate), "{at_send_rate} ms");
+    assert!((15_000..=25_000).contains(&slow), "{slow} ms");
+}

@@ -291,6 +291,19 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
         .status()
         .unwrap();
     assert!(status.success(), "gen --target kafka://");
+    // Like a collector, gen creates a topic that is not there yet.
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["gen", "--rate", "100", "--duration", "1s", "--target"])
+        .arg(format!("kafka://127.0.0.1:{}/fresh", broker.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["events_accepted"], 100, "{report}");
     produce_raw(broker.port, "events", b"{not json");
     wait_until(30, "the bad record in the dead-letter file", || {
         processor
