@@ -162,6 +162,7 @@ def main():
     ap.add_argument("--duration", default="10s", help="of each collector run")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--events", type=int, default=300_000, help="in the processor's input topic")
+    ap.add_argument("--only", choices=["collector", "processor"], help="run one side (and its baseline)")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
@@ -169,7 +170,7 @@ def main():
     try:
         runs = {"collector_batch_100": [], "collector_single": [], "producer_baseline_batch_100": [],
                 "processor": [], "embedded_batch_100": []}
-        for i in range(args.repeat):
+        for i in range(args.repeat if args.only != "processor" else 0):
             runs["collector_batch_100"].append(collector_case(servers, i, 100, args.duration, 4))
             # Each single-event post waits for its ack (a few ms): throughput
             # comes from many clients at once, as with browser trackers.
@@ -179,31 +180,36 @@ def main():
         # The processor's input: --events events, produced once (gen creates
         # the topic), spanning minutes of event time so windows close and
         # points flow to InfluxDB while it runs.
-        seconds = max(1, args.events // 100_000)
-        filled = gen(f"kafka://127.0.0.1:{servers.kafka}/input", 100, f"{seconds}s", rate=args.events // seconds,
-                     extra=("--event-rate", "1000"))
-        for i in range(args.repeat):
+        seconds = max(1, args.events // 100_000) if args.only != "collector" else 0
+        filled = seconds and gen(f"kafka://127.0.0.1:{servers.kafka}/input", 100, f"{seconds}s",
+                                 rate=args.events // seconds, extra=("--event-rate", "1000"))
+        for i in range(args.repeat if args.only != "collector" else 0):
             runs["processor"].append(processor_case(servers, i, "input", filled["events_accepted"]))
             runs["embedded_batch_100"].append(run_case(100, args.duration, 0, 4))
     finally:
         servers.stop()
 
     def rate(case, key):
-        return median(r[key] if key in r else r["generator"][key] for r in runs[case])
+        xs = [r[key] if key in r else r["generator"][key] for r in runs[case]]
+        return median(xs) if xs else None
+
+    def ratio(a, b):
+        return round(a / b, 2) if a and b else None
 
     summary = {
         "collector_batch_100_events_per_second": rate("collector_batch_100", "accepted_per_second"),
         "collector_batch_100_p50_p99_ms": [
-            statistics.median(r["request_latency_ms"][q] for r in runs["collector_batch_100"]) for q in ("p50", "p99")],
+            statistics.median(r["request_latency_ms"][q] for r in runs["collector_batch_100"])
+            for q in ("p50", "p99")] if runs["collector_batch_100"] else None,
         "collector_single_64_clients_events_per_second": rate("collector_single", "accepted_per_second"),
         "producer_baseline_events_per_second": rate("producer_baseline_batch_100", "accepted_per_second"),
         "processor_events_per_second": rate("processor", "events_per_second"),
         "embedded_events_per_second": rate("embedded_batch_100", "accepted_per_second"),
     }
-    summary["collector_vs_producer"] = round(
-        summary["collector_batch_100_events_per_second"] / summary["producer_baseline_events_per_second"], 2)
-    summary["processor_vs_embedded"] = round(
-        summary["processor_events_per_second"] / summary["embedded_events_per_second"], 2)
+    summary["collector_vs_producer"] = ratio(
+        summary["collector_batch_100_events_per_second"], summary["producer_baseline_events_per_second"])
+    summary["processor_vs_embedded"] = ratio(
+        summary["processor_events_per_second"], summary["embedded_events_per_second"])
     print(json.dumps({"runs": runs, "median": summary}, indent=2))
 
 
