@@ -16,9 +16,9 @@ seconds per process (the broker shares the 2 cores with NexusPipe).
 
 Usage: make bench-kafka   (or python3 host/benches/kafka.py [--repeat 3])
 """
-import argparse, json, os, re, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, re, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from load import BIN, ROOT, free_port, metrics, run_case, scalar, thread_cpu
+from load import BIN, ROOT, free_port, metrics, run_case, scalar, start_server, thread_cpu
 
 
 def process_cpu(pid):
@@ -69,18 +69,6 @@ class Servers:
         self.procs.append(p)
         return p
 
-    def nexuspipe(self, name, role, config):
-        """A release `nexuspipe run --role <role>` once /readyz answers; returns (process, port)."""
-        port = free_port()
-        cfg = f"{self.dir}/{name}.toml"
-        with open(cfg, "w") as f:
-            f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n[engine]\ndata_dir = "{self.dir}/{name}"\n{config}')
-        p = subprocess.Popen([BIN, "run", "--role", role, "--config", cfg],
-                             stderr=open(f"{self.dir}/{name}.log", "w"))
-        wait_until(f"{name} (see {self.dir}/{name}.log)",
-                   lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz"))
-        return p, port
-
     def kafka_config(self, topic, group="bench"):
         return f'[kafka]\nbrokers = "127.0.0.1:{self.kafka}"\ntopic = "{topic}"\ngroup = "{group}"\n'
 
@@ -100,7 +88,8 @@ def gen(target, batch, duration, rate=0, connections=4, extra=()):
 
 
 def collector_case(servers, i, batch, duration, connections):
-    p, port = servers.nexuspipe(f"collector-{batch}-{i}", "collector", servers.kafka_config(f"col-{batch}-{i}"))
+    p, port, _ = start_server(f"collector-{batch}-{i}", config=servers.kafka_config(f"col-{batch}-{i}"),
+                              role="collector")
     try:
         cpu0, broker0 = process_cpu(p.pid), process_cpu(servers.tansu.pid)
         report = gen(f"http://127.0.0.1:{port}", batch, duration, connections=connections)
@@ -117,7 +106,7 @@ def processor_case(servers, i, topic, events):
     from the first event read to the last output delivered."""
     config = (servers.kafka_config(topic, f"bench-{i}")
               + f'[influxdb]\nurl = "http://127.0.0.1:{servers.influx}"\napi = "v1"\ndatabase = "np"\n')
-    p, port = servers.nexuspipe(f"processor-{i}", "processor", config)
+    p, port, data = start_server(f"processor-{i}", config=config, role="processor")
     try:
         cpu0, broker0 = process_cpu(p.pid), process_cpu(servers.tansu.pid)
         started = time.time()
@@ -136,7 +125,7 @@ def processor_case(servers, i, topic, events):
             if state[0] >= events and state[3] == 0 and now - last > 3:
                 break
             if first is None and now - started > 120:
-                sys.exit(f"processor read nothing (see {servers.dir}/processor-{i}.log)")
+                sys.exit(f"processor-{i} read nothing in 120 s (see {data}/server.log)")
             time.sleep(0.05)
         seconds = last - first
         return {

@@ -62,22 +62,25 @@ def scalar(text, name):
     return 0.0
 
 
-def start_server(name, http_extra="", env=None):
-    """A release `nexuspipe run` on a free port with its own data dir (default
-    pipeline), once /readyz answers. Returns (process, port, data dir)."""
+def start_server(name, http_extra="", env=None, config="", role="all"):
+    """A release `nexuspipe run --role <role>` on a free port with its own data
+    dir (default pipeline, plus `config` tables), once /readyz answers.
+    Returns (process, port, data dir)."""
     port = free_port()
     data = tempfile.mkdtemp(prefix=f"nexuspipe-{name}-")
     cfg = os.path.join(data, "nexuspipe.toml")
     with open(cfg, "w") as f:
-        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n{http_extra}[engine]\ndata_dir = "{data}/data"\n')
-    server = subprocess.Popen([BIN, "run", "--config", cfg], stderr=open(os.path.join(data, "server.log"), "w"), env=env)
-    for _ in range(400):
+        f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n{http_extra}[engine]\ndata_dir = "{data}/data"\n{config}')
+    log = os.path.join(data, "server.log")
+    server = subprocess.Popen([BIN, "run", "--role", role, "--config", cfg], stderr=open(log, "w"), env=env)
+    for _ in range(1200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
-            break
+            return server, port, data
         except Exception:
             time.sleep(0.05)
-    return server, port, data
+    server.terminate()
+    sys.exit(f"{name}: not ready after 60 s (see {log})")
 
 
 def run_case(batch, duration, rate, connections):
