@@ -196,12 +196,11 @@ pub fn run(args: GenArgs) -> Result<()> {
         else {
             bail!("--target {}: expected kafka://host:port/topic", args.target);
         };
-        let (brokers, topic) = (brokers.to_string(), topic.to_string());
         // Like a collector, create the topic (default partitions) when missing.
-        let k = nexuspipe::config::KafkaConfig::new(&brokers, &topic);
-        nexuspipe::kafka::ensure_topics(&k, &[(topic.clone(), k.partitions, false)])
+        let k = nexuspipe::config::KafkaConfig::new(brokers, topic);
+        nexuspipe::kafka::ensure_topics(&k, &[(k.topic.clone(), k.partitions, false)])
             .with_context(|| format!("kafka at {brokers}"))?;
-        return rt.block_on(produce(args, brokers, topic, traffic));
+        return rt.block_on(produce(args, k, traffic));
     }
     let url = format!("{}/v1/events", args.target.trim_end_matches('/'));
     if !url.starts_with("http://") {
@@ -218,20 +217,23 @@ pub fn run(args: GenArgs) -> Result<()> {
 /// hand-over to the broker's acknowledgement of a batch's last event.
 async fn produce(
     args: GenArgs,
-    brokers: String,
-    topic: String,
+    k: nexuspipe::config::KafkaConfig,
     mut traffic: Traffic,
 ) -> Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .with_context(|| format!("connecting to kafka at {brokers}"))?;
+    let (brokers, topic) = (&k.brokers, &k.topic);
+    let producer: FutureProducer = nexuspipe::kafka::client_config(
+        &k,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    )
+    .create()
+    .with_context(|| format!("connecting to kafka at {brokers}"))?;
     let batch = args.batch.max(1);
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.connections.max(1) * 8));
     let started = Instant::now();
@@ -250,7 +252,7 @@ async fn produce(
                 .unwrap_or_default()
                 .to_string();
             let payload = e.to_string();
-            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
             loop {
                 match producer.send_result(record) {
                     Ok(ack) => break acks.push(ack),
