@@ -213,6 +213,85 @@ impl EngineHandle {
     }
 }
 
+/// A round takes up to this many batches of what is queued, so that the
+/// enrichers can work on one while the rest of the pipeline works on the
+/// previous one (see [`run_pipeline`]).
+const ROUND_CHUNKS: usize = 4;
+
+/// Runs chunks (with their watermarks) through the pipeline, in order.
+///
+/// With two or more chunks, the leading enrichers (stateless) run on a second
+/// thread one chunk ahead of the rest of the pipeline, so a round uses two
+/// cores. Every plugin still sees the chunks in the same order with the same
+/// contents, so the outputs are those of running them one after the other.
+pub fn run_pipeline(
+    plugins: &mut [Plugin],
+    chunks: Vec<(Vec<Event>, i64)>,
+    out: &mut PluginOutput,
+) {
+    let split = plugins
+        .iter()
+        .take_while(|p| !p.world().is_stateful())
+        .count();
+    if chunks.len() < 2 || split == 0 || split == plugins.len() {
+        for (mut batch, wm) in chunks {
+            for p in plugins.iter_mut() {
+                p.process(&mut batch, wm, out);
+            }
+        }
+        return;
+    }
+    let (front, back) = plugins.split_at_mut(split);
+    // Borrowed by the enrich thread, so they stay here if it cannot start.
+    let front = std::sync::Mutex::new(front);
+    let todo = std::sync::Mutex::new(std::collections::VecDeque::from(chunks));
+    let next = || todo.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+    std::thread::scope(|s| {
+        // Bounded: the enrichers run at most two chunks ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Event>, i64)>(1);
+        let enrich = std::thread::Builder::new()
+            .name("nexuspipe-enrich".into())
+            .spawn_scoped(s, || {
+                let mut dead = PluginOutput::default();
+                let mut front = front.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some((mut batch, wm)) = next() {
+                    for p in front.iter_mut() {
+                        p.process(&mut batch, wm, &mut dead);
+                    }
+                    if tx.send((batch, wm)).is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+                dead.dead
+            });
+        let dead = match enrich {
+            Ok(enrich) => {
+                for (mut batch, wm) in rx {
+                    for p in back.iter_mut() {
+                        p.process(&mut batch, wm, out);
+                    }
+                }
+                // Plugin failures are caught inside `process`; a panic is a host bug.
+                enrich
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the enrich thread; running the round on this one");
+                let mut front = front.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some((mut batch, wm)) = next() {
+                    for p in front.iter_mut().chain(back.iter_mut()) {
+                        p.process(&mut batch, wm, out);
+                    }
+                }
+                Vec::new()
+            }
+        };
+        out.dead.extend(dead);
+    });
+}
+
 /// The engine thread's state.
 pub struct Engine {
     settings: EngineSettings,
@@ -309,7 +388,7 @@ impl Engine {
                     let mut control = None;
                     // Coalesce what is already queued into one round of calls;
                     // a control message ends the round, so it applies between rounds.
-                    while n < self.settings.batch_size {
+                    while n < self.settings.batch_size * ROUND_CHUNKS {
                         match rx.try_recv() {
                             Ok(Msg::Batch { events, received }) => {
                                 n += events.len();
@@ -390,16 +469,14 @@ impl Engine {
             received.push((at, batch.len()));
             events.extend(batch);
         }
-        let mut out = PluginOutput::default();
+        let mut chunks = Vec::new();
         let mut it = events.into_iter().peekable();
         while it.peek().is_some() {
             let chunk: Vec<Event> = it.by_ref().take(self.settings.batch_size).collect();
-            for (mut batch, wm) in split_at_late(chunk, &mut self.watermark) {
-                for p in &mut self.plugins {
-                    p.process(&mut batch, wm, &mut out);
-                }
-            }
+            chunks.extend(split_at_late(chunk, &mut self.watermark));
         }
+        let mut out = PluginOutput::default();
+        run_pipeline(&mut self.plugins, chunks, &mut out);
         self.write(out);
         let done = Instant::now();
         {
