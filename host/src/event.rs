@@ -214,6 +214,248 @@ pub fn from_json(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
     })
 }
 
+/// Parses a body of canonical events (one object, an array, or NDJSON lines)
+/// straight into events, without building JSON values first: the fast path
+/// for valid input. `None` if anything is off (a bad field, an unknown or
+/// duplicate key...): the caller then takes the [`from_json`] path, which
+/// names the problem. Both paths build the same events from valid input.
+pub fn parse_events(body: &[u8], ndjson: bool, d: &EventDefaults<'_>) -> Option<Vec<Event>> {
+    if ndjson {
+        return body
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|line| {
+                serde_json::from_slice::<wire::Event>(line)
+                    .ok()?
+                    .into_event(d)
+            })
+            .collect();
+    }
+    match body.iter().find(|b| !b.is_ascii_whitespace())? {
+        b'[' => serde_json::from_slice::<Vec<wire::Event>>(body)
+            .ok()?
+            .into_iter()
+            .map(|w| w.into_event(d))
+            .collect(),
+        b'{' => Some(vec![
+            serde_json::from_slice::<wire::Event>(body)
+                .ok()?
+                .into_event(d)?,
+        ]),
+        _ => None,
+    }
+}
+
+/// The canonical JSON event as serde types, for [`parse_events`]. Every
+/// visitor accepts exactly what [`from_json`] accepts, or fails.
+mod wire {
+    use super::{EventDefaults, Metadata, Property, Value};
+    use serde::Deserialize;
+    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Event {
+        event_id: Option<Text>,
+        event_type: Option<String>,
+        timestamp: Option<Time>,
+        user_id: Option<Text>,
+        session_id: Option<Text>,
+        properties: Option<Props>,
+        metadata: Option<Meta>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Meta {
+        ip_address: Option<Text>,
+        user_agent: Option<Text>,
+        platform: Option<Text>,
+        url: Option<Text>,
+        referrer: Option<Text>,
+    }
+
+    impl Event {
+        pub fn into_event(self, d: &EventDefaults<'_>) -> Option<super::Event> {
+            let event_type = self.event_type.filter(|t| !t.trim().is_empty())?;
+            let text = |t: Option<Text>| t.and_then(|t| t.0);
+            let md = self.metadata;
+            let (ip, ua, platform, url, referrer) = match md {
+                Some(m) => (m.ip_address, m.user_agent, m.platform, m.url, m.referrer),
+                None => (None, None, None, None, None),
+            };
+            Some(super::Event {
+                id: text(self.event_id).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                event_type,
+                timestamp: self.timestamp.map_or(d.now_ms, |t| t.0),
+                user_id: text(self.user_id),
+                session_id: text(self.session_id),
+                properties: self.properties.map(|p| p.0).unwrap_or_default(),
+                metadata: Metadata {
+                    ip_address: text(ip).or_else(|| d.ip_address.map(str::to_string)),
+                    user_agent: text(ua).or_else(|| d.user_agent.map(str::to_string)),
+                    platform: text(platform),
+                    url: text(url),
+                    referrer: text(referrer),
+                },
+            })
+        }
+    }
+
+    /// An id or other text field: a string (empty means absent) or a number.
+    struct Text(Option<String>);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string or a number")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+                    Ok(Text((!s.is_empty()).then(|| s.to_string())))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<Text, E> {
+                    Ok(Text((!s.is_empty()).then_some(s)))
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+                    Ok(Text(Some(n.to_string())))
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
+                    Ok(Text(Some(n.to_string())))
+                }
+                fn visit_f64<E: de::Error>(self, n: f64) -> Result<Text, E> {
+                    serde_json::Number::from_f64(n)
+                        .map(|n| Text(Some(n.to_string())))
+                        .ok_or_else(|| E::custom("not a finite number"))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// Epoch milliseconds (a number or numeric string) or RFC 3339 text.
+    struct Time(i64);
+
+    impl<'de> Deserialize<'de> for Time {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Time;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("RFC 3339 text or epoch milliseconds")
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<Time, E> {
+                    Ok(Time(n))
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<Time, E> {
+                    Ok(Time(i64::try_from(n).unwrap_or(n as f64 as i64)))
+                }
+                fn visit_f64<E: de::Error>(self, n: f64) -> Result<Time, E> {
+                    if n.is_finite() {
+                        Ok(Time(n as i64))
+                    } else {
+                        Err(E::custom("not a finite number"))
+                    }
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
+                    super::parse_timestamp(&serde_json::Value::String(s.to_string()))
+                        .map(Time)
+                        .map_err(E::custom)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// Properties in key order, nulls left out, as the JSON-value path builds them.
+    struct Props(Vec<Property>);
+
+    impl<'de> Deserialize<'de> for Props {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Props;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Props, A::Error> {
+                    let mut props: Vec<(String, Option<Value>)> = Vec::new();
+                    while let Some((key, PropValue(value))) = map.next_entry()? {
+                        props.push((key, value));
+                    }
+                    props.sort_by(|a, b| a.0.cmp(&b.0));
+                    if props.windows(2).any(|w| w[0].0 == w[1].0) {
+                        return Err(de::Error::custom("duplicate property"));
+                    }
+                    Ok(Props(
+                        props
+                            .into_iter()
+                            .filter_map(|(key, v)| v.map(|value| Property { key, value }))
+                            .collect(),
+                    ))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    struct PropValue(Option<Value>);
+
+    impl<'de> Deserialize<'de> for PropValue {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = PropValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<PropValue, E> {
+                    Ok(PropValue(None))
+                }
+                fn visit_none<E: de::Error>(self) -> Result<PropValue, E> {
+                    Ok(PropValue(None))
+                }
+                fn visit_bool<E: de::Error>(self, b: bool) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(Value::Boolean(b))))
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(Value::Int(n))))
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(match i64::try_from(n) {
+                        Ok(i) => Value::Int(i),
+                        Err(_) => Value::Float(n as f64),
+                    })))
+                }
+                fn visit_f64<E: de::Error>(self, n: f64) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(Value::Float(n))))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(Value::Str(s.to_string()))))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<PropValue, E> {
+                    Ok(PropValue(Some(Value::Str(s))))
+                }
+                // Nested structures are kept as JSON text, as `json_to_value` does.
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<PropValue, A::Error> {
+                    let v =
+                        serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                    Ok(PropValue(Some(Value::Str(v.to_string()))))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PropValue, A::Error> {
+                    let v =
+                        serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                    Ok(PropValue(Some(Value::Str(v.to_string()))))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+}
+
 /// The canonical JSON form of an event (timestamp in epoch milliseconds).
 pub fn to_json(e: &Event) -> Json {
     let mut obj = Map::new();
@@ -272,6 +514,56 @@ mod tests {
         assert_eq!(e.properties.len(), 3);
         let back = from_json(to_json(&e), &d).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn the_fast_path_builds_what_the_value_path_builds() {
+        let d = EventDefaults {
+            now_ms: 7,
+            ip_address: Some("10.0.0.9"),
+            user_agent: Some("curl/8"),
+        };
+        let body = r#"[
+            {"event_id":"e1","event_type":"purchase","timestamp":"2026-01-01T00:00:01.5Z",
+             "user_id":42,"session_id":"","properties":{"z":1,"amount":12.5,"big":18446744073709551615,
+             "ok":true,"n":null,"tags":["a",{"b":2}],"obj":{"y":1,"x":[]},"s":"t\u00e9"},
+             "metadata":{"ip_address":"1.2.3.4","url":null,"referrer":"https://r/","platform":"web"}},
+            {"event_id":"e2","event_type":" page_view","timestamp":1767225601500.9,"user_id":1.5},
+            {"event_id":"e3","event_type":"x","timestamp":"1767225601500","properties":null,"metadata":null}
+        ]"#;
+        let fast =
+            parse_events(body.as_bytes(), false, &d).expect("valid input takes the fast path");
+        let Json::Array(items) = serde_json::from_str(body).unwrap() else {
+            unreachable!()
+        };
+        let slow: Vec<Event> = items
+            .into_iter()
+            .map(|v| from_json(v, &d).unwrap())
+            .collect();
+        assert_eq!(fast, slow);
+        let ndjson = "{\"event_id\":\"a\",\"event_type\":\"x\",\"timestamp\":5}\n\n{\"event_id\":\"b\",\"event_type\":\"y\"}\n";
+        let fast = parse_events(ndjson.as_bytes(), true, &d).unwrap();
+        assert_eq!(fast.len(), 2);
+        assert_eq!((fast[0].timestamp, fast[1].timestamp), (5, 7));
+        let one = parse_events(br#" {"event_type":"x"} "#, false, &d).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].id.len(), 36, "a UUID is assigned");
+        // Whatever the value path would refuse (or treat specially) falls back to it.
+        for bad in [
+            r#"{"timestamp":1}"#,
+            r#"{"event_type":""}"#,
+            r#"{"event_type":"x","extra":1}"#,
+            r#"{"event_type":"x","event_type":"y"}"#,
+            r#"{"event_type":"x","properties":{"a":1,"a":2}}"#,
+            r#"{"event_type":"x","metadata":{"ip":"1"}}"#,
+            r#"{"event_type":"x","user_id":true}"#,
+            r#"{"event_type":"x","timestamp":"yesterday"}"#,
+            r#"[{"event_type":"x"},{"event_type":7}]"#,
+            r#""text""#,
+            r#"{"event_type":"x"} trailing"#,
+        ] {
+            assert!(parse_events(bad.as_bytes(), false, &d).is_none(), "{bad}");
+        }
     }
 
     #[test]

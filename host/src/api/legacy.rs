@@ -88,7 +88,7 @@ pub(super) async fn post_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(state, peer, params, headers, body, normalize).await
+    ingest(state, peer, params, headers, body, Some(normalize)).await
 }
 
 #[cfg(test)]
