@@ -2,7 +2,7 @@
 //! a lot, so results are cached (bounded).
 
 use nexuspipe_sdk::EventPatch;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 const CACHE_LIMIT: usize = 4096;
 
@@ -47,7 +47,9 @@ pub fn parse(ua: &str) -> Option<Agent> {
 
 #[derive(Default)]
 pub struct AgentCache {
-    cache: HashMap<String, Option<Agent>>,
+    // Keys are the client's text, but a flood of distinct agents only
+    // clears the bounded cache; a fast hash matters more here than DoS resistance.
+    cache: FxHashMap<String, Option<Agent>>,
 }
 
 impl AgentCache {

@@ -114,8 +114,10 @@ const EMAIL: [&str; 6] = [
     "mail.",
 ];
 
+/// `host` is `domain` or one of its subdomains.
 fn is_domain(host: &str, domain: &str) -> bool {
-    host == domain || host.ends_with(&format!(".{domain}"))
+    host.strip_suffix(domain)
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
 }
 
 /// search, social, email, internal or unknown.

@@ -70,7 +70,13 @@ impl Acc {
         if let Some(t) = &m.top
             && let Some(v) = e.field(&t.field)
         {
-            *self.top.entry(v.into_owned()).or_default() += 1;
+            // A lookup first: the key is allocated only for a value new to the window.
+            match self.top.get_mut(v.as_ref()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.top.insert(v.into_owned(), 1);
+                }
+            }
         }
     }
 
