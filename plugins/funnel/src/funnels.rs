@@ -11,6 +11,7 @@ use crate::config::Funnel;
 use crate::hll::Distinct;
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -18,8 +19,9 @@ pub struct FunnelState {
     /// (user, steps the event matches as a bit mask), until the watermark passes.
     buffer: EventTimeBuffer<(String, u64)>,
     frontier: Option<i64>,
-    /// Users with an open conversion window.
-    users: BTreeMap<String, Progress>,
+    /// Users with an open conversion window (looked up per step event; the
+    /// order never shows, so a hash map).
+    users: FxHashMap<String, Progress>,
     /// Report window start -> users per step.
     windows: BTreeMap<i64, Counts>,
 }
@@ -70,35 +72,38 @@ impl FunnelState {
     }
 
     fn apply(&mut self, f: &Funnel, ts: i64, user: &str, m: u64) {
-        if let Some(p) = self.users.get(user)
-            && ts - p.start >= f.within
-        {
-            self.users.remove(user);
-        }
         let steps = f.steps.len();
+        let opens = m & 1 != 0;
+        let fresh = |ts| Progress {
+            start: ts,
+            window: Tumbling::new(f.window).assign(ts).start,
+            reached: 1,
+        };
+        // One lookup for the common case: a user already in the funnel.
         match self.users.get_mut(user) {
-            None => {
-                if m & 1 == 0 {
-                    return;
-                }
-                let window = Tumbling::new(f.window).assign(ts).start;
-                self.users.insert(
-                    user.to_string(),
-                    Progress {
-                        start: ts,
-                        window,
-                        reached: 1,
-                    },
-                );
-                self.count(window, 0, user, steps);
-            }
-            Some(p) => {
+            Some(p) if ts - p.start < f.within => {
                 if p.reached < steps && m & (1 << p.reached) != 0 {
                     let (window, step) = (p.window, p.reached);
                     p.reached += 1;
                     self.count(window, step, user, steps);
                 }
             }
+            // The conversion window expired: a step-1 event opens a new one.
+            Some(p) if opens => {
+                *p = fresh(ts);
+                let window = p.window;
+                self.count(window, 0, user, steps);
+            }
+            Some(_) => {
+                self.users.remove(user);
+            }
+            None if opens => {
+                let p = fresh(ts);
+                let window = p.window;
+                self.users.insert(user.to_string(), p);
+                self.count(window, 0, user, steps);
+            }
+            None => {}
         }
     }
 

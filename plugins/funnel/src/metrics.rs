@@ -5,7 +5,7 @@ use crate::hll::Distinct;
 use nexuspipe_sdk::filter::field_value;
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 /// The values of one window and group.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -13,9 +13,9 @@ pub struct Acc {
     count: i64,
     /// One per configured aggregate, in order.
     aggs: Vec<AggState>,
-    /// For top-N metrics: value -> count.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    top: BTreeMap<String, i64>,
+    /// For top-N metrics: value -> count (ranked when emitted).
+    #[serde(default, skip_serializing_if = "FxHashMap::is_empty")]
+    top: FxHashMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
