@@ -216,7 +216,7 @@ impl EngineHandle {
 /// A round takes up to this many batches of what is queued, so that the
 /// enrichers can work on one while the rest of the pipeline works on the
 /// previous one (see [`run_pipeline`]).
-const ROUND_CHUNKS: usize = 4;
+const ROUND_CHUNKS: usize = 8;
 
 /// Runs chunks (with their watermarks) through the pipeline, in order.
 ///
