@@ -847,6 +847,7 @@ fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
         e.properties
             .retain(|prop| !p.remove_properties.contains(&prop.key));
     }
+    e.properties.reserve(p.set_properties.len());
     for prop in p.set_properties {
         match e.properties.iter_mut().find(|q| q.key == prop.key) {
             Some(q) => q.value = prop.value,
