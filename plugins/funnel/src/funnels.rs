@@ -10,8 +10,8 @@
 use crate::config::Funnel;
 use crate::hll::Distinct;
 use nexuspipe_sdk::prelude::*;
-use serde::{Deserialize, Serialize};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -4,8 +4,8 @@ use crate::config::{AggFn, Metric, WindowSpec};
 use crate::hll::Distinct;
 use nexuspipe_sdk::filter::field_value;
 use nexuspipe_sdk::prelude::*;
-use serde::{Deserialize, Serialize};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 /// The values of one window and group.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
