@@ -80,30 +80,28 @@ impl FunnelState {
             reached: 1,
         };
         // One lookup for the common case: a user already in the funnel.
-        match self.users.get_mut(user) {
-            Some(p) if ts - p.start < f.within => {
-                if p.reached < steps && m & (1 << p.reached) != 0 {
-                    let (window, step) = (p.window, p.reached);
-                    p.reached += 1;
-                    self.count(window, step, user, steps);
-                }
-            }
-            // The conversion window expired: a step-1 event opens a new one.
-            Some(p) if opens => {
-                *p = fresh(ts);
-                let window = p.window;
-                self.count(window, 0, user, steps);
-            }
-            Some(_) => {
-                self.users.remove(user);
-            }
-            None if opens => {
+        let Some(p) = self.users.get_mut(user) else {
+            if opens {
                 let p = fresh(ts);
                 let window = p.window;
                 self.users.insert(user.to_string(), p);
                 self.count(window, 0, user, steps);
             }
-            None => {}
+            return;
+        };
+        if ts - p.start < f.within {
+            if p.reached < steps && m & (1 << p.reached) != 0 {
+                let (window, step) = (p.window, p.reached);
+                p.reached += 1;
+                self.count(window, step, user, steps);
+            }
+        } else if opens {
+            // The conversion window expired: a step-1 event opens a new one.
+            *p = fresh(ts);
+            let window = p.window;
+            self.count(window, 0, user, steps);
+        } else {
+            self.users.remove(user);
         }
     }
 
