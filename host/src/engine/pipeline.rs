@@ -2,9 +2,11 @@
 //! a bounded queue, keeps event time (watermark, idle advance), runs the
 //! pipeline, writes outputs to the embedded sinks and checkpoints state.
 //!
-//! One thread on purpose: plugins are single-threaded instances, batches keep
-//! the boundary cheap, and ordering per input is trivially kept. The HTTP side
-//! only parses and enqueues.
+//! One owner on purpose: plugins are single-threaded instances, batches keep
+//! the boundary cheap, and ordering per input is trivially kept; pipeline
+//! changes apply between rounds. Within a round of several batches the
+//! leading enrichers, which hold no state, run one batch ahead on a second
+//! thread (see [`run_pipeline`]). The HTTP side only parses and enqueues.
 
 use super::Watermark;
 use super::checkpoint::Checkpoints;
@@ -224,11 +226,7 @@ const ROUND_CHUNKS: usize = 8;
 /// thread one chunk ahead of the rest of the pipeline, so a round uses two
 /// cores. Every plugin still sees the chunks in the same order with the same
 /// contents, so the outputs are those of running them one after the other.
-pub fn run_pipeline(
-    plugins: &mut [Plugin],
-    chunks: Vec<(Vec<Event>, i64)>,
-    out: &mut PluginOutput,
-) {
+fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mut PluginOutput) {
     let split = plugins
         .iter()
         .take_while(|p| !p.world().is_stateful())
@@ -252,20 +250,21 @@ pub fn run_pipeline(
         let enrich = std::thread::Builder::new()
             .name("nexuspipe-enrich".into())
             .spawn_scoped(s, || {
-                let mut dead = PluginOutput::default();
+                // Enrichers only dead-letter, but keep whatever they report.
+                let mut ahead = PluginOutput::default();
                 let mut front = front.lock().unwrap_or_else(|e| e.into_inner());
                 while let Some((mut batch, wm)) = next() {
                     for p in front.iter_mut() {
-                        p.process(&mut batch, wm, &mut dead);
+                        p.process(&mut batch, wm, &mut ahead);
                     }
                     if tx.send((batch, wm)).is_err() {
                         break;
                     }
                 }
                 drop(tx);
-                dead.dead
+                ahead
             });
-        let dead = match enrich {
+        let ahead = match enrich {
             Ok(enrich) => {
                 for (mut batch, wm) in rx {
                     for p in back.iter_mut() {
@@ -285,10 +284,13 @@ pub fn run_pipeline(
                         p.process(&mut batch, wm, out);
                     }
                 }
-                Vec::new()
+                PluginOutput::default()
             }
         };
-        out.dead.extend(dead);
+        out.points.extend(ahead.points);
+        out.alerts.extend(ahead.alerts);
+        out.late.extend(ahead.late);
+        out.dead.extend(ahead.dead);
     });
 }
 
@@ -485,6 +487,9 @@ impl Engine {
                 h.record_n(done.duration_since(at), n as u64);
             }
         }
+        // Plugin figures first: once `events_processed` counts a round, its
+        // failures and dead letters are visible too.
+        self.publish();
         let left = self.queued.fetch_sub(total, Ordering::AcqRel) - total;
         self.metrics
             .queue_depth
@@ -492,7 +497,6 @@ impl Engine {
         self.metrics
             .events_processed
             .fetch_add(total as u64, Ordering::Relaxed);
-        self.publish();
     }
 
     /// Applies a pipeline change and answers it. A caught-up new version goes
