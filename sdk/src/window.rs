@@ -265,16 +265,20 @@ impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
 /// (sequences, funnels) sees the same order whatever the arrival order within
 /// the out-of-orderness bound. Serializes with the plugin's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: Deserialize<'de>"))]
 pub struct EventTimeBuffer<T> {
-    /// (event time, arrival number, item), in arrival order.
-    items: Vec<(i64, u64, T)>,
+    /// Items by (event time, arrival number): a release takes only what it
+    /// returns, whatever the size of the buffer. Serialized as a list of
+    /// (event time, arrival number, item).
+    #[serde(with = "buffer_items")]
+    items: BTreeMap<(i64, u64), T>,
     arrivals: u64,
 }
 
 impl<T> Default for EventTimeBuffer<T> {
     fn default() -> Self {
         EventTimeBuffer {
-            items: Vec::new(),
+            items: BTreeMap::new(),
             arrivals: 0,
         }
     }
@@ -283,17 +287,20 @@ impl<T> Default for EventTimeBuffer<T> {
 impl<T> EventTimeBuffer<T> {
     pub fn push(&mut self, ts: i64, item: T) {
         self.arrivals += 1;
-        self.items.push((ts, self.arrivals, item));
+        self.items.insert((ts, self.arrivals), item);
     }
 
     /// Removes and returns, in event-time order, every item at or before `watermark`.
     pub fn release(&mut self, watermark: i64) -> Vec<(i64, T)> {
-        let (mut ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.items)
-            .into_iter()
-            .partition(|(ts, _, _)| *ts <= watermark);
-        self.items = keep;
-        ready.sort_by_key(|(ts, n, _)| (*ts, *n));
-        ready.into_iter().map(|(ts, _, item)| (ts, item)).collect()
+        let mut ready = Vec::new();
+        while let Some(first) = self.items.first_entry() {
+            if first.key().0 > watermark {
+                break;
+            }
+            let ((ts, _), item) = first.remove_entry();
+            ready.push((ts, item));
+        }
+        ready
     }
 
     pub fn len(&self) -> usize {
@@ -302,6 +309,28 @@ impl<T> EventTimeBuffer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+mod buffer_items {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        items: &BTreeMap<(i64, u64), T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(items.iter().map(|(&(ts, n), item)| (ts, n, item)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(i64, u64), T>, D::Error> {
+        let items: Vec<(i64, u64, T)> = Vec::deserialize(d)?;
+        Ok(items
+            .into_iter()
+            .map(|(ts, n, item)| ((ts, n), item))
+            .collect())
     }
 }
 
@@ -395,9 +424,21 @@ mod tests {
         for (ts, x) in [(5, 'a'), (3, 'b'), (9, 'c'), (3, 'd')] {
             b.push(ts, x);
         }
+        // Snapshots keep the (event time, arrival, item) list form, in
+        // whatever order they were written.
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(
+            json,
+            r#"{"items":[[3,2,"b"],[3,4,"d"],[5,1,"a"],[9,3,"c"]],"arrivals":4}"#
+        );
+        let arrival_order = r#"{"items":[[5,1,"a"],[3,2,"b"],[9,3,"c"],[3,4,"d"]],"arrivals":4}"#;
+        let mut restored: EventTimeBuffer<char> = serde_json::from_str(arrival_order).unwrap();
         assert_eq!(b.release(5), vec![(3, 'b'), (3, 'd'), (5, 'a')]);
+        assert_eq!(restored.release(5), vec![(3, 'b'), (3, 'd'), (5, 'a')]);
         assert_eq!(b.len(), 1);
         assert_eq!(b.release(100), vec![(9, 'c')]);
+        restored.push(7, 'e');
+        assert_eq!(restored.release(100), vec![(7, 'e'), (9, 'c')]);
     }
 
     #[test]
