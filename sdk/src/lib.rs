@@ -55,7 +55,11 @@ pub mod prelude {
 
 // Plugins allocate and free every string that crosses the boundary; see the
 // `talc` feature.
-#[cfg(all(feature = "talc", target_family = "wasm", not(target_feature = "atomics")))]
+#[cfg(all(
+    feature = "talc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
