@@ -52,19 +52,22 @@ pub fn parse_timestamp(v: &Json) -> Result<i64, String> {
             .as_i64()
             .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
             .ok_or_else(|| format!("{n} is not a valid epoch-milliseconds timestamp")),
-        Json::String(s) => {
-            if let Ok(ms) = s.parse::<i64>() {
-                return Ok(ms);
-            }
-            OffsetDateTime::parse(s, &Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|e| format!("`{s}` is neither RFC 3339 nor epoch milliseconds ({e})"))
-        }
+        Json::String(s) => parse_timestamp_text(s),
         other => Err(format!(
             "expected RFC 3339 text or epoch milliseconds, got {}",
             json_kind(other)
         )),
     }
+}
+
+/// Parses timestamp text: epoch milliseconds or RFC 3339.
+fn parse_timestamp_text(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| format!("`{s}` is neither RFC 3339 nor epoch milliseconds ({e})"))
 }
 
 /// Formats epoch milliseconds as RFC 3339 (UTC, millisecond precision).
@@ -361,9 +364,7 @@ mod wire {
                     }
                 }
                 fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
-                    super::parse_timestamp(&serde_json::Value::String(s.to_string()))
-                        .map(Time)
-                        .map_err(E::custom)
+                    super::parse_timestamp_text(s).map(Time).map_err(E::custom)
                 }
             }
             d.deserialize_any(V)
