@@ -287,10 +287,7 @@ fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mu
                 PluginOutput::default()
             }
         };
-        out.points.extend(ahead.points);
-        out.alerts.extend(ahead.alerts);
-        out.late.extend(ahead.late);
-        out.dead.extend(ahead.dead);
+        out.append(ahead);
     });
 }
 

@@ -60,6 +60,23 @@ pub struct PluginOutput {
     pub dead: Vec<DeadLetter>,
 }
 
+impl PluginOutput {
+    /// Appends everything `other` holds (destructured, so a new field cannot
+    /// be forgotten here).
+    pub fn append(&mut self, other: PluginOutput) {
+        let PluginOutput {
+            points,
+            alerts,
+            late,
+            dead,
+        } = other;
+        self.points.extend(points);
+        self.alerts.extend(alerts);
+        self.late.extend(late);
+        self.dead.extend(dead);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
