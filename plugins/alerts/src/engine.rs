@@ -6,7 +6,8 @@ use crate::config::{Config, Rule, RuleKind};
 use nexuspipe_sdk::filter::{alert_fingerprint, field_value, format_duration};
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 pub struct Alerts {
     config: Config,
@@ -23,6 +24,33 @@ pub struct State {
     buffer: EventTimeBuffer<Obs>,
     /// Rule id -> key -> state. Ordered maps: alerts come out in a stable order.
     rules: BTreeMap<String, BTreeMap<String, KeyState>>,
+    /// When each key next needs attention without new events. Derived from
+    /// `rules`, so it is not saved; it is rebuilt after a restore.
+    #[serde(skip)]
+    timers: Timers,
+}
+
+/// A min-heap of (wake time, rule index, key), so that advancing the watermark
+/// touches only the keys that are due instead of scanning every key of every
+/// rule on each call. Entries are lazy: a key's `scheduled` names its live
+/// entry, which is never later than the key's real wake time; others are stale.
+#[derive(Debug, Default)]
+struct Timers {
+    built: bool,
+    heap: BinaryHeap<Reverse<(i64, usize, String)>>,
+}
+
+impl Timers {
+    /// Makes sure `key` is woken by `ks.wake(rule)` at the latest.
+    fn schedule(&mut self, ri: usize, rule: &Rule, key: &str, ks: &mut KeyState) {
+        let Some(at) = ks.wake(rule) else {
+            return;
+        };
+        if ks.scheduled.is_none_or(|s| at < s) {
+            ks.scheduled = Some(at);
+            self.heap.push(Reverse((at, ri, key.to_owned())));
+        }
+    }
 }
 
 /// What one event means to one rule.
@@ -63,6 +91,9 @@ struct KeyState {
     /// Start of the last alert that was sent (cooldown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_fired: Option<i64>,
+    /// Wake time of this key's live entry in `Timers`.
+    #[serde(skip)]
+    scheduled: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -95,6 +126,20 @@ impl KeyState {
             RuleKind::Sequence { within, .. } => self.firsts.front().map(|t| t + within),
             RuleKind::Absence { within, .. } => self.open.map(|s| s + within),
         }
+    }
+
+    /// When the key must be looked at again without new events: its next
+    /// deadline, or, once idle, when it can be forgotten (after its cooldown).
+    fn wake(&self, rule: &Rule) -> Option<i64> {
+        self.deadline(rule).or_else(|| {
+            self.is_idle()
+                .then(|| self.last_fired.map_or(i64::MIN, |l| l + rule.cooldown))
+        })
+    }
+
+    /// Idle keys are forgotten unless a cooldown still needs their last alert.
+    fn can_forget(&self, rule: &Rule, wm: i64) -> bool {
+        self.is_idle() && self.last_fired.is_none_or(|l| wm - l >= rule.cooldown)
     }
 }
 
@@ -302,9 +347,10 @@ impl Alerts {
     }
 
     fn apply_now(&mut self, ts: i64, o: Obs, out: &mut Vec<Alert>) {
-        let Some(rule) = self.config.rules.iter().find(|r| r.id == o.rule) else {
+        let Some(ri) = self.config.rules.iter().position(|r| r.id == o.rule) else {
             return;
         };
+        let rule = &self.config.rules[ri];
         let ks = self
             .state
             .rules
@@ -314,22 +360,56 @@ impl Alerts {
             .or_default();
         advance_key(rule, &o.key, ks, ts, out);
         apply(rule, &o.key, ks, ts, o.role, out);
+        self.state.timers.schedule(ri, rule, &o.key, ks);
+    }
+
+    /// Schedules every key after a restore (or on the first call).
+    fn build_timers(&mut self) {
+        let timers = &mut self.state.timers;
+        *timers = Timers {
+            built: true,
+            ..Timers::default()
+        };
+        for (ri, rule) in self.config.rules.iter().enumerate() {
+            for (key, ks) in self.state.rules.get_mut(&rule.id).into_iter().flatten() {
+                ks.scheduled = None;
+                timers.schedule(ri, rule, key, ks);
+            }
+        }
     }
 
     /// Fires every deadline up to `wm` and forgets keys with nothing left.
     fn advance_all(&mut self, wm: i64, out: &mut Vec<Alert>) {
-        for rule in &self.config.rules {
+        let timers = &mut self.state.timers;
+        let mut due = Vec::new();
+        while let Some(Reverse((at, ..))) = timers.heap.peek()
+            && *at <= wm
+        {
+            let Reverse(entry) = timers.heap.pop().expect("peeked");
+            due.push(entry);
+        }
+        // Rule order, then key order: the same alert order as a full scan.
+        due.sort_unstable_by(|a, b| (a.1, &a.2, a.0).cmp(&(b.1, &b.2, b.0)));
+        for (at, ri, key) in due {
+            let rule = &self.config.rules[ri];
             let Some(keys) = self.state.rules.get_mut(&rule.id) else {
                 continue;
             };
-            for (key, ks) in keys.iter_mut() {
-                if ks.deadline(rule).is_some_and(|d| d <= wm) {
-                    advance_key(rule, key, ks, wm, out);
-                }
+            let Some(ks) = keys.get_mut(&key) else {
+                continue;
+            };
+            if ks.scheduled != Some(at) {
+                continue; // stale: the key's live entry is another one
             }
-            keys.retain(|_, ks| {
-                !ks.is_idle() || ks.last_fired.is_some_and(|l| wm - l < rule.cooldown)
-            });
+            ks.scheduled = None;
+            if ks.deadline(rule).is_some_and(|d| d <= wm) {
+                advance_key(rule, &key, ks, wm, out);
+            }
+            if ks.can_forget(rule, wm) {
+                keys.remove(&key);
+            } else {
+                timers.schedule(ri, rule, &key, ks);
+            }
         }
     }
 }
@@ -353,6 +433,9 @@ impl Alerter for Alerts {
     fn process(&mut self, events: Vec<Event>, watermark: i64) -> AlertOutput {
         let mut alerts = Vec::new();
         let mut late = Vec::new();
+        if !self.state.timers.built {
+            self.build_timers();
+        }
         let frontier = self.state.frontier.unwrap_or(i64::MIN);
         for (i, e) in events.iter().enumerate() {
             let relevant = self.config.rules.iter().filter_map(|rule| {

@@ -26,3 +26,34 @@ fn a_pending_absence_survives_a_restart() {
     assert_eq!(out.items.len(), 1);
     assert_eq!(out.items[0].key, "ann");
 }
+
+/// Deadlines fire when the watermark passes them, no earlier and no later,
+/// in key order within a call; keys with nothing left are forgotten, so the
+/// state does not grow with every key ever seen.
+#[test]
+fn deadlines_fire_on_time_and_idle_keys_are_forgotten() {
+    use nexuspipe_sdk::Event;
+    use nexuspipe_sdk::testing::Stateful;
+    const MIN: i64 = 60_000;
+    let mut h = AlerterHarness::<alerts::Alerts>::new("");
+    // Users u9..u0 add to cart one minute apart (u9 first); u3 buys.
+    h.push(
+        (0..10)
+            .map(|i| Event::new("add_to_cart", i * MIN).with_user(format!("u{}", 9 - i)))
+            .chain([Event::new("purchase", 10 * MIN).with_user("u3")])
+            .collect(),
+    );
+    let keys = |alerts: Vec<nexuspipe_sdk::Alert>| -> Vec<String> {
+        alerts.into_iter().map(|a| a.key).collect()
+    };
+    // u9's wait ends at 30 min, u5's at 34 min.
+    assert_eq!(keys(h.advance(30 * MIN - 1)), Vec::<String>::new());
+    assert_eq!(keys(h.advance(34 * MIN)), ["u5", "u6", "u7", "u8", "u9"]);
+    assert_eq!(keys(h.advance(34 * MIN + 1)), Vec::<String>::new());
+    assert_eq!(keys(h.advance(40 * MIN)), ["u0", "u1", "u2", "u4"]);
+    let state = String::from_utf8(h.plugin.snapshot()).unwrap();
+    assert!(
+        !state.contains("\"u"),
+        "forgotten keys are still in {state}"
+    );
+}
