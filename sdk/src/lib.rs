@@ -54,14 +54,26 @@ pub mod prelude {
 }
 
 // Plugins allocate and free every string that crosses the boundary; see the
-// `talc` feature.
+// `talc` feature and `alloc.rs`.
+#[cfg(any(
+    test,
+    all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )
+))]
+mod alloc;
+
 #[cfg(all(
     feature = "talc",
     target_family = "wasm",
     not(target_feature = "atomics")
 ))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+// SAFETY: wasm32 without the atomics feature runs one thread.
+static ALLOCATOR: alloc::SmallBlocks<talc::wasm::WasmDynamicTalc> =
+    unsafe { alloc::SmallBlocks::new(talc::wasm::new_wasm_dynamic_allocator()) };
 
 #[doc(hidden)]
 pub mod __private {
