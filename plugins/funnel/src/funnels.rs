@@ -19,11 +19,16 @@ pub struct FunnelState {
     /// (user, steps the event matches as a bit mask), until the watermark passes.
     buffer: EventTimeBuffer<(String, u64)>,
     frontier: Option<i64>,
-    /// Users with an open conversion window (looked up per step event; the
-    /// order never shows, so a hash map).
+    /// Users with a conversion window (looked up per step event; the order
+    /// never shows, so a hash map). A window that ended before `frontier`
+    /// counts as absent; such entries are swept out now and then.
     users: FxHashMap<String, Progress>,
     /// Report window start -> users per step.
     windows: BTreeMap<i64, Counts>,
+    /// Event time of the next sweep of `users`. Not saved: a restored state
+    /// sweeps on its first advance.
+    #[serde(skip)]
+    next_sweep: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,7 +85,9 @@ impl FunnelState {
             reached: 1,
         };
         // One lookup for the common case: a user already in the funnel.
-        let Some(p) = self.users.get_mut(user) else {
+        let frontier = self.frontier;
+        let open = |p: &&mut Progress| frontier.is_none_or(|fr| p.start + f.within > fr);
+        let Some(p) = self.users.get_mut(user).filter(open) else {
             if opens {
                 let p = fresh(ts);
                 let window = p.window;
@@ -130,7 +137,13 @@ impl FunnelState {
         for (ts, (user, m)) in self.buffer.release(watermark) {
             self.apply(f, ts, &user, m);
         }
-        self.users.retain(|_, p| p.start + f.within > watermark);
+        // Expired users already count as absent; removing them only bounds
+        // memory. Scanning every user on every call cost more than the
+        // events did, so sweep once per quarter of `within` of event time.
+        if self.next_sweep.is_none_or(|s| watermark >= s) {
+            self.users.retain(|_, p| p.start + f.within > watermark);
+            self.next_sweep = Some(watermark.saturating_add((f.within / 4).max(1)));
+        }
         let final_at = |w: i64| w + f.window + f.within + lateness;
         for (&w, c) in self.windows.iter_mut() {
             if w + f.window <= watermark && c.dirty {
