@@ -6,7 +6,7 @@ use crate::config::{Config, Rule, RuleKind};
 use nexuspipe_sdk::filter::{alert_fingerprint, field_value, format_duration};
 use nexuspipe_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 pub struct Alerts {
@@ -30,25 +30,63 @@ pub struct State {
     timers: Timers,
 }
 
-/// A min-heap of (wake time, rule index, key), so that advancing the watermark
-/// touches only the keys that are due instead of scanning every key of every
-/// rule on each call. Entries are lazy: a key's `scheduled` names its live
-/// entry, which is never later than the key's real wake time; others are stale.
+/// A min-heap of wake-ups, so that advancing the watermark touches only the
+/// keys that are due instead of scanning every key of every rule on each
+/// call. Entries are lazy: a key's `scheduled` names its live entry, which is
+/// never later than the key's real wake time; others are stale.
 #[derive(Debug, Default)]
 struct Timers {
     built: bool,
-    heap: BinaryHeap<Reverse<(i64, usize, String)>>,
+    heap: BinaryHeap<Wake>,
+    pushed: u64,
 }
 
+#[derive(Debug)]
+struct Wake {
+    at: i64,
+    /// Push order: ties on `at` never compare keys.
+    seq: u64,
+    rule: usize,
+    key: String,
+}
+
+impl Ord for Wake {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap pops the greatest, we want the earliest.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl PartialOrd for Wake {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Wake {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Wake {}
+
 impl Timers {
-    /// Makes sure `key` is woken by `ks.wake(rule)` at the latest.
-    fn schedule(&mut self, ri: usize, rule: &Rule, key: &str, ks: &mut KeyState) {
+    /// Makes sure `key` is woken by `ks.wake(rule)` at the latest. The key is
+    /// copied only when an entry is added.
+    fn schedule(&mut self, ri: usize, rule: &Rule, key: impl Into<String>, ks: &mut KeyState) {
         let Some(at) = ks.wake(rule) else {
             return;
         };
         if ks.scheduled.is_none_or(|s| at < s) {
             ks.scheduled = Some(at);
-            self.heap.push(Reverse((at, ri, key.to_owned())));
+            self.pushed += 1;
+            self.heap.push(Wake {
+                at,
+                seq: self.pushed,
+                rule: ri,
+                key: key.into(),
+            });
         }
     }
 }
@@ -360,7 +398,7 @@ impl Alerts {
             .or_default();
         advance_key(rule, &o.key, ks, ts, out);
         apply(rule, &o.key, ks, ts, o.role, out);
-        self.state.timers.schedule(ri, rule, &o.key, ks);
+        self.state.timers.schedule(ri, rule, o.key.as_str(), ks);
     }
 
     /// Schedules every key after a restore (or on the first call).
@@ -373,42 +411,58 @@ impl Alerts {
         for (ri, rule) in self.config.rules.iter().enumerate() {
             for (key, ks) in self.state.rules.get_mut(&rule.id).into_iter().flatten() {
                 ks.scheduled = None;
-                timers.schedule(ri, rule, key, ks);
+                timers.schedule(ri, rule, key.as_str(), ks);
             }
         }
     }
 
     /// Fires every deadline up to `wm` and forgets keys with nothing left.
+    /// Alerts come out in rule order, then key order.
     fn advance_all(&mut self, wm: i64, out: &mut Vec<Alert>) {
         let timers = &mut self.state.timers;
-        let mut due = Vec::new();
-        while let Some(Reverse((at, ..))) = timers.heap.peek()
-            && *at <= wm
-        {
-            let Reverse(entry) = timers.heap.pop().expect("peeked");
-            due.push(entry);
+        let mut due: Vec<Vec<String>> = vec![Vec::new(); self.config.rules.len()];
+        while timers.heap.peek().is_some_and(|w| w.at <= wm) {
+            let w = timers.heap.pop().expect("peeked");
+            due[w.rule].push(w.key);
         }
-        // Rule order, then key order: the same alert order as a full scan.
-        due.sort_unstable_by(|a, b| (a.1, &a.2, a.0).cmp(&(b.1, &b.2, b.0)));
-        for (at, ri, key) in due {
-            let rule = &self.config.rules[ri];
+        for ((ri, rule), mut due) in self.config.rules.iter().enumerate().zip(due) {
             let Some(keys) = self.state.rules.get_mut(&rule.id) else {
                 continue;
             };
-            let Some(ks) = keys.get_mut(&key) else {
-                continue;
+            // A due key is one whose live entry was just popped.
+            let is_due = |ks: &KeyState| ks.scheduled.is_some_and(|s| s <= wm);
+            let mut wake = |key: &str, ks: &mut KeyState| -> bool {
+                ks.scheduled = None;
+                if ks.deadline(rule).is_some_and(|d| d <= wm) {
+                    advance_key(rule, key, ks, wm, out);
+                }
+                !ks.can_forget(rule, wm)
             };
-            if ks.scheduled != Some(at) {
-                continue; // stale: the key's live entry is another one
+            if due.len() * 8 >= keys.len() {
+                // Most keys are due: one ordered pass beats a lookup per key.
+                keys.retain(|key, ks| {
+                    if !is_due(ks) {
+                        return true;
+                    }
+                    let keep = wake(key, ks);
+                    if keep {
+                        timers.schedule(ri, rule, key.as_str(), ks);
+                    }
+                    keep
+                });
+                continue;
             }
-            ks.scheduled = None;
-            if ks.deadline(rule).is_some_and(|d| d <= wm) {
-                advance_key(rule, &key, ks, wm, out);
-            }
-            if ks.can_forget(rule, wm) {
-                keys.remove(&key);
-            } else {
-                timers.schedule(ri, rule, &key, ks);
+            due.sort_unstable();
+            due.dedup();
+            for key in due {
+                let Some(ks) = keys.get_mut(&key).filter(|ks| is_due(ks)) else {
+                    continue; // stale entry, or the key is gone
+                };
+                if wake(&key, ks) {
+                    timers.schedule(ri, rule, key, ks);
+                } else {
+                    keys.remove(&key);
+                }
             }
         }
     }

@@ -57,3 +57,30 @@ fn deadlines_fire_on_time_and_idle_keys_are_forgotten() {
         "forgotten keys are still in {state}"
     );
 }
+
+/// As above with many keys and few due per call, the path that looks up the
+/// due keys instead of passing over all of them.
+#[test]
+fn a_few_due_keys_among_many_fire_on_time_in_key_order() {
+    use nexuspipe_sdk::Event;
+    const SEC: i64 = 1_000;
+    let mut h = AlerterHarness::<alerts::Alerts>::new("");
+    // 200 users, one second apart, named so that time order is reverse key order.
+    h.push(
+        (0..200)
+            .map(|i| Event::new("add_to_cart", i * SEC).with_user(format!("u{:03}", 199 - i)))
+            .collect(),
+    );
+    let mut fired = 0;
+    for step in 0..20 {
+        let wm = 30 * 60 * SEC + step * 10 * SEC + 9 * SEC;
+        let keys: Vec<String> = h.advance(wm).into_iter().map(|a| a.key).collect();
+        let expected: Vec<String> = (step * 10..step * 10 + 10)
+            .rev()
+            .map(|i| format!("u{:03}", 199 - i))
+            .collect();
+        assert_eq!(keys, expected, "watermark {wm}");
+        fired += keys.len();
+    }
+    assert_eq!(fired, 200);
+}
