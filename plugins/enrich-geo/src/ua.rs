@@ -54,13 +54,17 @@ pub struct AgentCache {
 
 impl AgentCache {
     pub fn enrich(&mut self, ua: &str, patch: &mut EventPatch) {
-        if !self.cache.contains_key(ua) {
-            if self.cache.len() >= CACHE_LIMIT {
-                self.cache.clear();
+        // One hash and compare of the (long) agent text on a hit.
+        let agent = match self.cache.get(ua) {
+            Some(a) => a,
+            None => {
+                if self.cache.len() >= CACHE_LIMIT {
+                    self.cache.clear();
+                }
+                self.cache.entry(ua.to_string()).or_insert(parse(ua))
             }
-            self.cache.insert(ua.to_string(), parse(ua));
-        }
-        let Some(Some(a)) = self.cache.get(ua) else {
+        };
+        let Some(a) = agent else {
             return;
         };
         for (k, v) in [
