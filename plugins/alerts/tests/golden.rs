@@ -27,6 +27,19 @@ fn a_pending_absence_survives_a_restart() {
     assert_eq!(out.items[0].key, "ann");
 }
 
+/// An add_to_cart per (time, user).
+fn carts(users: impl IntoIterator<Item = (i64, String)>) -> Vec<nexuspipe_sdk::Event> {
+    users
+        .into_iter()
+        .map(|(t, user)| nexuspipe_sdk::Event::new("add_to_cart", t).with_user(user))
+        .collect()
+}
+
+/// The keys of alerts, in order.
+fn keys(alerts: Vec<nexuspipe_sdk::Alert>) -> Vec<String> {
+    alerts.into_iter().map(|a| a.key).collect()
+}
+
 /// Deadlines fire when the watermark passes them, no earlier and no later,
 /// in key order within a call; keys with nothing left are forgotten, so the
 /// state does not grow with every key ever seen.
@@ -37,15 +50,9 @@ fn deadlines_fire_on_time_and_idle_keys_are_forgotten() {
     const MIN: i64 = 60_000;
     let mut h = AlerterHarness::<alerts::Alerts>::new("");
     // Users u9..u0 add to cart one minute apart (u9 first); u3 buys.
-    h.push(
-        (0..10)
-            .map(|i| Event::new("add_to_cart", i * MIN).with_user(format!("u{}", 9 - i)))
-            .chain([Event::new("purchase", 10 * MIN).with_user("u3")])
-            .collect(),
-    );
-    let keys = |alerts: Vec<nexuspipe_sdk::Alert>| -> Vec<String> {
-        alerts.into_iter().map(|a| a.key).collect()
-    };
+    let mut events = carts((0..10).map(|i| (i * MIN, format!("u{}", 9 - i))));
+    events.push(Event::new("purchase", 10 * MIN).with_user("u3"));
+    h.push(events);
     // u9's wait ends at 30 min, u5's at 34 min.
     assert_eq!(keys(h.advance(30 * MIN - 1)), Vec::<String>::new());
     assert_eq!(keys(h.advance(34 * MIN)), ["u5", "u6", "u7", "u8", "u9"]);
@@ -62,19 +69,16 @@ fn deadlines_fire_on_time_and_idle_keys_are_forgotten() {
 /// due keys instead of passing over all of them.
 #[test]
 fn a_few_due_keys_among_many_fire_on_time_in_key_order() {
-    use nexuspipe_sdk::Event;
     const SEC: i64 = 1_000;
     let mut h = AlerterHarness::<alerts::Alerts>::new("");
     // 200 users, one second apart, named so that time order is reverse key order.
-    h.push(
-        (0..200)
-            .map(|i| Event::new("add_to_cart", i * SEC).with_user(format!("u{:03}", 199 - i)))
-            .collect(),
-    );
+    h.push(carts(
+        (0..200).map(|i| (i * SEC, format!("u{:03}", 199 - i))),
+    ));
     let mut fired = 0;
     for step in 0..20 {
         let wm = 30 * 60 * SEC + step * 10 * SEC + 9 * SEC;
-        let keys: Vec<String> = h.advance(wm).into_iter().map(|a| a.key).collect();
+        let keys = keys(h.advance(wm));
         let expected: Vec<String> = (step * 10..step * 10 + 10)
             .rev()
             .map(|i| format!("u{:03}", 199 - i))
