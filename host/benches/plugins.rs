@@ -115,6 +115,7 @@ fn native_bench(b: &mut criterion::Bencher<'_>, krate: &str, n: usize, clock: &C
     use sdk::{Aggregator, Alerter, Enricher};
     let settings = sdk::HostSettings {
         allowed_lateness: 0,
+        downstream_properties: None,
     };
     let setup = || batch(n, clock).iter().map(sdk_event).collect::<Vec<_>>();
     match krate {

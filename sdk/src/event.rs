@@ -2,8 +2,8 @@
 //! builders for events, patches, metric points and interests.
 
 use crate::{
-    Change, ConfigError, Event, Interest, Metadata, MetadataFields, MetricPoint, Property,
-    StateError, Value,
+    Change, ConfigError, Event, HostSettings, Interest, Metadata, MetadataFields, MetricPoint,
+    Property, StateError, Value,
 };
 
 /// Conversion into a typed [`Value`].
@@ -259,6 +259,13 @@ impl EventPatch {
         });
     }
 
+    /// [`EventPatch::push`], if a plugin downstream reads `key`.
+    pub fn offer(&mut self, downstream: &Downstream, key: &str, value: impl IntoValue) {
+        if downstream.reads(key) {
+            self.push(key, value);
+        }
+    }
+
     pub fn remove(mut self, key: impl Into<String>) -> Self {
         self.0.remove_properties.push(key.into());
         self
@@ -283,6 +290,57 @@ impl EventPatch {
             && p.set_properties.is_empty()
             && p.remove_properties.is_empty()
             && p.metadata.is_none()
+    }
+}
+
+/// The properties that the plugins after an enricher read (from
+/// [`HostSettings::downstream_properties`]). An enricher asks before it
+/// computes or sets a property, and skips what nothing downstream would see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Downstream {
+    /// Sorted; `None`: anything may be read.
+    keys: Option<Vec<String>>,
+}
+
+impl Downstream {
+    pub fn new(settings: &HostSettings) -> Self {
+        Downstream::only(settings.downstream_properties.clone())
+    }
+
+    /// Everything may be read (what a plugin run outside a pipeline sees).
+    pub fn all() -> Self {
+        Downstream { keys: None }
+    }
+
+    /// Only these keys are read; `None` is [`Downstream::all`].
+    pub fn only(keys: Option<Vec<String>>) -> Self {
+        Downstream {
+            keys: keys.map(|mut k| {
+                k.sort_unstable();
+                k.dedup();
+                k
+            }),
+        }
+    }
+
+    /// Whether a plugin downstream reads property `key`.
+    pub fn reads(&self, key: &str) -> bool {
+        match &self.keys {
+            None => true,
+            Some(keys) => keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok(),
+        }
+    }
+
+    /// Whether a plugin downstream reads any property whose key starts with
+    /// `prefix` (e.g. `geo.`): a whole lookup can be skipped when none is.
+    pub fn reads_any(&self, prefix: &str) -> bool {
+        match &self.keys {
+            None => true,
+            Some(keys) => {
+                let at = keys.partition_point(|k| k.as_str() < prefix);
+                keys.get(at).is_some_and(|k| k.starts_with(prefix))
+            }
+        }
     }
 }
 
@@ -435,5 +493,41 @@ impl MetricPoint {
     pub fn field(mut self, key: impl Into<String>, value: impl IntoValue) -> Self {
         self.fields.push((key.into(), value.into_value()));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(k: &[&str]) -> Downstream {
+        Downstream::only(Some(k.iter().map(|s| s.to_string()).collect()))
+    }
+
+    #[test]
+    fn downstream_reads_keys_and_prefixes() {
+        let d = keys(&["path", "geo.country", "ua.device", "geo.city"]);
+        assert!(d.reads("geo.country") && d.reads("path") && d.reads("geo.city"));
+        assert!(!d.reads("geo") && !d.reads("geo.org") && !d.reads("url.host"));
+        assert!(d.reads_any("geo.") && d.reads_any("ua.") && d.reads_any("pa"));
+        assert!(!d.reads_any("url.") && !d.reads_any("referrer.") && !d.reads_any("ua.os"));
+
+        let none = keys(&[]);
+        assert!(!none.reads("path") && !none.reads_any(""));
+        let all = Downstream::all();
+        assert!(all.reads("anything") && all.reads_any("geo."));
+    }
+
+    #[test]
+    fn offer_sets_only_what_is_read() {
+        let d = keys(&["geo.country"]);
+        let mut p = EventPatch::new(0);
+        p.offer(&d, "geo.country", "France");
+        p.offer(&d, "geo.city", "Paris");
+        let Change::Patch(p) = Change::from(p) else {
+            unreachable!()
+        };
+        let set: Vec<&str> = p.set_properties.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(set, ["geo.country"]);
     }
 }

@@ -33,7 +33,7 @@ pub mod window;
 #[doc(hidden)]
 pub mod wit;
 
-pub use event::{EventPatch, IntoValue};
+pub use event::{Downstream, EventPatch, IntoValue};
 pub use plugin::{Aggregator, Alerter, Enricher, log};
 pub use state::KeyedState;
 pub use window::{EventTimeBuffer, SessionWindows, Sliding, Tumbling, Window, WindowStore};
@@ -47,9 +47,9 @@ pub use wit::enricher::nexuspipe::plugin::types::{
 pub mod prelude {
     pub use crate::{
         AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change, ConfigError,
-        Enricher, Event, EventPatch, EventTimeBuffer, HostSettings, Interest, KeyedState, Level,
-        Metadata, MetadataFields, MetricPoint, Property, SessionWindows, Severity, Sliding,
-        StateError, Tumbling, Value, Window, WindowStore,
+        Downstream, Enricher, Event, EventPatch, EventTimeBuffer, HostSettings, Interest,
+        KeyedState, Level, Metadata, MetadataFields, MetricPoint, Property, SessionWindows,
+        Severity, Sliding, StateError, Tumbling, Value, Window, WindowStore,
     };
 }
 

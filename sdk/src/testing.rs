@@ -11,6 +11,7 @@ use crate::{
 pub fn default_settings() -> HostSettings {
     HostSettings {
         allowed_lateness: 0,
+        downstream_properties: None,
     }
 }
 
@@ -23,8 +24,14 @@ pub struct EnricherHarness<P: Enricher> {
 impl<P: Enricher> EnricherHarness<P> {
     /// Initializes the plugin; panics with the config error (this is a test).
     pub fn new(config: &str) -> Self {
+        Self::with_settings(config, &default_settings())
+    }
+
+    /// Initializes the plugin with these host settings (e.g. the properties
+    /// read downstream).
+    pub fn with_settings(config: &str, settings: &HostSettings) -> Self {
         let (plugin, interest) =
-            P::init(config, &default_settings()).unwrap_or_else(|e| panic!("init failed: {e}"));
+            P::init(config, settings).unwrap_or_else(|e| panic!("init failed: {e}"));
         EnricherHarness { plugin, interest }
     }
 

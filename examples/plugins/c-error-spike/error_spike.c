@@ -395,12 +395,14 @@ bool exports_nexuspipe_plugin_alerting_init(
     alerter_string_t *config_text, exports_nexuspipe_plugin_alerting_host_settings_t *settings,
     exports_nexuspipe_plugin_alerting_interest_t *ret,
     exports_nexuspipe_plugin_alerting_config_error_t *err) {
+  lateness = settings->allowed_lateness;
+  // The callee owns its arguments (the downstream list is for enrichers).
+  exports_nexuspipe_plugin_alerting_host_settings_free(settings);
   config_free(&config);
   state_clear();
   bool ok = parse_config((const char *)config_text->ptr, config_text->len, &config, err);
   alerter_string_free(config_text);
   if (!ok) return false;
-  lateness = settings->allowed_lateness;
 
   char threshold[24];
   snprintf(threshold, sizeof threshold, "%" PRId64, config.threshold);

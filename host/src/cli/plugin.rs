@@ -170,6 +170,7 @@ fn check(file: &Path, config: Option<&Path>) -> Result<()> {
         &config,
         HostSettings {
             allowed_lateness: 0,
+            downstream_properties: None,
         },
         Limits::default(),
         Capabilities::default(),
@@ -265,8 +266,10 @@ fn run_file(args: RunArgs) -> Result<()> {
         &name,
         component,
         &config,
+        // Run alone, its output is the events themselves: everything is read.
         HostSettings {
             allowed_lateness: args.allowed_lateness,
+            downstream_properties: None,
         },
         limits,
         caps,

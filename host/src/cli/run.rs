@@ -80,6 +80,8 @@ fn start_pipeline(config: &Config, metrics: Arc<Metrics>) -> Result<(Arc<Manager
 fn host_settings(config: &Config) -> HostSettings {
     HostSettings {
         allowed_lateness: config.engine.allowed_lateness.as_millis() as i64,
+        // The engine tells each enricher what its pipeline reads.
+        downstream_properties: None,
     }
 }
 

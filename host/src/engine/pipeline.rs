@@ -12,7 +12,9 @@ use super::Watermark;
 use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
-use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, same_interest};
+use crate::runtime::{
+    Catchup, Event, Plugin, PluginOutput, World, refresh_downstream, same_interest,
+};
 use crate::sinks::Outputs;
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
@@ -337,6 +339,7 @@ impl Engine {
             watermark.observe(max_ts);
             watermark.advance_to(wm);
         }
+        refresh_downstream(&mut plugins, &[]);
         Ok(Engine {
             outputs,
             settings,
@@ -621,6 +624,11 @@ impl Engine {
             if let Err(std::sync::mpsc::SendError(old)) = self.retire.send(old) {
                 drop(old);
             }
+        }
+        if result.is_ok() {
+            // What the pipeline reads may have changed: enrichers adapt now,
+            // between rounds, so every event sees one consistent pipeline.
+            refresh_downstream(&mut self.plugins, &[]);
         }
         let pause = started.elapsed();
         let result = result.map(|(handover, state_bytes, caught_up)| {

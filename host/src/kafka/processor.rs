@@ -112,11 +112,16 @@ impl ProcessorHandle {
 pub fn start(
     k: &KafkaConfig,
     settings: ProcessorSettings,
-    enrichers: Vec<Plugin>,
+    mut enrichers: Vec<Plugin>,
     keyed: Vec<Keyed>,
     outputs: Outputs,
     metrics: Arc<Metrics>,
 ) -> Result<ProcessorHandle, KafkaError> {
+    // Enriched events travel to the keyed stages through Kafka: only what
+    // those stages read is computed and carried.
+    let later: Vec<&crate::runtime::Interest> =
+        keyed.iter().map(|p| p.template.interest()).collect();
+    crate::runtime::refresh_downstream(&mut enrichers, &later);
     let topics = Topics::new(k);
     let names: Vec<(String, bool)> = keyed
         .iter()

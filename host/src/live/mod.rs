@@ -318,7 +318,7 @@ impl Manager {
             name,
             v.component.clone(),
             &v.config,
-            self.settings,
+            self.settings.clone(),
             v.limits.clone(),
             v.caps.clone(),
         )

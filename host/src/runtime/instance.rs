@@ -203,7 +203,7 @@ impl Instance {
     pub(crate) fn init(
         &mut self,
         config: &str,
-        settings: types::HostSettings,
+        settings: &types::HostSettings,
     ) -> wasmtime::Result<Result<types::Interest, types::ConfigError>> {
         self.arm();
         match &self.exports {

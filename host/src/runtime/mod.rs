@@ -18,7 +18,7 @@ pub use instance::PluginState;
 pub use limits::{Capabilities, DirGrant, Limits};
 pub use supervisor::{
     BreakerState, Catchup, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
-    Remembered, same_interest,
+    Remembered, refresh_downstream, same_interest,
 };
 
 use sha2::{Digest, Sha256};
@@ -48,9 +48,9 @@ impl World {
     /// The interface a component of this world exports.
     pub fn export_name(self) -> &'static str {
         match self {
-            World::Enricher => "nexuspipe:plugin/enrich@0.1.0",
-            World::Aggregator => "nexuspipe:plugin/aggregate@0.1.0",
-            World::Alerter => "nexuspipe:plugin/alerting@0.1.0",
+            World::Enricher => "nexuspipe:plugin/enrich@0.2.0",
+            World::Aggregator => "nexuspipe:plugin/aggregate@0.2.0",
+            World::Alerter => "nexuspipe:plugin/alerting@0.2.0",
         }
     }
 

@@ -220,7 +220,7 @@ impl Plugin {
     /// A fresh instance, initialised with the config.
     fn start(&mut self) -> Result<(), PluginError> {
         let mut instance = Instance::new(&self.name, &self.component, &self.limits, &self.caps)?;
-        match instance.init(&self.config, self.settings) {
+        match instance.init(&self.config, &self.settings) {
             Ok(Ok(interest)) => self.interest = interest,
             Ok(Err(e)) => {
                 let at = e.field.map(|f| format!("{f}: ")).unwrap_or_default();
@@ -239,7 +239,7 @@ impl Plugin {
             &self.name,
             self.component.clone(),
             &self.config,
-            self.settings,
+            self.settings.clone(),
             self.limits.clone(),
             self.caps.clone(),
         )
@@ -247,6 +247,31 @@ impl Plugin {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Tells an enricher which properties the plugins after it read
+    /// (`host-settings.downstream-properties`): when that changed, it starts
+    /// again with the new list. Enrichers hold no state, so nothing is lost;
+    /// if the new start fails, the running instance stays.
+    pub fn set_downstream(&mut self, reads: Option<Vec<String>>) {
+        if self.world() != World::Enricher || self.settings.downstream_properties == reads {
+            return;
+        }
+        let before = std::mem::replace(&mut self.settings.downstream_properties, reads);
+        if self.breaker.open {
+            return; // started only by a reload, which builds a new plugin
+        }
+        let old = self.instance.take();
+        match self.start() {
+            Ok(()) => {
+                tracing::debug!(plugin = %self.name, reads = ?self.settings.downstream_properties, "enricher restarted for what its downstream reads")
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.name, error = %e, "could not restart the enricher for what its downstream reads; the running instance stays");
+                self.settings.downstream_properties = before;
+                self.instance = old;
+            }
+        }
     }
 
     pub fn world(&self) -> World {
@@ -797,6 +822,29 @@ pub struct Catchup {
 impl Catchup {
     pub fn events(&self) -> usize {
         self.batches.iter().map(|b| b.events.len()).sum()
+    }
+}
+
+/// Tells every enricher in `pipeline` what the plugins after it read: the
+/// later plugins of `pipeline`, then those of `after` (plugins that run later
+/// but are kept elsewhere, such as a Kafka processor's keyed stages).
+pub fn refresh_downstream(pipeline: &mut [Plugin], after: &[&Interest]) {
+    // `None`: some plugin reads every property.
+    type Reads = Option<std::collections::BTreeSet<String>>;
+    fn add(reads: &mut Reads, i: &Interest) {
+        match (reads.as_mut(), &i.properties) {
+            (Some(set), Some(keys)) => set.extend(keys.iter().cloned()),
+            (Some(_), None) => *reads = None,
+            (None, _) => {}
+        }
+    }
+    let mut reads: Reads = Some(Default::default());
+    for i in after {
+        add(&mut reads, i);
+    }
+    for p in pipeline.iter_mut().rev() {
+        p.set_downstream(reads.as_ref().map(|s| s.iter().cloned().collect()));
+        add(&mut reads, p.interest());
     }
 }
 

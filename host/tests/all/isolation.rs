@@ -169,6 +169,7 @@ fn config_rejected_by_init_names_the_field() {
         "reject",
         HostSettings {
             allowed_lateness: 0,
+            downstream_properties: None,
         },
         Limits::default(),
         Capabilities::default(),
@@ -195,7 +196,7 @@ fn worlds_are_detected_and_strangers_refused() {
     let err = rt.load_file(&guest("not-a-plugin")).err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, PluginError::UnknownWorld { .. }));
-    assert!(msg.contains("nexuspipe:plugin/enrich@0.1.0"), "{msg}");
+    assert!(msg.contains("nexuspipe:plugin/enrich@0.2.0"), "{msg}");
     assert!(
         msg.contains("wasi:cli/run@0.2"),
         "lists what it exports: {msg}"
@@ -232,6 +233,7 @@ fn compiled_components_are_cached_by_content() {
         "",
         HostSettings {
             allowed_lateness: 0,
+            downstream_properties: None,
         },
         Limits::default(),
         Capabilities::default(),

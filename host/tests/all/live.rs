@@ -401,6 +401,116 @@ fn swapping_the_alerts_plugin_keeps_a_pending_absence_timer() {
     assert!(abandoned(&s, "u-reset").is_empty());
 }
 
+/// Enrichers compute only what the plugins after them read, and adapt when
+/// an upload changes that: enrich-geo's fields in the funnel's points and in
+/// the late output, before and after a new funnel config.
+#[test]
+fn enrichers_compute_what_the_pipeline_reads_and_follow_uploads() {
+    let geo = tempfile::tempdir().unwrap();
+    enrich_geo::testdb::write(geo.path()).unwrap();
+    let by = |measurement: &str, tag: &str, field: &str| {
+        json!({"metrics": [{"measurement": measurement,
+            "window": {"type": "tumbling", "size": "1m"},
+            "group_by": [{"tag": tag, "from": field}],
+            "aggregates": [{"fn": "count", "as": "count"}]}]})
+        .to_string()
+    };
+    let config = format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\nidle_timeout = \"1h\"\n\
+         [[plugins]]\nname = \"enrich-geo\"\npath = {:?}\n\
+         config = '{{\"city_db\": \"/geo/city.mmdb\", \"asn_db\": \"/geo/asn.mmdb\"}}'\n\
+         [plugins.capabilities]\ndirs = [{{ host = {:?}, guest = \"/geo\" }}]\n\
+         [[plugins]]\nname = \"funnel\"\npath = {:?}\nconfig = '{}'\n",
+        guest("enrich-geo").display().to_string(),
+        geo.path().display().to_string(),
+        guest("funnel").display().to_string(),
+        by("by_country", "country", "properties.geo.country_code"),
+    );
+    let s = Server::start(&config);
+    let desktop = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
+    let phone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+    let t0 = 1_700_000_040_000i64; // a minute's start
+    let view = |id: &str, ts: i64, ip: &str, ua: &str| {
+        json!({"event_id": id, "event_type": "page_view", "timestamp": ts,
+               "metadata": {"ip_address": ip, "user_agent": ua, "url": "https://shop.example/a?utm_source=x"}})
+    };
+    // Counts per tag value of one measurement's points.
+    let counts = |measurement: &str, tag: &str| -> BTreeMap<String, String> {
+        final_points(&s.read("metrics.lp"))
+            .into_iter()
+            .filter_map(|((series, _), fields)| {
+                let value = series
+                    .strip_prefix(&format!("{measurement},{tag}="))?
+                    .to_string();
+                Some((value, fields))
+            })
+            .collect()
+    };
+    let late = |id: &str| -> Value {
+        wait_until(10, "the late event", || s.read("late.jsonl").contains(id));
+        parse_ndjson(&s.read("late.jsonl"))
+            .into_iter()
+            .find(|l| l["event"]["event_id"] == id)
+            .unwrap()["event"]["properties"]
+            .clone()
+    };
+
+    post_events(
+        &s,
+        json!([
+            view("a1", t0, "81.2.69.160", desktop),
+            view("a2", t0 + 1, "81.2.69.161", phone),
+            view("a3", t0 + 2, "2001:218::1", desktop),
+            // Closes the first minute (watermark = newest - 5 s).
+            view("a4", t0 + 120_000, "10.0.0.1", desktop),
+        ]),
+    );
+    wait_until(10, "the by-country points", || {
+        !counts("by_country", "country").is_empty()
+    });
+    assert_eq!(
+        counts("by_country", "country"),
+        BTreeMap::from([
+            ("GB".into(), "count=2i".into()),
+            ("JP".into(), "count=1i".into())
+        ])
+    );
+    // The late output shows the enriched event: the one field read, nothing else.
+    post_events(&s, json!([view("late-1", t0 + 3, "81.2.69.160", desktop)]));
+    assert_eq!(late("late-1"), json!({"geo.country_code": "GB"}));
+
+    // A funnel that reads the device instead: enrich-geo follows.
+    let q = url_encode(&by("by_device", "device", "properties.ua.device"));
+    let (status, swap) = upload(
+        &s,
+        &format!("funnel?reset_state=true&config={q}"),
+        &guest("funnel"),
+    );
+    assert_eq!(status, 200, "{swap}");
+    let t1 = t0 + 180_000;
+    post_events(
+        &s,
+        json!([
+            view("b1", t1, "81.2.69.160", desktop),
+            view("b2", t1 + 1, "81.2.69.160", phone),
+            view("b3", t1 + 2, "2001:218::1", desktop),
+            view("b4", t1 + 120_000, "10.0.0.1", desktop),
+        ]),
+    );
+    wait_until(10, "the by-device points", || {
+        !counts("by_device", "device").is_empty()
+    });
+    assert_eq!(
+        counts("by_device", "device"),
+        BTreeMap::from([
+            ("desktop".into(), "count=2i".into()),
+            ("mobile".into(), "count=1i".into())
+        ])
+    );
+    post_events(&s, json!([view("late-2", t1 + 3, "81.2.69.160", phone)]));
+    assert_eq!(late("late-2"), json!({"ua.device": "mobile"}));
+}
+
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

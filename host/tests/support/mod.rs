@@ -365,6 +365,7 @@ pub fn load_plugin(
     let component = rt.load_file(&guest(krate)).unwrap();
     let settings = HostSettings {
         allowed_lateness: 0,
+        downstream_properties: None,
     };
     Plugin::new(
         krate,

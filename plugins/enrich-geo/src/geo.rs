@@ -1,7 +1,7 @@
 //! IP address to location and network, from MaxMind DB files.
 
 use crate::config::Config;
-use nexuspipe_sdk::{ConfigError, EventPatch};
+use nexuspipe_sdk::{ConfigError, Downstream, EventPatch};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -110,54 +110,54 @@ impl Geo {
         })
     }
 
-    pub fn enrich(&self, ip: &str, patch: &mut EventPatch) {
+    pub fn enrich(&self, ip: &str, keys: &Downstream, patch: &mut EventPatch) {
         let Ok(addr) = ip.trim().parse::<IpAddr>() else {
             return;
         };
         if let Some(kind) = special(addr) {
-            patch.push("geo.ip_type", kind);
+            patch.offer(keys, "geo.ip_type", kind);
             return;
         }
-        patch.push("geo.ip_type", "public");
+        patch.offer(keys, "geo.ip_type", "public");
         if let Some(db) = &self.city
             && let Ok(Some(rec)) = db.lookup(addr).and_then(|r| r.decode::<CityRecord>())
         {
             if let Some(c) = &rec.country {
                 if let Some(code) = c.iso_code {
-                    patch.push("geo.country_code", code);
+                    patch.offer(keys, "geo.country_code", code);
                 }
                 if let Some(name) = c.names.get("en") {
-                    patch.push("geo.country", *name);
+                    patch.offer(keys, "geo.country", *name);
                 }
             }
             if let Some(r) = rec.subdivisions.first() {
                 if let Some(code) = r.iso_code {
-                    patch.push("geo.region_code", code);
+                    patch.offer(keys, "geo.region_code", code);
                 }
                 if let Some(name) = r.names.get("en") {
-                    patch.push("geo.region", *name);
+                    patch.offer(keys, "geo.region", *name);
                 }
             }
             if let Some(name) = rec.city.as_ref().and_then(|c| c.names.get("en")) {
-                patch.push("geo.city", *name);
+                patch.offer(keys, "geo.city", *name);
             }
             if let Some(Location {
                 latitude: Some(lat),
                 longitude: Some(lon),
             }) = rec.location
             {
-                patch.push("geo.latitude", lat);
-                patch.push("geo.longitude", lon);
+                patch.offer(keys, "geo.latitude", lat);
+                patch.offer(keys, "geo.longitude", lon);
             }
         }
         if let Some(db) = &self.asn
             && let Ok(Some(rec)) = db.lookup(addr).and_then(|r| r.decode::<AsnRecord>())
         {
             if let Some(n) = rec.autonomous_system_number {
-                patch.push("geo.asn", i64::from(n));
+                patch.offer(keys, "geo.asn", i64::from(n));
             }
             if let Some(org) = rec.autonomous_system_organization {
-                patch.push("geo.org", org);
+                patch.offer(keys, "geo.org", org);
             }
         }
     }

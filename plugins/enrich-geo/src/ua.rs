@@ -1,7 +1,7 @@
 //! User agent to browser, OS and device type, with woothee. User agents repeat
 //! a lot, so results are cached (bounded).
 
-use nexuspipe_sdk::EventPatch;
+use nexuspipe_sdk::{Downstream, EventPatch};
 use rustc_hash::FxHashMap;
 
 const CACHE_LIMIT: usize = 4096;
@@ -53,7 +53,7 @@ pub struct AgentCache {
 }
 
 impl AgentCache {
-    pub fn enrich(&mut self, ua: &str, patch: &mut EventPatch) {
+    pub fn enrich(&mut self, ua: &str, keys: &Downstream, patch: &mut EventPatch) {
         // One hash and compare of the (long) agent text on a hit.
         let agent = match self.cache.get(ua) {
             Some(a) => a,
@@ -74,9 +74,9 @@ impl AgentCache {
             ("ua.os_version", &a.os_version),
         ] {
             if !v.is_empty() {
-                patch.push(k, v.as_str());
+                patch.offer(keys, k, v.as_str());
             }
         }
-        patch.push("ua.device", a.device);
+        patch.offer(keys, "ua.device", a.device);
     }
 }

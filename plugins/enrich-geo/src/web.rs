@@ -1,6 +1,6 @@
 //! URLs and referrers: host, path, query, campaign (`utm_*`) and referrer medium.
 
-use nexuspipe_sdk::EventPatch;
+use nexuspipe_sdk::{Downstream, EventPatch};
 
 /// Host (lowercase, no port or credentials), path and query of a URL; a bare
 /// path (`/a?b`) has no host.
@@ -50,17 +50,25 @@ fn decode(s: &str) -> String {
 
 /// Adds `url.*` and `campaign.*` fields (and `path` when the event has none);
 /// returns the page's host.
-pub fn enrich_url(url: &str, set_path: bool, patch: &mut EventPatch) -> Option<String> {
+pub fn enrich_url(
+    url: &str,
+    set_path: bool,
+    keys: &Downstream,
+    patch: &mut EventPatch,
+) -> Option<String> {
     let (host, path, query) = split_url(url);
     if let Some(h) = &host {
-        patch.push("url.host", h.as_str());
+        patch.offer(keys, "url.host", h.as_str());
     }
-    patch.push("url.path", path);
+    patch.offer(keys, "url.path", path);
     if set_path {
         patch.push("path", path);
     }
     if let Some(q) = query {
-        patch.push("url.query", q);
+        patch.offer(keys, "url.query", q);
+        if !keys.reads_any("campaign.") {
+            return host;
+        }
         for pair in q.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let field = match k {
@@ -71,6 +79,9 @@ pub fn enrich_url(url: &str, set_path: bool, patch: &mut EventPatch) -> Option<S
                 "utm_content" => "campaign.content",
                 _ => continue,
             };
+            if !keys.reads(field) {
+                continue;
+            }
             let v = decode(v);
             if !v.is_empty() {
                 patch.push(field, v);
@@ -148,12 +159,15 @@ pub fn enrich_referrer(
     referrer: &str,
     page_host: Option<&str>,
     internal: &[String],
+    keys: &Downstream,
     patch: &mut EventPatch,
 ) {
     let (host, _, _) = split_url(referrer);
     let Some(host) = host else { return };
-    patch.push("referrer.medium", medium(&host, page_host, internal));
-    patch.push("referrer.host", host);
+    if keys.reads("referrer.medium") {
+        patch.push("referrer.medium", medium(&host, page_host, internal));
+    }
+    patch.offer(keys, "referrer.host", host);
 }
 
 #[cfg(test)]

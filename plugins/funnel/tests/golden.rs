@@ -44,6 +44,7 @@ fn a_late_step_after_the_window_closed_does_not_count_between_sweeps() {
                   {"name": "cart", "filter": {"event_type": "add_to_cart"}}]}]}"#;
     let settings = HostSettings {
         allowed_lateness: 30 * MIN,
+        downstream_properties: None,
     };
     let mut h = AggregatorHarness::<funnel::Funnel>::with_settings(config, settings, 5_000);
     let at = |t: i64, kind: &str, user: &str| Event::new(kind, t).with_user(user);

@@ -9,7 +9,7 @@
 // variants are `{ tag, val }`, flags are objects of booleans, and a
 // `result` error is thrown as `{ payload: <error record> }`.
 
-import { log } from 'nexuspipe:plugin/host@0.1.0';
+import { log } from 'nexuspipe:plugin/host@0.2.0';
 
 const STATE_VERSION = 1;
 const CONFIG_KEYS = ['window_ms', 'event_type', 'depth_property', 'page_property', 'measurement'];
