@@ -122,7 +122,11 @@ impl Db {
             .unwrap_or_default();
         for name in names {
             let r = self.query(&format!("SELECT * FROM \"{name}\" GROUP BY *"));
-            for series in r["results"][0]["series"].as_array().unwrap() {
+            // A measurement can be listed a moment before its points are
+            // readable: no series yet reads as no points (callers wait or
+            // compare against what they sent).
+            let none = Vec::new();
+            for series in r["results"][0]["series"].as_array().unwrap_or(&none) {
                 let tags: BTreeMap<String, String> = series["tags"]
                     .as_object()
                     .map(|t| {
