@@ -7,6 +7,7 @@ mod cache;
 mod error;
 mod instance;
 mod limits;
+mod replay;
 mod supervisor;
 
 pub use bindings::types::{

@@ -151,7 +151,8 @@ pub struct Plugin {
 
 /// Fields moved out of an event while the plugin sees a projection of it.
 struct Hidden {
-    properties: Option<Vec<super::Property>>,
+    /// Properties the plugin does not read, with their positions.
+    properties: Vec<(usize, super::Property)>,
     metadata: Metadata,
 }
 
@@ -327,7 +328,7 @@ impl Plugin {
         self.stats.calls += 1;
         self.stats.events_in += sub.len() as u64;
         let replay_copy = match &result {
-            Ok(_) if self.component.world.is_stateful() => Some(sub.clone()),
+            Ok(_) if self.component.world.is_stateful() => Some(Remembered::new(&sub, watermark)),
             _ => None,
         };
         for (e, h) in sub.iter_mut().zip(hidden) {
@@ -342,8 +343,8 @@ impl Plugin {
             Ok(r) => {
                 self.watermark = self.watermark.max(watermark);
                 self.apply(r, batch, &wanted, out);
-                if let Some(events) = replay_copy {
-                    self.remember(events, watermark);
+                if let Some(batch) = replay_copy {
+                    self.remember(batch);
                 }
             }
             Err(failure) => {
@@ -373,15 +374,11 @@ impl Plugin {
     }
 
     fn project(&self, e: &mut Event) -> Hidden {
-        let properties = self.interest.properties.as_ref().map(|keys| {
-            let all = std::mem::take(&mut e.properties);
-            e.properties = all
-                .iter()
-                .filter(|p| keys.contains(&p.key))
-                .cloned()
-                .collect();
-            all
-        });
+        // Moved, not copied: unread properties step aside and come back in place.
+        let properties = match &self.interest.properties {
+            Some(keys) => hide_properties(&mut e.properties, keys),
+            None => Vec::new(),
+        };
         let want = self.interest.metadata;
         let md = &mut e.metadata;
         let hide = |flag: MetadataFields, field: &mut Option<String>| {
@@ -627,9 +624,9 @@ impl Plugin {
         });
     }
 
-    fn remember(&mut self, events: Vec<Event>, watermark: i64) {
-        self.replay_events += events.len().max(1);
-        self.replay.push(Arc::new(Remembered { events, watermark }));
+    fn remember(&mut self, batch: Remembered) {
+        self.replay_events += batch.len.max(1);
+        self.replay.push(Arc::new(batch));
         if self.replay_events >= self.limits.replay_limit
             && let Err(f) = self.checkpoint()
         {
@@ -741,7 +738,7 @@ impl Plugin {
             ))
         })?;
         self.watermark = self.watermark.max(batch.watermark);
-        self.replay_events += batch.events.len().max(1);
+        self.replay_events += batch.len.max(1);
         self.replay.push(batch.clone());
         Ok(())
     }
@@ -799,10 +796,30 @@ impl Plugin {
     }
 }
 
-/// A batch a stateful plugin processed, kept until the next snapshot.
+/// A batch a stateful plugin processed (as it saw it), kept until the next
+/// snapshot; encoded, see [`super::replay`].
 pub struct Remembered {
-    events: Vec<Event>,
+    encoded: Vec<u8>,
+    len: usize,
     watermark: i64,
+}
+
+impl Remembered {
+    fn new(events: &[Event], watermark: i64) -> Self {
+        // A guess at the size, to skip most of the growing.
+        let mut encoded = Vec::with_capacity(events.len() * 96);
+        super::replay::encode(events, &mut encoded);
+        Remembered {
+            encoded,
+            len: events.len(),
+            watermark,
+        }
+    }
+
+    fn events(&self) -> wasmtime::Result<Vec<Event>> {
+        super::replay::decode(&self.encoded, self.len)
+            .map_err(|e| wasmtime::Error::msg(format!("a kept batch does not decode: {e}")))
+    }
 }
 
 /// What a new version needs to reach a running instance's state without
@@ -821,7 +838,7 @@ pub struct Catchup {
 
 impl Catchup {
     pub fn events(&self) -> usize {
-        self.batches.iter().map(|b| b.events.len()).sum()
+        self.batches.iter().map(|b| b.len).sum()
     }
 }
 
@@ -860,16 +877,20 @@ const REPLAY_DEADLINE_FACTOR: u64 = 10;
 
 /// Feeds a remembered batch to an instance again; its outputs were delivered already.
 fn replay_into(instance: &mut Instance, batch: &Remembered) -> wasmtime::Result<()> {
+    if matches!(instance.exports, Exports::Enricher(_)) {
+        return Ok(());
+    }
+    let events = batch.events()?;
     instance.arm_lenient(REPLAY_DEADLINE_FACTOR);
     match &instance.exports {
         Exports::Enricher(_) => Ok(()),
         Exports::Aggregator(b) => b
             .nexuspipe_plugin_aggregate()
-            .call_process(&mut instance.store, &batch.events, batch.watermark)
+            .call_process(&mut instance.store, &events, batch.watermark)
             .map(drop),
         Exports::Alerter(b) => b
             .nexuspipe_plugin_alerting()
-            .call_process(&mut instance.store, &batch.events, batch.watermark)
+            .call_process(&mut instance.store, &events, batch.watermark)
             .map(drop),
     }
 }
@@ -880,10 +901,34 @@ enum CallResult {
     Alerts(Vec<Alert>, Vec<u32>),
 }
 
-fn unproject(e: &mut Event, h: Hidden) {
-    if let Some(p) = h.properties {
-        e.properties = p;
+/// Moves the properties whose key is not in `keys` out of `props`, with
+/// their positions; the rest stay in order. Moved, not copied.
+fn hide_properties(
+    props: &mut Vec<super::Property>,
+    keys: &[String],
+) -> Vec<(usize, super::Property)> {
+    // Lazy: each item is yielded right after the test that picked it, so
+    // `seen` then counts up to and including it.
+    let seen = std::cell::Cell::new(0);
+    props
+        .extract_if(.., |p| {
+            seen.set(seen.get() + 1);
+            !keys.contains(&p.key)
+        })
+        .map(|p| (seen.get() - 1, p))
+        .collect()
+}
+
+/// Undoes [`hide_properties`].
+fn restore_properties(props: &mut Vec<super::Property>, hidden: Vec<(usize, super::Property)>) {
+    // In ascending original positions, each lands where it was.
+    for (at, p) in hidden {
+        props.insert(at, p);
     }
+}
+
+fn unproject(e: &mut Event, h: Hidden) {
+    restore_properties(&mut e.properties, h.properties);
     let md = &mut e.metadata;
     for (dst, src) in [
         (&mut md.ip_address, h.metadata.ip_address),
@@ -923,7 +968,7 @@ fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
         unproject(
             e,
             Hidden {
-                properties: None,
+                properties: Vec::new(),
                 metadata: m,
             },
         );
@@ -954,4 +999,40 @@ fn check_point(p: &MetricPoint) -> Result<(), String> {
         return Err(format!("a tag key is empty (tag value `{k}`)"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_properties_come_back_in_place() {
+        let all: Vec<super::super::Property> = (0..9)
+            .map(|i| super::super::Property {
+                key: format!("k{i}"),
+                value: Value::Int(i),
+            })
+            .collect();
+        for read in [
+            vec![],
+            vec!["k0"],
+            vec!["k8"],
+            vec!["k1", "k4", "k5"],
+            vec!["k0", "k2", "k9"],
+        ] {
+            let keys: Vec<String> = read.iter().map(|k| k.to_string()).collect();
+            let mut props = all.clone();
+            let hidden = hide_properties(&mut props, &keys);
+            let kept: Vec<&str> = props.iter().map(|p| p.key.as_str()).collect();
+            let want: Vec<&str> = all
+                .iter()
+                .map(|p| p.key.as_str())
+                .filter(|k| read.contains(k))
+                .collect();
+            assert_eq!(kept, want, "read {read:?}");
+            assert_eq!(hidden.len() + props.len(), all.len());
+            restore_properties(&mut props, hidden);
+            assert_eq!(props, all, "read {read:?}");
+        }
+    }
 }
