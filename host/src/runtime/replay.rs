@@ -100,7 +100,9 @@ pub fn decode(mut b: &[u8], n: usize) -> Result<Vec<Event>, String> {
                 0 => Value::Str(string(&mut b)?),
                 1 => Value::Float(f64::from_le_bytes(array(&mut b)?)),
                 2 => Value::Int(i64::from_le_bytes(array(&mut b)?)),
-                t => Value::Boolean(t == 4),
+                3 => Value::Boolean(false),
+                4 => Value::Boolean(true),
+                t => return Err(format!("unknown value tag {t}")),
             };
             properties.push(Property { key, value });
         }
