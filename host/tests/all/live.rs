@@ -455,25 +455,32 @@ fn enrichers_compute_what_the_pipeline_reads_and_follow_uploads() {
             .clone()
     };
 
-    post_events(
-        &s,
-        json!([
-            view("a1", t0, "81.2.69.160", desktop),
-            view("a2", t0 + 1, "81.2.69.161", phone),
-            view("a3", t0 + 2, "2001:218::1", desktop),
-            // Closes the first minute (watermark = newest - 5 s).
-            view("a4", t0 + 120_000, "10.0.0.1", desktop),
-        ]),
-    );
-    wait_until(10, "the by-country points", || {
-        !counts("by_country", "country").is_empty()
-    });
-    assert_eq!(
-        counts("by_country", "country"),
-        BTreeMap::from([
-            ("GB".into(), "count=2i".into()),
-            ("JP".into(), "count=1i".into())
-        ])
+    // Posts a minute of events plus one that closes it (watermark = newest
+    // - 5 s), then expects these counts per tag value of the measurement.
+    let minute =
+        |at: i64, uas: [&str; 3], measurement: &str, tag: &str, want: [(&str, &str); 2]| {
+            post_events(
+                &s,
+                json!([
+                    view(&format!("{at}-1"), at, "81.2.69.160", uas[0]),
+                    view(&format!("{at}-2"), at + 1, "81.2.69.161", uas[1]),
+                    view(&format!("{at}-3"), at + 2, "2001:218::1", uas[2]),
+                    view(&format!("{at}-4"), at + 120_000, "10.0.0.1", desktop),
+                ]),
+            );
+            wait_until(10, "the points", || !counts(measurement, tag).is_empty());
+            let want: BTreeMap<String, String> = want
+                .iter()
+                .map(|(v, n)| (v.to_string(), format!("count={n}i")))
+                .collect();
+            assert_eq!(counts(measurement, tag), want, "{measurement}");
+        };
+    minute(
+        t0,
+        [desktop, phone, desktop],
+        "by_country",
+        "country",
+        [("GB", "2"), ("JP", "1")],
     );
     // The late output shows the enriched event: the one field read, nothing else.
     post_events(&s, json!([view("late-1", t0 + 3, "81.2.69.160", desktop)]));
@@ -488,24 +495,12 @@ fn enrichers_compute_what_the_pipeline_reads_and_follow_uploads() {
     );
     assert_eq!(status, 200, "{swap}");
     let t1 = t0 + 180_000;
-    post_events(
-        &s,
-        json!([
-            view("b1", t1, "81.2.69.160", desktop),
-            view("b2", t1 + 1, "81.2.69.160", phone),
-            view("b3", t1 + 2, "2001:218::1", desktop),
-            view("b4", t1 + 120_000, "10.0.0.1", desktop),
-        ]),
-    );
-    wait_until(10, "the by-device points", || {
-        !counts("by_device", "device").is_empty()
-    });
-    assert_eq!(
-        counts("by_device", "device"),
-        BTreeMap::from([
-            ("desktop".into(), "count=2i".into()),
-            ("mobile".into(), "count=1i".into())
-        ])
+    minute(
+        t1,
+        [desktop, phone, desktop],
+        "by_device",
+        "device",
+        [("desktop", "2"), ("mobile", "1")],
     );
     post_events(&s, json!([view("late-2", t1 + 3, "81.2.69.160", phone)]));
     assert_eq!(late("late-2"), json!({"ua.device": "mobile"}));

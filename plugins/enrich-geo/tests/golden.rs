@@ -4,12 +4,18 @@
 use nexuspipe_sdk::testing::{EnricherHarness, event_to_json, golden_cases, golden_outputs};
 use std::path::Path;
 
+/// A fresh directory with the test City and ASN databases.
+fn test_databases(test: &str) -> std::path::PathBuf {
+    let geo = std::env::temp_dir().join(format!("enrich-geo-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&geo).unwrap();
+    enrich_geo::testdb::write(&geo).unwrap();
+    geo
+}
+
 #[test]
 fn examples_match_their_documented_outputs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/enrich-geo");
-    let geo = std::env::temp_dir().join(format!("enrich-geo-golden-{}", std::process::id()));
-    std::fs::create_dir_all(&geo).unwrap();
-    enrich_geo::testdb::write(&geo).unwrap();
+    let geo = test_databases("golden");
     for (case, expected) in golden_cases(&dir) {
         let got = golden_outputs(
             &dir,
@@ -47,9 +53,7 @@ fn only_what_downstream_reads_is_computed_and_asked_for() {
     use nexuspipe_sdk::testing::{default_settings, event_from_json};
     use nexuspipe_sdk::{Change, MetadataFields as M, Property};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/enrich-geo");
-    let geo = std::env::temp_dir().join(format!("enrich-geo-downstream-{}", std::process::id()));
-    std::fs::create_dir_all(&geo).unwrap();
-    enrich_geo::testdb::write(&geo).unwrap();
+    let geo = test_databases("downstream");
     let config = std::fs::read_to_string(dir.join("geo.config.json"))
         .unwrap()
         .replace("{geo}", geo.to_str().unwrap());
