@@ -5,8 +5,9 @@
 //! One owner on purpose: plugins are single-threaded instances, batches keep
 //! the boundary cheap, and ordering per input is trivially kept; pipeline
 //! changes apply between rounds. Within a round of several batches the
-//! leading enrichers, which hold no state, run one batch ahead on a second
-//! thread (see [`run_pipeline`]). The HTTP side only parses and enqueues.
+//! pipeline's stages (the enrichers, then each stateful plugin) run on
+//! threads of their own, each a batch ahead of the next (see
+//! [`run_pipeline`]). The HTTP side only parses and enqueues.
 
 use super::Watermark;
 use super::checkpoint::Checkpoints;
@@ -218,79 +219,137 @@ impl EngineHandle {
 }
 
 /// A round takes up to this many batches of what is queued, so that the
-/// enrichers can work on one while the rest of the pipeline works on the
-/// previous one (see [`run_pipeline`]).
+/// pipeline's stages can work on different ones at once (see [`run_pipeline`]).
 const ROUND_CHUNKS: usize = 8;
+
+/// Where the pipeline splits into stages: the plugins from one stateful
+/// plugin up to the next (the leading enrichers are a stage of their own).
+fn stages(plugins: &[Plugin]) -> Vec<usize> {
+    let mut starts = vec![0];
+    for (i, p) in plugins.iter().enumerate().skip(1) {
+        if p.world().is_stateful() {
+            starts.push(i);
+        }
+    }
+    starts
+}
 
 /// Runs chunks (with their watermarks) through the pipeline, in order.
 ///
-/// With two or more chunks, the leading enrichers (stateless) run on a second
-/// thread one chunk ahead of the rest of the pipeline, so a round uses two
-/// cores. Every plugin still sees the chunks in the same order with the same
-/// contents, so the outputs are those of running them one after the other.
+/// With two or more chunks, each stage (see [`stages`]) runs on a thread of
+/// its own, the last on this one, passing chunks along like an assembly
+/// line: the enrichers work on one chunk while the aggregator works on the
+/// previous one and the alerter on the one before. Every plugin still sees
+/// the chunks in the same order with the same contents, so the outputs are
+/// those of running them one after the other; a round uses every core.
 fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mut PluginOutput) {
-    let split = plugins
-        .iter()
-        .take_while(|p| !p.world().is_stateful())
-        .count();
-    if chunks.len() < 2 || split == 0 || split == plugins.len() {
-        for (mut batch, wm) in chunks {
-            for p in plugins.iter_mut() {
-                p.process(&mut batch, wm, out);
-            }
-        }
+    let starts = stages(plugins);
+    if chunks.len() < 2 || starts.len() < 2 {
+        sequential(plugins, chunks, out);
         return;
     }
-    let (front, back) = plugins.split_at_mut(split);
-    // Borrowed by the enrich thread, so they stay here if it cannot start.
-    let front = std::sync::Mutex::new(front);
-    let todo = std::sync::Mutex::new(std::collections::VecDeque::from(chunks));
-    let next = || todo.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+    // Each stage's plugins, locked by whichever thread runs them, so they
+    // stay reachable from here if a stage thread cannot start.
+    let mut groups = Vec::with_capacity(starts.len());
+    let mut rest = plugins;
+    for w in starts.windows(2).rev() {
+        let (head, tail) = rest.split_at_mut(w[1]);
+        groups.push(Group::new(tail));
+        rest = head;
+    }
+    groups.push(Group::new(rest));
+    groups.reverse();
     std::thread::scope(|s| {
-        // Bounded: the enrichers run at most two chunks ahead.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Event>, i64)>(1);
-        let enrich = std::thread::Builder::new()
-            .name("nexuspipe-enrich".into())
-            .spawn_scoped(s, || {
-                // Enrichers only dead-letter, but keep whatever they report.
-                let mut ahead = PluginOutput::default();
-                let mut front = front.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some((mut batch, wm)) = next() {
-                    for p in front.iter_mut() {
-                        p.process(&mut batch, wm, &mut ahead);
+        type Chunk = (Vec<Event>, i64);
+        let (feed, mut input) = std::sync::mpsc::channel::<Chunk>();
+        let mut threads = Vec::new();
+        let mut spawn_error = None;
+        let (last, before) = groups.split_last().expect("two stages or more");
+        for g in before {
+            // Bounded: a stage runs at most two chunks ahead of the next.
+            let (tx, next) = std::sync::mpsc::sync_channel::<Chunk>(1);
+            let rx = std::mem::replace(&mut input, next);
+            let name = format!("np-{}", lock(g)[0].name());
+            let stage = move || {
+                let mut out = PluginOutput::default();
+                let mut group = lock(g);
+                for (mut batch, wm) in rx {
+                    for p in group.iter_mut() {
+                        p.process(&mut batch, wm, &mut out);
                     }
                     if tx.send((batch, wm)).is_err() {
                         break;
                     }
                 }
-                drop(tx);
-                ahead
-            });
-        let ahead = match enrich {
-            Ok(enrich) => {
-                for (mut batch, wm) in rx {
-                    for p in back.iter_mut() {
-                        p.process(&mut batch, wm, out);
-                    }
+                out
+            };
+            match std::thread::Builder::new()
+                .name(name.chars().take(15).collect())
+                .spawn_scoped(s, stage)
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
                 }
-                // Plugin failures are caught inside `process`; a panic is a host bug.
-                enrich
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start the enrich thread; running the round on this one");
-                let mut front = front.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some((mut batch, wm)) = next() {
-                    for p in front.iter_mut().chain(back.iter_mut()) {
+        }
+        let outputs: Vec<PluginOutput> = match spawn_error {
+            None => {
+                for c in chunks {
+                    feed.send(c)
+                        .expect("the first stage holds its input until it is closed");
+                }
+                drop(feed);
+                let mut group = lock(last);
+                for (mut batch, wm) in input {
+                    for p in group.iter_mut() {
                         p.process(&mut batch, wm, out);
                     }
                 }
-                PluginOutput::default()
+                join(threads)
+            }
+            Some(e) => {
+                tracing::warn!(error = %e, "could not start a pipeline stage thread; running the round on this one");
+                // Nothing was fed yet: closing the input stops the started stages.
+                drop((feed, input));
+                let outputs = join(threads);
+                let mut all: Vec<_> = groups.iter().map(lock).collect();
+                for (mut batch, wm) in chunks {
+                    for p in all.iter_mut().flat_map(|g| g.iter_mut()) {
+                        p.process(&mut batch, wm, out);
+                    }
+                }
+                outputs
             }
         };
-        out.append(ahead);
+        for o in outputs {
+            out.append(o);
+        }
     });
+}
+
+type Group<'a> = std::sync::Mutex<&'a mut [Plugin]>;
+
+fn lock<'g, 'a>(g: &'g Group<'a>) -> std::sync::MutexGuard<'g, &'a mut [Plugin]> {
+    g.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits for the stage threads and collects what they reported.
+fn join(threads: Vec<std::thread::ScopedJoinHandle<'_, PluginOutput>>) -> Vec<PluginOutput> {
+    threads
+        .into_iter()
+        // Plugin failures are caught inside `process`; a panic is a host bug.
+        .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        .collect()
+}
+
+fn sequential(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mut PluginOutput) {
+    for (mut batch, wm) in chunks {
+        for p in plugins.iter_mut() {
+            p.process(&mut batch, wm, out);
+        }
+    }
 }
 
 /// The engine thread's state.
@@ -465,16 +524,31 @@ impl Engine {
         let now = Instant::now();
         self.last_arrival = Some(now);
         let total: usize = pending.iter().map(|(e, _)| e.len()).sum();
-        let mut events = Vec::with_capacity(total);
+        let size = self.settings.batch_size;
         let mut received = Vec::with_capacity(pending.len());
+        // Requests' batches regrouped into chunks of `size`, each event moved once.
+        let mut chunks = Vec::new();
+        let mut chunk: Vec<Event> = Vec::new();
+        let mut left = total;
         for (batch, at) in pending {
             received.push((at, batch.len()));
-            events.extend(batch);
+            let mut it = batch.into_iter();
+            while it.len() > 0 {
+                if chunk.is_empty() {
+                    chunk.reserve_exact(size.min(left));
+                }
+                let n = (size - chunk.len()).min(it.len());
+                chunk.extend(it.by_ref().take(n));
+                left -= n;
+                if chunk.len() == size {
+                    chunks.extend(split_at_late(
+                        std::mem::take(&mut chunk),
+                        &mut self.watermark,
+                    ));
+                }
+            }
         }
-        let mut chunks = Vec::new();
-        let mut it = events.into_iter().peekable();
-        while it.peek().is_some() {
-            let chunk: Vec<Event> = it.by_ref().take(self.settings.batch_size).collect();
+        if !chunk.is_empty() {
             chunks.extend(split_at_late(chunk, &mut self.watermark));
         }
         let mut out = PluginOutput::default();

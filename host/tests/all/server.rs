@@ -284,9 +284,10 @@ fn full_queue_answers_429_and_loses_nothing() {
     assert_eq!(s.metric("nexuspipe_events_dead_lettered_total"), 3.0);
 }
 
-/// How the engine cuts its queue into plugin calls (and the enrichers
-/// running a call ahead of the stateful plugins on a second thread, which
-/// happens once a round holds two or more calls) does not change the output.
+/// How the engine cuts its queue into plugin calls (and the pipeline's
+/// stages, enrich-geo, funnel and alerts, each running on a thread of its own
+/// a call ahead of the next, which happens once a round holds two or more
+/// calls) does not change the output.
 #[test]
 fn outputs_do_not_depend_on_how_the_engine_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,7 +337,7 @@ fn outputs_do_not_depend_on_how_the_engine_batches() {
             sorted("late.jsonl"),
         )
     };
-    // One call per request, versus 32 calls per request with the enrichers ahead.
+    // One call per request, versus 32 calls per request through the stages.
     let whole = run(4096);
     let pipelined = run(16);
     assert!(whole.0.len() > 20, "windows closed: {:?}", whole.0);
