@@ -68,22 +68,30 @@ impl Clock<crate::runtime::Event> for Watermark {
 /// since the last cut. In-order traffic is not cut; lateness decisions and
 /// window contents then do not depend on how requests were batched.
 /// Returns the sub-batches with the watermark to pass along each.
-pub fn split_at_late<T, C: Clock<T>>(events: Vec<T>, wm: &mut C) -> Vec<(Vec<T>, i64)> {
-    let mut out = Vec::new();
+pub fn split_at_late<T, C: Clock<T>>(mut events: Vec<T>, wm: &mut C) -> Vec<(Vec<T>, i64)> {
+    // Find the cuts by reference first: in-order traffic then moves no event.
+    // A cut is (where the next part starts, the watermark of the part it ends).
+    let mut cuts: Vec<(usize, i64)> = Vec::new();
     let mut passed = wm.current();
-    let mut sub = Vec::with_capacity(events.len());
-    for e in events {
-        if C::time(&e) < wm.current() && wm.current() > passed && !sub.is_empty() {
+    for (i, e) in events.iter().enumerate() {
+        if C::time(e) < wm.current() && wm.current() > passed && i > 0 {
             passed = wm.current();
-            out.push((std::mem::take(&mut sub), passed));
+            cuts.push((i, passed));
         }
-        wm.observe(&e);
-        sub.push(e);
+        wm.observe(e);
     }
-    if !sub.is_empty() {
-        out.push((sub, wm.current()));
+    if events.is_empty() {
+        return Vec::new();
     }
-    out
+    // From the back, so each split moves only its own part.
+    let mut tails: Vec<Vec<T>> = cuts
+        .iter()
+        .rev()
+        .map(|&(at, _)| events.split_off(at))
+        .collect();
+    tails.reverse();
+    let marks = cuts.iter().map(|&(_, m)| m).chain([wm.current()]);
+    std::iter::once(events).chain(tails).zip(marks).collect()
 }
 
 #[cfg(test)]

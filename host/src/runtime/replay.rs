@@ -7,6 +7,48 @@
 
 use super::{Event, Metadata, Property, Value};
 
+/// The exact size [`encode`] writes for `events`, so the buffer is allocated
+/// once (growing it would copy the whole batch again).
+pub fn encoded_len(events: &[Event]) -> usize {
+    let str = |s: &str| 4 + s.len();
+    let opt = |s: &Option<String>| 1 + s.as_deref().map_or(0, str);
+    events
+        .iter()
+        .map(|e| {
+            let m = &e.metadata;
+            let props: usize = e
+                .properties
+                .iter()
+                .map(|p| {
+                    str(&p.key)
+                        + match &p.value {
+                            Value::Str(s) => 1 + str(s),
+                            Value::Float(_) | Value::Int(_) => 9,
+                            Value::Boolean(_) => 1,
+                        }
+                })
+                .sum();
+            str(&e.id)
+                + str(&e.event_type)
+                + 8
+                + opt(&e.user_id)
+                + opt(&e.session_id)
+                + 4
+                + props
+                + [
+                    &m.ip_address,
+                    &m.user_agent,
+                    &m.platform,
+                    &m.url,
+                    &m.referrer,
+                ]
+                .into_iter()
+                .map(opt)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 pub fn encode(events: &[Event], out: &mut Vec<u8>) {
     fn str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -181,6 +223,7 @@ mod tests {
         let events = vec![full, bare.clone(), bare];
         let mut buf = Vec::new();
         encode(&events, &mut buf);
+        assert_eq!(buf.len(), encoded_len(&events));
         assert_eq!(decode(&buf, 3).unwrap(), events);
         assert!(
             decode(&buf[..buf.len() - 1], 3).is_err(),

@@ -314,30 +314,21 @@ impl Plugin {
             return;
         }
 
-        // Move the wanted events out (no copies) and hide what the plugin does not read.
-        let mut sub: Vec<Event> = wanted
-            .iter()
-            .map(|&i| std::mem::replace(&mut batch[i], empty_event()))
-            .collect();
-        let hidden: Vec<Hidden> = sub.iter_mut().map(|e| self.project(e)).collect();
-        let started = Instant::now();
-        let result = self.call(&sub, watermark);
-        let took = started.elapsed();
-        self.stats.busy += took;
-        self.stats.latency.record(took);
-        self.stats.calls += 1;
-        self.stats.events_in += sub.len() as u64;
-        let replay_copy = match &result {
-            Ok(_) if self.component.world.is_stateful() => Some(Remembered::new(&sub, watermark)),
-            _ => None,
+        let (result, replay_copy) = if wanted.len() == batch.len() {
+            // Every event is wanted (the common case): no moves at all.
+            self.run(batch, watermark)
+        } else {
+            // Move the wanted events out (a move, not a copy of their strings) and back.
+            let mut sub: Vec<Event> = wanted
+                .iter()
+                .map(|&i| std::mem::replace(&mut batch[i], empty_event()))
+                .collect();
+            let r = self.run(&mut sub, watermark);
+            for (&i, e) in wanted.iter().zip(sub) {
+                batch[i] = e;
+            }
+            r
         };
-        for (e, h) in sub.iter_mut().zip(hidden) {
-            unproject(e, h);
-        }
-        // Put the events back where they were.
-        for (&i, e) in wanted.iter().zip(sub.iter_mut()) {
-            std::mem::swap(&mut batch[i], e);
-        }
 
         match result.and_then(|r| self.validate(r, wanted.len())) {
             Ok(r) => {
@@ -353,6 +344,32 @@ impl Plugin {
                 self.failed(&failure);
             }
         }
+    }
+
+    /// Calls the plugin on `events`, hiding what it does not read for the
+    /// call; for a stateful plugin that succeeded, also the batch to keep for
+    /// replay (as the plugin saw it).
+    fn run(
+        &mut self,
+        events: &mut [Event],
+        watermark: i64,
+    ) -> (Result<CallResult, Failure>, Option<Remembered>) {
+        let hidden: Vec<Hidden> = events.iter_mut().map(|e| self.project(e)).collect();
+        let started = Instant::now();
+        let result = self.call(events, watermark);
+        let took = started.elapsed();
+        self.stats.busy += took;
+        self.stats.latency.record(took);
+        self.stats.calls += 1;
+        self.stats.events_in += events.len() as u64;
+        let replay_copy = match &result {
+            Ok(_) if self.component.world.is_stateful() => Some(Remembered::new(events, watermark)),
+            _ => None,
+        };
+        for (e, h) in events.iter_mut().zip(hidden) {
+            unproject(e, h);
+        }
+        (result, replay_copy)
     }
 
     /// Counts a failure, then replaces the instance (a trapped instance cannot
@@ -806,8 +823,7 @@ pub struct Remembered {
 
 impl Remembered {
     fn new(events: &[Event], watermark: i64) -> Self {
-        // A guess at the size, to skip most of the growing.
-        let mut encoded = Vec::with_capacity(events.len() * 96);
+        let mut encoded = Vec::with_capacity(super::replay::encoded_len(events));
         super::replay::encode(events, &mut encoded);
         Remembered {
             encoded,
