@@ -119,6 +119,10 @@ pub struct MetricState {
     /// Session windows per group (session metrics only).
     #[serde(default)]
     sessions: Vec<(Vec<String>, SessionWindows)>,
+    /// The group of the event being added, reused from event to event so that
+    /// looking up an existing group allocates nothing.
+    #[serde(skip)]
+    scratch: Vec<String>,
 }
 
 impl MetricState {
@@ -126,12 +130,13 @@ impl MetricState {
         MetricState {
             store: WindowStore::new(lateness),
             sessions: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 }
 
 /// The URL part after `#` in a group source (`metadata.url#path`).
-fn url_part(url: &str, part: &str) -> String {
+fn url_part<'a>(url: &'a str, part: &str) -> &'a str {
     let (scheme_rest, has_scheme) = match url.split_once("://") {
         Some((_, r)) => (r, true),
         None => (url, false),
@@ -151,42 +156,50 @@ fn url_part(url: &str, part: &str) -> String {
             .unwrap_or(host)
             .split(':')
             .next()
-            .unwrap_or("")
-            .to_string(),
+            .unwrap_or(""),
         _ => {
             let end = path.find(['?', '#']).unwrap_or(path.len());
-            let p = &path[..end];
-            if p.is_empty() {
-                "/".into()
-            } else {
-                p.to_string()
+            match &path[..end] {
+                "" => "/",
+                p => p,
             }
         }
     }
 }
 
-fn group_of(m: &Metric, e: &Event) -> Vec<String> {
-    m.group_by
-        .iter()
-        .map(|g| {
-            g.from
-                .iter()
-                .find_map(|src| match src.split_once('#') {
-                    Some((field, part)) => e.field(field).map(|v| url_part(&v, part)),
-                    None => e.field(src).map(|v| v.into_owned()),
-                })
-                .unwrap_or_default()
-        })
-        .collect()
+/// Writes the event's group into `group`, reusing its strings.
+fn group_into(m: &Metric, e: &Event, group: &mut Vec<String>) {
+    group.resize_with(m.group_by.len(), String::new);
+    for (g, slot) in m.group_by.iter().zip(group.iter_mut()) {
+        slot.clear();
+        for src in &g.from {
+            let value = match src.split_once('#') {
+                Some((field, part)) => e.field(field).map(|v| slot.push_str(url_part(&v, part))),
+                None => e.field(src).map(|v| slot.push_str(&v)),
+            };
+            if value.is_some() {
+                break;
+            }
+        }
+    }
 }
 
 /// Adds an event to a metric; false if every window it belongs to has expired (late).
 pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
-    let group = group_of(m, e);
+    let mut group = std::mem::take(&mut st.scratch);
+    group_into(m, e, &mut group);
+    let taken = add_to(m, st, e, &group);
+    st.scratch = group;
+    taken
+}
+
+// A `&Vec`: the window store's keys are `Vec<String>`.
+#[allow(clippy::ptr_arg)]
+fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> bool {
     match m.window {
         WindowSpec::Tumbling { size, offset } => {
             let w = Tumbling { size, offset }.assign(e.timestamp);
-            match st.store.get_mut(w, &group) {
+            match st.store.get_mut(w, group) {
                 Some(acc) => {
                     acc.add(m, e);
                     true
@@ -207,7 +220,7 @@ pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
             })
             .assign(e.timestamp)
             {
-                if let Some(acc) = st.store.get_mut(w, &group) {
+                if let Some(acc) = st.store.get_mut(w, group) {
                     acc.add(m, e);
                     any = true;
                 }
@@ -222,7 +235,7 @@ pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
             if st.store.is_expired(&w) {
                 return false;
             }
-            let pos = match st.sessions.iter().position(|(g, _)| *g == group) {
+            let pos = match st.sessions.iter().position(|(g, _)| g == group) {
                 Some(p) => p,
                 None => {
                     st.sessions.push((group.clone(), SessionWindows::default()));
@@ -232,13 +245,13 @@ pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
             let update = st.sessions[pos].1.add(e.timestamp, gap);
             let mut merged = Acc::default();
             for old in &update.merged {
-                if let Some(acc) = st.store.remove(old, &group) {
+                if let Some(acc) = st.store.remove(old, group) {
                     merged.merge(acc);
                 }
             }
             let acc = st
                 .store
-                .get_mut(update.window, &group)
+                .get_mut(update.window, group)
                 .expect("a fresh session is not expired");
             acc.merge(merged);
             acc.add(m, e);
