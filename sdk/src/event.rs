@@ -2,8 +2,8 @@
 //! builders for events, patches, metric points and interests.
 
 use crate::{
-    Change, ConfigError, Event, HostSettings, Interest, Metadata, MetadataFields, MetricPoint,
-    Property, StateError, Value,
+    Change, ConfigError, Event, EventFields, HostSettings, Interest, Metadata, MetadataFields,
+    MetricPoint, Property, StateError, Value,
 };
 
 /// Conversion into a typed [`Value`].
@@ -405,12 +405,14 @@ impl Change {
 }
 
 impl Interest {
-    /// Every event type, every property, no metadata.
+    /// Every event type, every property, the event's id, user and session,
+    /// no metadata.
     pub fn all() -> Self {
         Interest {
             event_types: Vec::new(),
             properties: None,
             metadata: MetadataFields::empty(),
+            fields: EventFields::all(),
         }
     }
 
@@ -431,6 +433,13 @@ impl Interest {
     /// Adds metadata fields the plugin reads.
     pub fn with_metadata(mut self, fields: MetadataFields) -> Self {
         self.metadata |= fields;
+        self
+    }
+
+    /// Sends only these of the id, user and session fields (the others
+    /// arrive empty): each string sent is an allocation in the plugin.
+    pub fn with_only_fields(mut self, fields: EventFields) -> Self {
+        self.fields = fields;
         self
     }
 

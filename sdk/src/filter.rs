@@ -2,7 +2,7 @@
 //! and an [`InterestBuilder`] that turns the fields a config reads into the
 //! plugin's declared [`Interest`].
 
-use crate::{ConfigError, Event, Interest, MetadataFields, Value};
+use crate::{ConfigError, Event, EventFields, Interest, MetadataFields, Value};
 use serde::Deserialize;
 
 /// Parses a plugin's JSON config; empty text means `default` (the plugin's
@@ -261,11 +261,18 @@ pub struct InterestBuilder {
     properties: Vec<String>,
     all_properties: bool,
     metadata: MetadataFields,
+    fields: EventFields,
 }
 
 impl Default for MetadataFields {
     fn default() -> Self {
         MetadataFields::empty()
+    }
+}
+
+impl Default for EventFields {
+    fn default() -> Self {
+        EventFields::empty()
     }
 }
 
@@ -299,8 +306,16 @@ impl InterestBuilder {
             "metadata.referrer" | "referrer" => Some(MetadataFields::REFERRER),
             _ => None,
         };
+        let field = match path {
+            "event_id" | "id" => Some(EventFields::ID),
+            "user_id" => Some(EventFields::USER_ID),
+            "session_id" => Some(EventFields::SESSION_ID),
+            _ => None,
+        };
         if let Some(f) = md {
             self.metadata |= f;
+        } else if let Some(f) = field {
+            self.fields |= f;
         } else if !is_core(path) {
             let key = path.strip_prefix("properties.").unwrap_or(path).to_string();
             if !self.properties.contains(&key) {
@@ -329,6 +344,7 @@ impl InterestBuilder {
                 Some(self.properties.clone())
             },
             metadata: self.metadata,
+            fields: self.fields,
         }
     }
 }
@@ -361,6 +377,13 @@ mod tests {
         assert_eq!(i.event_types, ["purchase"]);
         assert_eq!(i.properties.unwrap(), ["amount", "currency"]);
         assert!(i.metadata.contains(MetadataFields::URL));
+        assert_eq!(
+            i.fields,
+            EventFields::empty(),
+            "reads no id, user or session"
+        );
+        b.field("user_id").field("event_id");
+        assert_eq!(b.build().fields, EventFields::USER_ID | EventFields::ID);
         assert_eq!(parse_duration("30m"), Ok(1_800_000));
         let mut bad: Filter = serde_json::from_value(
             serde_json::json!({"where": [{"field": "a", "op": "gt", "value": "x"}]}),

@@ -39,17 +39,18 @@ pub use state::KeyedState;
 pub use window::{EventTimeBuffer, SessionWindows, Sliding, Tumbling, Window, WindowStore};
 
 pub use wit::enricher::nexuspipe::plugin::types::{
-    AggregateOutput, Alert, AlertOutput, AlertStatus, Change, ConfigError, Event, HostSettings,
-    Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Severity, StateError, Value,
+    AggregateOutput, Alert, AlertOutput, AlertStatus, Change, ConfigError, Event, EventFields,
+    HostSettings, Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Severity,
+    StateError, Value,
 };
 
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
     pub use crate::{
         AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change, ConfigError,
-        Downstream, Enricher, Event, EventPatch, EventTimeBuffer, HostSettings, Interest,
-        KeyedState, Level, Metadata, MetadataFields, MetricPoint, Property, SessionWindows,
-        Severity, Sliding, StateError, Tumbling, Value, Window, WindowStore,
+        Downstream, Enricher, Event, EventFields, EventPatch, EventTimeBuffer, HostSettings,
+        Interest, KeyedState, Level, Metadata, MetadataFields, MetricPoint, Property,
+        SessionWindows, Severity, Sliding, StateError, Tumbling, Value, Window, WindowStore,
     };
 }
 

@@ -417,6 +417,7 @@ bool exports_nexuspipe_plugin_alerting_init(
   ret->properties.val.ptr = xmalloc(sizeof(alerter_string_t));
   ret->properties.val.ptr[0] = out_str(config.key.ptr, config.key.len);
   ret->metadata = 0;
+  ret->fields = 0;  // no id, user or session
   return true;
 }
 

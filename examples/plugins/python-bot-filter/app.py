@@ -108,6 +108,8 @@ class Enrich(exports.Enrich):
             event_types=[],
             properties=[],
             metadata=types.MetadataFields.USER_AGENT,
+            # No id, user or session: each string sent is an allocation here.
+            fields=types.EventFields(0),
         )
 
     def process(self, events):

@@ -185,6 +185,7 @@ fn check(file: &Path, config: Option<&Path>) -> Result<()> {
             "event_types": if interest.event_types.is_empty() { serde_json::json!("all") } else { serde_json::json!(interest.event_types) },
             "properties": interest.properties.as_ref().map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
             "metadata": metadata_names(interest.metadata),
+            "fields": field_names(interest.fields),
         },
         "exports": component.exports,
     });
@@ -203,6 +204,19 @@ fn metadata_names(m: nexuspipe::runtime::MetadataFields) -> Vec<&'static str> {
     ]
     .into_iter()
     .filter(|(f, _)| m.contains(*f))
+    .map(|(_, n)| n)
+    .collect()
+}
+
+fn field_names(f: nexuspipe::runtime::EventFields) -> Vec<&'static str> {
+    use nexuspipe::runtime::EventFields as F;
+    [
+        (F::ID, "event_id"),
+        (F::USER_ID, "user_id"),
+        (F::SESSION_ID, "session_id"),
+    ]
+    .into_iter()
+    .filter(|(f2, _)| f.contains(*f2))
     .map(|(_, n)| n)
     .collect()
 }

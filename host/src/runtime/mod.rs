@@ -11,8 +11,8 @@ mod replay;
 mod supervisor;
 
 pub use bindings::types::{
-    Alert, AlertStatus, Change, ConfigError, Event, HostSettings, Interest, Level, Metadata,
-    MetadataFields, MetricPoint, Property, Severity, Value,
+    Alert, AlertStatus, Change, ConfigError, Event, EventFields, HostSettings, Interest, Level,
+    Metadata, MetadataFields, MetricPoint, Property, Severity, Value,
 };
 pub use error::PluginError;
 pub use instance::PluginState;
@@ -49,9 +49,9 @@ impl World {
     /// The interface a component of this world exports.
     pub fn export_name(self) -> &'static str {
         match self {
-            World::Enricher => "nexuspipe:plugin/enrich@0.2.0",
-            World::Aggregator => "nexuspipe:plugin/aggregate@0.2.0",
-            World::Alerter => "nexuspipe:plugin/alerting@0.2.0",
+            World::Enricher => "nexuspipe:plugin/enrich@0.3.0",
+            World::Aggregator => "nexuspipe:plugin/aggregate@0.3.0",
+            World::Alerter => "nexuspipe:plugin/alerting@0.3.0",
         }
     }
 

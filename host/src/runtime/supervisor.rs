@@ -6,7 +6,8 @@
 //! circuit breaker instead of looping.
 
 use super::bindings::types::{
-    Alert, Change, Event, HostSettings, Interest, Metadata, MetadataFields, MetricPoint, Value,
+    Alert, Change, Event, EventFields, HostSettings, Interest, Metadata, MetadataFields,
+    MetricPoint, Value,
 };
 use super::error::chain;
 use super::instance::{Exports, Instance};
@@ -154,6 +155,10 @@ struct Hidden {
     /// Properties the plugin does not read, with their positions.
     properties: Vec<(usize, super::Property)>,
     metadata: Metadata,
+    /// The id, if the plugin does not read it (empty otherwise).
+    id: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
 }
 
 fn empty_event() -> Event {
@@ -206,6 +211,7 @@ impl Plugin {
                 event_types: Vec::new(),
                 properties: None,
                 metadata: MetadataFields::empty(),
+                fields: EventFields::empty(),
             },
             recovery: None,
             replay: Vec::new(),
@@ -354,7 +360,10 @@ impl Plugin {
         events: &mut [Event],
         watermark: i64,
     ) -> (Result<CallResult, Failure>, Option<Remembered>) {
-        let hidden: Vec<Hidden> = events.iter_mut().map(|e| self.project(e)).collect();
+        let hidden: Vec<Hidden> = events
+            .iter_mut()
+            .map(|e| project(&self.interest, e))
+            .collect();
         let started = Instant::now();
         let result = self.call(events, watermark);
         let took = started.elapsed();
@@ -388,34 +397,6 @@ impl Plugin {
     fn interest_wants(&self, event_type: &str) -> bool {
         self.interest.event_types.is_empty()
             || self.interest.event_types.iter().any(|t| t == event_type)
-    }
-
-    fn project(&self, e: &mut Event) -> Hidden {
-        // Moved, not copied: unread properties step aside and come back in place.
-        let properties = match &self.interest.properties {
-            Some(keys) => hide_properties(&mut e.properties, keys),
-            None => Vec::new(),
-        };
-        let want = self.interest.metadata;
-        let md = &mut e.metadata;
-        let hide = |flag: MetadataFields, field: &mut Option<String>| {
-            if want.contains(flag) {
-                None
-            } else {
-                field.take()
-            }
-        };
-        let metadata = Metadata {
-            ip_address: hide(MetadataFields::IP_ADDRESS, &mut md.ip_address),
-            user_agent: hide(MetadataFields::USER_AGENT, &mut md.user_agent),
-            platform: hide(MetadataFields::PLATFORM, &mut md.platform),
-            url: hide(MetadataFields::URL, &mut md.url),
-            referrer: hide(MetadataFields::REFERRER, &mut md.referrer),
-        };
-        Hidden {
-            properties,
-            metadata,
-        }
     }
 
     fn call(&mut self, events: &[Event], watermark: i64) -> Result<CallResult, Failure> {
@@ -884,7 +865,10 @@ pub fn refresh_downstream(pipeline: &mut [Plugin], after: &[&Interest]) {
 /// Whether two versions see the same events and fields, so one's recorded
 /// batches are exactly what the other would have been given.
 pub fn same_interest(a: &Interest, b: &Interest) -> bool {
-    a.event_types == b.event_types && a.properties == b.properties && a.metadata == b.metadata
+    a.event_types == b.event_types
+        && a.properties == b.properties
+        && a.metadata == b.metadata
+        && a.fields == b.fields
 }
 
 /// How much longer than a live call a replay may run (wall time): replays run
@@ -943,10 +927,60 @@ fn restore_properties(props: &mut Vec<super::Property>, hidden: Vec<(usize, supe
     }
 }
 
+/// Hides from `e` what `interest` does not read, to be put back by [`unproject`].
+fn project(interest: &Interest, e: &mut Event) -> Hidden {
+    // Moved, not copied: unread properties step aside and come back in place.
+    let properties = match &interest.properties {
+        Some(keys) => hide_properties(&mut e.properties, keys),
+        None => Vec::new(),
+    };
+    let want = interest.metadata;
+    let md = &mut e.metadata;
+    let hide = |flag: MetadataFields, field: &mut Option<String>| {
+        if want.contains(flag) {
+            None
+        } else {
+            field.take()
+        }
+    };
+    let metadata = Metadata {
+        ip_address: hide(MetadataFields::IP_ADDRESS, &mut md.ip_address),
+        user_agent: hide(MetadataFields::USER_AGENT, &mut md.user_agent),
+        platform: hide(MetadataFields::PLATFORM, &mut md.platform),
+        url: hide(MetadataFields::URL, &mut md.url),
+        referrer: hide(MetadataFields::REFERRER, &mut md.referrer),
+    };
+    let fields = interest.fields;
+    let id = if fields.contains(EventFields::ID) {
+        String::new()
+    } else {
+        std::mem::take(&mut e.id)
+    };
+    let hide = |flag: EventFields, field: &mut Option<String>| {
+        if fields.contains(flag) {
+            None
+        } else {
+            field.take()
+        }
+    };
+    Hidden {
+        properties,
+        metadata,
+        id,
+        user_id: hide(EventFields::USER_ID, &mut e.user_id),
+        session_id: hide(EventFields::SESSION_ID, &mut e.session_id),
+    }
+}
+
 fn unproject(e: &mut Event, h: Hidden) {
     restore_properties(&mut e.properties, h.properties);
+    if !h.id.is_empty() {
+        e.id = h.id;
+    }
     let md = &mut e.metadata;
     for (dst, src) in [
+        (&mut e.user_id, h.user_id),
+        (&mut e.session_id, h.session_id),
         (&mut md.ip_address, h.metadata.ip_address),
         (&mut md.user_agent, h.metadata.user_agent),
         (&mut md.platform, h.metadata.platform),
@@ -986,6 +1020,9 @@ fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
             Hidden {
                 properties: Vec::new(),
                 metadata: m,
+                id: String::new(),
+                user_id: None,
+                session_id: None,
             },
         );
     }
@@ -1020,6 +1057,70 @@ fn check_point(p: &MetricPoint) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_is_sent_only_the_fields_it_reads_and_they_come_back() {
+        let event = Event {
+            id: "e1".into(),
+            event_type: "purchase".into(),
+            timestamp: 7,
+            user_id: Some("u1".into()),
+            session_id: Some("s1".into()),
+            properties: vec![super::super::Property {
+                key: "amount".into(),
+                value: Value::Float(2.5),
+            }],
+            metadata: Metadata {
+                ip_address: Some("10.0.0.1".into()),
+                user_agent: Some("ua".into()),
+                platform: None,
+                url: Some("https://x/".into()),
+                referrer: None,
+            },
+        };
+        let interest = |fields, metadata| Interest {
+            event_types: Vec::new(),
+            properties: Some(Vec::new()),
+            metadata,
+            fields,
+        };
+        for (fields, metadata) in [
+            (EventFields::empty(), MetadataFields::empty()),
+            (EventFields::USER_ID, MetadataFields::URL),
+            (EventFields::all(), MetadataFields::all()),
+            (
+                EventFields::ID | EventFields::SESSION_ID,
+                MetadataFields::IP_ADDRESS,
+            ),
+        ] {
+            let mut e = event.clone();
+            let hidden = project(&interest(fields, metadata), &mut e);
+            let read = |f: EventFields, v: &Option<String>| {
+                fields.contains(f).then(|| v.clone()).flatten()
+            };
+            assert_eq!(
+                e.id,
+                if fields.contains(EventFields::ID) {
+                    "e1"
+                } else {
+                    ""
+                }
+            );
+            assert_eq!(e.user_id, read(EventFields::USER_ID, &event.user_id));
+            assert_eq!(
+                e.session_id,
+                read(EventFields::SESSION_ID, &event.session_id)
+            );
+            assert_eq!(
+                e.metadata.url.is_some(),
+                metadata.contains(MetadataFields::URL)
+            );
+            assert!(e.properties.is_empty());
+            assert_eq!((&e.event_type, e.timestamp), (&event.event_type, 7));
+            unproject(&mut e, hidden);
+            assert_eq!(e, event, "{fields:?} {metadata:?}");
+        }
+    }
 
     #[test]
     fn hidden_properties_come_back_in_place() {

@@ -196,7 +196,7 @@ fn worlds_are_detected_and_strangers_refused() {
     let err = rt.load_file(&guest("not-a-plugin")).err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, PluginError::UnknownWorld { .. }));
-    assert!(msg.contains("nexuspipe:plugin/enrich@0.2.0"), "{msg}");
+    assert!(msg.contains("nexuspipe:plugin/enrich@0.3.0"), "{msg}");
     assert!(
         msg.contains("wasi:cli/run@0.2"),
         "lists what it exports: {msg}"

@@ -70,9 +70,11 @@ impl Outputs {
         }
         // `path` is read to leave an event's own path alone.
         let properties: &[&str] = if self.path { &["path"] } else { &[] };
+        // No id, user or session: enrichment never reads them.
         Interest::all()
             .with_properties(properties.iter().copied())
             .with_metadata(metadata)
+            .with_only_fields(EventFields::empty())
     }
 }
 

@@ -100,6 +100,11 @@ fn only_what_downstream_reads_is_computed_and_asked_for() {
             h.interest.properties.as_deref(),
             Some(&properties.iter().map(|p| p.to_string()).collect::<Vec<_>>()[..])
         );
+        assert_eq!(
+            h.interest.fields,
+            nexuspipe_sdk::EventFields::empty(),
+            "no id, user or session is asked for"
+        );
         let want: Vec<(u32, Vec<Property>)> = everything
             .iter()
             .map(|(i, s)| {

@@ -9,7 +9,7 @@
 // variants are `{ tag, val }`, flags are objects of booleans, and a
 // `result` error is thrown as `{ payload: <error record> }`.
 
-import { log } from 'nexuspipe:plugin/host@0.2.0';
+import { log } from 'nexuspipe:plugin/host@0.3.0';
 
 const STATE_VERSION = 1;
 const CONFIG_KEYS = ['window_ms', 'event_type', 'depth_property', 'page_property', 'measurement'];
@@ -132,6 +132,7 @@ export const aggregate = {
       eventTypes: [config.eventType],
       properties: [config.depthProperty, config.pageProperty],
       metadata: { ipAddress: false, userAgent: false, platform: false, url: true, referrer: false },
+      fields: { id: false, userId: false, sessionId: false },
     };
   },
 

@@ -82,7 +82,9 @@ impl Enricher for BotFilter {
         };
         let interest = Interest::all()
             .with_properties(Vec::<String>::new())
-            .with_metadata(MetadataFields::USER_AGENT);
+            .with_metadata(MetadataFields::USER_AGENT)
+            // No id, user or session: each string sent is an allocation here.
+            .with_only_fields(EventFields::empty());
         Ok((
             BotFilter {
                 regex,

@@ -171,7 +171,9 @@ impl Alerter for ErrorSpike {
     fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
         let config = parse_config(config)?;
         let interest = Interest::event_types([config.event_type.clone()])
-            .with_properties([config.key.clone()]);
+            .with_properties([config.key.clone()])
+            // No id, user or session: each string sent is an allocation here.
+            .with_only_fields(EventFields::empty());
         Ok((
             ErrorSpike {
                 config,

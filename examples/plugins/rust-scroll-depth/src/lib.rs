@@ -98,7 +98,9 @@ impl Aggregator for ScrollDepth {
         }
         let interest = Interest::event_types([config.event_type.clone()])
             .with_properties([config.depth_property.clone(), config.page_property.clone()])
-            .with_metadata(MetadataFields::URL);
+            .with_metadata(MetadataFields::URL)
+            // No id, user or session: each string sent is an allocation here.
+            .with_only_fields(EventFields::empty());
         Ok((
             ScrollDepth {
                 window: Tumbling::new(config.window_ms),
