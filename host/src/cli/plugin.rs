@@ -195,30 +195,35 @@ fn check(file: &Path, config: Option<&Path>) -> Result<()> {
 
 fn metadata_names(m: nexuspipe::runtime::MetadataFields) -> Vec<&'static str> {
     use nexuspipe::runtime::MetadataFields as F;
-    [
+    let names = [
         (F::IP_ADDRESS, "ip_address"),
         (F::USER_AGENT, "user_agent"),
         (F::PLATFORM, "platform"),
         (F::URL, "url"),
         (F::REFERRER, "referrer"),
-    ]
-    .into_iter()
-    .filter(|(f, _)| m.contains(*f))
-    .map(|(_, n)| n)
-    .collect()
+    ];
+    named(names, |f| m.contains(f))
 }
 
 fn field_names(f: nexuspipe::runtime::EventFields) -> Vec<&'static str> {
     use nexuspipe::runtime::EventFields as F;
-    [
+    let names = [
         (F::ID, "event_id"),
         (F::USER_ID, "user_id"),
         (F::SESSION_ID, "session_id"),
-    ]
-    .into_iter()
-    .filter(|(f2, _)| f.contains(*f2))
-    .map(|(_, n)| n)
-    .collect()
+    ];
+    named(names, |flag| f.contains(flag))
+}
+
+/// The names of the flags that are set.
+fn named<F, const N: usize>(
+    names: [(F, &'static str); N],
+    set: impl Fn(F) -> bool,
+) -> Vec<&'static str> {
+    names
+        .into_iter()
+        .filter_map(|(f, n)| set(f).then_some(n))
+        .collect()
 }
 
 /// Reads canonical events from NDJSON; a bad line is an error naming the line and field.
