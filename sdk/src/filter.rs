@@ -19,6 +19,23 @@ pub fn json_config<T: serde::de::DeserializeOwned>(
     serde_json::from_str(text).map_err(ConfigError::parse)
 }
 
+/// As [`json_config`], also returning the config as JSON (for the
+/// definitions of [`crate::Parts`]).
+pub fn json_config_source<T: serde::de::DeserializeOwned>(
+    text: &str,
+    default: &str,
+) -> Result<(T, serde_json::Value), ConfigError> {
+    let text = if text.trim().is_empty() {
+        default
+    } else {
+        text
+    };
+    // Typed from the text, so errors name the line and column.
+    let config = serde_json::from_str(text).map_err(ConfigError::parse)?;
+    let value = serde_json::from_str(text).map_err(ConfigError::parse)?;
+    Ok((config, value))
+}
+
 /// Parses a duration: an integer (milliseconds) or text like `500ms`, `10s`, `30m`, `1h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let t = s.trim();

@@ -35,13 +35,13 @@ pub mod wit;
 
 pub use event::{Downstream, EventPatch, IntoValue};
 pub use plugin::{Aggregator, Alerter, Enricher, log};
-pub use state::KeyedState;
+pub use state::{KeyedState, Parts};
 pub use window::{EventTimeBuffer, SessionWindows, Sliding, Tumbling, Window, WindowStore};
 
 pub use wit::enricher::nexuspipe::plugin::types::{
     AggregateOutput, Alert, AlertOutput, AlertStatus, Change, ConfigError, Event, EventFields,
-    HostSettings, Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Severity,
-    StateError, Value,
+    HostSettings, Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Restored,
+    Severity, StateError, Value,
 };
 
 /// Everything a plugin usually needs, in one import.
@@ -49,8 +49,9 @@ pub mod prelude {
     pub use crate::{
         AggregateOutput, Aggregator, Alert, AlertOutput, AlertStatus, Alerter, Change, ConfigError,
         Downstream, Enricher, Event, EventFields, EventPatch, EventTimeBuffer, HostSettings,
-        Interest, KeyedState, Level, Metadata, MetadataFields, MetricPoint, Property,
-        SessionWindows, Severity, Sliding, StateError, Tumbling, Value, Window, WindowStore,
+        Interest, KeyedState, Level, Metadata, MetadataFields, MetricPoint, Parts, Property,
+        Restored, SessionWindows, Severity, Sliding, StateError, Tumbling, Value, Window,
+        WindowStore, log,
     };
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{
     AggregateOutput, AlertOutput, Change, ConfigError, Event, HostSettings, Interest, Level,
-    StateError,
+    Restored, StateError,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -32,6 +32,16 @@ pub trait Aggregator: Sized + 'static {
     fn state(&self) -> &Self::State;
 
     fn state_mut(&mut self) -> &mut Self::State;
+
+    /// Takes over a saved state (at a restart, or handed over by the running
+    /// version when a new version or config is deployed). By default the
+    /// whole state is replaced and reported kept; a plugin whose config has
+    /// parts (metrics, rules) keeps them in [`crate::Parts`] and overrides
+    /// this to keep only what still matches (see [`crate::Parts::adopt`]).
+    fn restore(&mut self, saved: Self::State) -> Restored {
+        *self.state_mut() = saved;
+        Restored::whole()
+    }
 }
 
 /// Alert rules: events and watermarks in, alerts out. State as in [`Aggregator`].
@@ -45,6 +55,12 @@ pub trait Alerter: Sized + 'static {
     fn state(&self) -> &Self::State;
 
     fn state_mut(&mut self) -> &mut Self::State;
+
+    /// As [`Aggregator::restore`].
+    fn restore(&mut self, saved: Self::State) -> Restored {
+        *self.state_mut() = saved;
+        Restored::whole()
+    }
 }
 
 #[doc(hidden)]
@@ -55,10 +71,9 @@ pub fn snapshot_state<S: Serialize>(state: &S) -> Vec<u8> {
 }
 
 #[doc(hidden)]
-pub fn restore_state<S: DeserializeOwned>(slot: &mut S, bytes: &[u8]) -> Result<(), StateError> {
-    *slot = serde_json::from_slice(bytes)
-        .map_err(|e| StateError::new(format!("state not understood by this version: {e}")))?;
-    Ok(())
+pub fn restore_state<S: DeserializeOwned>(bytes: &[u8]) -> Result<S, StateError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StateError::new(format!("state not understood by this version: {e}")))
 }
 
 /// Logs through the host (attributed to this plugin). Natively, for tests, it
@@ -151,13 +166,11 @@ macro_rules! __export_stateful {
                 }
                 fn restore(
                     state: ::std::vec::Vec<u8>,
-                ) -> ::std::result::Result<(), $crate::StateError> {
-                    __with_plugin(|p| {
-                        $crate::__private::restore_state(
-                            <$ty as $crate::$trait>::state_mut(p),
-                            &state,
-                        )
-                    })
+                ) -> ::std::result::Result<$crate::Restored, $crate::StateError> {
+                    let saved = $crate::__private::restore_state(&state)?;
+                    ::std::result::Result::Ok(__with_plugin(|p| {
+                        <$ty as $crate::$trait>::restore(p, saved)
+                    }))
                 }
             }
     $crate::wit::$world::$bindings!(__Export with_types_in $crate::wit::$world);

@@ -75,7 +75,7 @@ pub trait Stateful: Sized {
     fn init(config: &str, settings: &HostSettings) -> (Self, Interest);
     fn step(&mut self, events: Vec<Event>, watermark: i64) -> (Vec<Self::Item>, Vec<u32>);
     fn snapshot(&self) -> Vec<u8>;
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::StateError>;
+    fn restore(&mut self, bytes: &[u8]) -> Result<crate::Restored, crate::StateError>;
 }
 
 impl<P: Aggregator> Stateful for AsAggregator<P> {
@@ -91,8 +91,8 @@ impl<P: Aggregator> Stateful for AsAggregator<P> {
     fn snapshot(&self) -> Vec<u8> {
         snapshot_state(self.0.state())
     }
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::StateError> {
-        restore_state(self.0.state_mut(), bytes)
+    fn restore(&mut self, bytes: &[u8]) -> Result<crate::Restored, crate::StateError> {
+        Ok(self.0.restore(restore_state(bytes)?))
     }
 }
 
@@ -109,8 +109,8 @@ impl<P: Alerter> Stateful for AsAlerter<P> {
     fn snapshot(&self) -> Vec<u8> {
         snapshot_state(self.0.state())
     }
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::StateError> {
-        restore_state(self.0.state_mut(), bytes)
+    fn restore(&mut self, bytes: &[u8]) -> Result<crate::Restored, crate::StateError> {
+        Ok(self.0.restore(restore_state(bytes)?))
     }
 }
 
@@ -204,16 +204,18 @@ impl<S: Stateful> StatefulHarness<S> {
         all
     }
 
-    /// Snapshots the state and restores it into a fresh instance, as a restart
-    /// or a version swap does.
-    pub fn restart(&mut self, config: &str) {
+    /// Snapshots the state and restores it into a fresh instance with
+    /// `config`, as a restart or a version swap does; returns what the
+    /// plugin says it kept.
+    pub fn restart(&mut self, config: &str) -> crate::Restored {
         let bytes = self.plugin.snapshot();
         let (mut fresh, interest) = S::init(config, &default_settings());
-        fresh
+        let report = fresh
             .restore(&bytes)
             .unwrap_or_else(|e| panic!("restore failed: {}", e.message));
         self.plugin = fresh;
         self.interest = interest;
+        report
     }
 }
 

@@ -285,6 +285,12 @@ impl<T> Default for EventTimeBuffer<T> {
 }
 
 impl<T> EventTimeBuffer<T> {
+    /// Keeps only the items for which `keep` is true (e.g. those of the
+    /// parts a new config kept).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.items.retain(|_, item| keep(item));
+    }
+
     pub fn push(&mut self, ts: i64, item: T) {
         self.arrivals += 1;
         self.items.insert((ts, self.arrivals), item);

@@ -24,8 +24,8 @@ pub mod aggregator {
         export_macro_name: "export_aggregator_bindings",
         default_bindings_module: "nexuspipe_sdk::wit::aggregator",
         with: {
-            "nexuspipe:plugin/types@0.3.0": crate::wit::enricher::nexuspipe::plugin::types,
-            "nexuspipe:plugin/host@0.3.0": crate::wit::enricher::nexuspipe::plugin::host,
+            "nexuspipe:plugin/types@0.4.0": crate::wit::enricher::nexuspipe::plugin::types,
+            "nexuspipe:plugin/host@0.4.0": crate::wit::enricher::nexuspipe::plugin::host,
         },
     });
 }
@@ -39,8 +39,8 @@ pub mod alerter {
         export_macro_name: "export_alerter_bindings",
         default_bindings_module: "nexuspipe_sdk::wit::alerter",
         with: {
-            "nexuspipe:plugin/types@0.3.0": crate::wit::enricher::nexuspipe::plugin::types,
-            "nexuspipe:plugin/host@0.3.0": crate::wit::enricher::nexuspipe::plugin::host,
+            "nexuspipe:plugin/types@0.4.0": crate::wit::enricher::nexuspipe::plugin::types,
+            "nexuspipe:plugin/host@0.4.0": crate::wit::enricher::nexuspipe::plugin::host,
         },
     });
 }

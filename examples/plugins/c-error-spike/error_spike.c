@@ -646,6 +646,7 @@ static bool restore_from(char *text) {
 }
 
 bool exports_nexuspipe_plugin_alerting_restore(alerter_list_u8_t *state,
+                                               exports_nexuspipe_plugin_alerting_restored_t *ret,
                                                exports_nexuspipe_plugin_alerting_state_error_t *err) {
   char *text = xmalloc(state->len + 1);
   memcpy(text, state->ptr, state->len);
@@ -658,6 +659,12 @@ bool exports_nexuspipe_plugin_alerting_restore(alerter_list_u8_t *state,
     state_clear();
     err->message = out_fmt("state not understood by this version (expected \"%.*s\" format)",
                            (int)strlen(STATE_HEADER) - 1, STATE_HEADER);
+    return false;
   }
-  return ok;
+  // The state is one whole: report it kept (the host shows this per part).
+  memset(ret, 0, sizeof *ret);
+  ret->kept.len = 1;
+  ret->kept.ptr = xmalloc(sizeof(alerter_string_t));
+  ret->kept.ptr[0] = out_str("state", 5);
+  return true;
 }

@@ -1,7 +1,7 @@
 //! Rule configuration (JSON). The default rules are what `nexuspipe run` uses
 //! when the plugin is given no config.
 
-use nexuspipe_sdk::filter::{Filter, InterestBuilder, json_config, parse_duration};
+use nexuspipe_sdk::filter::{Filter, InterestBuilder, json_config_source, parse_duration};
 use nexuspipe_sdk::{ConfigError, Interest, Severity};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub rules: Vec<Rule>,
+    /// Rule id -> the rule as written (keys sorted): a rule's state is taken
+    /// over by a new config only if its definition is unchanged.
+    #[serde(skip)]
+    pub definitions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,7 +239,19 @@ pub const DEFAULT_CONFIG: &str = r#"{
 impl Config {
     /// Parses and checks a config; empty text means the default rules.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let mut c: Config = json_config(text, DEFAULT_CONFIG)?;
+        let (mut c, source): (Config, serde_json::Value) =
+            json_config_source(text, DEFAULT_CONFIG)?;
+        c.definitions = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    r.id.clone(),
+                    nexuspipe_sdk::state::definition(&source["rules"][i]),
+                )
+            })
+            .collect();
         let mut ids = std::collections::HashSet::new();
         for (i, r) in c.rules.iter_mut().enumerate() {
             let at = format!("rules[{i}]");

@@ -1,7 +1,7 @@
 //! funnel's configuration (JSON). See README.md; `DEFAULT_CONFIG` is what runs
 //! when the plugin is given no config.
 
-use nexuspipe_sdk::filter::{Filter, InterestBuilder, duration_ms, json_config};
+use nexuspipe_sdk::filter::{Filter, InterestBuilder, duration_ms, json_config_source};
 use nexuspipe_sdk::{ConfigError, Interest};
 use serde::Deserialize;
 
@@ -12,6 +12,16 @@ pub struct Config {
     pub metrics: Vec<Metric>,
     #[serde(default)]
     pub funnels: Vec<Funnel>,
+    /// Each metric's and funnel's identity, `(name, definition)` in config
+    /// order: its state is taken over by a new config only where both match.
+    #[serde(skip)]
+    pub identities: Identities,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    pub metrics: Vec<(String, String)>,
+    pub funnels: Vec<(String, String)>,
 }
 
 /// A windowed metric: one point per window and group.
@@ -179,7 +189,38 @@ const UNBOUNDED: [&str; 8] = [
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let mut c: Config = json_config(text, DEFAULT_CONFIG)?;
+        let (mut c, source): (Config, serde_json::Value) =
+            json_config_source(text, DEFAULT_CONFIG)?;
+        // A metric is named by its measurement (`#2`... when two share one),
+        // a funnel by its name; the definition is the entry as written.
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut name = |base: String| {
+            let n = seen.entry(base.clone()).or_default();
+            *n += 1;
+            if *n == 1 { base } else { format!("{base}#{n}") }
+        };
+        c.identities.metrics = c
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    name(format!("metric:{}", m.measurement)),
+                    nexuspipe_sdk::state::definition(&source["metrics"][i]),
+                )
+            })
+            .collect();
+        c.identities.funnels = c
+            .funnels
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    name(format!("funnel:{}", f.name)),
+                    nexuspipe_sdk::state::definition(&source["funnels"][i]),
+                )
+            })
+            .collect();
         for (i, m) in c.metrics.iter_mut().enumerate() {
             let at = format!("metrics[{i}]");
             m.filter.prepare(&format!("{at}.filter"))?;

@@ -17,11 +17,12 @@ pub struct Funnel {
     state: State,
 }
 
-/// Per metric and per funnel state, in config order.
+/// Per metric and per funnel state, in config order, each part tied to its
+/// metric's or funnel's identity (see `Config::identities`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
-    metrics: Vec<MetricState>,
-    funnels: Vec<FunnelState>,
+    metrics: Parts<MetricState>,
+    funnels: Parts<FunnelState>,
 }
 
 impl Aggregator for Funnel {
@@ -32,16 +33,12 @@ impl Aggregator for Funnel {
         let interest = config.interest();
         let lateness = settings.allowed_lateness;
         let state = State {
-            metrics: config
-                .metrics
-                .iter()
-                .map(|_| MetricState::new(lateness))
-                .collect(),
-            funnels: config
-                .funnels
-                .iter()
-                .map(|_| FunnelState::default())
-                .collect(),
+            metrics: Parts::new(config.identities.metrics.clone(), |_| {
+                MetricState::new(lateness)
+            }),
+            funnels: Parts::new(config.identities.funnels.clone(), |_| {
+                FunnelState::default()
+            }),
         };
         Ok((
             Funnel {
@@ -115,6 +112,27 @@ impl Aggregator for Funnel {
 
     fn state_mut(&mut self) -> &mut State {
         &mut self.state
+    }
+
+    /// Keeps the metrics and funnels whose name and definition are
+    /// unchanged; a changed one starts empty, a removed one is dropped.
+    fn restore(&mut self, saved: State) -> Restored {
+        let mut report = self.state.metrics.adopt(saved.metrics);
+        report.merge(self.state.funnels.adopt(saved.funnels));
+        for (what, parts) in [
+            ("kept", &report.kept),
+            ("reset", &report.reset),
+            ("dropped", &report.dropped),
+        ] {
+            if !parts.is_empty() {
+                log(
+                    Level::Info,
+                    &format!("state {what}"),
+                    &[("parts", &parts.join(","))],
+                );
+            }
+        }
+        report
     }
 }
 

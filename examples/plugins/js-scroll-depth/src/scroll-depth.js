@@ -9,7 +9,7 @@
 // variants are `{ tag, val }`, flags are objects of booleans, and a
 // `result` error is thrown as `{ payload: <error record> }`.
 
-import { log } from 'nexuspipe:plugin/host@0.3.0';
+import { log } from 'nexuspipe:plugin/host@0.4.0';
 
 const STATE_VERSION = 1;
 const CONFIG_KEYS = ['window_ms', 'event_type', 'depth_property', 'page_property', 'measurement'];
@@ -212,5 +212,7 @@ export const aggregate = {
     }
     windows = restored;
     watermark = state.watermark;
+    // The state is one whole: report it kept (the host shows this per part).
+    return { kept: ['state'], reset: [], dropped: [], added: [] };
   },
 };
