@@ -28,6 +28,11 @@ pub struct State {
     /// `memcmp`); nothing iterates it where order shows: alerts come out in
     /// rule order, then key order, because due keys are sorted first.
     rules: BTreeMap<String, FxHashMap<String, KeyState>>,
+    /// Rule id -> the rule's definition (its config as written) when the
+    /// state was built: a new config takes over a rule's state only when
+    /// both are unchanged. Missing in states saved before rules had one.
+    #[serde(default)]
+    definitions: BTreeMap<String, String>,
     /// When each key next needs attention without new events. Derived from
     /// `rules`, so it is not saved; it is rebuilt after a restore.
     #[serde(skip)]
@@ -239,8 +244,19 @@ impl Emitter<'_> {
     }
 }
 
+/// How [`advance_key`] treats the instant `t` itself.
+#[derive(Clone, Copy, PartialEq)]
+enum At {
+    /// `t` is final: whatever changes at `t` is decided now.
+    Settle,
+    /// An event at `t` follows: a threshold's events that leave the window
+    /// at `t` leave, but whether the condition holds at `t` is decided with
+    /// that event in (the count at `t` is over `(t - window, t]`).
+    EventFollows,
+}
+
 /// Moves one key of one rule to event time `t` (deadlines up to and including `t`).
-fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, out: &mut Vec<Alert>) {
+fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &mut Vec<Alert>) {
     let mut em = Emitter { rule, key, out };
     match &rule.kind {
         RuleKind::Threshold {
@@ -249,10 +265,12 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, out: &mut Vec<
             for_ms,
             ..
         } => {
+            let decided = |instant: i64| instant < t || at == At::Settle;
             // A `for` that completes before the next expiry fires first.
             loop {
                 if let (Some(h), None) = (ks.holding_since, ks.firing)
                     && h + for_ms <= t
+                    && decided(h + for_ms)
                     && ks
                         .window
                         .front()
@@ -271,6 +289,9 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, out: &mut Vec<
                 ks.sum -= v;
                 if ks.window.is_empty() {
                     ks.sum = 0.0; // no float drift once empty
+                }
+                if !decided(ft + window) {
+                    continue;
                 }
                 if ks.sum <= *above {
                     ks.holding_since = None;
@@ -333,6 +354,20 @@ fn apply(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, role: Role, out: &mu
                 let h = *ks.holding_since.get_or_insert(t);
                 if ks.firing.is_none() && t - h >= *for_ms {
                     fire_threshold(&mut em, ks, h, rule.cooldown);
+                }
+            } else {
+                // Events that left the window at `t` (see `At`) outweigh this one.
+                ks.holding_since = None;
+                if let Some(f) = ks.firing.take()
+                    && f.sent
+                {
+                    em.emit(
+                        AlertStatus::Resolved,
+                        f.starts_at,
+                        Some(t),
+                        ks.window.len(),
+                        ks.sum,
+                    );
                 }
             }
         }
@@ -400,7 +435,7 @@ impl Alerts {
             .or_default()
             .entry(o.key.clone())
             .or_default();
-        advance_key(rule, &o.key, ks, ts, out);
+        advance_key(rule, &o.key, ks, ts, At::EventFollows, out);
         apply(rule, &o.key, ks, ts, o.role, out);
         self.state.timers.schedule(ri, rule, o.key.as_str(), ks);
     }
@@ -438,7 +473,7 @@ impl Alerts {
             let mut wake = |key: &str, ks: &mut KeyState| -> bool {
                 ks.scheduled = None;
                 if ks.deadline(rule).is_some_and(|d| d <= wm) {
-                    advance_key(rule, key, ks, wm, out);
+                    advance_key(rule, key, ks, wm, At::Settle, out);
                 }
                 !ks.can_forget(rule, wm)
             };
@@ -464,14 +499,62 @@ impl Alerter for Alerts {
     fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
         let config = Config::parse(config)?;
         let interest = config.interest();
+        let state = State {
+            definitions: config.definitions.clone(),
+            ..State::default()
+        };
         Ok((
             Alerts {
                 config,
                 lateness: settings.allowed_lateness,
-                state: State::default(),
+                state,
             },
             interest,
         ))
+    }
+
+    /// Keeps the state of the rules whose id and definition are unchanged;
+    /// a rule whose definition changed starts empty (its keys, pending
+    /// timers and buffered events are dropped), a removed rule is dropped.
+    fn restore(&mut self, mut saved: State) -> Restored {
+        let mut report = Restored::default();
+        let current = &self.config.definitions;
+        let mut saved_ids: std::collections::BTreeSet<String> =
+            saved.definitions.keys().cloned().collect();
+        // Rules with keys in a state saved before rules had definitions.
+        saved_ids.extend(saved.rules.keys().cloned());
+        for id in &saved_ids {
+            match (current.get(id), saved.definitions.get(id)) {
+                (Some(now), Some(then)) if now == then => report.kept.push(id.clone()),
+                (Some(_), _) => report.reset.push(id.clone()),
+                (None, _) => report.dropped.push(id.clone()),
+            }
+        }
+        report.added = current
+            .keys()
+            .filter(|id| !saved_ids.contains(*id))
+            .cloned()
+            .collect();
+        let kept: std::collections::BTreeSet<&String> = report.kept.iter().collect();
+        saved.rules.retain(|id, _| kept.contains(id));
+        saved.buffer.retain(|o| kept.contains(&o.rule));
+        saved.definitions = current.clone();
+        saved.timers = Timers::default();
+        self.state = saved;
+        for (what, parts) in [
+            ("kept", &report.kept),
+            ("reset", &report.reset),
+            ("dropped", &report.dropped),
+        ] {
+            if !parts.is_empty() {
+                log(
+                    Level::Info,
+                    &format!("rule state {what}"),
+                    &[("rules", &parts.join(","))],
+                );
+            }
+        }
+        report
     }
 
     fn process(&mut self, events: Vec<Event>, watermark: i64) -> AlertOutput {
