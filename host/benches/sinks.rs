@@ -1,5 +1,5 @@
 //! Sink benchmark (`make bench-sinks`): points per second into InfluxDB 1.x
-//! (v1 API) and VictoriaMetrics (v2 API, through the influxdb2 crate), with
+//! (v1 API) and VictoriaMetrics (v2 API), with
 //! and without gzip, and webhook alert delivery latency, signed and not.
 //!
 //! The servers are the real ones, started by the project's scripts on
@@ -236,7 +236,7 @@ fn main() {
             ),
         ),
         (
-            "VictoriaMetrics (v2 /api/v2/write, influxdb2 crate)",
+            "VictoriaMetrics (v2 /api/v2/write)",
             format!(
                 "url = \"http://127.0.0.1:{vm_port}\"\napi = \"v2\"\norg = \"o\"\nbucket = \"bench\"\n"
             ),

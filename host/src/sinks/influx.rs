@@ -1,6 +1,6 @@
 //! The InfluxDB sink: metric points as line protocol, batched by count and
-//! time, gzipped, written through the v2 API (the influxdb2 crate) or the v1
-//! `/write` API, retried with backoff until written.
+//! time, gzipped, written through the v2 (`/api/v2/write`) or the v1
+//! (`/write`) API, retried with backoff until written.
 //!
 //! Nothing is dropped. While InfluxDB is slow or down, points wait in memory
 //! (`buffer_points`), then optionally in spool files in the data dir
@@ -219,18 +219,15 @@ impl Shared {
     }
 }
 
-/// How points reach the server.
-enum Writer {
-    V2 {
-        client: influxdb2::Client,
-        org: String,
-        bucket: String,
-    },
-    V1 {
-        http: reqwest::Client,
-        url: reqwest::Url,
-        auth: Option<(String, Option<String>)>,
-    },
+/// How points reach the server: `POST /api/v2/write` (org, bucket, token)
+/// or `POST /write` (database), both with `precision=ms`. Spoken with reqwest
+/// directly so that an error answer's body is read only up to a bound.
+struct Writer {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    /// `Authorization` header (v2 token), or basic auth (v1 user, password).
+    token: Option<String>,
+    basic: Option<(String, Option<String>)>,
 }
 
 impl Writer {
@@ -242,29 +239,26 @@ impl Writer {
                 reqwest::header::HeaderValue::from_static("gzip"),
             );
         }
-        let builder = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .timeout(c.timeout)
-            .default_headers(headers);
-        Ok(match c.api {
+            .default_headers(headers)
+            .build()?;
+        let mut url = reqwest::Url::parse(&c.url).expect("validated with the config");
+        let mut token = None;
+        let mut basic = None;
+        match c.api {
             InfluxApi::V2 => {
-                let client = influxdb2::ClientBuilder::with_builder(
-                    builder,
-                    c.url.as_str(),
-                    c.org.as_str(),
-                    c.token.as_str(),
-                )
-                .build()
-                .map_err(|e| match e {
-                    influxdb2::BuildError::ReqwestClientError { source } => source,
-                })?;
-                Writer::V2 {
-                    client,
-                    org: c.org.clone(),
-                    bucket: c.bucket.clone(),
-                }
+                url.path_segments_mut()
+                    .expect("http URL")
+                    .pop_if_empty()
+                    .extend(["api", "v2", "write"]);
+                url.query_pairs_mut()
+                    .append_pair("org", &c.org)
+                    .append_pair("bucket", &c.bucket)
+                    .append_pair("precision", "ms");
+                token = Some(format!("Token {}", c.token));
             }
             InfluxApi::V1 => {
-                let mut url = reqwest::Url::parse(&c.url).expect("validated with the config");
                 url.path_segments_mut()
                     .expect("http URL")
                     .pop_if_empty()
@@ -275,53 +269,33 @@ impl Writer {
                 if let Some(rp) = &c.retention_policy {
                     url.query_pairs_mut().append_pair("rp", rp);
                 }
-                Writer::V1 {
-                    http: builder.build()?,
-                    url,
-                    auth: c.username.clone().map(|u| (u, c.password.clone())),
-                }
+                basic = c.username.clone().map(|u| (u, c.password.clone()));
             }
+        }
+        Ok(Writer {
+            http,
+            url,
+            token,
+            basic,
         })
     }
 
     /// One write of a (possibly gzipped) body of lines; timestamps are in ms.
     async fn write(&self, body: Vec<u8>) -> Result<(), Failure> {
-        match self {
-            Writer::V2 {
-                client,
-                org,
-                bucket,
-            } => client
-                .write_line_protocol_with_precision(
-                    org,
-                    bucket,
-                    body,
-                    influxdb2::api::write::TimestampPrecision::Milliseconds,
-                )
-                .await
-                .map_err(|e| match e {
-                    influxdb2::RequestError::Http { status, text } => {
-                        Failure::from_status(status.as_u16(), &text)
-                    }
-                    influxdb2::RequestError::ReqwestProcessing { source } => {
-                        Failure::from_reqwest(&source)
-                    }
-                    other => Failure::Transient(other.to_string()),
-                }),
-            Writer::V1 { http, url, auth } => {
-                let mut req = http.post(url.clone()).body(body);
-                if let Some((user, password)) = auth {
-                    req = req.basic_auth(user, password.as_ref());
-                }
-                let resp = req.send().await.map_err(|e| Failure::from_reqwest(&e))?;
-                let status = resp.status();
-                if status.is_success() {
-                    return Ok(());
-                }
-                let text = resp.text().await.unwrap_or_default();
-                Err(Failure::from_status(status.as_u16(), &text))
-            }
+        let mut req = self.http.post(self.url.clone()).body(body);
+        if let Some(t) = &self.token {
+            req = req.header(reqwest::header::AUTHORIZATION, t);
         }
+        if let Some((user, password)) = &self.basic {
+            req = req.basic_auth(user, password.as_ref());
+        }
+        let resp = req.send().await.map_err(|e| Failure::from_reqwest(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = super::retry::answer_text(resp).await;
+        Err(Failure::from_status(status.as_u16(), &text))
     }
 }
 
@@ -439,7 +413,9 @@ impl InfluxSink {
                         break;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, dir = %b.spool.dir.display(), "spilling points to the data dir failed; holding the pipeline until InfluxDB takes them")
+                        tracing::error!(error = %e, dir = %b.spool.dir.display(), "spilling points to the data dir failed; holding the pipeline until InfluxDB takes them");
+                        *s.stats.last_error.lock().expect("sink stats lock") =
+                            Some(format!("spilling to {}: {e}", b.spool.dir.display()));
                     }
                 }
             }

@@ -71,6 +71,30 @@ impl Failure {
     }
 }
 
+/// How much of an error answer's body is read: enough for the server's
+/// message, never more (the server controls the size).
+pub const ANSWER_BYTES: usize = 4096;
+
+/// Reads at most `ANSWER_BYTES` of a response body as text, then stops:
+/// what a server answers must not decide how much the host allocates.
+pub async fn answer_text(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ANSWER_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ANSWER_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if body.len() == ANSWER_BYTES {
+        text.push('…');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

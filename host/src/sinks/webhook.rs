@@ -457,7 +457,7 @@ async fn send(t: &Target, item: &Pending) -> Result<(), Failure> {
     if status.is_success() {
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
+    let text = super::retry::answer_text(resp).await;
     let mut f = Failure::from_status(status.as_u16(), &text);
     // Only 5xx, 429 (and 408) are retried; any other answer is final.
     if let Failure::Rejected { status, message } = f {
