@@ -136,7 +136,7 @@ impl KafkaConfig {
 #[serde(rename_all = "lowercase")]
 pub enum InfluxApi {
     /// `/api/v2/write` with org, bucket and token (InfluxDB 2.x, 3.x, Cloud,
-    /// VictoriaMetrics), through the influxdb2 crate.
+    /// VictoriaMetrics).
     V2,
     /// `/write?db=` (InfluxDB 1.x).
     V1,
@@ -439,6 +439,11 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Most events per call into a plugin.
     pub batch_size: usize,
+    /// How far ahead of its receive time (with Kafka: of its record's
+    /// timestamp) an event's time may be; later events are refused, since
+    /// one of them would move the watermark for everyone.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
 }
 
 impl Default for EngineConfig {
@@ -451,6 +456,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("nexuspipe-data"),
             queue_capacity: 100_000,
             batch_size: 1024,
+            max_future: Duration::from_secs(3600),
         }
     }
 }
@@ -483,7 +489,7 @@ pub struct PluginConfig {
     pub partition_by: Option<String>,
 }
 
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+pub(crate) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
@@ -518,7 +524,8 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
             ));
         }
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large a size"))
 }
 
 impl Config {
@@ -789,6 +796,25 @@ mod tests {
             let err = check(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn sizes_parse_and_overflow_is_an_error() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size(" 2 MiB "), Ok(2 << 20));
+        assert_eq!(parse_size("3GB"), Ok(3_000_000_000));
+        let huge = format!("{}GiB", usize::MAX / 2);
+        assert!(
+            parse_size(&huge).unwrap_err().contains("too large"),
+            "{huge}"
+        );
+        assert!(parse_size("99999999999999999999999").is_err());
+        assert!(
+            parse_size("1 parsec")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
     }
 
     #[test]

@@ -23,6 +23,59 @@ pub struct EventDefaults<'a> {
     pub ip_address: Option<&'a str>,
     /// The request's `User-Agent`, for `metadata.user_agent`.
     pub user_agent: Option<&'a str>,
+    /// How far ahead of `now_ms` an event's time may be (`engine.max_future`);
+    /// `None`: no bound (offline runs over arbitrary history).
+    pub max_future_ms: Option<i64>,
+}
+
+/// The latest event time RFC 3339 can write (9999-12-31T23:59:59.999Z).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+impl EventDefaults<'_> {
+    /// Checks an event time against what the engine can trust: at or after
+    /// the epoch, within what RFC 3339 can write, and not further ahead of
+    /// the receive time than `max_future_ms`. One event from the far future
+    /// would move the watermark for everyone and make all later traffic late.
+    pub fn check_time(&self, ts: i64) -> Result<i64, EventError> {
+        let fault = |kind, message: String| EventError {
+            field: "timestamp".into(),
+            message,
+            kind,
+        };
+        if ts < 0 {
+            return Err(fault(
+                ErrorKind::TimeOutOfRange,
+                format!(
+                    "{ts} ms is before 1970-01-01T00:00:00Z; event time starts at the Unix epoch"
+                ),
+            ));
+        }
+        if ts > MAX_TIMESTAMP_MS {
+            return Err(fault(
+                ErrorKind::TimeOutOfRange,
+                format!(
+                    "{ts} ms is after 9999-12-31T23:59:59.999Z, the latest time RFC 3339 can write"
+                ),
+            ));
+        }
+        if let Some(max) = self.max_future_ms
+            && ts > self.now_ms.saturating_add(max)
+        {
+            return Err(fault(
+                ErrorKind::TooFarAhead,
+                format!(
+                    "{} is {} ahead of the receive time {}; at most {} is allowed (engine.max_future)",
+                    format_timestamp(ts),
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        (ts - self.now_ms) as u64 / 1000 * 1000
+                    )),
+                    format_timestamp(self.now_ms),
+                    humantime::format_duration(std::time::Duration::from_millis(max as u64)),
+                ),
+            ));
+        }
+        Ok(ts)
+    }
 }
 
 /// An event that could not be accepted, naming the field at fault.
@@ -31,12 +84,25 @@ pub struct EventDefaults<'a> {
 pub struct EventError {
     pub field: String,
     pub message: String,
+    pub kind: ErrorKind,
+}
+
+/// What kind of fault an [`EventError`] is, for the rejection counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A missing, unknown or mistyped field.
+    Invalid,
+    /// A timestamp further ahead of the receive time than `engine.max_future`.
+    TooFarAhead,
+    /// A timestamp before 1970 or beyond what RFC 3339 can write.
+    TimeOutOfRange,
 }
 
 fn err(field: &str, message: impl Into<String>) -> EventError {
     EventError {
         field: field.to_string(),
         message: message.into(),
+        kind: ErrorKind::Invalid,
     }
 }
 
@@ -50,8 +116,8 @@ pub fn parse_timestamp(v: &Json) -> Result<i64, String> {
     match v {
         Json::Number(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .ok_or_else(|| format!("{n} is not a valid epoch-milliseconds timestamp")),
+            .or_else(|| n.as_f64().and_then(float_ms))
+            .ok_or_else(|| format!("{n} {TOO_BIG}")),
         Json::String(s) => parse_timestamp_text(s),
         other => Err(format!(
             "expected RFC 3339 text or epoch milliseconds, got {}",
@@ -65,9 +131,25 @@ fn parse_timestamp_text(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
+    if !s.is_empty()
+        && s.trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("`{s}` {TOO_BIG}"));
+    }
     OffsetDateTime::parse(s, &Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|e| format!("`{s}` is neither RFC 3339 nor epoch milliseconds ({e})"))
+}
+
+/// How a timestamp beyond what an `i64` of milliseconds holds is described.
+const TOO_BIG: &str = "does not fit in 64-bit epoch milliseconds";
+
+/// A fractional epoch-milliseconds number as whole milliseconds, if it fits.
+fn float_ms(f: f64) -> Option<i64> {
+    // 2^63 as f64 is the first value that no longer fits.
+    (f.is_finite() && f.abs() < 9_223_372_036_854_775_808.0).then_some(f as i64)
 }
 
 /// Formats epoch milliseconds as RFC 3339 (UTC, millisecond precision).
@@ -152,8 +234,15 @@ pub fn from_json(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
     };
     let timestamp = match obj.remove("timestamp") {
         None | Some(Json::Null) => d.now_ms,
-        Some(t) => parse_timestamp(&t).map_err(|m| err("timestamp", m))?,
+        Some(t) => parse_timestamp(&t).map_err(|m| {
+            let mut e = err("timestamp", m);
+            if e.message.contains(TOO_BIG) {
+                e.kind = ErrorKind::TimeOutOfRange;
+            }
+            e
+        })?,
     };
+    let timestamp = d.check_time(timestamp)?;
     let id = opt_string(&mut obj, "event_id", "event_id")?
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let user_id = opt_string(&mut obj, "user_id", "user_id")?;
@@ -291,10 +380,13 @@ mod wire {
                 Some(m) => (m.ip_address, m.user_agent, m.platform, m.url, m.referrer),
                 None => (None, None, None, None, None),
             };
+            let timestamp = d
+                .check_time(self.timestamp.map_or(d.now_ms, |t| t.0))
+                .ok()?;
             Some(super::Event {
                 id: text(self.event_id).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 event_type,
-                timestamp: self.timestamp.map_or(d.now_ms, |t| t.0),
+                timestamp,
                 user_id: text(self.user_id),
                 session_id: text(self.session_id),
                 properties: self.properties.map(|p| p.0).unwrap_or_default(),
@@ -357,14 +449,14 @@ mod wire {
                     Ok(Time(n))
                 }
                 fn visit_u64<E: de::Error>(self, n: u64) -> Result<Time, E> {
-                    Ok(Time(i64::try_from(n).unwrap_or(n as f64 as i64)))
+                    i64::try_from(n)
+                        .map(Time)
+                        .map_err(|_| E::custom("does not fit in 64-bit epoch milliseconds"))
                 }
                 fn visit_f64<E: de::Error>(self, n: f64) -> Result<Time, E> {
-                    if n.is_finite() {
-                        Ok(Time(n as i64))
-                    } else {
-                        Err(E::custom("not a finite number"))
-                    }
+                    super::float_ms(n)
+                        .map(Time)
+                        .ok_or_else(|| E::custom("does not fit in 64-bit epoch milliseconds"))
                 }
                 fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
                     super::parse_timestamp_text(s).map(Time).map_err(E::custom)
@@ -506,6 +598,7 @@ mod tests {
             now_ms: 5,
             ip_address: Some("10.0.0.1"),
             user_agent: None,
+            max_future_ms: None,
         };
         let e = from_json(
             json!({"event_type":"purchase","timestamp":"2026-01-01T00:00:01.5Z","user_id":"u1",
@@ -526,6 +619,7 @@ mod tests {
             now_ms: 7,
             ip_address: Some("10.0.0.9"),
             user_agent: Some("curl/8"),
+            max_future_ms: None,
         };
         let body = r#"[
             {"event_id":"e1","event_type":"purchase","timestamp":"2026-01-01T00:00:01.5Z",

@@ -95,12 +95,18 @@ pub enum RejectReason {
     BadEncoding,
     /// A collector's Kafka broker did not acknowledge (503).
     Broker,
+    /// A timestamp further ahead than `engine.max_future`.
+    TimestampTooFarAhead,
+    /// A timestamp before 1970 or beyond what RFC 3339 can write.
+    TimestampOutOfRange,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 6] = [
+    const ALL: [RejectReason; 8] = [
         RejectReason::MalformedJson,
         RejectReason::InvalidEvent,
+        RejectReason::TimestampTooFarAhead,
+        RejectReason::TimestampOutOfRange,
         RejectReason::BodyTooLarge,
         RejectReason::QueueFull,
         RejectReason::BadEncoding,
@@ -115,6 +121,17 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::BadEncoding => "bad_encoding",
             RejectReason::Broker => "broker_unavailable",
+            RejectReason::TimestampTooFarAhead => "timestamp_too_far_ahead",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+        }
+    }
+
+    /// The counter an invalid event goes to.
+    pub fn of(kind: crate::event::ErrorKind) -> Self {
+        match kind {
+            crate::event::ErrorKind::Invalid => RejectReason::InvalidEvent,
+            crate::event::ErrorKind::TooFarAhead => RejectReason::TimestampTooFarAhead,
+            crate::event::ErrorKind::TimeOutOfRange => RejectReason::TimestampOutOfRange,
         }
     }
 }
@@ -245,8 +262,29 @@ pub struct Metrics {
     pub plugin_swaps: AtomicU64,
     /// Uploads and folder loads refused (bad component, config, state...).
     pub plugin_swaps_failed: AtomicU64,
+    /// Times the plugins folder watcher looked and had nothing left to load.
+    pub folder_idle_checks: AtomicU64,
+    /// Checkpoints of plugin state committed (the embedded engine's, or a
+    /// processor's tasks' with their offsets).
+    pub checkpoints: AtomicU64,
     /// External sinks, registered when they start.
     pub sinks: Mutex<Vec<Arc<SinkStats>>>,
+    /// Files under the data dir whose last write failed (a full disk...),
+    /// by path: `/readyz` is 503 with the cause until a write succeeds.
+    pub storage: Mutex<std::collections::BTreeMap<String, StorageFault>>,
+}
+
+/// A file the engine cannot write.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StorageFault {
+    pub path: String,
+    pub error: String,
+    /// Bytes held in memory until the write succeeds.
+    pub pending_bytes: usize,
+    #[serde(skip)]
+    since: std::time::Instant,
+    #[serde(skip)]
+    logged: std::time::Instant,
 }
 
 impl Metrics {
@@ -270,6 +308,64 @@ impl Metrics {
             .position(|r| *r == reason)
             .expect("listed");
         self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a write to a file under the data dir; logs a
+    /// failure when it starts (then every 30 s) and when it ends. True on success.
+    pub fn storage_result(
+        &self,
+        path: &std::path::Path,
+        r: std::io::Result<()>,
+        pending_bytes: usize,
+    ) -> bool {
+        let key = path.display().to_string();
+        let mut faults = self.storage.lock().expect("metrics lock");
+        match r {
+            Ok(()) => {
+                if let Some(f) = faults.remove(&key) {
+                    tracing::info!(file = %key, failing_for_s = f.since.elapsed().as_secs(), "writes succeed again; what was held is written");
+                }
+                true
+            }
+            Err(e) => {
+                let now = std::time::Instant::now();
+                let error = e.to_string();
+                match faults.get_mut(&key) {
+                    Some(f) => {
+                        f.pending_bytes = pending_bytes;
+                        f.error = error;
+                        if f.logged.elapsed() >= Duration::from_secs(30) {
+                            f.logged = now;
+                            tracing::error!(file = %key, error = %f.error, pending_bytes, failing_for_s = f.since.elapsed().as_secs(), "still cannot write; what it holds is kept until it can");
+                        }
+                    }
+                    None => {
+                        tracing::error!(file = %key, error = %error, pending_bytes, "cannot write; what it holds is kept until it can (outputs hold the pipeline back, so ingest answers 429 once the queue is full)");
+                        faults.insert(
+                            key.clone(),
+                            StorageFault {
+                                path: key,
+                                error,
+                                pending_bytes,
+                                since: now,
+                                logged: now,
+                            },
+                        );
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// The files that cannot be written now.
+    pub fn storage_faults(&self) -> Vec<StorageFault> {
+        self.storage
+            .lock()
+            .expect("metrics lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Whether a sink holds the pipeline back (its buffer is full).
@@ -454,6 +550,18 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "nexuspipe_plugin_folder_idle_checks_total",
+            "Times the plugins folder watcher looked and found nothing left to load.",
+            get(&self.folder_idle_checks),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_checkpoints_total",
+            "Checkpoints of plugin state committed.",
+            get(&self.checkpoints),
+        );
+        counter(
+            &mut o,
             "nexuspipe_plugin_swaps_failed_total",
             "Uploads and folder loads refused; the running version stayed.",
             get(&self.plugin_swaps_failed),
@@ -461,7 +569,7 @@ impl Metrics {
         self.render_sinks(&mut o);
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {
-            let families: [(&str, &str, StatFn); 5] = [
+            let families: [(&str, &str, StatFn); 6] = [
                 (
                     "nexuspipe_plugin_calls_total",
                     "Calls into the plugin.",
@@ -486,6 +594,11 @@ impl Metrics {
                     "nexuspipe_plugin_dead_lettered_total",
                     "Events dead-lettered because of the plugin.",
                     |s| s.dead_lettered,
+                ),
+                (
+                    "nexuspipe_plugin_log_dropped_total",
+                    "Log lines dropped by the per-call limit (max_log_lines).",
+                    |s| s.log_dropped,
                 ),
             ];
             for (name, help, f) in families {

@@ -35,6 +35,15 @@ pub(super) struct Rejected {
     pub line: Option<usize>,
     pub field: String,
     pub message: String,
+    #[serde(skip)]
+    pub kind: crate::event::ErrorKind,
+}
+
+/// Counts rejected events by what was wrong with them.
+fn count_rejected(m: &crate::telemetry::Metrics, rejected: &[Rejected]) {
+    for r in rejected {
+        m.reject(RejectReason::of(r.kind), 1);
+    }
 }
 
 /// Reads the body under the size limit, decompressing gzip. The limit applies
@@ -72,22 +81,18 @@ pub(super) async fn read_body(
         .to_ascii_lowercase();
     match encoding.as_str() {
         "identity" | "" => Ok(raw),
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
-            if let Err(e) = dec.read_to_end(&mut out) {
+        "gzip" | "x-gzip" => match gunzip(&raw, limit) {
+            Ok(out) => Ok(Bytes::from(out)),
+            Err(Gunzip::TooLarge) => Err(too_large(state)),
+            Err(Gunzip::Invalid(e)) => {
                 state.metrics.reject(RejectReason::BadEncoding, 1);
-                return Err(error(
+                Err(error(
                     StatusCode::BAD_REQUEST,
                     format!("body is not valid gzip: {e}"),
                     json!({}),
-                ));
+                ))
             }
-            if out.len() > limit {
-                return Err(too_large(state));
-            }
-            Ok(Bytes::from(out))
-        }
+        },
         other => {
             state.metrics.reject(RejectReason::BadEncoding, 1);
             Err(error(
@@ -97,6 +102,26 @@ pub(super) async fn read_body(
             ))
         }
     }
+}
+
+/// Why a gzip body was refused.
+#[derive(Debug)]
+pub enum Gunzip {
+    /// More than the limit once decompressed (a gzip bomb, or just too big).
+    TooLarge,
+    Invalid(std::io::Error),
+}
+
+/// Decompresses a gzip body, reading at most one byte past `limit`: the
+/// limit applies to the decompressed size, so a small bomb is refused early.
+pub fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    let mut dec = flate2::read::GzDecoder::new(raw).take(limit as u64 + 1);
+    dec.read_to_end(&mut out).map_err(Gunzip::Invalid)?;
+    if out.len() > limit {
+        return Err(Gunzip::TooLarge);
+    }
+    Ok(out)
 }
 
 pub(super) fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -113,10 +138,7 @@ pub(super) fn is_ndjson(headers: &HeaderMap) -> bool {
 
 /// Splits a body into JSON values with their position; malformed JSON is an
 /// error naming the line (NDJSON) or the byte offset.
-pub(super) fn split_body(
-    body: &[u8],
-    ndjson: bool,
-) -> Result<Vec<(usize, Option<usize>, Json)>, String> {
+pub fn split_body(body: &[u8], ndjson: bool) -> Result<Vec<(usize, Option<usize>, Json)>, String> {
     if ndjson {
         let mut out = Vec::new();
         for (i, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -143,11 +165,13 @@ pub(super) fn split_body(
 pub(super) struct RequestDefaults {
     pub ip: String,
     pub user_agent: Option<String>,
+    pub max_future_ms: i64,
 }
 
 impl RequestDefaults {
-    pub fn new(peer: SocketAddr, headers: &HeaderMap) -> Self {
+    pub fn new(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         RequestDefaults {
+            max_future_ms: state.max_future_ms,
             ip: peer.ip().to_string(),
             user_agent: headers
                 .get(header::USER_AGENT)
@@ -161,6 +185,7 @@ impl RequestDefaults {
             now_ms: now_ms(),
             ip_address: Some(&self.ip),
             user_agent: self.user_agent.as_deref(),
+            max_future_ms: Some(self.max_future_ms),
         }
     }
 }
@@ -186,12 +211,14 @@ pub(super) async fn accept(
                 line,
                 field: e.field,
                 message: e.message,
+                kind: e.kind,
             }),
         }
     }
     if !rejected.is_empty() && (!partial || events.is_empty()) {
-        let total = events.len() + rejected.len();
-        m.reject(RejectReason::InvalidEvent, total as u64);
+        // The valid events refused with the batch count as invalid too.
+        m.reject(RejectReason::InvalidEvent, events.len() as u64);
+        count_rejected(m, &rejected);
         let first = &rejected[0];
         let at = match first.line {
             Some(l) => format!("line {l}"),
@@ -231,7 +258,7 @@ async fn admit(
     if events.is_empty() {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": 0 }))).into_response();
     }
-    m.reject(RejectReason::InvalidEvent, rejected.len() as u64);
+    count_rejected(m, &rejected);
     let n = events.len();
     if let Err(r) = deliver(state, events, received).await {
         return r;
@@ -312,7 +339,7 @@ pub(super) async fn ingest(
         Err(r) => return r,
     };
     let ndjson = is_ndjson(&headers);
-    let defaults = RequestDefaults::new(peer, &headers);
+    let defaults = RequestDefaults::new(&state, peer, &headers);
     let d = defaults.event_defaults();
     if normalize.is_none()
         && let Some(events) = parse_events(&bytes, ndjson, &d)

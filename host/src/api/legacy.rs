@@ -37,6 +37,7 @@ pub fn normalize(v: Json) -> Result<Json, EventError> {
         return Err(EventError {
             field: String::new(),
             message: "an event must be a JSON object".into(),
+            kind: crate::event::ErrorKind::Invalid,
         });
     };
     let mut out = Map::new();

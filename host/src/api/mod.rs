@@ -1,8 +1,8 @@
 //! The HTTP API: event ingest, health, metrics. Built on axum (hyper).
 
 mod admin;
-mod ingest;
-mod legacy;
+pub(crate) mod ingest;
+pub(crate) mod legacy;
 
 use crate::engine::EngineHandle;
 use crate::telemetry::Metrics;
@@ -41,6 +41,8 @@ pub struct ApiState {
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
+    /// `engine.max_future` in milliseconds.
+    pub max_future_ms: i64,
     /// False while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
     /// Plugin versions: the admin API's and the folder watcher's way in.
@@ -86,6 +88,9 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     let room = s.ingest.has_room();
     // A full sink holds the pipeline back: new events would only wait (429).
     let sinks_ok = !s.metrics.sink_full();
+    // So does a file the engine cannot write (a full disk).
+    let storage = s.metrics.storage_faults();
+    let sinks_ok = sinks_ok && storage.is_empty();
     let sinks: Vec<serde_json::Value> = s
         .metrics
         .sinks
@@ -101,6 +106,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         "queue_depth": s.metrics.queue_depth.load(Ordering::Relaxed),
         "plugins": *s.metrics.plugins.lock().expect("metrics lock"),
         "sinks": sinks,
+        "storage": storage,
     });
     let status = if ready && room && sinks_ok {
         StatusCode::OK

@@ -331,7 +331,7 @@ fn run_file(args: RunArgs) -> Result<()> {
     if !output.dead.is_empty() {
         let mut f = AppendFile::new(args.data_dir.join("dead-letter.jsonl"));
         for d in &output.dead {
-            f.write_json(&sinks::dead_letter_to_json(d))?;
+            f.write_json(&sinks::dead_letter_to_json(d));
         }
         f.flush(true)?;
         let lost: usize = output.dead.iter().map(|d| d.events.len()).sum();
@@ -344,7 +344,7 @@ fn run_file(args: RunArgs) -> Result<()> {
     if !output.late.is_empty() {
         let mut f = AppendFile::new(args.data_dir.join("late.jsonl"));
         for (p, e) in &output.late {
-            f.write_json(&sinks::late_to_json(p, e))?;
+            f.write_json(&sinks::late_to_json(p, e));
         }
         f.flush(true)?;
         eprintln!(

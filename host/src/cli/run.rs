@@ -186,6 +186,7 @@ fn run_embedded(config: Config) -> Result<()> {
         ingest: Ingest::Engine(handle.clone()),
         metrics,
         max_body: config.http.max_body,
+        max_future_ms: config.engine.max_future.as_millis() as i64,
         ready: Arc::new(AtomicBool::new(false)),
         manager,
         admin_token,
@@ -247,6 +248,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             idle_timeout: e.idle_timeout,
             checkpoint_interval: e.checkpoint_interval,
             batch_size: e.batch_size,
+            max_future: e.max_future,
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
         Some(
@@ -272,6 +274,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         ingest: ingest.clone(),
         metrics,
         max_body: config.http.max_body,
+        max_future_ms: config.engine.max_future.as_millis() as i64,
         ready: Arc::new(AtomicBool::new(false)),
         manager,
         admin_token: None,

@@ -74,17 +74,22 @@ impl Checkpoints {
             let file = self.dir.join(&entry.file);
             let state =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            if let Err(e) = p.restore(&state) {
-                bail!(
+            let parts = match p.restore(&state) {
+                Ok(parts) => parts,
+                Err(e) => bail!(
                     "plugin `{}` rejected its checkpoint {} ({e}); its open windows and timers would be lost. \
                      Move the file away to start the plugin empty",
                     p.name(),
                     file.display()
-                );
-            }
+                ),
+            };
             tracing::info!(
                 plugin = p.name(),
                 bytes = state.len(),
+                kept = %parts.kept.join(","),
+                reset = %parts.reset.join(","),
+                dropped = %parts.dropped.join(","),
+                added = %parts.added.join(","),
                 "restored plugin state"
             );
         }

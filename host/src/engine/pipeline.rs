@@ -13,9 +13,7 @@ use super::Watermark;
 use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
-use crate::runtime::{
-    Catchup, Event, Plugin, PluginOutput, World, refresh_downstream, same_interest,
-};
+use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, refresh_downstream};
 use crate::sinks::Outputs;
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
@@ -113,7 +111,32 @@ pub struct Swapped {
     pub caught_up: bool,
     /// How long the engine held events back to apply it.
     pub pause: Duration,
+    /// With `Kept`: what the new version took over of the state, part by
+    /// part (metrics, rules), as its `restore` reported it.
+    pub parts: Option<crate::runtime::Restored>,
 }
+
+/// What `deploy` did, before the pause is known.
+struct Outcome {
+    handover: Handover,
+    state_bytes: usize,
+    caught_up: bool,
+    parts: Option<crate::runtime::Restored>,
+}
+
+impl Outcome {
+    fn plain(handover: Handover) -> Self {
+        Outcome {
+            handover,
+            state_bytes: 0,
+            caught_up: false,
+            parts: None,
+        }
+    }
+}
+
+/// A control operation's result and the instance it retired.
+type Applied = (Result<Outcome, SwapError>, Option<Plugin>);
 
 /// Why a control operation was refused; the running pipeline is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -601,7 +624,7 @@ impl Engine {
             ControlOp::Remove { name } => {
                 match self.plugins.iter().position(|p| p.name() == name) {
                     Some(i) => (
-                        Ok((Handover::Removed, 0, false)),
+                        Ok(Outcome::plain(Handover::Removed)),
                         Some(self.plugins.remove(i)),
                     ),
                     None => (Err(SwapError::NotFound(name)), None),
@@ -627,7 +650,7 @@ impl Engine {
             .find(|p| p.name() == plugin.name() && p.world() == plugin.world())
             .map(|old| old.catchup(Some(caught_up)));
         match catchup {
-            Some(c) if self.shadow.is_none() && same_interest(&c.interest, plugin.interest()) => {
+            Some(c) if self.shadow.is_none() && c.fits(&plugin) => {
                 match Shadow::start(plugin, caught_up, reply) {
                     Ok(mut sh) => {
                         sh.feed(&c);
@@ -685,13 +708,7 @@ impl Engine {
     }
 
     /// Retires the old instance, records the pause and answers the change.
-    #[allow(clippy::type_complexity, reason = "the private result of deploy")]
-    fn complete(
-        &mut self,
-        reply: shadow::Reply,
-        started: Instant,
-        (result, retired): (Result<(Handover, usize, bool), SwapError>, Option<Plugin>),
-    ) {
+    fn complete(&mut self, reply: shadow::Reply, started: Instant, (result, retired): Applied) {
         if let Some(old) = retired {
             // Freeing an instance unmaps its linear memory: milliseconds for a
             // big state, which the events need not wait for.
@@ -705,17 +722,18 @@ impl Engine {
             refresh_downstream(&mut self.plugins, &[]);
         }
         let pause = started.elapsed();
-        let result = result.map(|(handover, state_bytes, caught_up)| {
+        let result = result.map(|o| {
             self.metrics
                 .swap_pause
                 .lock()
                 .expect("metrics lock")
                 .record(pause);
             Swapped {
-                handover,
-                state_bytes,
-                caught_up,
+                handover: o.handover,
+                state_bytes: o.state_bytes,
+                caught_up: o.caught_up,
                 pause,
+                parts: o.parts,
             }
         });
         if matches!(&result, Ok(s) if s.handover == Handover::Reset) {
@@ -728,17 +746,11 @@ impl Engine {
     }
 
     /// Swaps `new` in; returns the outcome and the retired instance (dropped by the caller).
-    #[allow(clippy::type_complexity, reason = "a private two-part result")]
-    fn deploy(
-        &mut self,
-        mut new: Plugin,
-        reset_state: bool,
-        caught_up: Option<u64>,
-    ) -> (Result<(Handover, usize, bool), SwapError>, Option<Plugin>) {
+    fn deploy(&mut self, mut new: Plugin, reset_state: bool, caught_up: Option<u64>) -> Applied {
         let Some(i) = self.plugins.iter().position(|p| p.name() == new.name()) else {
             let at = insert_position(self.plugins.iter().map(Plugin::world), new.world());
             self.plugins.insert(at, new);
-            return (Ok((Handover::New, 0, false)), None);
+            return (Ok(Outcome::plain(Handover::New)), None);
         };
         let old = &mut self.plugins[i];
         if old.world() != new.world() {
@@ -750,12 +762,12 @@ impl Engine {
             return (Err(e), Some(new));
         }
         let outcome = if !old.world().is_stateful() {
-            (Handover::Stateless, 0, false)
+            Outcome::plain(Handover::Stateless)
         } else if reset_state {
-            (Handover::Reset, 0, false)
+            Outcome::plain(Handover::Reset)
         } else if let Some(c) = caught_up
             .map(|n| old.catchup(Some(n)))
-            .filter(|c| !c.from_base && same_interest(&c.interest, new.interest()))
+            .filter(|c| !c.from_base && c.fits(&new))
         {
             // The common case: only the batches since the new version's
             // catch-up are replayed here, whatever the size of the state.
@@ -769,15 +781,26 @@ impl Engine {
                 "replayed the last batches in the pause"
             );
             match r {
-                Ok(()) => (Handover::Kept, 0, true),
+                Ok(()) => Outcome {
+                    handover: Handover::Kept,
+                    state_bytes: 0,
+                    caught_up: true,
+                    // Reported by the restore of the catch-up's snapshot.
+                    parts: new.restored().cloned(),
+                },
                 Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
             }
         } else {
             match old.checkpoint() {
                 Err(f) => return (Err(SwapError::Snapshot(f.to_string())), Some(new)),
-                Ok(None) => (Handover::Reset, 0, false),
+                Ok(None) => Outcome::plain(Handover::Reset),
                 Ok(Some(state)) => match new.restore(&state) {
-                    Ok(()) => (Handover::Kept, state.len(), false),
+                    Ok(parts) => Outcome {
+                        handover: Handover::Kept,
+                        state_bytes: state.len(),
+                        caught_up: false,
+                        parts: Some(parts),
+                    },
                     Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
                 },
             }
@@ -837,9 +860,14 @@ impl Engine {
         // The checkpoint folds the replay log into a snapshot: a shadow gets
         // its batches first (else it would restart from the snapshot).
         self.feed_shadow();
-        if let Err(e) = self.checkpoints.save(&mut self.plugins, &self.watermark) {
-            tracing::error!(error = %e, "checkpoint failed");
+        let saved = self.checkpoints.save(&mut self.plugins, &self.watermark);
+        let dir = self.settings.data_dir.join("checkpoints");
+        if saved.is_ok() {
+            self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
+        // A failed checkpoint leaves the previous one in force.
+        let io = saved.map_err(|e| std::io::Error::other(format!("checkpoint failed: {e:#}")));
+        self.metrics.storage_result(&dir, io, 0);
         self.outputs.sync();
     }
 

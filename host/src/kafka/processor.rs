@@ -72,6 +72,8 @@ pub struct ProcessorSettings {
     pub idle_timeout: Duration,
     pub checkpoint_interval: Duration,
     pub batch_size: usize,
+    /// How far ahead of its record's timestamp an event's time may be.
+    pub max_future: Duration,
 }
 
 /// The topics a pipeline needs: the events topic and, per stateful plugin,
@@ -334,6 +336,8 @@ struct Record {
     partition: i32,
     offset: i64,
     payload: Option<Vec<u8>>,
+    /// The record's timestamp (create or log-append time), ms.
+    timestamp: Option<i64>,
     source: Option<String>,
     watermark: Option<String>,
 }
@@ -353,6 +357,7 @@ impl Record {
             partition: m.partition(),
             offset: m.offset(),
             payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
             source: header(SOURCE_HEADER),
             watermark: header(WATERMARK_HEADER),
         }
@@ -714,7 +719,8 @@ impl Proc {
                 c.last_record = now;
                 c.last_idle_marker = None;
             }
-            match parse(r.payload.as_deref()) {
+            let max_future = self.settings.max_future.as_millis() as i64;
+            match parse(r.payload.as_deref(), r.timestamp, Some(max_future)) {
                 Ok(e) => {
                     origins.push((r.partition, r.offset));
                     let t = times.entry(r.partition).or_insert(i64::MIN);
@@ -855,7 +861,8 @@ impl Proc {
                 continue; // a replayed copy of a record already taken in
             }
             task.seen.insert(src, (off, idx));
-            match parse(r.payload.as_deref()) {
+            // Checked against its bound when it came from the events topic.
+            match parse(r.payload.as_deref(), None, None) {
                 Ok(e) => batches
                     .entry((stage, r.partition))
                     .or_default()
@@ -1037,6 +1044,8 @@ impl Proc {
             let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
         }
         commit(consumer, &tpl);
+        // Task state checkpointed and its offsets committed.
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish(&self) {
@@ -1110,13 +1119,19 @@ fn parse_source(s: &str) -> Option<(i32, i64, u32)> {
     ))
 }
 
-/// A record's payload as a canonical event.
-fn parse(payload: Option<&[u8]>) -> Result<Event, String> {
+/// A record's payload as a canonical event. Its time is checked against the
+/// record's timestamp (the default time of an event without one), else now.
+fn parse(
+    payload: Option<&[u8]>,
+    record_time: Option<i64>,
+    max_future_ms: Option<i64>,
+) -> Result<Event, String> {
     let bytes = payload.ok_or("the record has no value")?;
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let d = EventDefaults {
-        now_ms: now_ms(),
+        now_ms: record_time.unwrap_or_else(now_ms),
+        max_future_ms,
         ..EventDefaults::default()
     };
     from_json(v, &d).map_err(|e| format!("not a valid event: {e}"))

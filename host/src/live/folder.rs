@@ -80,6 +80,12 @@ pub fn watch(manager: Arc<Manager>, config: FolderConfig) -> anyhow::Result<()> 
                     }
                     apply(&manager, &dir, &name, p.since);
                 }
+                if pending.is_empty() {
+                    manager
+                        .metrics()
+                        .folder_idle_checks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         })
         .context("spawning the folder thread")?;

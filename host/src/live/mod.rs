@@ -110,6 +110,31 @@ pub struct Deployed {
     pub swap_pause_us: u64,
     /// From the request's arrival (or the file settling) to the version running (ms).
     pub upload_to_active_ms: f64,
+    /// With `state: kept`: what the new version took over, part by part
+    /// (metrics, funnels, rules), matched by name and definition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<StateParts>,
+}
+
+/// What a new version took over of the running state, part by part: a part
+/// whose definition changed starts empty, so old state is never relabeled.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateParts {
+    pub kept: Vec<String>,
+    pub reset: Vec<String>,
+    pub dropped: Vec<String>,
+    pub added: Vec<String>,
+}
+
+impl From<crate::runtime::Restored> for StateParts {
+    fn from(r: crate::runtime::Restored) -> Self {
+        StateParts {
+            kept: r.kept,
+            reset: r.reset,
+            dropped: r.dropped,
+            added: r.added,
+        }
+    }
 }
 
 /// A plugin as `GET /v1/plugins` shows it.
@@ -267,6 +292,10 @@ impl Manager {
         }
         *manager.registry.lock().expect("registry lock") = registry;
         Ok((Arc::new(manager), plugins))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Connects the manager to the running engine.
@@ -452,8 +481,19 @@ impl Manager {
             caught_up: swapped.caught_up,
             swap_pause_us: swapped.pause.as_micros() as u64,
             upload_to_active_ms: received.elapsed().as_secs_f64() * 1e3,
+            parts: swapped
+                .parts
+                .filter(|_| swapped.handover == Handover::Kept)
+                .map(StateParts::from),
         };
-        tracing::info!(plugin = name, world = %world, version = &deployed.version[..12], state = ?deployed.state, pause_us = deployed.swap_pause_us, "plugin version swapped in");
+        let list = |f: fn(&StateParts) -> &Vec<String>| {
+            deployed
+                .parts
+                .as_ref()
+                .map(|p| f(p).join(","))
+                .unwrap_or_default()
+        };
+        tracing::info!(plugin = name, world = %world, version = &deployed.version[..12], state = ?deployed.state, kept = %list(|p| &p.kept), reset = %list(|p| &p.reset), dropped = %list(|p| &p.dropped), added = %list(|p| &p.added), pause_us = deployed.swap_pause_us, "plugin version swapped in");
         Ok(deployed)
     }
 
@@ -481,10 +521,10 @@ impl Manager {
             let Some(c) = engine.catchup(name, since) else {
                 return Ok((None, 0)); // a new plugin: nothing to catch up with
             };
-            if !crate::runtime::same_interest(&c.interest, plugin.interest()) {
+            if !c.fits(plugin) {
                 tracing::info!(
                     plugin = name,
-                    "the new version reads other events or fields; its state is handed over in the pause"
+                    "the new version reads other events or fields, or has another config; its state is handed over in the pause"
                 );
                 return Ok((None, 0));
             }

@@ -16,6 +16,11 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 /// message lands there). Bounded: the guest controls how much it writes.
 const STDERR_CAPTURE: usize = 16 * 1024;
 
+/// Longest log message kept; the rest is cut (the guest controls the size).
+const LOG_MESSAGE_BYTES: usize = 4096;
+/// Most key-value fields kept per log line.
+const LOG_FIELDS: usize = 32;
+
 /// Per-instance host state.
 pub struct PluginState {
     plugin: String,
@@ -23,6 +28,22 @@ pub struct PluginState {
     table: ResourceTable,
     limits: StoreLimits,
     stderr: MemoryOutputPipe,
+    /// Log lines the current call may still write, and lines dropped so far.
+    log_budget: u32,
+    log_lines: u32,
+    pub(crate) log_dropped: u64,
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
 }
 
 impl WasiView for PluginState {
@@ -37,7 +58,19 @@ impl WasiView for PluginState {
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
-    fn log(&mut self, level: types::Level, message: String, fields: Vec<(String, String)>) {
+    fn log(&mut self, level: types::Level, mut message: String, mut fields: Vec<(String, String)>) {
+        // Rate-limited per call: a chatty plugin must not flood the log.
+        if self.log_budget == 0 {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_budget -= 1;
+        truncate(&mut message, LOG_MESSAGE_BYTES);
+        fields.truncate(LOG_FIELDS);
+        for (k, v) in &mut fields {
+            truncate(k, LOG_MESSAGE_BYTES / 16);
+            truncate(v, LOG_MESSAGE_BYTES / 4);
+        }
         let plugin = self.plugin.as_str();
         let fields = FieldsDisplay(&fields);
         match level {
@@ -102,6 +135,10 @@ pub(crate) struct Instance {
     deadline_ticks: u64,
 }
 
+/// The words of wasmtime's error when a call's result (or a host call's
+/// arguments) exceeded the store's hostcall fuel.
+pub(crate) const COPY_LIMIT_ERROR: &str = "fuel allocated for hostcalls has been exhausted";
+
 impl Instance {
     /// Instantiates `component` with its limits and capabilities.
     pub(crate) fn new(
@@ -153,9 +190,15 @@ impl Instance {
                 .memories(4)
                 .build(),
             stderr,
+            log_budget: limits.max_log_lines,
+            log_lines: limits.max_log_lines,
+            log_dropped: 0,
         };
         let mut store = Store::new(component.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
+        // Bounds what the host copies out of the guest per call: the result
+        // of an export (lifted under this fuel too) and each host call's arguments.
+        store.set_hostcall_fuel(limits.max_output_bytes.max(1));
         let deadline_ticks = limits.deadline().as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
         store.set_epoch_deadline(deadline_ticks.max(1));
         store.epoch_deadline_trap();
@@ -181,9 +224,9 @@ impl Instance {
         })
     }
 
-    /// Arms the deadline for the next call into the guest.
+    /// Arms the deadline (and the log budget) for the next call into the guest.
     pub(crate) fn arm(&mut self) {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm_lenient(1);
     }
 
     /// Arms a deadline `factor` times the usual one: for replays that run off
@@ -192,6 +235,13 @@ impl Instance {
     pub(crate) fn arm_lenient(&mut self, factor: u64) {
         self.store
             .set_epoch_deadline(self.deadline_ticks.saturating_mul(factor));
+        let s = self.store.data_mut();
+        s.log_budget = s.log_lines;
+    }
+
+    /// Log lines dropped by the rate limit since the last time this was asked.
+    pub(crate) fn take_log_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.store.data_mut().log_dropped)
     }
 
     /// Whatever the guest wrote to stderr so far (e.g. a panic message).
@@ -241,10 +291,15 @@ impl Instance {
     pub(crate) fn restore(
         &mut self,
         state: &[u8],
-    ) -> wasmtime::Result<Result<(), types::StateError>> {
+    ) -> wasmtime::Result<Result<types::Restored, types::StateError>> {
         self.arm_lenient(STATE_DEADLINE_FACTOR);
         match &self.exports {
-            Exports::Enricher(_) => Ok(Ok(())),
+            Exports::Enricher(_) => Ok(Ok(types::Restored {
+                kept: Vec::new(),
+                reset: Vec::new(),
+                dropped: Vec::new(),
+                added: Vec::new(),
+            })),
             Exports::Aggregator(b) => b
                 .nexuspipe_plugin_aggregate()
                 .call_restore(&mut self.store, state),

@@ -18,6 +18,30 @@ pub struct Limits {
     /// Events a stateful plugin may process between recovery snapshots; after a
     /// failure they are replayed from the last snapshot, so nothing is lost.
     pub replay_limit: usize,
+    /// Most bytes the host copies out of the plugin in one call (its result,
+    /// one log line). The memory cap bounds the guest only: a list whose
+    /// entries all point at the same guest bytes would cost the host many
+    /// times the guest's memory without this.
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub max_output_bytes: usize,
+    /// An enricher returns at most this many events per event it was given.
+    pub max_events_factor: usize,
+    /// Metric points an aggregator may return per call.
+    pub max_points: usize,
+    /// Alerts an alerter may return per call.
+    pub max_alerts: usize,
+    /// Longest string value in an output (property values, tag values,
+    /// string fields, summaries, labels).
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub max_string_bytes: usize,
+    /// Longest key or name in an output (property keys, measurements, tag and
+    /// field keys, event types, rule ids).
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub max_key_bytes: usize,
+    /// Most properties an event may carry after an enricher changed it.
+    pub max_properties: usize,
+    /// Log lines a plugin may write per call; more are dropped and counted.
+    pub max_log_lines: u32,
 }
 
 impl Default for Limits {
@@ -28,6 +52,14 @@ impl Default for Limits {
             breaker_failures: 5,
             breaker_window_secs: 60,
             replay_limit: 100_000,
+            max_output_bytes: 64 << 20,
+            max_events_factor: 10,
+            max_points: 100_000,
+            max_alerts: 10_000,
+            max_string_bytes: 64 << 10,
+            max_key_bytes: 256,
+            max_properties: 256,
+            max_log_lines: 100,
         }
     }
 }

@@ -7,13 +7,14 @@ mod cache;
 mod error;
 mod instance;
 mod limits;
-mod replay;
-mod supervisor;
+pub(crate) mod replay;
+pub(crate) mod supervisor;
 
 pub use bindings::types::{
-    Alert, AlertStatus, Change, ConfigError, Event, EventFields, HostSettings, Interest, Level,
-    Metadata, MetadataFields, MetricPoint, Property, Severity, Value,
+    Alert, AlertStatus, Change, ConfigError, Event, EventFields, EventPatch, HostSettings,
+    Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Restored, Severity, Value,
 };
+pub use cache::CacheStats;
 pub use error::PluginError;
 pub use instance::PluginState;
 pub use limits::{Capabilities, DirGrant, Limits};
@@ -49,9 +50,9 @@ impl World {
     /// The interface a component of this world exports.
     pub fn export_name(self) -> &'static str {
         match self {
-            World::Enricher => "nexuspipe:plugin/enrich@0.3.0",
-            World::Aggregator => "nexuspipe:plugin/aggregate@0.3.0",
-            World::Alerter => "nexuspipe:plugin/alerting@0.3.0",
+            World::Enricher => "nexuspipe:plugin/enrich@0.4.0",
+            World::Aggregator => "nexuspipe:plugin/aggregate@0.4.0",
+            World::Alerter => "nexuspipe:plugin/alerting@0.4.0",
         }
     }
 
@@ -143,6 +144,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// What the compile cache did (`None` without a cache).
+    pub fn cache_stats(&self) -> Option<Arc<CacheStats>> {
+        self.cache.as_ref().map(|c| c.stats.clone())
     }
 
     /// Reads and loads a component file.

@@ -7,7 +7,7 @@
 
 use super::bindings::types::{
     Alert, Change, Event, EventFields, HostSettings, Interest, Metadata, MetadataFields,
-    MetricPoint, Value,
+    MetricPoint, Restored, Value,
 };
 use super::error::chain;
 use super::instance::{Exports, Instance};
@@ -29,6 +29,9 @@ pub enum FailureKind {
     Trap,
     /// The plugin returned something the host cannot accept.
     BadOutput,
+    /// The plugin returned more than its limits allow (`max_output_bytes`,
+    /// `max_points`, `max_string_bytes`...).
+    OutputLimit,
     /// The circuit breaker is open: the plugin is disabled.
     Disabled,
 }
@@ -95,6 +98,8 @@ pub struct PluginStats {
     pub failures: u64,
     pub dead_lettered: u64,
     pub late: u64,
+    /// Log lines dropped by the per-call rate limit (`max_log_lines`).
+    pub log_dropped: u64,
     pub last_error: Option<String>,
     /// Total time inside the plugin.
     pub busy: Duration,
@@ -148,6 +153,8 @@ pub struct Plugin {
     watermark: i64,
     breaker: Breaker,
     stats: PluginStats,
+    /// What the last `restore` took over, part by part (for the deploy answer).
+    restored: Option<Restored>,
 }
 
 /// Fields moved out of an event while the plugin sees a projection of it.
@@ -219,6 +226,7 @@ impl Plugin {
             replay_start: 0,
             watermark: i64::MIN,
             stats: PluginStats::default(),
+            restored: None,
         };
         plugin.start()?;
         Ok(plugin)
@@ -291,6 +299,12 @@ impl Plugin {
 
     pub fn interest(&self) -> &Interest {
         &self.interest
+    }
+
+    /// What the last restore of a saved state took over (`None` if the
+    /// instance never restored one).
+    pub fn restored(&self) -> Option<&Restored> {
+        self.restored.as_ref()
     }
 
     pub fn stats(&self) -> &PluginStats {
@@ -422,6 +436,7 @@ impl Plugin {
                 .call_process(&mut instance.store, events, watermark)
                 .map(|o| CallResult::Alerts(o.alerts, o.late)),
         };
+        self.stats.log_dropped += instance.take_log_dropped();
         let instance = self.instance.as_ref().expect("checked above");
         result.map_err(|e| self.failure(instance, &e))
     }
@@ -433,9 +448,14 @@ impl Plugin {
             Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
             // StoreLimits' trap_on_grow_failure wording.
             _ if text.contains("forcing trap when growing memory") => FailureKind::MemoryCap,
+            _ if text.contains(super::instance::COPY_LIMIT_ERROR) => FailureKind::OutputLimit,
             _ => FailureKind::Trap,
         };
         let mut message = match kind {
+            FailureKind::OutputLimit => format!(
+                "the output is larger than max_output_bytes ({} bytes copied out of the plugin per call)",
+                self.limits.max_output_bytes
+            ),
             FailureKind::Deadline => format!(
                 "call exceeded its deadline of {} ms and was interrupted",
                 self.limits.deadline_ms
@@ -466,60 +486,9 @@ impl Plugin {
         }
     }
 
-    /// Checks a plugin's output against the batch it was given.
+    /// Checks a plugin's output (see [`validate_output`]).
     fn validate(&self, r: CallResult, n: usize) -> Result<CallResult, Failure> {
-        let bad = |message: String| Failure {
-            plugin: self.name.clone(),
-            kind: FailureKind::BadOutput,
-            message,
-        };
-        let check_late = |late: &[u32]| match late.iter().find(|&&i| i as usize >= n) {
-            Some(i) => Err(bad(format!(
-                "late index {i} is outside the batch of {n} events"
-            ))),
-            None => Ok(()),
-        };
-        match &r {
-            CallResult::Changes(changes) => {
-                for (k, c) in changes.iter().enumerate() {
-                    let index = match c {
-                        Change::Patch(p) => Some(p.index),
-                        Change::Drop(i) => Some(*i),
-                        Change::Emit(e) => {
-                            if e.event_type.is_empty() {
-                                return Err(bad(format!(
-                                    "change {k}: emitted event has an empty event_type"
-                                )));
-                            }
-                            None
-                        }
-                    };
-                    if let Some(i) = index.filter(|&i| i as usize >= n) {
-                        return Err(bad(format!(
-                            "change {k}: index {i} is outside the batch of {n} events"
-                        )));
-                    }
-                }
-            }
-            CallResult::Points(points, late) => {
-                check_late(late)?;
-                for (k, p) in points.iter().enumerate() {
-                    if let Err(why) = check_point(p) {
-                        return Err(bad(format!("point {k} ({}): {why}", p.measurement)));
-                    }
-                }
-            }
-            CallResult::Alerts(alerts, late) => {
-                check_late(late)?;
-                for (k, a) in alerts.iter().enumerate() {
-                    if a.rule_id.is_empty() || a.fingerprint.is_empty() {
-                        return Err(bad(format!(
-                            "alert {k}: rule_id and fingerprint must not be empty"
-                        )));
-                    }
-                }
-            }
-        }
+        validate_output(&self.name, &self.limits, &r, n)?;
         Ok(r)
     }
 
@@ -532,30 +501,7 @@ impl Plugin {
     ) {
         match r {
             CallResult::Changes(changes) => {
-                let mut dropped = vec![false; batch.len()];
-                let mut emitted = Vec::new();
-                for change in changes {
-                    match change {
-                        Change::Patch(p) => patch(&mut batch[wanted[p.index as usize]], p),
-                        Change::Drop(i) => dropped[wanted[i as usize]] = true,
-                        Change::Emit(mut e) => {
-                            if e.id.is_empty() {
-                                e.id = uuid::Uuid::now_v7().to_string();
-                            }
-                            emitted.push(e)
-                        }
-                    }
-                }
-                if dropped.iter().any(|&d| d) {
-                    let mut k = 0;
-                    batch.retain(|_| {
-                        k += 1;
-                        !dropped[k - 1]
-                    });
-                }
-                self.stats.events_out +=
-                    (wanted.len() - dropped.iter().filter(|&&d| d).count() + emitted.len()) as u64;
-                batch.extend(emitted);
+                self.stats.events_out += apply_changes(changes, batch, wanted);
             }
             CallResult::Points(points, late) => {
                 self.stats.events_out += points.len() as u64;
@@ -641,7 +587,7 @@ impl Plugin {
             let instance = self.instance.as_mut().expect("started");
             if let Some(state) = &self.recovery {
                 match instance.restore(state.as_slice()) {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(PluginError::State(e.message)),
                     Err(e) => return Err(PluginError::State(chain(&e))),
                 }
@@ -692,6 +638,7 @@ impl Plugin {
             batches: self.replay.get(skip..).unwrap_or_default().to_vec(),
             next: self.replay_start + self.replay.len() as u64,
             interest: self.interest.clone(),
+            config: self.config.clone(),
         }
     }
 
@@ -712,7 +659,7 @@ impl Plugin {
     /// state when the running version never took one.
     pub fn reset_to(&mut self, base: Option<&[u8]>) -> Result<(), PluginError> {
         match base {
-            Some(state) => self.restore(state),
+            Some(state) => self.restore(state).map(drop),
             None => {
                 self.instance = None;
                 self.start()?;
@@ -776,17 +723,24 @@ impl Plugin {
         Ok(snapshot)
     }
 
-    /// Restores state from a checkpoint (at start, or handed over from another version).
-    pub fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+    /// Restores state from a checkpoint (at start, or handed over from
+    /// another version); returns what the plugin took over of it, part by part.
+    pub fn restore(&mut self, state: &[u8]) -> Result<Restored, PluginError> {
         let instance = self
             .instance
             .as_mut()
             .ok_or_else(|| PluginError::State("plugin is disabled".into()))?;
         match instance.restore(state) {
-            Ok(Ok(())) => {
-                self.recovery = Some(Arc::new(state.to_vec()));
+            Ok(Ok(report)) => {
+                // The plugin may have dropped parts: its own snapshot, not
+                // the bytes it was given, is the recovery point.
+                self.recovery = match instance.snapshot() {
+                    Ok(s) => s.map(Arc::new),
+                    Err(e) => return Err(PluginError::State(chain(&e))),
+                };
                 self.truncate_replay();
-                Ok(())
+                self.restored = Some(report.clone());
+                Ok(report)
             }
             Ok(Err(e)) => Err(PluginError::State(e.message)),
             Err(e) => Err(PluginError::State(chain(&e))),
@@ -831,11 +785,22 @@ pub struct Catchup {
     /// Sequence number of the batch after the last of `batches`.
     pub next: u64,
     pub interest: Interest,
+    /// The running version's config.
+    pub config: String,
 }
 
 impl Catchup {
     pub fn events(&self) -> usize {
         self.batches.iter().map(|b| b.len).sum()
+    }
+
+    /// Whether `new` can catch up by replaying these batches: it is shown
+    /// the same events and fields, and treats them alike (same config). A
+    /// new config must not see the events from before it went live: its
+    /// changed parts start empty (see `restore`), so its state goes over
+    /// by snapshot and restore in the pause instead.
+    pub fn fits(&self, new: &Plugin) -> bool {
+        same_interest(&self.interest, new.interest()) && self.config == new.config
     }
 }
 
@@ -895,7 +860,7 @@ fn replay_into(instance: &mut Instance, batch: &Remembered) -> wasmtime::Result<
     }
 }
 
-enum CallResult {
+pub(crate) enum CallResult {
     Changes(Vec<Change>),
     Points(Vec<MetricPoint>, Vec<u32>),
     Alerts(Vec<Alert>, Vec<u32>),
@@ -1028,30 +993,284 @@ fn patch(e: &mut Event, p: super::bindings::types::EventPatch) {
     }
 }
 
-/// What line protocol can carry: a measurement, at least one field, finite floats.
-fn check_point(p: &MetricPoint) -> Result<(), String> {
-    if p.measurement.is_empty() {
-        return Err("measurement is empty".into());
-    }
-    if p.fields.is_empty() {
-        return Err("a point needs at least one field".into());
-    }
-    for (k, v) in &p.fields {
-        if k.is_empty() {
-            return Err("a field key is empty".into());
+/// Checks a plugin's output against the batch of `n` events it was given
+/// and against its limits: what the host keeps of a call is bounded,
+/// whatever the plugin returns.
+pub(crate) fn validate_output(
+    plugin: &str,
+    l: &Limits,
+    r: &CallResult,
+    n: usize,
+) -> Result<(), Failure> {
+    let fail = |kind, message: String| Failure {
+        plugin: plugin.to_string(),
+        kind,
+        message,
+    };
+    let bad = |message: String| fail(FailureKind::BadOutput, message);
+    let over = |message: String| fail(FailureKind::OutputLimit, message);
+    let check_late = |late: &[u32]| match late.iter().find(|&&i| i as usize >= n) {
+        Some(i) => Err(bad(format!(
+            "late index {i} is outside the batch of {n} events"
+        ))),
+        None => Ok(()),
+    };
+    let sizes = Sizes { limits: l };
+    match r {
+        CallResult::Changes(changes) => {
+            let mut emitted = 0usize;
+            for (k, c) in changes.iter().enumerate() {
+                let index = match c {
+                    Change::Patch(p) => {
+                        if p.event_type.as_deref() == Some("") {
+                            return Err(bad(format!(
+                                "change {k}: a patch sets an empty event_type"
+                            )));
+                        }
+                        sizes
+                            .patch(p)
+                            .map_err(|why| over(format!("change {k}: {why}")))?;
+                        Some(p.index)
+                    }
+                    Change::Drop(i) => Some(*i),
+                    Change::Emit(e) => {
+                        if e.event_type.is_empty() {
+                            return Err(bad(format!(
+                                "change {k}: emitted event has an empty event_type"
+                            )));
+                        }
+                        sizes
+                            .event(e)
+                            .map_err(|why| over(format!("change {k}: {why}")))?;
+                        emitted += 1;
+                        None
+                    }
+                };
+                if let Some(i) = index.filter(|&i| i as usize >= n) {
+                    return Err(bad(format!(
+                        "change {k}: index {i} is outside the batch of {n} events"
+                    )));
+                }
+            }
+            if n + emitted > n.saturating_mul(l.max_events_factor) {
+                return Err(over(format!(
+                    "{emitted} events emitted for a batch of {n}: more than max_events_factor ({}) events out per event in",
+                    l.max_events_factor
+                )));
+            }
         }
-        if let Value::Float(f) = v
-            && !f.is_finite()
-        {
-            return Err(format!(
-                "field `{k}` is {f}, which line protocol cannot carry"
-            ));
+        CallResult::Points(points, late) => {
+            check_late(late)?;
+            if points.len() > l.max_points {
+                return Err(over(format!(
+                    "{} points in one call, more than max_points ({})",
+                    points.len(),
+                    l.max_points
+                )));
+            }
+            for (k, p) in points.iter().enumerate() {
+                if let Err(why) = crate::lineproto::check(p) {
+                    return Err(bad(format!("point {k} ({}): {why}", p.measurement)));
+                }
+                sizes
+                    .point(p)
+                    .map_err(|why| over(format!("point {k}: {why}")))?;
+            }
         }
-    }
-    if let Some((k, _)) = p.tags.iter().find(|(k, _)| k.is_empty()) {
-        return Err(format!("a tag key is empty (tag value `{k}`)"));
+        CallResult::Alerts(alerts, late) => {
+            check_late(late)?;
+            if alerts.len() > l.max_alerts {
+                return Err(over(format!(
+                    "{} alerts in one call, more than max_alerts ({})",
+                    alerts.len(),
+                    l.max_alerts
+                )));
+            }
+            for (k, a) in alerts.iter().enumerate() {
+                if a.rule_id.is_empty() || a.fingerprint.is_empty() {
+                    return Err(bad(format!(
+                        "alert {k}: rule_id and fingerprint must not be empty"
+                    )));
+                }
+                sizes
+                    .alert(a)
+                    .map_err(|why| over(format!("alert {k}: {why}")))?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Applies an enricher's validated changes to its batch (`wanted`: the
+/// positions in `batch` of the events it was given); returns how many
+/// events it passed on.
+pub(crate) fn apply_changes(changes: Vec<Change>, batch: &mut Vec<Event>, wanted: &[usize]) -> u64 {
+    let mut dropped = vec![false; batch.len()];
+    let mut emitted = Vec::new();
+    for change in changes {
+        match change {
+            Change::Patch(p) => patch(&mut batch[wanted[p.index as usize]], p),
+            Change::Drop(i) => dropped[wanted[i as usize]] = true,
+            Change::Emit(mut e) => {
+                if e.id.is_empty() {
+                    e.id = uuid::Uuid::now_v7().to_string();
+                }
+                emitted.push(e)
+            }
+        }
+    }
+    if dropped.iter().any(|&d| d) {
+        let mut k = 0;
+        batch.retain(|_| {
+            k += 1;
+            !dropped[k - 1]
+        });
+    }
+    let out = (wanted.len() - dropped.iter().filter(|&&d| d).count() + emitted.len()) as u64;
+    batch.extend(emitted);
+    out
+}
+
+/// Checks the sizes in an output against a plugin's limits; the error names
+/// the limit and what broke it.
+struct Sizes<'a> {
+    limits: &'a Limits,
+}
+
+impl Sizes<'_> {
+    fn key(&self, what: &str, k: &str) -> Result<(), String> {
+        if k.len() > self.limits.max_key_bytes {
+            return Err(format!(
+                "{what} of {} bytes, longer than max_key_bytes ({})",
+                k.len(),
+                self.limits.max_key_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn text(&self, what: &str, v: &str) -> Result<(), String> {
+        if v.len() > self.limits.max_string_bytes {
+            return Err(format!(
+                "{what} of {} bytes, longer than max_string_bytes ({})",
+                v.len(),
+                self.limits.max_string_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn value(&self, what: &str, v: &Value) -> Result<(), String> {
+        match v {
+            Value::Str(s) => self.text(what, s),
+            _ => Ok(()),
+        }
+    }
+
+    fn properties(&self, props: &[super::Property]) -> Result<(), String> {
+        if props.len() > self.limits.max_properties {
+            return Err(format!(
+                "{} properties, more than max_properties ({})",
+                props.len(),
+                self.limits.max_properties
+            ));
+        }
+        for p in props {
+            self.key("a property key", &p.key)?;
+            self.value(&format!("property `{}`", p.key), &p.value)?;
+        }
+        Ok(())
+    }
+
+    fn metadata(&self, m: &Metadata) -> Result<(), String> {
+        for v in [
+            &m.ip_address,
+            &m.user_agent,
+            &m.platform,
+            &m.url,
+            &m.referrer,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.text("a metadata value", v)?;
+        }
+        Ok(())
+    }
+
+    fn event(&self, e: &Event) -> Result<(), String> {
+        self.key("an event_type", &e.event_type)?;
+        for v in [Some(&e.id), e.user_id.as_ref(), e.session_id.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            self.text("an id", v)?;
+        }
+        self.properties(&e.properties)?;
+        self.metadata(&e.metadata)
+    }
+
+    fn patch(&self, p: &super::bindings::types::EventPatch) -> Result<(), String> {
+        if let Some(t) = &p.event_type {
+            self.key("an event_type", t)?;
+        }
+        for v in [p.user_id.as_ref(), p.session_id.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            self.text("an id", v)?;
+        }
+        // Removals can only shrink the event; sets are bounded here, and all
+        // changes of a call together by `max_output_bytes`.
+        self.properties(&p.set_properties)?;
+        if p.remove_properties.len() > self.limits.max_properties {
+            return Err(format!(
+                "{} property removals, more than max_properties ({})",
+                p.remove_properties.len(),
+                self.limits.max_properties
+            ));
+        }
+        p.metadata.as_ref().map_or(Ok(()), |m| self.metadata(m))
+    }
+
+    fn point(&self, p: &MetricPoint) -> Result<(), String> {
+        self.key("a measurement", &p.measurement)?;
+        if p.tags.len() + p.fields.len() > self.limits.max_properties {
+            return Err(format!(
+                "{} tags and fields, more than max_properties ({})",
+                p.tags.len() + p.fields.len(),
+                self.limits.max_properties
+            ));
+        }
+        for (k, v) in &p.tags {
+            self.key("a tag key", k)?;
+            self.text(&format!("tag `{k}`"), v)?;
+        }
+        for (k, v) in &p.fields {
+            self.key("a field key", k)?;
+            self.value(&format!("field `{k}`"), v)?;
+        }
+        Ok(())
+    }
+
+    fn alert(&self, a: &Alert) -> Result<(), String> {
+        self.key("a rule_id", &a.rule_id)?;
+        self.text("a key", &a.key)?;
+        self.text("a summary", &a.summary)?;
+        self.text("a fingerprint", &a.fingerprint)?;
+        if a.labels.len() > self.limits.max_properties {
+            return Err(format!(
+                "{} labels, more than max_properties ({})",
+                a.labels.len(),
+                self.limits.max_properties
+            ));
+        }
+        for (k, v) in &a.labels {
+            self.key("a label key", k)?;
+            self.text(&format!("label `{k}`"), v)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,32 @@
 //! Append-only JSON-lines and line-protocol files in the data dir: the
 //! embedded sinks, and the dead-letter and late outputs.
+//!
+//! A write that fails (a full disk, an I/O error) loses nothing: the file is
+//! cut back to its last complete record, so it never holds half a line, and
+//! the bytes stay pending in memory until a later flush succeeds. The engine
+//! waits for that (back-pressure) instead of writing on.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// An append-only file, created with its directory on first use.
 pub struct AppendFile {
     path: PathBuf,
-    out: Option<BufWriter<File>>,
+    file: Option<File>,
+    /// Records not yet written to the file.
+    pending: Vec<u8>,
+    /// The file's length after the last complete write.
+    good_len: u64,
 }
 
 impl AppendFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         AppendFile {
             path: path.into(),
-            out: None,
+            file: None,
+            pending: Vec::new(),
+            good_len: 0,
         }
     }
 
@@ -23,8 +34,8 @@ impl AppendFile {
         &self.path
     }
 
-    fn writer(&mut self) -> std::io::Result<&mut BufWriter<File>> {
-        if self.out.is_none() {
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -32,30 +43,57 @@ impl AppendFile {
                 .create(true)
                 .append(true)
                 .open(&self.path)?;
-            self.out = Some(BufWriter::new(f));
+            self.good_len = f.metadata()?.len();
+            self.file = Some(f);
         }
-        Ok(self.out.as_mut().expect("opened above"))
+        Ok(self.file.as_mut().expect("opened above"))
     }
 
-    /// Appends text as is.
-    pub fn write_str(&mut self, s: &str) -> std::io::Result<()> {
-        self.writer()?.write_all(s.as_bytes())
+    /// Appends text as is (written at the next flush).
+    pub fn write_str(&mut self, s: &str) {
+        self.pending.extend_from_slice(s.as_bytes());
     }
 
-    /// Appends one JSON value as a line.
-    pub fn write_json(&mut self, v: &serde_json::Value) -> std::io::Result<()> {
-        let w = self.writer()?;
-        serde_json::to_writer(&mut *w, v)?;
-        w.write_all(b"\n")
+    /// Appends one JSON value as a line (written at the next flush).
+    pub fn write_json(&mut self, v: &serde_json::Value) {
+        serde_json::to_writer(&mut self.pending, v).expect("writing JSON to memory");
+        self.pending.push(b'\n');
     }
 
-    /// Flushes to the OS and, with `durable`, to disk.
+    /// Bytes waiting to be written (after a failed flush).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes what is pending to the file and, with `durable`, to disk. On
+    /// an error the file is cut back to its last complete write and the
+    /// bytes stay pending, so a later flush writes each record exactly once.
     pub fn flush(&mut self, durable: bool) -> std::io::Result<()> {
-        if let Some(w) = self.out.as_mut() {
-            w.flush()?;
-            if durable {
-                w.get_ref().sync_data()?;
+        if !self.pending.is_empty() {
+            let good = self.good_len;
+            let pending = std::mem::take(&mut self.pending);
+            let f = match self.file() {
+                Ok(f) => f,
+                Err(e) => {
+                    self.pending = pending;
+                    return Err(e);
+                }
+            };
+            let written = f
+                .write_all(&pending)
+                .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
+            if let Err(e) = written {
+                // A part of the records may have reached the file: drop it.
+                let _ = f.set_len(good);
+                self.pending = pending;
+                return Err(e);
             }
+            self.good_len += pending.len() as u64;
+            // Keep the buffer's capacity for the next round's records.
+            self.pending = pending;
+            self.pending.clear();
+        } else if durable && let Some(f) = &self.file {
+            f.sync_data()?;
         }
         Ok(())
     }
@@ -71,12 +109,36 @@ impl AppendFile {
     }
 
     /// Appends a record and syncs it to disk (dead letters are the last copy
-    /// of what they hold); a failure is logged, since the caller has nowhere
-    /// else to put it.
+    /// of what they hold). A failed write keeps the record pending; the
+    /// engine's next flush of the file retries it.
     pub fn write_shared(file: &SharedFile, record: &serde_json::Value) {
         let mut f = file.lock().expect("dead-letter file lock");
-        if let Err(e) = f.write_json(record).and_then(|()| f.flush(true)) {
-            tracing::error!(error = %e, file = %f.path().display(), record = %record, "writing a dead letter failed");
+        f.write_json(record);
+        if let Err(e) = f.flush(true) {
+            tracing::error!(error = %e, file = %f.path().display(), pending_bytes = f.pending(), "writing a dead letter failed; it is kept in memory and written when the disk takes it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_its_records_pending() {
+        // /dev/full answers every write with ENOSPC, as a full disk does.
+        let mut f = AppendFile::new("/dev/full");
+        f.write_str("one\n");
+        f.write_json(&serde_json::json!({"n": 2}));
+        let err = f.flush(true).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+        assert_eq!(f.pending(), "one\n{\"n\":2}\n".len());
+        f.write_str("three\n");
+        assert!(f.flush(false).is_err());
+        assert_eq!(
+            f.pending(),
+            "one\n{\"n\":2}\nthree\n".len(),
+            "nothing dropped"
+        );
     }
 }

@@ -4,19 +4,18 @@
 
 pub mod files;
 pub mod influx;
-pub mod lineproto;
 pub mod retry;
 pub mod webhook;
 
 use crate::config::Config;
 use crate::event::{format_timestamp, to_json, value_to_json};
+use crate::lineproto;
 use crate::runtime::DeadLetter;
 use crate::runtime::{Alert, AlertStatus, MetricPoint, PluginOutput, Severity};
 use crate::telemetry::{Metrics, SinkStats};
 use files::{AppendFile, SharedFile};
 use influx::InfluxSink;
 use serde_json::{Map, Value as Json, json};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use webhook::WebhookSink;
@@ -31,7 +30,8 @@ pub struct Outputs {
     dead: SharedFile,
     late: AppendFile,
     metrics: Arc<Metrics>,
-    data_dir: PathBuf,
+    /// Set at shutdown: see [`Stopper`].
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outputs {
@@ -72,18 +72,16 @@ impl Outputs {
             dead,
             late: AppendFile::new(dir.join("late.jsonl")),
             metrics,
-            data_dir: dir,
+            stopping: Arc::default(),
         })
     }
 
-    /// Writes a round's outputs. Blocks while the InfluxDB backlog is full.
+    /// Writes a round's outputs, each sink on its own, so one that fails
+    /// (a full disk under `metrics.lp`) never keeps the others from theirs
+    /// (InfluxDB, webhooks, the other files). Blocks while the InfluxDB
+    /// backlog is full, and while a file cannot take its records (see
+    /// [`Outputs::hold_until_written`]): that is the back-pressure.
     pub fn write(&mut self, out: &PluginOutput) {
-        if let Err(e) = self.try_write(out) {
-            tracing::error!(error = %e, dir = %self.data_dir.display(), "writing outputs to the data dir failed");
-        }
-    }
-
-    fn try_write(&mut self, out: &PluginOutput) -> std::io::Result<()> {
         let m = &self.metrics;
         if !out.points.is_empty() {
             if let Some(f) = &mut self.metrics_lp {
@@ -91,8 +89,7 @@ impl Outputs {
                 for p in &out.points {
                     lineproto::write_point(&mut text, p);
                 }
-                f.write_str(&text)?;
-                f.flush(false)?;
+                f.write_str(&text);
             }
             if let Some(influx) = &self.influx {
                 influx.push(out.points.iter().map(lineproto::to_line_bare).collect());
@@ -103,77 +100,124 @@ impl Outputs {
         for a in &out.alerts {
             tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
             let record = alert_to_json(a);
-            self.alerts.write_json(&record)?;
             if !self.webhooks.is_empty() {
                 let id = webhook::message_id(a);
                 for w in &self.webhooks {
                     w.push(a, &id, &record);
                 }
             }
+            self.alerts.write_json(&record);
         }
-        if !out.alerts.is_empty() {
-            self.alerts.flush(false)?;
-            m.alerts_written
-                .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
-        }
+        m.alerts_written
+            .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
         if !out.dead.is_empty() {
             let mut dead = self.dead.lock().expect("dead-letter file lock");
             for d in &out.dead {
-                dead.write_json(&dead_letter_to_json(d))?;
+                dead.write_json(&dead_letter_to_json(d));
                 m.events_dead_lettered
                     .fetch_add(d.events.len() as u64, Ordering::Relaxed);
             }
-            dead.flush(true)?;
         }
         for (plugin, e) in &out.late {
-            self.late.write_json(&late_to_json(plugin, e))?;
+            self.late.write_json(&late_to_json(plugin, e));
         }
-        if !out.late.is_empty() {
-            self.late.flush(false)?;
-            m.events_late
-                .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+        m.events_late
+            .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+        self.hold_until_written();
+    }
+
+    /// Writes what the files hold (dead letters always to disk, the rest with
+    /// `durable`), each on its own; records a failure (and a recovery) for
+    /// `/readyz` and the log. True when nothing is left pending.
+    pub fn flush_files(&mut self, durable: bool) -> bool {
+        let m = &self.metrics;
+        let mut ok = true;
+        for f in [
+            self.metrics_lp.as_mut(),
+            Some(&mut self.alerts),
+            Some(&mut self.late),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let r = f.flush(durable);
+            ok &= m.storage_result(f.path(), r, f.pending());
         }
-        Ok(())
+        let mut dead = self.dead.lock().expect("dead-letter file lock");
+        let r = dead.flush(true);
+        ok &= m.storage_result(dead.path(), r, dead.pending());
+        ok
     }
 
     /// Writes records that never became events (bad Kafka records) to the
-    /// dead-letter file.
+    /// dead-letter file; blocks as [`Outputs::write`] does.
     pub fn dead_records(&mut self, records: &[Json]) {
         if records.is_empty() {
             return;
         }
-        let mut dead = self.dead.lock().expect("dead-letter file lock");
-        let r = records
-            .iter()
-            .try_for_each(|r| dead.write_json(r))
-            .and_then(|()| dead.flush(true));
-        if let Err(e) = r {
-            tracing::error!(error = %e, "writing the dead-letter file failed");
+        {
+            let mut dead = self.dead.lock().expect("dead-letter file lock");
+            for r in records {
+                dead.write_json(r);
+            }
         }
         self.metrics
             .events_dead_lettered
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.hold_until_written();
     }
 
-    /// Syncs the files to disk (at each checkpoint).
-    pub fn sync(&mut self) {
-        let files = [
-            self.metrics_lp.as_mut(),
-            Some(&mut self.alerts),
-            Some(&mut self.late),
-        ];
-        for f in files.into_iter().flatten() {
-            if let Err(e) = f.flush(true) {
-                tracing::error!(error = %e, file = %f.path().display(), "flushing an output failed");
+    /// Syncs the files to disk (at each checkpoint); false if one failed
+    /// (its records stay pending and the failure shows in `/readyz`).
+    pub fn sync(&mut self) -> bool {
+        self.flush_files(true)
+    }
+
+    /// Waits until the files have taken what they hold: the pipeline stops
+    /// here while a disk is full (the engine's queue fills, ingest answers
+    /// 429) and goes on once space returns. At shutdown it gives up after
+    /// `STOP_PATIENCE`, logging what could not be written.
+    fn hold_until_written(&mut self) {
+        let started = std::time::Instant::now();
+        let mut wait = std::time::Duration::from_millis(20);
+        while !self.flush_files(false) {
+            if self.stopping.load(Ordering::Relaxed) && started.elapsed() > STOP_PATIENCE {
+                tracing::error!(
+                    pending = ?self.pending(),
+                    "shutting down with outputs the disk would not take; they are lost"
+                );
+                return;
             }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(std::time::Duration::from_secs(1));
         }
     }
 
+    /// Bytes each file still holds in memory.
+    fn pending(&self) -> Vec<(String, usize)> {
+        let dead = self.dead.lock().expect("dead-letter file lock");
+        [
+            self.metrics_lp.as_ref(),
+            Some(&self.alerts),
+            Some(&self.late),
+            Some(&*dead),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|f| f.pending() > 0)
+        .map(|f| (f.path().display().to_string(), f.pending()))
+        .collect()
+    }
+
     /// Ends sink back-pressure at shutdown (call before asking the engine to stop).
-    pub fn stopper(&self) -> influx::Stopper {
-        self.influx
-            .as_ref()
-            .map_or_else(influx::Stopper::default, InfluxSink::stopper)
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            influx: self
+                .influx
+                .as_ref()
+                .map_or_else(influx::Stopper::default, InfluxSink::stopper),
+            files: self.stopping.clone(),
+        }
     }
 
     /// How far each external sink's hand-overs go now (see [`SinkStats::handed`]).
@@ -215,6 +259,7 @@ impl Outputs {
     /// Drains the sinks (each within its drain timeout; the rest is spooled
     /// for the next run) and syncs the files.
     pub fn close(mut self) {
+        self.hold_until_written();
         self.sync();
         // Receivers drain in parallel: one dead receiver costs its timeout once.
         let closing: Vec<_> = std::mem::take(&mut self.webhooks)
@@ -227,6 +272,24 @@ impl Outputs {
         for c in closing {
             let _ = c.join();
         }
+    }
+}
+
+/// How long a shutdown waits for a full disk before giving up on what it holds.
+const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the sinks' back-pressure at shutdown: the InfluxDB buffer spills
+/// whatever its size, and a full disk is waited for at most `STOP_PATIENCE`.
+#[derive(Clone)]
+pub struct Stopper {
+    influx: influx::Stopper,
+    files: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.files.store(true, Ordering::Relaxed);
+        self.influx.stop();
     }
 }
 

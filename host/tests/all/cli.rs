@@ -121,7 +121,7 @@ fn plugin_check_reports_world_interest_and_exports() {
     assert_eq!(report["world"], "alerter");
     assert_eq!(
         report["exports"],
-        json!(["nexuspipe:plugin/alerting@0.3.0"])
+        json!(["nexuspipe:plugin/alerting@0.4.0"])
     );
     assert_eq!(report["version"].as_str().unwrap().len(), 64);
     assert!(report["interest"]["event_types"].is_array());
@@ -148,7 +148,7 @@ fn plugin_check_refuses_non_wasm_and_unknown_worlds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("implements no NexusPipe world"), "{err}");
     assert!(
-        err.contains("`nexuspipe:plugin/aggregate@0.3.0` (aggregator)"),
+        err.contains("`nexuspipe:plugin/aggregate@0.4.0` (aggregator)"),
         "{err}"
     );
     assert!(err.contains("wasi:cli/run"), "{err}");

@@ -196,7 +196,7 @@ fn worlds_are_detected_and_strangers_refused() {
     let err = rt.load_file(&guest("not-a-plugin")).err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, PluginError::UnknownWorld { .. }));
-    assert!(msg.contains("nexuspipe:plugin/enrich@0.3.0"), "{msg}");
+    assert!(msg.contains("nexuspipe:plugin/enrich@0.4.0"), "{msg}");
     assert!(
         msg.contains("wasi:cli/run@0.2"),
         "lists what it exports: {msg}"
@@ -212,33 +212,162 @@ fn worlds_are_detected_and_strangers_refused() {
 fn compiled_components_are_cached_by_content() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(guest("funnel")).unwrap();
+    let counts = |rt: &Runtime| {
+        let s = rt.cache_stats().unwrap();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (get(&s.hits), get(&s.compiled), get(&s.refused))
+    };
     let cold = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
     let a = cold.load(&bytes).unwrap();
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(entries.len(), 1, "one cache entry per component");
-    let name = entries[0]
-        .as_ref()
+    assert_eq!(counts(&cold), (0, 1, 0), "compiled once");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
-        .file_name()
-        .into_string()
-        .unwrap();
-    assert!(name.starts_with(&a.hash), "keyed by content hash: {name}");
-    // A new runtime (a restart) loads from the cache and the plugin works.
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "one entry and its digest: {names:?}");
+    assert!(
+        names[0].starts_with(&a.hash),
+        "keyed by content hash: {names:?}"
+    );
+    assert!(names[0].ends_with(".cwasm") && names[1].ends_with(".cwasm.sha256"));
+    let entry = dir.path().join(&names[0]);
+    // A new runtime (a restart) loads from the cache, not by compiling again.
     let warm = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
     let b = warm.load(&bytes).unwrap();
+    assert_eq!(
+        counts(&warm),
+        (1, 0, 0),
+        "a cache hit, not a silent recompile"
+    );
     assert_eq!(a.hash, b.hash);
-    let mut p = Plugin::new(
-        "funnel",
-        b,
-        "",
-        HostSettings {
-            allowed_lateness: 0,
-            downstream_properties: None,
-        },
-        Limits::default(),
-        Capabilities::default(),
-    )
-    .unwrap();
-    let run = offline::run(&mut p, vec![event("x", 1, "a")], 10, 0);
-    assert_eq!(run.points.len(), 1);
+    // A cache file that is not the one written (one byte changed, or its
+    // digest missing) is refused before it is loaded, and compiled over.
+    let mut tampered = std::fs::read(&entry).unwrap();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0xff;
+    std::fs::write(&entry, &tampered).unwrap();
+    let third = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
+    let c = third.load(&bytes).unwrap();
+    assert_eq!(counts(&third), (0, 1, 1), "refused and recompiled");
+    assert_ne!(std::fs::read(&entry).unwrap(), tampered, "rewritten");
+    std::fs::remove_file(dir.path().join(&names[1])).unwrap();
+    let fourth = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
+    fourth.load(&bytes).unwrap();
+    assert_eq!(counts(&fourth), (0, 1, 1), "no digest: refused");
+    for component in [b, c] {
+        let mut p = Plugin::new(
+            "funnel",
+            component,
+            "",
+            HostSettings {
+                allowed_lateness: 0,
+                downstream_properties: None,
+            },
+            Limits::default(),
+            Capabilities::default(),
+        )
+        .unwrap();
+        let run = offline::run(&mut p, vec![event("x", 1, "a")], 10, 0);
+        assert_eq!(run.points.len(), 1);
+    }
+}
+
+/// One call of `krate` on a batch of events of type `command`, with limits.
+fn one_call(krate: &str, command: &str, limits: Limits) -> (Plugin, Vec<Event>, PluginOutput) {
+    let mut p = plugin(krate, limits);
+    let mut batch = vec![event(command, 1_000, "a"), event("ok", 2_000, "b")];
+    let mut out = PluginOutput::default();
+    p.process(&mut batch, 10_000, &mut out);
+    (p, batch, out)
+}
+
+/// What a plugin returns is bounded on the host too: each breach is a
+/// failure like a trap (the batch is dead-lettered with a cause naming the
+/// limit, the instance recovers), never a host allocation the guest chose.
+#[test]
+fn outputs_beyond_the_limits_are_plugin_failures() {
+    for (krate, command, limit) in [
+        // 4096 patches all pointing at one 1 MiB guest string: 4 GiB to copy.
+        ("hostile", "alias", "max_output_bytes"),
+        ("hostile", "emit-flood", "max_events_factor"),
+        ("hostile", "long-string", "max_string_bytes"),
+        ("hostile", "long-key", "max_key_bytes"),
+        ("hostile", "many-props", "max_properties"),
+        ("hostile-aggregator", "points-flood", "max_points"),
+        ("hostile-aggregator", "long-measurement", "max_key_bytes"),
+        ("hostile-alerter", "alerts-flood", "max_alerts"),
+        ("hostile-alerter", "long-summary", "max_string_bytes"),
+    ] {
+        // Building 200 000 points takes a while on a busy machine: the
+        // deadline is not what is tested here.
+        let limits = Limits {
+            deadline_ms: 10_000,
+            ..Limits::default()
+        };
+        let (mut p, batch, out) = one_call(krate, command, limits);
+        assert_eq!(out.dead.len(), 1, "{command}: dead-lettered");
+        let dead = &out.dead[0];
+        assert_eq!(
+            dead.kind,
+            FailureKind::OutputLimit,
+            "{command}: {}",
+            dead.error
+        );
+        assert!(
+            dead.error.contains(limit),
+            "{command} names {limit}: {}",
+            dead.error
+        );
+        assert_eq!(dead.events.len(), 2, "{command}: the whole batch");
+        assert!(
+            out.points.is_empty() && out.alerts.is_empty(),
+            "{command}: nothing of it kept"
+        );
+        assert_eq!(p.stats().failures, 1, "{command}: counted by the breaker");
+        if p.world() == World::Enricher {
+            assert!(
+                batch.is_empty(),
+                "{command}: failed events leave the stream"
+            );
+        }
+        // The instance recovered: the next batch goes through.
+        let mut next = vec![event("ok", 3_000, "c")];
+        let mut out = PluginOutput::default();
+        p.process(&mut next, 20_000, &mut out);
+        assert!(out.dead.is_empty(), "{command}: recovered: {:?}", out.dead);
+    }
+    // The same outputs within raised limits are taken.
+    let raised = Limits {
+        max_points: 300_000,
+        deadline_ms: 10_000,
+        ..Limits::default()
+    };
+    let (_, _, out) = one_call("hostile-aggregator", "points-flood", raised);
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+    assert_eq!(out.points.len(), 200_001);
+}
+
+#[test]
+fn a_patch_cannot_set_an_empty_event_type() {
+    let (_, _, out) = one_call("hostile", "empty-type", Limits::default());
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(out.dead[0].kind, FailureKind::BadOutput);
+    assert!(
+        out.dead[0].error.contains("empty event_type"),
+        "{}",
+        out.dead[0].error
+    );
+}
+
+#[test]
+fn log_lines_are_rate_limited_per_call_and_counted() {
+    let limits = Limits {
+        max_log_lines: 50,
+        ..Limits::default()
+    };
+    let (p, batch, out) = one_call("hostile", "log-flood", limits);
+    assert!(out.dead.is_empty(), "a chatty plugin is not a failing one");
+    assert!(seen(&batch[0]), "its output is kept");
+    assert_eq!(p.stats().log_dropped, 10_000 - 50);
 }

@@ -347,7 +347,10 @@ fn a_processor_killed_mid_stream_resumes_exactly_on_another_disk() {
     wait_until(60, "the first processor to make progress", || {
         first.metric("nexuspipe_events_processed_total") > 1000.0
     });
-    std::thread::sleep(Duration::from_millis(1500)); // a checkpoint or two
+    // Task state checkpointed before the crash.
+    wait_until(30, "a checkpoint", || {
+        first.metric("nexuspipe_checkpoints_total") >= 1.0
+    });
     first.child.kill().unwrap(); // kill -9
     first.child.wait().unwrap();
     post_all(&collector, &events[half..], 250, Duration::ZERO);
@@ -386,7 +389,9 @@ fn two_processors_share_the_work_and_the_survivor_takes_over() {
         a.metric("nexuspipe_events_processed_total") > 0.0
             && b.metric("nexuspipe_events_processed_total") > 0.0
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until(30, "a checkpoint on the second processor", || {
+        b.metric("nexuspipe_checkpoints_total") >= 1.0
+    });
     b.child.kill().unwrap(); // kill -9
     b.child.wait().unwrap();
     post_all(&collector, &events[third..], 250, Duration::ZERO);

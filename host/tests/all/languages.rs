@@ -739,7 +739,7 @@ fn three_languages_in_one_pipeline_over_http_across_a_restart() {
     let expected_lp: String = windows
         .iter()
         .map(|((start, page), d)| {
-            nexuspipe::sinks::lineproto::to_line(&MetricPoint {
+            nexuspipe::lineproto::to_line(&MetricPoint {
                 measurement: "scroll_depth".into(),
                 tags: vec![("page".into(), page.clone())],
                 fields: vec![

@@ -365,7 +365,7 @@ fn swapping_the_alerts_plugin_keeps_a_pending_absence_timer() {
 
     // On time: not before the 30 minutes are up (watermark = newest - 5 s)...
     post_events(&s, json!([view(t0 + 30 * minute)]));
-    std::thread::sleep(Duration::from_millis(300));
+    s.wait_idle();
     assert!(abandoned(&s, "u-kept").is_empty(), "fired early");
     // ...and as soon as the watermark passes them.
     post_events(&s, json!([view(t0 + 30 * minute + 5_000)]));
@@ -398,6 +398,7 @@ fn swapping_the_alerts_plugin_keeps_a_pending_absence_timer() {
     wait_until(10, "the alert of a timer set after the reset", || {
         !abandoned(&s, "u-after").is_empty()
     });
+    s.wait_idle();
     assert!(abandoned(&s, "u-reset").is_empty());
 }
 
@@ -723,7 +724,11 @@ fn the_plugins_folder_loads_a_slowly_copied_component_once() {
     assert_eq!(info["version"], sha256(&source));
     assert_eq!(info["source"], "folder");
     assert_eq!(info["world"], "enricher");
-    std::thread::sleep(Duration::from_millis(800));
+    // Two debounce times of the watcher looking and finding nothing new.
+    let checks = s.metric("nexuspipe_plugin_folder_idle_checks_total");
+    wait_until(30, "the watcher to look again", || {
+        s.metric("nexuspipe_plugin_folder_idle_checks_total") >= checks + 10.0
+    });
     assert_eq!(s.metric("nexuspipe_plugin_swaps_total"), 1.0, "loaded once");
     assert_eq!(
         s.metric("nexuspipe_plugin_swaps_failed_total"),
@@ -750,4 +755,133 @@ fn the_plugins_folder_loads_a_slowly_copied_component_once() {
         admin(&s, "GET", "/v1/plugins/geo", Some(TOKEN), None).0 == 404
     });
     assert_eq!(plugin_info(&s, "counter")["source"], "config");
+}
+
+/// A deploy with a new config never relabels old state: a metric that kept
+/// its name and definition goes on with its open window (reordered or not),
+/// a renamed or changed one starts empty, and the answer says which; the
+/// same for the alert rules.
+#[test]
+fn a_new_config_keeps_only_the_state_that_still_matches() {
+    let metric = |measurement: &str, size: &str, tag: &str, from: &str| {
+        json!({"measurement": measurement, "window": {"type": "tumbling", "size": size},
+               "group_by": [{"tag": tag, "from": from}],
+               "aggregates": [{"fn": "count", "as": "n"}]})
+    };
+    let v1 = json!({"metrics": [
+        metric("events", "1m", "event_type", "event_type"),
+        metric("by_path", "1m", "path", "properties.path"),
+        metric("sized", "1m", "event_type", "event_type"),
+    ]});
+    let s = Server::start(&format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\nidle_timeout = \"1h\"\nout_of_orderness = \"0s\"\n\
+         [[plugins]]\nname = \"funnel\"\npath = {:?}\nconfig = '{}'\n\
+         [[plugins]]\nname = \"alerts\"\npath = {:?}\nconfig = '{}'\n",
+        guest("funnel").display().to_string(),
+        v1,
+        guest("alerts").display().to_string(),
+        json!({"rules": [
+            {"id": "burst", "type": "threshold", "summary": "{count}", "key": "user_id",
+             "filter": {"event_type": "click"}, "window": "1m", "above": 2},
+            {"id": "kept_burst", "type": "threshold", "summary": "{count}", "key": "user_id",
+             "filter": {"event_type": "click"}, "window": "1m", "above": 2}
+        ]}),
+    ));
+    let click = |ts: i64| json!({"event_type": "click", "timestamp": ts, "user_id": "u", "properties": {"path": "/a"}});
+    post_events(&s, json!([click(1_000), click(2_000)]));
+    // The config of the report that found the bug: a new metric in place of
+    // the first, the others reordered, one with another window size.
+    let v2 = json!({"metrics": [
+        metric("sized", "5m", "event_type", "event_type"),
+        metric("by_path", "1m", "path", "properties.path"),
+        metric("weekend_events", "1m", "is_weekend", "properties.is_weekend"),
+    ]});
+    let (status, swap) = upload(
+        &s,
+        &format!("funnel?config={}", url_encode(&v2.to_string())),
+        &guest("funnel"),
+    );
+    assert_eq!(status, 200, "{swap}");
+    assert_eq!(swap["state"], "kept", "{swap}");
+    assert_eq!(swap["parts"]["kept"], json!(["metric:by_path"]), "{swap}");
+    assert_eq!(swap["parts"]["reset"], json!(["metric:sized"]), "{swap}");
+    assert_eq!(swap["parts"]["dropped"], json!(["metric:events"]), "{swap}");
+    assert_eq!(
+        swap["parts"]["added"],
+        json!(["metric:weekend_events"]),
+        "{swap}"
+    );
+    let rules_v2 = json!({"rules": [
+        {"id": "burst", "type": "threshold", "summary": "{count}", "key": "user_id",
+         "filter": {"event_type": "click"}, "window": "2m", "above": 2},
+        {"id": "kept_burst", "type": "threshold", "summary": "{count}", "key": "user_id",
+         "filter": {"event_type": "click"}, "window": "1m", "above": 2}
+    ]});
+    let (status, swap) = upload(
+        &s,
+        &format!("alerts?config={}", url_encode(&rules_v2.to_string())),
+        &guest("alerts"),
+    );
+    assert_eq!(status, 200, "{swap}");
+    assert_eq!(swap["parts"]["kept"], json!(["kept_burst"]), "{swap}");
+    assert_eq!(swap["parts"]["reset"], json!(["burst"]), "{swap}");
+    assert!(
+        s.log().contains("reset=metric:sized"),
+        "the log says which: {}",
+        s.log()
+    );
+    // A third click and a later event that closes every window.
+    post_events(
+        &s,
+        json!([click(3_000), {"event_type": "tick", "timestamp": 600_000}]),
+    );
+    wait_until(20, "the windows", || {
+        final_counts(&s.read("metrics.lp")).contains_key("by_path,path=/a 0")
+    });
+    s.wait_idle();
+    let lp = s.read("metrics.lp");
+    let counts = final_counts(&lp);
+    assert_eq!(
+        counts.get("by_path,path=/a 0"),
+        Some(&3),
+        "kept across the swap: {lp}"
+    );
+    assert_eq!(
+        counts.get("sized,event_type=click 0"),
+        Some(&1),
+        "started empty: {lp}"
+    );
+    assert_eq!(
+        counts.get("weekend_events 0"),
+        Some(&1),
+        "only what came after: {lp}"
+    );
+    assert!(
+        !lp.contains("weekend_events,"),
+        "no old tag under the new name: {lp}"
+    );
+    assert!(
+        !lp.contains("events,event_type=click"),
+        "the dropped metric emits nothing: {lp}"
+    );
+    let fired: Vec<String> = parse_ndjson(&s.read("alerts.jsonl"))
+        .iter()
+        .filter(|a| a["status"] == "firing")
+        .map(|a| a["rule_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fired, ["kept_burst"], "the changed rule started over");
+}
+
+/// `series timestamp` -> the `n` field of its last line.
+fn final_counts(lp: &str) -> BTreeMap<String, i64> {
+    crate::support::final_points(lp)
+        .into_iter()
+        .map(|((series, ts), fields)| {
+            let n = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("n="))
+                .map_or(-1, |n| n.trim_end_matches('i').parse().unwrap());
+            (format!("{series} {ts}"), n)
+        })
+        .collect()
 }

@@ -50,6 +50,7 @@ fn event_time_windows_watermark_and_lateness() {
     accepted(&s, &clicks(&[1_000, 59_999, 60_000]));
     // Out of order but within the 5 s bound: still counted in [0, 60 000).
     accepted(&s, &clicks(&[58_000]));
+    s.wait_idle();
     assert!(
         s.read("metrics.lp").is_empty(),
         "nothing fires before the watermark reaches 60 000"
@@ -343,4 +344,166 @@ fn outputs_do_not_depend_on_how_the_engine_batches() {
     assert!(whole.0.len() > 20, "windows closed: {:?}", whole.0);
     assert!(!whole.1.is_empty(), "the login bursts raised alerts");
     assert_eq!(whole, pipelined);
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib << 10
+}
+
+/// A plugin returning 4096 strings that all point at one 1 MiB buffer of its
+/// memory (4 GiB for the host to copy) fails its call under the host's copy
+/// limit, again and again, and the server's memory stays flat.
+#[test]
+fn hostile_outputs_leave_the_servers_memory_flat() {
+    let s = Server::start(&format!(
+        "[engine]\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"hostile\"\npath = {:?}\n[plugins.limits]\nbreaker_failures = 1000\n",
+        guest("hostile").display().to_string()
+    ));
+    let pid = s.child.id();
+    // One call each: every post is processed before the next is sent.
+    let round = |n: usize| {
+        for _ in 0..n {
+            accepted(&s, &json!([{"event_type": "alias"}]));
+            s.wait_idle();
+        }
+    };
+    round(5);
+    let before = rss(pid);
+    round(40);
+    let after = rss(pid);
+    assert_eq!(
+        s.metric("nexuspipe_plugin_failures_total{plugin=\"hostile\"}"),
+        45.0
+    );
+    assert_eq!(s.metric("nexuspipe_events_dead_lettered_total"), 45.0);
+    assert!(
+        s.read("dead-letter.jsonl").contains("max_output_bytes"),
+        "the cause names the limit"
+    );
+    assert!(
+        after < before + (48 << 20),
+        "RSS grew from {} MiB to {} MiB over 40 hostile calls",
+        before >> 20,
+        after >> 20
+    );
+}
+
+/// One event from the far future must not move event time for everyone:
+/// it is refused (with the rest of its batch kept under `?partial=true`),
+/// and every output equals that of the stream without it.
+#[test]
+fn a_far_future_event_changes_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args([
+            "gen",
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--event-rate",
+            "10",
+        ])
+        .args(["--seed", "5", "--start-ms", "1767225600000", "--output"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let poison = [
+        r#"{"event_type":"page_view","timestamp":9e15,"user_id":"u-far"}"#,
+        r#"{"event_type":"page_view","timestamp":"9999-12-31T23:59:59Z","user_id":"u-far"}"#,
+        r#"{"event_type":"page_view","timestamp":-5,"user_id":"u-far"}"#,
+        r#"{"event_type":"page_view","timestamp":"99999999999999999999","user_id":"u-far"}"#,
+    ];
+    let run = |with_poison: bool| {
+        let mut s = Server::start("[engine]\nidle_timeout = \"1h\"\n");
+        for (i, chunk) in lines.chunks(250).enumerate() {
+            let mut body: Vec<&str> = chunk.to_vec();
+            if with_poison && i == 3 {
+                body.splice(100..100, poison);
+            }
+            let (st, r) = s.post_raw(
+                "/v1/events?partial=true",
+                "application/x-ndjson",
+                body.join("\n").as_bytes(),
+                None,
+            );
+            assert_eq!(st, 202, "{r}");
+            assert_eq!(r["accepted"], chunk.len(), "{r}");
+            if with_poison && i == 3 {
+                let rejected = r["rejected"].as_array().unwrap();
+                assert_eq!(rejected.len(), 4, "{r}");
+                for (k, rej) in rejected.iter().enumerate() {
+                    assert_eq!(rej["line"], 101 + k, "{r}");
+                    assert_eq!(rej["field"], "timestamp", "{r}");
+                }
+                let msg = |k: usize| rejected[k]["message"].as_str().unwrap().to_string();
+                assert!(
+                    msg(0).contains("after 9999-12-31T23:59:59.999Z"),
+                    "{}",
+                    msg(0)
+                );
+                assert!(msg(1).contains("engine.max_future"), "{}", msg(1));
+                assert!(msg(2).contains("before 1970"), "{}", msg(2));
+                assert!(msg(3).contains("does not fit in 64-bit"), "{}", msg(3));
+            }
+        }
+        wait_until(30, "every event processed", || {
+            s.metric("nexuspipe_events_processed_total") >= lines.len() as f64
+        });
+        if with_poison {
+            assert_eq!(
+                s.metric("nexuspipe_events_rejected_total{reason=\"timestamp_too_far_ahead\"}"),
+                1.0
+            );
+            assert_eq!(
+                s.metric("nexuspipe_events_rejected_total{reason=\"timestamp_out_of_range\"}"),
+                3.0
+            );
+        }
+        assert!(s.stop().success(), "{}", s.log());
+        let sorted = |file: &str| {
+            let mut l: Vec<String> = s.read(file).lines().map(str::to_string).collect();
+            l.sort();
+            l
+        };
+        (
+            sorted("metrics.lp"),
+            sorted("alerts.jsonl"),
+            sorted("late.jsonl"),
+        )
+    };
+    let clean = run(false);
+    assert!(clean.0.len() > 20, "windows closed: {:?}", clean.0);
+    assert_eq!(run(true), clean);
+    // A whole batch is refused without `?partial=true`, naming the line.
+    let s = Server::start("");
+    let (st, r) = s.post_raw(
+        "/v1/events",
+        "application/x-ndjson",
+        format!("{}\n{}", lines[0], poison[0]).as_bytes(),
+        None,
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2 field `timestamp`"),
+        "{r}"
+    );
 }

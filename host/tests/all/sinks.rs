@@ -3,7 +3,9 @@
 //! InfluxDB v2 write API (`scripts/victoria-metrics.sh`), and webhook
 //! receivers (one in this file, one the example in `examples/webhook-receiver`).
 
-use crate::support::{Server, free_port, parse_ndjson, terminate, wait_until, workspace_root};
+use crate::support::{
+    Server, free_port, guest, parse_ndjson, terminate, wait_until, workspace_root,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -992,4 +994,205 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// A small filesystem of its own for a data dir (a tmpfs with a size limit;
+/// the tests run as root), unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+
+    /// Fills what is free with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        // Whatever the last partial block left.
+        while f.write_all(&[0]).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A full disk under the data dir is back-pressure, not loss: the webhook
+/// still gets its alerts while `metrics.lp` and `alerts.jsonl` cannot be
+/// written, `/readyz` names the file and the cause, ingest answers 429 once
+/// the queue is full, and when space returns everything held is written,
+/// each record once.
+#[test]
+fn a_full_disk_holds_the_pipeline_back_and_loses_nothing() {
+    let hook = Receiver::start(Behaviour::FailFirst(0));
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("data"), "2m");
+    let config = format!(
+        "[engine]\nidle_timeout = \"1h\"\nout_of_orderness = \"0s\"\nqueue_capacity = 20\n\
+         [[plugins]]\nname = \"counter\"\npath = {:?}\nconfig = '{{\"window_ms\": 1000}}'\n\
+         [[plugins]]\nname = \"alerts\"\npath = {:?}\nconfig = '{}'\n\
+         [[webhooks]]\nurl = \"{}\"\nretry_initial = \"50ms\"\n",
+        guest("counter").display().to_string(),
+        guest("alerts").display().to_string(),
+        rules(),
+        hook.url(),
+    );
+    let s = Server::start_in(dir, &config);
+    let login = |ts: i64| json!({"event_type": "login_failed", "timestamp": ts, "user_id": "u1"});
+    // A first window, written while there is room.
+    post_all(
+        &s,
+        &[
+            login(100),
+            json!({"event_type": "click", "timestamp": 1_500}),
+        ],
+        10,
+        Duration::ZERO,
+    );
+    wait_until(10, "the first window", || {
+        s.read("metrics.lp").contains("count=1i 0")
+    });
+    let filler = disk.fill();
+    // Three failed logins (the rule fires above 2) and a click that closes the next windows.
+    post_all(&s, &[login(2_100), login(2_200)], 10, Duration::ZERO);
+    post_all(
+        &s,
+        &[json!({"event_type": "click", "timestamp": 4_000})],
+        10,
+        Duration::ZERO,
+    );
+    wait_until(
+        20,
+        "the alert at the webhook while the disk is full",
+        || {
+            hook.requests()
+                .iter()
+                .any(|r| r.body.contains("login_burst"))
+        },
+    );
+    wait_until(20, "/readyz to name the file it cannot write", || {
+        let (st, r) = readyz(&s);
+        st == 503
+            && r["storage"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f["error"].as_str().unwrap_or("").contains("No space left"))
+            })
+    });
+    let (_, r) = readyz(&s);
+    let files: Vec<String> = r["storage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("metrics.lp") || f.ends_with("alerts.jsonl")),
+        "{r}"
+    );
+    assert!(s.log().contains("No space left"), "logged: {}", s.log());
+    // The engine waits: the queue fills and ingest pushes back.
+    let mut more = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let e = json!({"event_type": "click", "timestamp": 5_000 + i * 100});
+        let (st, _) = s.post(&json!([e.clone()]));
+        match st {
+            202 => more.push(e),
+            429 => refused += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(refused > 0, "a full queue answers 429");
+    assert!(
+        !s.read("metrics.lp").contains(" 2000\n"),
+        "nothing was half-written"
+    );
+    // Space returns: everything held is written.
+    std::fs::remove_file(filler).unwrap();
+    let accepted = s.metric("nexuspipe_events_accepted_total");
+    wait_until(30, "everything accepted processed", || {
+        s.metric("nexuspipe_events_processed_total") == accepted
+    });
+    wait_until(20, "/readyz ready again", || readyz(&s).0 == 200);
+    post_all(
+        &s,
+        &[json!({"event_type": "flush", "timestamp": 60_000})],
+        10,
+        Duration::ZERO,
+    );
+    // Counts per window, worked out from what was accepted.
+    let mut want: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let accepted_events = [
+        login(100),
+        json!({"event_type": "click", "timestamp": 1_500}),
+        login(2_100),
+        login(2_200),
+        json!({"event_type": "click", "timestamp": 4_000}),
+    ]
+    .into_iter()
+    .chain(more);
+    for e in accepted_events {
+        let ts = e["timestamp"].as_i64().unwrap();
+        *want
+            .entry((
+                e["event_type"].as_str().unwrap().to_string(),
+                ts - ts % 1000,
+            ))
+            .or_default() += 1;
+    }
+    let got = || -> BTreeMap<(String, i64), i64> {
+        crate::support::final_points(&s.read("metrics.lp"))
+            .into_iter()
+            .map(|((series, ts), fields)| {
+                let t = series
+                    .strip_prefix("counts,event_type=")
+                    .unwrap()
+                    .to_string();
+                let n = fields
+                    .strip_prefix("count=")
+                    .unwrap()
+                    .trim_end_matches('i')
+                    .parse()
+                    .unwrap();
+                ((t, ts), n)
+            })
+            .collect()
+    };
+    wait_until(20, "every window before the flush", || got() == want);
+    let lines = s.read("metrics.lp");
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.lines() {
+        assert!(seen.insert(l), "written once: {l}\n{lines}");
+    }
+    let alerts = s.read("alerts.jsonl");
+    assert_eq!(
+        alerts.matches("\"rule_id\":\"login_burst\"").count(),
+        1,
+        "{alerts}"
+    );
 }

@@ -13,6 +13,8 @@ const GUESTS: &[&str] = &[
     "funnel",
     "alerts",
     "hostile",
+    "hostile-aggregator",
+    "hostile-alerter",
     "counter",
     "counter-v2",
     "not-a-plugin",
@@ -261,6 +263,15 @@ impl Server {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Waits until the engine has processed every event it accepted, so an
+    /// absence asserted next is not just something that has not happened yet.
+    pub fn wait_idle(&self) {
+        wait_until(30, "every accepted event processed", || {
+            self.metric("nexuspipe_events_processed_total")
+                >= self.metric("nexuspipe_events_accepted_total")
+        });
     }
 
     /// SIGTERM, then waits for a clean exit.
