@@ -34,6 +34,85 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Events go through Kafka: collectors produce, processors consume.
     pub kafka: Option<KafkaConfig>,
+    /// The embedded metric store behind the query API.
+    pub store: StoreConfig,
+    /// Live push (`/v1/stream`).
+    pub stream: StreamConfig,
+}
+
+/// `[store]`: every point and alert is kept here for the query API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Off: no store, and the query API answers 404.
+    pub enabled: bool,
+    /// Raw points are kept this long (event time, behind the newest point)...
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// ...then rolled up into buckets of this size (sum, count, min, max, last)...
+    #[serde(with = "humantime_serde")]
+    pub rollup_resolution: Duration,
+    /// ...kept this long.
+    #[serde(with = "humantime_serde")]
+    pub rollup_retention: Duration,
+    /// Points of new series beyond this many are refused (counted, logged).
+    pub max_series: usize,
+    /// Past this, the oldest raw points are rolled up before their retention.
+    #[serde(deserialize_with = "de_size")]
+    pub memory_budget: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            retention: Duration::from_secs(7 * 86_400),
+            rollup_resolution: Duration::from_secs(3_600),
+            rollup_retention: Duration::from_secs(90 * 86_400),
+            max_series: 100_000,
+            memory_budget: 512 << 20,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn settings(&self) -> crate::store::StoreSettings {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        crate::store::StoreSettings {
+            retention: ms(self.retention),
+            rollup_resolution: ms(self.rollup_resolution).max(1),
+            rollup_retention: ms(self.rollup_retention),
+            max_series: self.max_series,
+            memory_budget: self.memory_budget,
+        }
+    }
+}
+
+/// `[stream]`: live push of points, alerts, an event sample and engine figures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Events per second of the live sample, at most, chosen evenly.
+    pub sample_rate: u32,
+    /// Clients at once; the next is answered 503.
+    pub max_clients: usize,
+    /// Messages waiting for one client; past it the oldest are dropped
+    /// (the client is told how many).
+    pub client_queue: usize,
+    /// A ping this often; a client silent for two intervals is closed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            sample_rate: 20,
+            max_clients: 1_000,
+            client_queue: 1_024,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[kafka]`: the topic HTTP collectors write to and processors read from.
@@ -393,6 +472,9 @@ pub struct HttpConfig {
     /// Largest plugin upload (bytes, or text like "64MiB").
     #[serde(deserialize_with = "de_size")]
     pub max_plugin_size: usize,
+    /// Bearer token the query API (and live push) asks for; the admin token
+    /// works too. `NEXUSPIPE_READ_TOKEN` overrides it. Unset: reads are open.
+    pub read_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -404,6 +486,7 @@ impl Default for HttpConfig {
             admin_token: None,
             // Components that embed an interpreter (Python, JavaScript) weigh tens of MiB.
             max_plugin_size: 64 << 20,
+            read_token: None,
         }
     }
 }
@@ -414,6 +497,14 @@ impl HttpConfig {
         std::env::var("NEXUSPIPE_ADMIN_TOKEN")
             .ok()
             .or_else(|| self.admin_token.clone())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The read token in force, as `admin_token`.
+    pub fn read_token(&self) -> Option<String> {
+        std::env::var("NEXUSPIPE_READ_TOKEN")
+            .ok()
+            .or_else(|| self.read_token.clone())
             .filter(|t| !t.is_empty())
     }
 }

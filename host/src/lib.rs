@@ -9,11 +9,13 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod hub;
 pub mod kafka;
 pub mod lineproto;
 pub mod live;
 pub mod runtime;
 pub mod sinks;
+pub mod store;
 pub mod telemetry;
 
 /// Entry points for the fuzz targets in `fuzz/`: the pure functions behind

@@ -253,6 +253,8 @@ pub struct Metrics {
     /// Events accepted and not yet processed.
     pub queue_depth: AtomicU64,
     pub watermark_ms: AtomicI64,
+    /// The newest event time the engine has seen.
+    pub max_event_ms: AtomicI64,
     pub plugins: Mutex<Vec<PluginFigures>>,
     /// From the HTTP request that carried an event to its outputs being written.
     pub ingest_to_output: Mutex<Histogram>,
@@ -272,6 +274,22 @@ pub struct Metrics {
     /// Files under the data dir whose last write failed (a full disk...),
     /// by path: `/readyz` is 503 with the cause until a write succeeds.
     pub storage: Mutex<std::collections::BTreeMap<String, StorageFault>>,
+    /// The metric store's figures (zero without a store).
+    pub store: Arc<StoreFigures>,
+}
+
+/// Figures of the metric store, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreFigures {
+    pub series: AtomicU64,
+    /// Bytes held in memory, roughly.
+    pub bytes: AtomicU64,
+    /// Points stored since the start.
+    pub points: AtomicU64,
+    /// Points of new series refused because `max_series` series exist.
+    pub series_refused: AtomicU64,
+    /// Times raw points were rolled up before their retention (memory budget).
+    pub early_rollups: AtomicU64,
 }
 
 /// A file the engine cannot write.
@@ -291,6 +309,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Metrics::default();
         m.watermark_ms.store(i64::MIN, Ordering::Relaxed);
+        m.max_event_ms.store(i64::MIN, Ordering::Relaxed);
         m
     }
 
@@ -300,6 +319,19 @@ impl Metrics {
             .position(|r| *r == reason)
             .expect("listed");
         self.rejected[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events refused at ingest, for every reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The newest event time seen, if any.
+    pub fn newest_event_ms(&self) -> Option<i64> {
+        Some(self.max_event_ms.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
     }
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
@@ -566,6 +598,45 @@ impl Metrics {
             "Uploads and folder loads refused; the running version stayed.",
             get(&self.plugin_swaps_failed),
         );
+        let st = &self.store;
+        for (name, kind, help, v) in [
+            (
+                "nexuspipe_store_series",
+                "gauge",
+                "Series in the metric store.",
+                &st.series,
+            ),
+            (
+                "nexuspipe_store_bytes",
+                "gauge",
+                "Bytes the metric store holds in memory (estimated).",
+                &st.bytes,
+            ),
+            (
+                "nexuspipe_store_points_total",
+                "counter",
+                "Points stored.",
+                &st.points,
+            ),
+            (
+                "nexuspipe_store_series_refused_total",
+                "counter",
+                "Points not stored because max_series series exist.",
+                &st.series_refused,
+            ),
+            (
+                "nexuspipe_store_early_rollups_total",
+                "counter",
+                "Times raw points were rolled up before their retention to stay in the memory budget.",
+                &st.early_rollups,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                get(v)
+            );
+        }
         self.render_sinks(&mut o);
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {

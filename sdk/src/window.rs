@@ -233,6 +233,17 @@ impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
             .retain(|w, _| w.end.saturating_add(lateness) > wm);
     }
 
+    /// Emits the changed keys of the windows still open at event time `at`
+    /// (early results: each is emitted again, in full, when it closes).
+    pub fn emit_open(&mut self, at: i64, mut emit: impl FnMut(Window, &K, &A)) {
+        for (window, keys) in self.windows.iter_mut().filter(|(w, _)| w.end > at) {
+            for (key, slot) in keys.iter_mut().filter(|(_, s)| s.dirty) {
+                emit(*window, key, &slot.acc);
+                slot.dirty = false;
+            }
+        }
+    }
+
     /// Takes the accumulator of `key` in `window` out of the store (e.g. when
     /// session windows merge).
     pub fn remove(&mut self, window: &Window, key: &K) -> Option<A> {
@@ -294,6 +305,11 @@ impl<T> EventTimeBuffer<T> {
     pub fn push(&mut self, ts: i64, item: T) {
         self.arrivals += 1;
         self.items.insert((ts, self.arrivals), item);
+    }
+
+    /// The event time of the oldest item.
+    pub fn first_time(&self) -> Option<i64> {
+        self.items.keys().next().map(|(ts, _)| *ts)
     }
 
     /// Removes and returns, in event-time order, every item at or before `watermark`.

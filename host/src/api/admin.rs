@@ -27,7 +27,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::time::Instant;
 
 #[derive(serde::Deserialize, Default)]
@@ -55,11 +54,7 @@ fn gate(s: &ApiState, headers: &HeaderMap, name: Option<&str>) -> Option<Respons
             "the admin API is disabled: set http.admin_token or NEXUSPIPE_ADMIN_TOKEN",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(given) = given else {
+    let Some(given) = super::bearer(headers) else {
         let mut r = refuse(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -71,15 +66,7 @@ fn gate(s: &ApiState, headers: &HeaderMap, name: Option<&str>) -> Option<Respons
         );
         return Some(r);
     };
-    let (a, b) = (
-        Sha256::digest(given.trim().as_bytes()),
-        Sha256::digest(token.as_bytes()),
-    );
-    if a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        != 0
-    {
+    if !super::token_matches(given, token) {
         return Some(refuse(
             StatusCode::FORBIDDEN,
             "forbidden",

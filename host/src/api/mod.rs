@@ -3,6 +3,9 @@
 mod admin;
 pub(crate) mod ingest;
 pub(crate) mod legacy;
+mod prom;
+mod query;
+mod stream;
 
 use crate::engine::EngineHandle;
 use crate::telemetry::Metrics;
@@ -50,12 +53,42 @@ pub struct ApiState {
     /// `None`: the admin API is disabled.
     pub admin_token: Option<String>,
     pub max_plugin_size: usize,
+    /// The metric store behind the query API; `None`: off.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// `Some`: reads need this bearer token (or the admin token).
+    pub read_token: Option<String>,
+    /// Live push (`/v1/stream`).
+    pub hub: Option<Arc<crate::hub::Hub>>,
 }
 
 /// The router with every route and the CORS layer.
 pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
+        .route("/api/v1/events", post(ingest::post_events))
+        .route("/v1/metrics", get(query::metrics))
+        .route("/api/v1/metrics", get(query::metrics))
+        .route("/v1/alerts", get(query::alerts))
+        .route("/v1/stream", get(stream::stream))
+        .route("/api/v1/stream/metrics", get(stream::stream))
+        .route("/stats", get(query::stats))
+        .route(
+            "/prometheus/api/v1/labels",
+            get(prom::labels).post(prom::labels),
+        )
+        .route(
+            "/prometheus/api/v1/label/{name}/values",
+            get(prom::label_values),
+        )
+        .route(
+            "/prometheus/api/v1/series",
+            get(prom::series).post(prom::series),
+        )
+        .route("/prometheus/api/v1/status/buildinfo", get(prom::buildinfo))
+        .route(
+            "/prometheus/api/v1/{kind}",
+            get(prom::query).post(prom::query),
+        )
         .route("/event", post(legacy::post_event))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -79,7 +112,11 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+        ])
         .max_age(std::time::Duration::from_secs(86_400))
 }
 
@@ -122,6 +159,29 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether `given` is `token`, compared in constant time (as digests, so
+/// the length does not show either).
+pub(crate) fn token_matches(given: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(token.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Why a request body could not be read.

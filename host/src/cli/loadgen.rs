@@ -48,6 +48,9 @@ pub struct GenArgs {
     /// Write the generated events to this NDJSON file instead of sending them.
     #[arg(long)]
     pub output: Option<std::path::PathBuf>,
+    /// Sites the traffic comes from (`properties.site_id` = `site-1`...); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub sites: u32,
 }
 
 const PAGES: [&str; 8] = [
@@ -115,6 +118,8 @@ struct GenProperties {
     quantity: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site_id: Option<Arc<str>>,
 }
 
 impl GenProperties {
@@ -126,6 +131,7 @@ impl GenProperties {
             && self.product_id.is_none()
             && self.quantity.is_none()
             && self.reason.is_none()
+            && self.site_id.is_none()
     }
 }
 
@@ -207,6 +213,10 @@ impl GenEvent {
                 key(out, "reason");
                 json_str(out, r);
             }
+            if let Some(site) = &p.site_id {
+                key(out, "site_id");
+                json_str(out, site);
+            }
             out.push(b'}');
         }
         key(out, "session_id");
@@ -271,6 +281,8 @@ pub struct Traffic {
     rate: u64,
     queue: std::collections::VecDeque<GenEvent>,
     next_id: u64,
+    /// Sites of the traffic (`properties.site_id`); 0: none.
+    sites: u32,
 }
 
 impl Traffic {
@@ -282,7 +294,14 @@ impl Traffic {
             rate: rate.max(1),
             queue: Default::default(),
             next_id: 0,
+            sites: 0,
         }
+    }
+
+    /// Traffic from `sites` sites, a session's events all from one.
+    pub fn with_sites(mut self, sites: u32) -> Self {
+        self.sites = sites;
+        self
     }
 
     fn ip(&mut self) -> String {
@@ -380,6 +399,13 @@ impl Traffic {
     pub fn next_event(&mut self) -> GenEvent {
         while self.queue.is_empty() {
             self.session();
+            if self.sites > 0 {
+                // Drawn only with sites, so a seed without them gives the traffic it always did.
+                let site: Arc<str> = format!("site-{}", self.rng.u32(1..=self.sites)).into();
+                for e in &mut self.queue {
+                    e.properties.site_id = Some(site.clone());
+                }
+            }
         }
         let mut e = self.queue.pop_front().expect("filled above");
         // Event time advances at `rate` events per second.
@@ -407,7 +433,7 @@ pub fn run(args: GenArgs) -> Result<()> {
         (None, 0) => 10_000,
         (None, r) => r,
     };
-    let mut traffic = Traffic::new(args.seed, start_ms, event_rate);
+    let mut traffic = Traffic::new(args.seed, start_ms, event_rate).with_sites(args.sites);
     if let Some(path) = &args.output {
         let total = (args.rate as f64 * args.duration.as_secs_f64()) as u64;
         let mut s = String::new();

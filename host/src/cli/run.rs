@@ -169,6 +169,8 @@ fn run_embedded(config: Config) -> Result<()> {
     let e = &config.engine;
     let (manager, plugins) = start_pipeline(&config, metrics.clone())?;
     let outputs = Outputs::open(&config, metrics.clone())?;
+    let store = outputs.store();
+    let hub = outputs.hub();
     let stopper = outputs.stopper();
     let engine = Engine::new(engine_settings(e), plugins, metrics.clone(), outputs)
         .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
@@ -191,6 +193,9 @@ fn run_embedded(config: Config) -> Result<()> {
         manager,
         admin_token,
         max_plugin_size: config.http.max_plugin_size,
+        store,
+        read_token: config.http.read_token(),
+        hub,
     };
     let served = serve(&config, state, &plugin_list, "embedded");
     // Whatever happened to the server, accepted events are processed and state is checkpointed.
@@ -227,6 +232,9 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         )?
     };
     let plugin_list = describe(&plugins);
+    // A processor answers queries for the points of its own tasks.
+    let mut store = None;
+    let mut hub = None;
     let processor = if processes {
         let (enrichers, stateful): (Vec<Plugin>, Vec<Plugin>) =
             plugins.into_iter().partition(|p| !p.world().is_stateful());
@@ -251,6 +259,8 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             max_future: e.max_future,
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
+        store = outputs.store();
+        hub = outputs.hub();
         Some(
             processor::start(&k, settings, enrichers, keyed, outputs, metrics.clone())
                 .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?,
@@ -279,6 +289,9 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         manager,
         admin_token: None,
         max_plugin_size: config.http.max_plugin_size,
+        store,
+        read_token: config.http.read_token(),
+        hub,
     };
     let role_name = match role {
         Role::All => "collector and processor",

@@ -13,6 +13,7 @@ use super::Watermark;
 use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
+use crate::hub::{Hub, Sampler};
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, refresh_downstream};
 use crate::sinks::Outputs;
 use crate::telemetry::{Metrics, PluginFigures};
@@ -265,10 +266,17 @@ fn stages(plugins: &[Plugin]) -> Vec<usize> {
 /// previous one and the alerter on the one before. Every plugin still sees
 /// the chunks in the same order with the same contents, so the outputs are
 /// those of running them one after the other; a round uses every core.
-fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mut PluginOutput) {
+///
+/// `tap` sees each chunk as the pipeline leaves it (the live event sample).
+fn run_pipeline(
+    plugins: &mut [Plugin],
+    chunks: Vec<(Vec<Event>, i64)>,
+    out: &mut PluginOutput,
+    tap: &mut dyn FnMut(&[Event]),
+) {
     let starts = stages(plugins);
     if chunks.len() < 2 || starts.len() < 2 {
-        sequential(plugins, chunks, out);
+        sequential(plugins, chunks, out, tap);
         return;
     }
     // Each stage's plugins, locked by whichever thread runs them, so they
@@ -329,6 +337,7 @@ fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mu
                     for p in group.iter_mut() {
                         p.process(&mut batch, wm, out);
                     }
+                    tap(&batch);
                 }
                 join(threads)
             }
@@ -342,6 +351,7 @@ fn run_pipeline(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mu
                     for p in all.iter_mut().flat_map(|g| g.iter_mut()) {
                         p.process(&mut batch, wm, out);
                     }
+                    tap(&batch);
                 }
                 outputs
             }
@@ -367,11 +377,17 @@ fn join(threads: Vec<std::thread::ScopedJoinHandle<'_, PluginOutput>>) -> Vec<Pl
         .collect()
 }
 
-fn sequential(plugins: &mut [Plugin], chunks: Vec<(Vec<Event>, i64)>, out: &mut PluginOutput) {
+fn sequential(
+    plugins: &mut [Plugin],
+    chunks: Vec<(Vec<Event>, i64)>,
+    out: &mut PluginOutput,
+    tap: &mut dyn FnMut(&[Event]),
+) {
     for (mut batch, wm) in chunks {
         for p in plugins.iter_mut() {
             p.process(&mut batch, wm, out);
         }
+        tap(&batch);
     }
 }
 
@@ -389,6 +405,10 @@ pub struct Engine {
     shadow: Option<Shadow>,
     /// Replaced instances, freed on a thread of their own.
     retire: Sender<Plugin>,
+    /// Live push: the event sample goes here (points and alerts go through
+    /// the outputs).
+    hub: Option<Arc<Hub>>,
+    sampler: Option<Sampler>,
 }
 
 /// A thread that drops the plugin instances it is sent.
@@ -415,6 +435,7 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir)?;
+        let outputs_hub = outputs.hub();
         let mut checkpoints = Checkpoints::new(dir.join("checkpoints"));
         let mut watermark = Watermark::new(settings.out_of_orderness.as_millis() as i64);
         if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins)? {
@@ -433,6 +454,8 @@ impl Engine {
             checkpoints,
             shadow: None,
             retire: retirer()?,
+            hub: outputs_hub,
+            sampler: None,
         })
     }
 
@@ -575,7 +598,20 @@ impl Engine {
             chunks.extend(split_at_late(chunk, &mut self.watermark));
         }
         let mut out = PluginOutput::default();
-        run_pipeline(&mut self.plugins, chunks, &mut out);
+        let mut sampled = Vec::new();
+        match (&self.hub, &mut self.sampler) {
+            (Some(hub), sampler) if hub.wants_events() => {
+                let sampler = sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate));
+                let mut tap = |batch: &[Event]| {
+                    sampled.extend(sampler.sample(batch).into_iter().map(crate::event::to_json));
+                };
+                run_pipeline(&mut self.plugins, chunks, &mut out, &mut tap);
+            }
+            _ => run_pipeline(&mut self.plugins, chunks, &mut out, &mut |_| {}),
+        }
+        if let Some(hub) = &self.hub {
+            hub.publish_events(sampled);
+        }
         self.write(out);
         let done = Instant::now();
         {
@@ -875,6 +911,9 @@ impl Engine {
         self.metrics
             .watermark_ms
             .store(self.watermark.current(), Ordering::Relaxed);
+        self.metrics
+            .max_event_ms
+            .store(self.watermark.max_event_time(), Ordering::Relaxed);
         let figures = self
             .plugins
             .iter()

@@ -26,6 +26,10 @@ pub struct Outputs {
     metrics_lp: Option<AppendFile>,
     influx: Option<InfluxSink>,
     webhooks: Vec<WebhookSink>,
+    /// The metric store behind the query API (`[store] enabled`).
+    store: Option<crate::store::StoreWriter>,
+    /// Live push to WebSocket and SSE clients.
+    hub: Arc<crate::hub::Hub>,
     alerts: AppendFile,
     dead: SharedFile,
     late: AppendFile,
@@ -62,12 +66,31 @@ impl Outputs {
                     .map_err(|e| anyhow::anyhow!("starting webhook `{name}` ({}): {e}", c.url))?,
             );
         }
+        let store = if config.store.enabled {
+            let s = SinkStats::new("store", "store", 256);
+            stats.push(s.clone());
+            Some(
+                crate::store::StoreWriter::open(
+                    dir.join("store"),
+                    config.store.settings(),
+                    metrics.clone(),
+                    s,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!("opening the metric store in {}: {e}", dir.display())
+                })?,
+            )
+        } else {
+            None
+        };
         *metrics.sinks.lock().expect("metrics lock") = stats;
         let keep_file = config.influxdb.as_ref().is_none_or(|c| c.metrics_file);
         Ok(Outputs {
             metrics_lp: keep_file.then(|| AppendFile::new(dir.join("metrics.lp"))),
             influx,
             webhooks,
+            store,
+            hub: crate::hub::Hub::start(config.stream.clone(), metrics.clone())?,
             alerts: AppendFile::new(dir.join("alerts.jsonl")),
             dead,
             late: AppendFile::new(dir.join("late.jsonl")),
@@ -97,9 +120,10 @@ impl Outputs {
             m.points_written
                 .fetch_add(out.points.len() as u64, Ordering::Relaxed);
         }
+        let mut records = Vec::with_capacity(out.alerts.len());
         for a in &out.alerts {
             tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
-            let record = alert_to_json(a);
+            let record = Arc::new(alert_to_json(a));
             if !self.webhooks.is_empty() {
                 let id = webhook::message_id(a);
                 for w in &self.webhooks {
@@ -107,6 +131,11 @@ impl Outputs {
                 }
             }
             self.alerts.write_json(&record);
+            records.push(record);
+        }
+        self.hub.publish(&out.points, &records);
+        if let Some(store) = &self.store {
+            store.push(out.points.clone(), records);
         }
         m.alerts_written
             .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
@@ -167,10 +196,23 @@ impl Outputs {
         self.hold_until_written();
     }
 
-    /// Syncs the files to disk (at each checkpoint); false if one failed
-    /// (its records stay pending and the failure shows in `/readyz`).
+    /// Syncs the files and the store to disk (at each checkpoint); false if
+    /// a file failed (its records stay pending and the failure shows in `/readyz`).
     pub fn sync(&mut self) -> bool {
+        if let Some(s) = &self.store {
+            s.sync();
+        }
         self.flush_files(true)
+    }
+
+    /// The live push hub, for the stream API and the engine's event sample.
+    pub fn hub(&self) -> Option<Arc<crate::hub::Hub>> {
+        Some(self.hub.clone())
+    }
+
+    /// The metric store, for the query API.
+    pub fn store(&self) -> Option<Arc<crate::store::Store>> {
+        self.store.as_ref().map(crate::store::StoreWriter::store)
     }
 
     /// Waits until the files have taken what they hold: the pipeline stops
@@ -249,6 +291,7 @@ impl Outputs {
             .iter()
             .map(InfluxSink::stats)
             .chain(self.webhooks.iter().map(WebhookSink::stats))
+            .chain(self.store.iter().map(crate::store::StoreWriter::stats))
     }
 
     /// Points handed to InfluxDB and not yet written.
@@ -268,6 +311,9 @@ impl Outputs {
             .collect();
         if let Some(i) = self.influx.take() {
             i.close();
+        }
+        if let Some(s) = self.store.take() {
+            s.close();
         }
         for c in closing {
             let _ = c.join();

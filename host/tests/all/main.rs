@@ -9,5 +9,8 @@ mod isolation;
 mod kafka;
 mod languages;
 mod live;
+mod prom;
+mod query;
 mod server;
 mod sinks;
+mod stream;

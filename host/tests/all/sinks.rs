@@ -34,7 +34,7 @@ impl Db {
         )
     }
 
-    fn victoria_metrics() -> Db {
+    pub(crate) fn victoria_metrics() -> Db {
         Self::start_on(
             "victoria-metrics",
             free_port(),
@@ -72,7 +72,7 @@ impl Db {
             .unwrap_or_else(|e| panic!("starting {kind}: {e} (run .ci/install-servers.sh)"))
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
@@ -99,7 +99,7 @@ impl Db {
     }
 
     /// An InfluxQL query on database `np`; the JSON answer.
-    fn query(&self, q: &str) -> Value {
+    pub(crate) fn query(&self, q: &str) -> Value {
         let text = ureq::post(&self.url("/query"))
             .query("db", "np")
             .query("epoch", "ms")
@@ -251,14 +251,14 @@ fn unescape(s: &str) -> String {
 }
 
 /// One line of line protocol: (measurement, tags, fields, timestamp).
-type Line = (
+pub(crate) type Line = (
     String,
     BTreeMap<String, String>,
     BTreeMap<String, Value>,
     i64,
 );
 
-fn parse_line(line: &str) -> Line {
+pub(crate) fn parse_line(line: &str) -> Line {
     let parts = split_lp(line, ' ');
     assert_eq!(parts.len(), 3, "line protocol: {line}");
     let mut series = split_lp(&parts[0], ',').into_iter();

@@ -41,6 +41,16 @@ pub struct Metric {
     /// Instead of aggregates: the N most frequent values of a field.
     #[serde(default)]
     pub top: Option<Top>,
+    /// Early results: an open window is also emitted each time event time
+    /// passes a multiple of this (with the events before that instant), and
+    /// again when it closes; the sink keeps the last. E.g. today's distinct
+    /// users through the day.
+    #[serde(default, deserialize_with = "opt_duration_ms")]
+    pub early: Option<i64>,
+}
+
+fn opt_duration_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    duration_ms(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,14 +159,21 @@ pub struct Step {
 pub const DEFAULT_CONFIG: &str = r#"{
   "metrics": [
     {"measurement": "events", "window": {"type": "tumbling", "size": "1m"},
-     "group_by": [{"tag": "event_type", "from": "event_type"}],
+     "group_by": [{"tag": "event_type", "from": "event_type"},
+                  {"tag": "site_id", "from": "properties.site_id"}],
      "aggregates": [{"fn": "count", "as": "count"}]},
     {"measurement": "page_views", "filter": {"event_type": "page_view"},
      "window": {"type": "tumbling", "size": "1m"},
-     "group_by": [{"tag": "path", "from": ["properties.path", "metadata.url#path"]}],
+     "group_by": [{"tag": "path", "from": ["properties.path", "metadata.url#path"]},
+                  {"tag": "site_id", "from": "properties.site_id"}],
      "aggregates": [{"fn": "count", "as": "count"}]},
     {"measurement": "unique_users", "filter": {"where": [{"field": "user_id", "op": "exists"}]},
      "window": {"type": "tumbling", "size": "1m"},
+     "group_by": [{"tag": "site_id", "from": "properties.site_id"}],
+     "aggregates": [{"fn": "unique", "field": "user_id", "as": "users"}]},
+    {"measurement": "daily_users", "filter": {"where": [{"field": "user_id", "op": "exists"}]},
+     "window": {"type": "tumbling", "size": "1d"}, "early": "1m",
+     "group_by": [{"tag": "site_id", "from": "properties.site_id"}],
      "aggregates": [{"fn": "unique", "field": "user_id", "as": "users"}]},
     {"measurement": "revenue", "filter": {"event_type": ["purchase", "purchase_completed"]},
      "window": {"type": "tumbling", "size": "1m"},
@@ -250,6 +267,17 @@ impl Config {
                     return Err(ConfigError::at(
                         format!("{at}.aggregates[{j}]"),
                         "needs a `field`",
+                    ));
+                }
+            }
+            if let Some(e) = m.early {
+                if e <= 0 {
+                    return Err(ConfigError::at(format!("{at}.early"), "must be positive"));
+                }
+                if matches!(m.window, WindowSpec::Session { .. }) {
+                    return Err(ConfigError::at(
+                        format!("{at}.early"),
+                        "session windows have no early results (their end moves)",
                     ));
                 }
             }

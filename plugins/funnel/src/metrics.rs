@@ -27,8 +27,83 @@ enum AggState {
     Unique(Distinct),
 }
 
+/// What a metric reads of an event: its aggregates' fields and the top-N
+/// field. An event itself, or what was taken of it while it waits for the
+/// watermark (metrics with early results).
+trait Source {
+    /// The value of aggregate `i`'s field as a number.
+    fn num(&self, m: &Metric, i: usize) -> Option<f64>;
+    /// The value of aggregate `i`'s field as text (for `unique`).
+    fn text(&self, m: &Metric, i: usize) -> Option<std::borrow::Cow<'_, str>>;
+    /// The top-N field's value.
+    fn top(&self, m: &Metric) -> Option<std::borrow::Cow<'_, str>>;
+}
+
+impl Source for Event {
+    fn num(&self, m: &Metric, i: usize) -> Option<f64> {
+        let field = m.aggregates[i].field.as_ref()?;
+        field_value(self, field).and_then(|v| v.as_f64())
+    }
+    fn text(&self, m: &Metric, i: usize) -> Option<std::borrow::Cow<'_, str>> {
+        self.field(m.aggregates[i].field.as_ref()?)
+    }
+    fn top(&self, m: &Metric) -> Option<std::borrow::Cow<'_, str>> {
+        self.field(&m.top.as_ref()?.field)
+    }
+}
+
+/// What a metric with early results keeps of an event until the watermark
+/// passes it: its group and the values its aggregates read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Taken {
+    group: Vec<String>,
+    /// Per aggregate: the field as text (unique) or number (the others).
+    values: Vec<Option<Taken1>>,
+    top: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Taken1 {
+    Num(f64),
+    Text(String),
+}
+
+impl Taken {
+    fn of(m: &Metric, e: &Event, group: Vec<String>) -> Taken {
+        Taken {
+            group,
+            values: (0..m.aggregates.len())
+                .map(|i| match m.aggregates[i].func {
+                    AggFn::Count => None,
+                    AggFn::Unique => e.text(m, i).map(|t| Taken1::Text(t.into_owned())),
+                    _ => e.num(m, i).map(Taken1::Num),
+                })
+                .collect(),
+            top: e.top(m).map(|t| t.into_owned()),
+        }
+    }
+}
+
+impl Source for Taken {
+    fn num(&self, _: &Metric, i: usize) -> Option<f64> {
+        match self.values.get(i)? {
+            Some(Taken1::Num(x)) => Some(*x),
+            _ => None,
+        }
+    }
+    fn text(&self, _: &Metric, i: usize) -> Option<std::borrow::Cow<'_, str>> {
+        match self.values.get(i)? {
+            Some(Taken1::Text(t)) => Some(t.as_str().into()),
+            _ => None,
+        }
+    }
+    fn top(&self, _: &Metric) -> Option<std::borrow::Cow<'_, str>> {
+        self.top.as_deref().map(Into::into)
+    }
+}
+
 impl Acc {
-    fn add(&mut self, m: &Metric, e: &Event) {
+    fn add(&mut self, m: &Metric, e: &impl Source) {
         self.count += 1;
         if self.aggs.is_empty() {
             self.aggs = m
@@ -43,16 +118,16 @@ impl Acc {
                 })
                 .collect();
         }
-        for (a, st) in m.aggregates.iter().zip(self.aggs.iter_mut()) {
-            let Some(field) = &a.field else { continue };
+        for (i, st) in self.aggs.iter_mut().enumerate() {
             match st {
+                AggState::Count => {}
                 AggState::Unique(d) => {
-                    if let Some(v) = e.field(field) {
+                    if let Some(v) = e.text(m, i) {
                         d.insert(&v);
                     }
                 }
                 _ => {
-                    let Some(x) = field_value(e, field).and_then(|v| v.as_f64()) else {
+                    let Some(x) = e.num(m, i) else {
                         continue;
                     };
                     match st {
@@ -67,9 +142,7 @@ impl Acc {
                 }
             }
         }
-        if let Some(t) = &m.top
-            && let Some(v) = e.field(&t.field)
-        {
+        if let Some(v) = e.top(m) {
             // A lookup first: the key is allocated only for a value new to the window.
             match self.top.get_mut(v.as_ref()) {
                 Some(n) => *n += 1,
@@ -123,6 +196,10 @@ pub struct MetricState {
     /// looking up an existing group allocates nothing.
     #[serde(skip)]
     scratch: Vec<String>,
+    /// Early results only: what was taken of events the watermark has not
+    /// passed yet, applied in event-time order as it does.
+    #[serde(default, skip_serializing_if = "EventTimeBuffer::is_empty")]
+    pending: EventTimeBuffer<Taken>,
 }
 
 impl MetricState {
@@ -131,6 +208,7 @@ impl MetricState {
             store: WindowStore::new(lateness),
             sessions: Vec::new(),
             scratch: Vec::new(),
+            pending: EventTimeBuffer::default(),
         }
     }
 }
@@ -188,6 +266,15 @@ fn group_into(m: &Metric, e: &Event, group: &mut Vec<String>) {
 pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
     let mut group = std::mem::take(&mut st.scratch);
     group_into(m, e, &mut group);
+    // Early results are cut at instants of event time: an event waits until
+    // the watermark passes it, so what each early result holds does not
+    // depend on how events were batched.
+    if m.early.is_some() && e.timestamp >= st.store.watermark() {
+        let taken = Taken::of(m, e, group.clone());
+        st.pending.push(e.timestamp, taken);
+        st.scratch = group;
+        return true;
+    }
     let taken = add_to(m, st, e, &group);
     st.scratch = group;
     taken
@@ -196,9 +283,15 @@ pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
 // A `&Vec`: the window store's keys are `Vec<String>`.
 #[allow(clippy::ptr_arg)]
 fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> bool {
+    add_at(m, st, e.timestamp, e, group)
+}
+
+/// Adds what `e` holds at event time `ts`; false if every window it belongs to has expired.
+#[allow(clippy::ptr_arg)]
+fn add_at(m: &Metric, st: &mut MetricState, ts: i64, e: &impl Source, group: &Vec<String>) -> bool {
     match m.window {
         WindowSpec::Tumbling { size, offset } => {
-            let w = Tumbling { size, offset }.assign(e.timestamp);
+            let w = Tumbling { size, offset }.assign(ts);
             match st.store.get_mut(w, group) {
                 Some(acc) => {
                     acc.add(m, e);
@@ -218,7 +311,7 @@ fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> b
                 slide,
                 offset,
             })
-            .assign(e.timestamp)
+            .assign(ts)
             {
                 if let Some(acc) = st.store.get_mut(w, group) {
                     acc.add(m, e);
@@ -229,8 +322,8 @@ fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> b
         }
         WindowSpec::Session { gap } => {
             let w = Window {
-                start: e.timestamp,
-                end: e.timestamp + gap,
+                start: ts,
+                end: ts + gap,
             };
             if st.store.is_expired(&w) {
                 return false;
@@ -242,7 +335,7 @@ fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> b
                     st.sessions.len() - 1
                 }
             };
-            let update = st.sessions[pos].1.add(e.timestamp, gap);
+            let update = st.sessions[pos].1.add(ts, gap);
             let mut merged = Acc::default();
             for old in &update.merged {
                 if let Some(acc) = st.store.remove(old, group) {
@@ -262,6 +355,34 @@ fn add_to(m: &Metric, st: &mut MetricState, e: &Event, group: &Vec<String>) -> b
 
 /// Emits every window the watermark closed.
 pub fn advance(m: &Metric, st: &mut MetricState, watermark: i64, points: &mut Vec<MetricPoint>) {
+    if let Some(every) = m.early {
+        // Apply what the watermark passed, oldest first, stopping at each
+        // multiple of `every` it passed to emit the windows still open there.
+        let next = |t: i64| (t.div_euclid(every) + 1).saturating_mul(every);
+        let prev = st.store.watermark();
+        let mut boundary = match (prev, st.pending.first_time()) {
+            (i64::MIN, Some(t)) => next(t),
+            (i64::MIN, None) => i64::MAX,
+            (p, _) => next(p),
+        };
+        while boundary <= watermark {
+            for (ts, taken) in st.pending.release(boundary - 1) {
+                let group = taken.group.clone();
+                add_at(m, st, ts, &taken, &group);
+            }
+            st.store
+                .emit_open(boundary, |w, group, acc| emit(m, w, group, acc, points));
+            // Nothing is left to emit until the next waiting event is applied.
+            boundary = match st.pending.first_time() {
+                Some(t) if t <= watermark => next(t).max(boundary.saturating_add(every)),
+                _ => break,
+            };
+        }
+        for (ts, taken) in st.pending.release(watermark) {
+            let group = taken.group.clone();
+            add_at(m, st, ts, &taken, &group);
+        }
+    }
     st.store
         .advance(watermark, |w, group, acc| emit(m, w, group, acc, points));
     if matches!(m.window, WindowSpec::Session { .. }) {
