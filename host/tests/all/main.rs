@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod golden;
+mod grafana;
 mod isolation;
 mod kafka;
 mod languages;
