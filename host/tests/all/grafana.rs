@@ -13,12 +13,32 @@ const START: i64 = 1_767_225_600_000;
 /// What each panel shows: its measurement, the tag it draws a line per
 /// value of (none: one line), and a tag filter.
 const PANELS: [(&str, &str, Option<&str>, Option<(&str, &str)>); 6] = [
-    ("Events per minute by type", "events", Some("event_type"), None),
+    (
+        "Events per minute by type",
+        "events",
+        Some("event_type"),
+        None,
+    ),
     ("Page views by path", "page_views", Some("path"), None),
     ("Unique users per minute", "unique_users", None, None),
-    ("Revenue per minute by currency", "revenue", Some("currency"), None),
-    ("Top products (views, 5-minute window)", "top_products", Some("rank"), None),
-    ("Checkout funnel (users per step)", "funnel", Some("step_name"), Some(("funnel", "checkout"))),
+    (
+        "Revenue per minute by currency",
+        "revenue",
+        Some("currency"),
+        None,
+    ),
+    (
+        "Top products (views, 5-minute window)",
+        "top_products",
+        Some("rank"),
+        None,
+    ),
+    (
+        "Checkout funnel (users per step)",
+        "funnel",
+        Some("step_name"),
+        Some(("funnel", "checkout")),
+    ),
 ];
 
 fn dashboard(name: &str) -> Vec<(String, Value)> {
@@ -28,17 +48,32 @@ fn dashboard(name: &str) -> Vec<(String, Value)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["title"].as_str().unwrap().to_string(), p["targets"][0].clone()))
+        .map(|p| {
+            (
+                p["title"].as_str().unwrap().to_string(),
+                p["targets"][0].clone(),
+            )
+        })
         .collect()
 }
 
 /// The values the panel's tag takes in the final points (one empty value
 /// for a single-line panel).
-fn expected(lp: &str, measurement: &str, tag: Option<&str>, filter: Option<(&str, &str)>) -> BTreeSet<String> {
+fn expected(
+    lp: &str,
+    measurement: &str,
+    tag: Option<&str>,
+    filter: Option<(&str, &str)>,
+) -> BTreeSet<String> {
     lp.lines()
         .map(parse_line)
-        .filter(|(m, tags, ..)| m == measurement && filter.is_none_or(|(k, v)| tags.get(k).map(String::as_str) == Some(v)))
-        .map(|(_, tags, ..)| tag.map_or(String::new(), |t| tags.get(t).cloned().unwrap_or_default()))
+        .filter(|(m, tags, ..)| {
+            m == measurement
+                && filter.is_none_or(|(k, v)| tags.get(k).map(String::as_str) == Some(v))
+        })
+        .map(|(_, tags, ..)| {
+            tag.map_or(String::new(), |t| tags.get(t).cloned().unwrap_or_default())
+        })
         .collect()
 }
 
@@ -49,7 +84,15 @@ fn every_dashboard_query_returns_its_series() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.ndjson");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["gen", "--rate", "3000", "--duration", "1s", "--event-rate", "2"])
+        .args([
+            "gen",
+            "--rate",
+            "3000",
+            "--duration",
+            "1s",
+            "--event-rate",
+            "2",
+        ])
         .args(["--seed", "4", "--start-ms", &START.to_string(), "--output"])
         .arg(&file)
         .output()
@@ -58,7 +101,12 @@ fn every_dashboard_query_returns_its_series() {
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     for chunk in lines.chunks(500) {
-        let (st, r) = s.post_raw("/v1/events", "application/x-ndjson", chunk.join("\n").as_bytes(), None);
+        let (st, r) = s.post_raw(
+            "/v1/events",
+            "application/x-ndjson",
+            chunk.join("\n").as_bytes(),
+            None,
+        );
         assert_eq!(st, 202, "{r}");
     }
     let end = START + 2 * 3_600_000;
@@ -87,14 +135,27 @@ fn every_dashboard_query_returns_its_series() {
         assert!(!want.is_empty(), "{title}: the stream has no {m}");
         let expr = target["expr"].as_str().unwrap();
         let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
-        let url = s.url(&format!("/prometheus/api/v1/query_range?query={q}&start={}&end={}&step=60", START / 1000, end / 1000));
-        let v: Value = serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap();
+        let url = s.url(&format!(
+            "/prometheus/api/v1/query_range?query={q}&start={}&end={}&step=60",
+            START / 1000,
+            end / 1000
+        ));
+        let v: Value =
+            serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap();
         assert_eq!(v["status"], "success", "{title}: {v}");
         let result = v["data"]["result"].as_array().unwrap();
-        assert!(result.iter().all(|r| !r["values"].as_array().unwrap().is_empty()));
+        assert!(
+            result
+                .iter()
+                .all(|r| !r["values"].as_array().unwrap().is_empty())
+        );
         let got: BTreeSet<String> = result
             .iter()
-            .map(|r| tag.map_or(String::new(), |t| r["metric"][t].as_str().unwrap_or("").to_string()))
+            .map(|r| {
+                tag.map_or(String::new(), |t| {
+                    r["metric"][t].as_str().unwrap_or("").to_string()
+                })
+            })
             .collect();
         assert_eq!(got, want, "{title}: {expr}");
     }
@@ -104,15 +165,28 @@ fn every_dashboard_query_returns_its_series() {
         let q = target["query"]
             .as_str()
             .unwrap()
-            .replace("$timeFilter", &format!("time >= {START}ms AND time < {end}ms"))
+            .replace(
+                "$timeFilter",
+                &format!("time >= {START}ms AND time < {end}ms"),
+            )
             .replace("$__interval", "1m");
         let v = db.query(&q);
-        let series = v["results"][0]["series"].as_array().unwrap_or_else(|| panic!("{title}: {q}: {v}"));
+        let series = v["results"][0]["series"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: {q}: {v}"));
         let got: BTreeSet<String> = series
             .iter()
-            .map(|r| tag.map_or(String::new(), |t| r["tags"][t].as_str().unwrap_or("").to_string()))
+            .map(|r| {
+                tag.map_or(String::new(), |t| {
+                    r["tags"][t].as_str().unwrap_or("").to_string()
+                })
+            })
             .collect();
         assert_eq!(got, want, "{title}: {q}");
-        assert!(series.iter().all(|r| !r["values"].as_array().unwrap().is_empty()));
+        assert!(
+            series
+                .iter()
+                .all(|r| !r["values"].as_array().unwrap().is_empty())
+        );
     }
 }
