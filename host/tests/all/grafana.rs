@@ -10,9 +10,16 @@ use std::collections::BTreeSet;
 
 const START: i64 = 1_767_225_600_000;
 
-/// What each panel shows: its measurement, the tag it draws a line per
-/// value of (none: one line), and a tag filter.
-const PANELS: [(&str, &str, Option<&str>, Option<(&str, &str)>); 6] = [
+/// What a panel shows: its title, its measurement, the tag it draws a line
+/// per value of (none: one line), and a tag filter.
+type Panel = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<(&'static str, &'static str)>,
+);
+
+const PANELS: [Panel; 6] = [
     (
         "Events per minute by type",
         "events",
