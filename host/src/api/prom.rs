@@ -217,7 +217,7 @@ fn series_list(s: &ApiState, p: &[(String, String)]) -> Result<Vec<Listed>, Resp
     for (measurement, m) in &d.measurements {
         for series in &m.series {
             for (field, col) in &series.fields {
-                if col.raw.is_empty() {
+                if col.ts.is_empty() {
                     continue; // rolled up only: not a Prometheus series
                 }
                 let name = format!("{measurement}_{field}");

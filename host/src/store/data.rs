@@ -102,11 +102,13 @@ impl Roll {
     }
 }
 
-/// One field of one series.
+/// One field of one series. Raw points are kept as two parallel columns,
+/// so a range is two binary searches and an answer borrows the slices.
 #[derive(Debug, Default, Clone)]
 pub struct Column {
-    /// Raw points, by timestamp.
-    pub raw: Vec<(i64, Val)>,
+    /// Raw point timestamps, ascending, and their values.
+    pub ts: Vec<i64>,
+    pub vals: Vec<Val>,
     /// Rollup buckets (bucket start, what it keeps), by start.
     pub rolled: Vec<(i64, Roll)>,
 }
@@ -114,38 +116,48 @@ pub struct Column {
 impl Column {
     /// Sets the value at `ts` (replacing one there); the change in weight.
     fn put(&mut self, ts: i64, v: Val) -> isize {
-        // Windows are usually emitted in time order: the common case appends.
-        match self.raw.last() {
-            Some((last, _)) if *last < ts => {}
-            None => {}
-            _ => match self.raw.binary_search_by_key(&ts, |(t, _)| *t) {
-                Ok(i) => {
-                    let before = self.raw[i].1.weight() as isize;
-                    let after = v.weight() as isize;
-                    self.raw[i].1 = v;
-                    return after - before;
-                }
-                Err(i) => {
-                    let w = v.weight() as isize;
-                    self.raw.insert(i, (ts, v));
-                    return w + 8;
-                }
-            },
-        }
         let w = v.weight() as isize;
-        self.raw.push((ts, v));
-        w + 8
+        // Windows are usually emitted in time order: the common case appends.
+        if self.ts.last().is_none_or(|last| *last < ts) {
+            self.ts.push(ts);
+            self.vals.push(v);
+            return w + 8;
+        }
+        match self.ts.binary_search(&ts) {
+            Ok(i) => {
+                let before = self.vals[i].weight() as isize;
+                self.vals[i] = v;
+                w - before
+            }
+            Err(i) => {
+                self.ts.insert(i, ts);
+                self.vals.insert(i, v);
+                w + 8
+            }
+        }
+    }
+
+    /// The index range of the raw points in `[start, end)`.
+    pub fn range(&self, start: i64, end: i64) -> std::ops::Range<usize> {
+        let a = self.ts.partition_point(|t| *t < start);
+        let b = self.ts.partition_point(|t| *t < end);
+        a..b.max(a)
+    }
+
+    /// The raw points, as pairs.
+    pub fn points(&self) -> impl Iterator<Item = (i64, &Val)> {
+        self.ts.iter().copied().zip(&self.vals)
     }
 
     /// Rolls the raw points before `cutoff` (a bucket boundary) up into
     /// buckets of `res`; returns the weight freed (net).
     fn roll_up(&mut self, cutoff: i64, res: i64) -> isize {
-        let n = self.raw.partition_point(|(t, _)| *t < cutoff);
+        let n = self.ts.partition_point(|t| *t < cutoff);
         if n == 0 {
             return 0;
         }
         let mut freed = 0isize;
-        for (ts, v) in self.raw.drain(..n) {
+        for (ts, v) in self.ts.drain(..n).zip(self.vals.drain(..n)) {
             freed += v.weight() as isize + 8;
             let bucket = ts - ts.rem_euclid(res);
             match self.rolled.binary_search_by_key(&bucket, |(b, _)| *b) {
@@ -167,7 +179,7 @@ impl Column {
     }
 
     fn is_empty(&self) -> bool {
-        self.raw.is_empty() && self.rolled.is_empty()
+        self.ts.is_empty() && self.rolled.is_empty()
     }
 }
 
@@ -217,8 +229,8 @@ impl Measurement {
         let cols = self.series.iter().flat_map(|s| s.fields.values());
         let mut span: Option<(i64, i64)> = None;
         for c in cols {
-            let first = c.rolled.first().map(|r| r.0).or(c.raw.first().map(|r| r.0));
-            let last = c.raw.last().map(|r| r.0).or(c.rolled.last().map(|r| r.0));
+            let first = c.rolled.first().map(|r| r.0).or(c.ts.first().copied());
+            let last = c.ts.last().copied().or(c.rolled.last().map(|r| r.0));
             if let (Some(a), Some(b)) = (first, last) {
                 span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
             }
@@ -415,7 +427,7 @@ impl Data {
             .values()
             .flat_map(|m| m.series.iter())
             .flat_map(|s| s.fields.values())
-            .filter_map(|c| c.raw.first().map(|r| r.0))
+            .filter_map(|c| c.ts.first().copied())
             .min()
     }
 
@@ -489,7 +501,8 @@ mod tests {
         d.put(&point("m", &[("a", "1")], 3, Value::Int(2)), 2)
             .unwrap();
         let col = &d.measurements["m"].series[0].fields["n"];
-        assert_eq!(col.raw, vec![(3, Val::I(2)), (5, Val::I(7))]);
+        assert_eq!(col.ts, vec![3, 5]);
+        assert_eq!(col.vals, vec![Val::I(2), Val::I(7)]);
         // Tag order and empty tags do not make another series.
         d.put(
             &point("m", &[("b", "2"), ("a", "1"), ("c", "")], 9, Value::Int(1)),
@@ -516,7 +529,8 @@ mod tests {
         d.maintain(&settings());
         let col = &d.measurements["m"].series[0].fields["n"];
         // Retention 10 s before the newest (20 000): buckets before 10 000 are rolled.
-        assert_eq!(col.raw, vec![(20_000, Val::F(20_000.0))]);
+        assert_eq!(col.ts, vec![20_000]);
+        assert_eq!(col.vals, vec![Val::F(20_000.0)]);
         assert_eq!(col.rolled.len(), 2);
         assert_eq!(col.rolled[0].0, 0);
         assert_eq!((col.rolled[0].1.sum, col.rolled[0].1.count), (300.0, 2));

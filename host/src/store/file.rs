@@ -288,7 +288,7 @@ pub fn write_snapshot(path: &Path, data: &Data) -> std::io::Result<u64> {
                 for (bucket, r) in &c.rolled {
                     encode_roll(&mut buf, name, &s.tags, field, *bucket, r);
                 }
-                for (ts, v) in &c.raw {
+                for (ts, v) in c.points() {
                     let value = match v {
                         Val::F(f) => Value::Float(*f),
                         Val::I(i) => Value::Int(*i),
@@ -299,7 +299,7 @@ pub fn write_snapshot(path: &Path, data: &Data) -> std::io::Result<u64> {
                         measurement: name.clone(),
                         tags: s.tags.clone(),
                         fields: vec![(field.clone(), value)],
-                        timestamp: *ts,
+                        timestamp: ts,
                     };
                     encode_point(&mut buf, &p);
                 }

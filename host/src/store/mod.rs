@@ -19,7 +19,7 @@ pub mod promql;
 pub mod query;
 
 pub use data::{Refused, Val};
-pub use query::{Agg, CatalogEntry, MetricQuery, QueryError, SeriesOut};
+pub use query::{Agg, CatalogEntry, MetricQuery, QueryError, SeriesOut, Values};
 
 use crate::runtime::MetricPoint;
 use crate::telemetry::{Metrics, SinkStats, StoreFigures};

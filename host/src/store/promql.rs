@@ -154,12 +154,10 @@ fn select(d: &Data, vs: &VectorSelector, times: &[i64], step: i64) -> Result<Vec
                 if !name_ok(&name) {
                     continue;
                 }
-                let from = col
-                    .raw
-                    .partition_point(|(t, _)| *t < first - step - SILENCE);
-                let to = col.raw.partition_point(|(t, _)| *t <= last);
-                let pts: Vec<(i64, f64)> = col.raw[from..to]
+                let r = col.range(first - step - SILENCE, last.saturating_add(1));
+                let pts: Vec<(i64, f64)> = col.ts[r.clone()]
                     .iter()
+                    .zip(&col.vals[r])
                     .map(|(t, v)| (*t, sample_value(v)))
                     .collect();
                 if pts.is_empty() {

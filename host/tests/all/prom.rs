@@ -115,7 +115,9 @@ fn promql_answers_as_victoria_metrics_does() {
     );
     let ours = |path: &str| get(&s.url(&format!("/prometheus{path}")));
     let theirs = |path: &str| get(&vm.url(path));
-    // VictoriaMetrics makes new samples searchable within a second or two.
+    // VictoriaMetrics makes new samples searchable within a second or two,
+    // or at once after a forced flush.
+    vm.force_flush();
     let probe = format!(
         "/api/v1/query_range?query=events_count&start={}&end={}&step=60",
         START / 1000,

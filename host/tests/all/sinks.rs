@@ -43,6 +43,14 @@ impl Db {
         )
     }
 
+    /// Makes every sample VictoriaMetrics took searchable now.
+    pub(crate) fn force_flush(&self) {
+        assert_eq!(self.kind, "victoria-metrics");
+        ureq::get(&self.url("/internal/force_flush"))
+            .call()
+            .expect("force_flush");
+    }
+
     fn start_on(kind: &'static str, port: u16, rpc_port: u16, dir: tempfile::TempDir) -> Db {
         let child = Self::spawn(kind, dir.path(), port, rpc_port);
         let db = Db {
