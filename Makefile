@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks bench-kafka fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -70,6 +70,11 @@ bench-sinks: servers
 bench-kafka: plugins servers
 	$(CARGO) build --release -p nexuspipe
 	python3 host/benches/kafka.py
+
+## Query benchmark: /v1/metrics latency, store on/off, 1 000 WebSocket clients, alert push latency
+bench-query: plugins
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/query.py
 
 ## Fuzz each target in fuzz/ for FUZZ_SECONDS (nightly + cargo-fuzz, installed if missing)
 FUZZ_SECONDS ?= 60
