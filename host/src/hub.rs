@@ -7,12 +7,14 @@
 //! appends it to the queue of every client that asked for it; a client's
 //! queue is bounded, and when it is full its oldest messages are dropped and
 //! the client is told how many (a `dropped` message), like a lagging
-//! consumer. The event sample is taken at the end of the pipeline, at most
+//! consumer. A client's connection writes what waits with one flush: with a
+//! thousand clients the cost is in wake-ups and syscalls, not in the bytes. The event sample is taken at the end of the pipeline, at most
 //! `sample_rate` events a second spread evenly over the stream.
 
 use crate::config::StreamConfig;
 use crate::runtime::{Event, MetricPoint};
 use crate::telemetry::Metrics;
+use bytes::Bytes;
 use serde_json::{Value as Json, json};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,7 +53,7 @@ impl Subscription {
 /// One connected client: its subscription and its queue of messages.
 pub struct Client {
     subscription: Mutex<Subscription>,
-    queue: Mutex<VecDeque<Arc<str>>>,
+    queue: Mutex<VecDeque<Bytes>>,
     /// Messages dropped since the client last read.
     dropped: AtomicU64,
     pub wake: tokio::sync::Notify,
@@ -59,28 +61,34 @@ pub struct Client {
 }
 
 impl Client {
-    fn push(&self, msg: &Arc<str>) {
+    /// Appends what this client wants of `msgs` and wakes it once.
+    fn push<'a>(&self, msgs: impl Iterator<Item = &'a Bytes>) {
         let mut q = self.queue.lock().expect("client queue lock");
-        if q.len() >= self.capacity {
-            q.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut pushed = false;
+        for msg in msgs {
+            if q.len() >= self.capacity {
+                q.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            q.push_back(msg.clone());
+            pushed = true;
         }
-        q.push_back(msg.clone());
         drop(q);
-        self.wake.notify_one();
+        if pushed {
+            self.wake.notify_one();
+        }
     }
 
-    /// What is waiting, led by a `dropped` message if some were.
-    pub fn take(&self) -> Vec<Arc<str>> {
-        let mut out = Vec::new();
+    /// What is waiting, led by a `dropped` message if some were. Each
+    /// message is valid UTF-8 JSON (serialized by the hub).
+    pub fn take(&self, out: &mut Vec<Bytes>) {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            out.push(Arc::from(
+            out.push(Bytes::from(
                 json!({"type": "dropped", "count": dropped}).to_string(),
             ));
         }
         out.extend(self.queue.lock().expect("client queue lock").drain(..));
-        out
     }
 
     pub fn subscribe(&self, s: Subscription) {
@@ -199,18 +207,48 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, msg: &Arc<str>, f: impl Fn(&Subscription) -> bool) {
-        for c in self.clients.lock().expect("clients lock").iter() {
-            if c.wants(&f) {
-                c.push(msg);
+    /// Gives every client the messages of a round it wants, in order.
+    fn fan_out(&self, msgs: &[(Bytes, Topic<'_>)]) {
+        if msgs.is_empty() {
+            return;
+        }
+        // One message at a time, waking the client each time: its connection
+        // drains its queue while the hub goes on, so a burst (a round that
+        // closes many windows) does not overflow the queue of a client that
+        // keeps up. A wake-up of a client already awake costs nothing.
+        let clients = self.clients.lock().expect("clients lock");
+        for (m, t) in msgs {
+            for c in clients.iter() {
+                if t.wanted_by(&c.subscription.lock().expect("subscription lock")) {
+                    c.push(std::iter::once(m));
+                }
             }
         }
     }
 }
 
-fn message(kind: &str, mut body: Json) -> Arc<str> {
+/// What a message is about, to match it against subscriptions.
+enum Topic<'a> {
+    Measurement(&'a str),
+    Alerts,
+    Events,
+    Stats,
+}
+
+impl Topic<'_> {
+    fn wanted_by(&self, s: &Subscription) -> bool {
+        match self {
+            Topic::Measurement(m) => s.measurements.contains(*m),
+            Topic::Alerts => s.alerts,
+            Topic::Events => s.events,
+            Topic::Stats => s.stats,
+        }
+    }
+}
+
+fn message(kind: &str, mut body: Json) -> Bytes {
     body["type"] = Json::String(kind.into());
-    Arc::from(body.to_string())
+    Bytes::from(body.to_string())
 }
 
 fn run(hub: Arc<Hub>, rx: Receiver<Published>, metrics: Arc<Metrics>) {
@@ -222,22 +260,22 @@ fn run(hub: Arc<Hub>, rx: Receiver<Published>, metrics: Arc<Metrics>) {
     );
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
+            // Each message is fanned out as soon as it is serialized, so
+            // clients drain their queues while the next is made.
             Ok(Published::Points(points)) => {
-                for p in points {
-                    let msg = message("point", crate::sinks::point_to_json(&p));
-                    hub.fan_out(&msg, |s| s.measurements.contains(&p.measurement));
+                for p in &points {
+                    let m = message("point", crate::sinks::point_to_json(p));
+                    hub.fan_out(&[(m, Topic::Measurement(&p.measurement))]);
                 }
             }
             Ok(Published::Alerts(alerts)) => {
-                for a in alerts {
-                    let msg = message("alert", (*a).clone());
-                    hub.fan_out(&msg, |s| s.alerts);
+                for a in &alerts {
+                    hub.fan_out(&[(message("alert", (**a).clone()), Topic::Alerts)]);
                 }
             }
             Ok(Published::Events(events)) => {
                 for e in events {
-                    let msg = message("event", e);
-                    hub.fan_out(&msg, |s| s.events);
+                    hub.fan_out(&[(message("event", e), Topic::Events)]);
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -247,7 +285,7 @@ fn run(hub: Arc<Hub>, rx: Receiver<Published>, metrics: Arc<Metrics>) {
             let secs = last.elapsed().as_secs_f64();
             last = Instant::now();
             let stats = stats(&metrics, &mut prev, secs);
-            hub.fan_out(&message("stats", stats), |s| s.stats);
+            hub.fan_out(&[(message("stats", stats), Topic::Stats)]);
         }
     }
 }

@@ -17,7 +17,7 @@
 use super::{ApiState, error};
 use crate::hub::{Client, Hub, Subscription};
 use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+    Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -110,11 +110,20 @@ async fn serve_ws(mut socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>) {
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let mut heard = Instant::now();
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = client.wake.notified() => {
-                for msg in client.take() {
-                    if socket.send(Message::Text(msg.as_ref().into())).await.is_err() {
+                // One message per write: a send waits for the socket, so a
+                // slow reader holds one message here and the rest wait in its
+                // bounded queue. (Feeding many before one flush held the
+                // messages back long enough for a burst to overflow the queue
+                // of a client that keeps up.)
+                batch.clear();
+                client.take(&mut batch);
+                for msg in batch.drain(..) {
+                    let Ok(text) = Utf8Bytes::try_from(msg) else { continue };
+                    if socket.send(Message::Text(text)).await.is_err() {
                         return;
                     }
                 }
@@ -164,17 +173,21 @@ async fn serve_ws(mut socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>) {
 fn sse(hub: Arc<Hub>, client: Arc<Client>) -> Response {
     let leave = Arc::new(Leave(hub.clone(), client.clone()));
     let events = futures_util::stream::unfold(
-        (client, leave, std::collections::VecDeque::<Arc<str>>::new()),
-        |(client, leave, mut pending)| async move {
+        (client, leave, Vec::<bytes::Bytes>::new(), 0usize),
+        |(client, leave, mut pending, mut next)| async move {
             loop {
-                if let Some(msg) = pending.pop_front() {
-                    let e = Event::default().data(msg.as_ref());
+                if let Some(msg) = pending.get(next) {
+                    next += 1;
+                    // The hub's messages are JSON it serialized: UTF-8.
+                    let e = Event::default().data(String::from_utf8_lossy(msg));
                     return Some((
                         Ok::<_, std::convert::Infallible>(e),
-                        (client, leave, pending),
+                        (client, leave, pending, next),
                     ));
                 }
-                pending.extend(client.take());
+                pending.clear();
+                next = 0;
+                client.take(&mut pending);
                 if pending.is_empty() {
                     client.wake.notified().await;
                 }
