@@ -294,8 +294,9 @@ fn answer_json(q: &MetricQuery, series: Vec<SeriesOut<'_>>) -> Response {
         end_time: String,
         series: Vec<SeriesOut<'a>>,
     }
-    let size = 256 + series.iter().map(SeriesOut::json_size).sum::<usize>();
-    let a = Answer {
+    let sizes: Vec<usize> = series.iter().map(SeriesOut::json_size).collect();
+    let size: usize = 256 + sizes.iter().sum::<usize>();
+    let head = Answer {
         metric: &q.metric,
         field: q.field.as_deref(),
         window: q.window.map(|(w, _)| format_window(w)),
@@ -303,21 +304,104 @@ fn answer_json(q: &MetricQuery, series: Vec<SeriesOut<'_>>) -> Response {
         group_by: &q.group_by,
         start_time: format_timestamp(q.start),
         end_time: format_timestamp(q.end),
-        series,
+        series: Vec::new(),
     };
-    let mut body = Vec::with_capacity(size);
-    match serde_json::to_writer(&mut body, &a) {
-        Ok(()) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response(),
+    let encoded = (|| {
+        let mut body = Vec::with_capacity(256);
+        serde_json::to_writer(&mut body, &head)?;
+        // `series` is the last member: reopen its empty list.
+        body.truncate(body.len() - "]}".len());
+        // A large answer (a day of raw points for a thousand series is
+        // 23 MB) is encoded in parts on every core, then joined.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let parts = if size > 4 << 20 { threads } else { 1 };
+        let bounds = split_by_size(&sizes, parts);
+        let encode = |range: std::ops::Range<usize>| -> Result<Vec<u8>, serde_json::Error> {
+            let mut out = Vec::with_capacity(sizes[range.clone()].iter().sum());
+            for (i, s) in series[range.clone()].iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, s)?;
+            }
+            Ok(out)
+        };
+        let encoded: Vec<Result<Vec<u8>, _>> = if bounds.len() == 1 {
+            vec![encode(bounds[0].clone())]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = bounds[1..]
+                    .iter()
+                    .map(|r| scope.spawn(|| encode(r.clone())))
+                    .collect();
+                let mut all = vec![encode(bounds[0].clone())];
+                all.extend(
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("encoder thread")),
+                );
+                all
+            })
+        };
+        // The parts go out as they are, not copied into one buffer.
+        let mut chunks = vec![bytes::Bytes::from(body)];
+        for part in encoded {
+            let part = part?;
+            if part.is_empty() {
+                continue;
+            }
+            if chunks.len() > 1 {
+                chunks.push(bytes::Bytes::from_static(b","));
+            }
+            chunks.push(bytes::Bytes::from(part));
+        }
+        chunks.push(bytes::Bytes::from_static(b"]}"));
+        Ok::<_, serde_json::Error>(chunks)
+    })();
+    match encoded {
+        Ok(chunks) => {
+            let len: usize = chunks.iter().map(bytes::Bytes::len).sum();
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(
+                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+            ));
+            (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/json".to_string(),
+                    ),
+                    (axum::http::header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding the answer: {e}"),
             json!({}),
         ),
     }
+}
+
+/// Splits `0..sizes.len()` into at most `parts` consecutive ranges of
+/// about equal total size.
+fn split_by_size(sizes: &[usize], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = sizes.iter().sum();
+    let per = total.div_ceil(parts.max(1)).max(1);
+    let (mut out, mut start, mut acc) = (Vec::new(), 0, 0);
+    for (i, s) in sizes.iter().enumerate() {
+        acc += s;
+        if acc >= per && out.len() + 1 < parts {
+            out.push(start..i + 1);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < sizes.len() || out.is_empty() {
+        out.push(start..sizes.len());
+    }
+    out
 }
 
 fn catalog(store: &Store) -> Json {
@@ -492,4 +576,35 @@ pub(super) async fn stats(
         "top_pages": pages.into_iter().map(|(path, n)| json!({"path": path, "views": int(n)})).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_size;
+
+    #[test]
+    fn split_by_size_covers_every_series_once_in_order() {
+        for (sizes, parts) in [
+            (vec![], 2),
+            (vec![5], 2),
+            (vec![1, 1, 1, 1], 2),
+            (vec![10, 1, 1, 1], 2),
+            (vec![1, 2, 3, 4, 5, 6, 7], 3),
+            (vec![3; 1000], 4),
+        ] {
+            let ranges = split_by_size(&sizes, parts);
+            assert!(ranges.len() <= parts.max(1), "{sizes:?} {ranges:?}");
+            let flat: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(
+                flat,
+                (0..sizes.len()).collect::<Vec<_>>(),
+                "{sizes:?} {ranges:?}"
+            );
+        }
+        // Equal sizes split evenly.
+        assert_eq!(
+            split_by_size(&[3; 1000], 4),
+            vec![0..250, 250..500, 500..750, 750..1000]
+        );
+    }
 }
