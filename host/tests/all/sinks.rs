@@ -457,6 +457,15 @@ fn points_reach_influxdb_v1_and_victoria_metrics_v2_exactly() {
         want.keys().collect::<Vec<_>>()
     );
     for (k, values) in &got {
+        // A metric with early results (daily_users) is written again as its
+        // day goes on; InfluxDB overwrites, VictoriaMetrics keeps each sample.
+        // Its final value is among them. Every other point is written once.
+        if k.0.starts_with("daily_users_") {
+            if let Some(x) = want[k] {
+                assert!(values.contains(&x), "{k:?}: {values:?} lacks {x}");
+            }
+            continue;
+        }
         assert_eq!(values.len(), 1, "{k:?} written once: {values:?}");
         if let Some(x) = want[k] {
             assert!(
