@@ -11,8 +11,11 @@
 4. Latency from the request that completes a failed-login burst to the
    `alert` message at a WebSocket client, p50/p99.
 
-WebSocket clients come from the `websockets` package (PyPI), installed in a
-virtual environment under target/bench-venv on first use.
+The 1 000 clients are benches/ws_clients.rs (Rust, built here), so they take
+little of the 2 cores the server is measured on; the alert-latency client is
+the `websockets` package (PyPI), installed in a virtual environment under
+target/bench-venv on first use. `--only queries,store,clients,alerts` runs a
+subset.
 """
 import argparse, asyncio, json, os, statistics, subprocess, sys, time, urllib.request
 
@@ -126,39 +129,41 @@ def saturation(store, duration):
         server.wait()
 
 
-async def clients_run(port, n, duration, rate):
-    import websockets
-    received = [0] * n
+def ws_clients_binary():
+    """The Rust client of benches/ws_clients.rs, built in release."""
+    out = subprocess.run(["cargo", "build", "--release", "-q", "-p", "nexuspipe", "--bench", "ws_clients",
+                          "--message-format=json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "ws_clients" and msg.get("executable"):
+            return msg["executable"]
+    raise SystemExit("ws_clients: no executable built")
 
-    async def client(i):
-        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream", max_queue=None, open_timeout=60) as ws:
-            await ws.send(json.dumps({"subscribe": ["events", "alerts", "stats", "events", "page_views", "revenue", "unique_users", "top_products", "funnel"]}))
-            try:
-                async for _ in ws:
-                    received[i] += 1
-            except websockets.ConnectionClosed:
-                pass
 
-    tasks = [asyncio.create_task(client(i)) for i in range(n)]
-    await asyncio.sleep(2)  # connected and subscribed
-    loop = asyncio.get_running_loop()
+def clients_run(port, n, duration, rate):
+    clients = None
+    if n:
+        clients = subprocess.Popen([WS_CLIENTS[0], f"ws://127.0.0.1:{port}/v1/stream", str(n)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert clients.stdout.readline().strip() == "ready"  # connected and subscribed
     t0 = time.time()
     before_cpu = load.process_cpu(SERVER_PID[0])
     m0 = load.scalar(load.metrics(port), "nexuspipe_events_processed_total")
-    gen = await loop.run_in_executor(None, lambda: subprocess.run(
-        [BIN, "gen", "--target", f"http://127.0.0.1:{port}", "--rate", str(rate), "--duration", duration,
-         "--batch", "100", "--connections", "4", "--seed", "7"], capture_output=True, text=True))
+    subprocess.run([BIN, "gen", "--target", f"http://127.0.0.1:{port}", "--rate", str(rate), "--duration", duration,
+                    "--batch", "100", "--connections", "4", "--seed", "7"], capture_output=True, text=True, check=True)
     wall = time.time() - t0
     m1 = load.scalar(load.metrics(port), "nexuspipe_events_processed_total")
     cpu = load.process_cpu(SERVER_PID[0]) - before_cpu
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    received = 0
+    if clients:
+        out, _ = clients.communicate("")
+        received = json.loads(out)["messages_per_client"]
     processed = m1 - m0
     return {"processed_per_second": round(processed / wall), "server_cpu_us_per_event": round(cpu * 1e6 / max(processed, 1), 2),
-            "messages_per_client": round(statistics.median(received)) if n else 0}
+            "messages_per_client": received}
 
 
+WS_CLIENTS = [None]
 SERVER_PID = [0]
 
 
@@ -166,7 +171,7 @@ def with_clients(n, duration, rate):
     server, port, _ = load.start_server("clients", config="[stream]\nmax_clients = 2000\n")
     SERVER_PID[0] = server.pid
     try:
-        return asyncio.run(clients_run(port, n, duration, rate))
+        return clients_run(port, n, duration, rate)
     finally:
         server.terminate()
         server.wait()
@@ -213,26 +218,35 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=200)
+    ap.add_argument("--only", default="queries,store,clients,alerts")
     args = ap.parse_args()
-    ensure_websockets()
+    only = set(args.only.split(","))
+    if "alerts" in only:
+        ensure_websockets()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
-    results = {"queries": bench_queries(args.requests)}
-    on, off = [], []
-    for _ in range(args.runs):
-        off.append(saturation(False, args.duration))
-        on.append(saturation(True, args.duration))
-    results["store_on_vs_off"] = {"on_per_second": on, "off_per_second": off,
-                                  "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3)}
-    none, many = [], []
-    for _ in range(args.runs):
-        none.append(with_clients(0, args.duration, 50_000))
-        many.append(with_clients(args.clients, args.duration, 50_000))
-    results["websocket_clients"] = {"clients": args.clients, "none": none, "with_clients": many,
-                                    "throughput_ratio_of_medians": round(
-                                        statistics.median(r["processed_per_second"] for r in many)
-                                        / statistics.median(r["processed_per_second"] for r in none), 3)}
-    results["alert_latency"] = bench_alerts(args.bursts)
+    results = {}
+    if "queries" in only:
+        results["queries"] = bench_queries(args.requests)
+    if "store" in only:
+        on, off = [], []
+        for _ in range(args.runs):
+            off.append(saturation(False, args.duration))
+            on.append(saturation(True, args.duration))
+        results["store_on_vs_off"] = {"on_per_second": on, "off_per_second": off,
+                                      "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3)}
+    if "clients" in only:
+        WS_CLIENTS[0] = ws_clients_binary()
+        none, many = [], []
+        for _ in range(args.runs):
+            none.append(with_clients(0, args.duration, 50_000))
+            many.append(with_clients(args.clients, args.duration, 50_000))
+        results["websocket_clients"] = {"clients": args.clients, "none": none, "with_clients": many,
+                                        "throughput_ratio_of_medians": round(
+                                            statistics.median(r["processed_per_second"] for r in many)
+                                            / statistics.median(r["processed_per_second"] for r in none), 3)}
+    if "alerts" in only:
+        results["alert_latency"] = bench_alerts(args.bursts)
     print(json.dumps(results, indent=2))
 
 
