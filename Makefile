@@ -73,7 +73,6 @@ bench-kafka: plugins servers
 
 ## Query benchmark: /v1/metrics latency, store on/off, 1 000 WebSocket clients, alert push latency
 bench-query: plugins
-	$(CARGO) build --release -p nexuspipe
 	python3 host/benches/query.py
 
 ## Fuzz each target in fuzz/ for FUZZ_SECONDS (nightly + cargo-fuzz, installed if missing)

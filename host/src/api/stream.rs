@@ -23,6 +23,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +96,9 @@ pub(super) async fn stream(
     }
 }
 
+/// Bytes of messages written to a WebSocket between two flushes.
+const FLUSH_BYTES: usize = 64 << 10;
+
 /// Disconnects the client when the connection's task ends, however it ends.
 struct Leave(Arc<Hub>, Arc<Client>);
 
@@ -114,18 +118,29 @@ async fn serve_ws(mut socket: WebSocket, hub: Arc<Hub>, client: Arc<Client>) {
     loop {
         tokio::select! {
             _ = client.wake.notified() => {
-                // One message per write: a send waits for the socket, so a
-                // slow reader holds one message here and the rest wait in its
-                // bounded queue. (Feeding many before one flush held the
-                // messages back long enough for a burst to overflow the queue
-                // of a client that keeps up.)
+                // What waits goes out with a flush per FLUSH_BYTES, not per
+                // message (a write per message cost a third of the engine's
+                // throughput with 1 000 clients). A flush waits for the
+                // socket, so a slow reader holds at most that much here and
+                // the rest waits in its bounded queue.
                 batch.clear();
                 client.take(&mut batch);
+                let mut unflushed = 0;
                 for msg in batch.drain(..) {
+                    unflushed += msg.len();
                     let Ok(text) = Utf8Bytes::try_from(msg) else { continue };
-                    if socket.send(Message::Text(text)).await.is_err() {
+                    if socket.feed(Message::Text(text)).await.is_err() {
                         return;
                     }
+                    if unflushed >= FLUSH_BYTES {
+                        unflushed = 0;
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if socket.flush().await.is_err() {
+                    return;
                 }
             }
             incoming = socket.recv() => {
