@@ -53,6 +53,14 @@ pub(super) fn read_gate(s: &ApiState, headers: &HeaderMap) -> Option<Response> {
     Some(r)
 }
 
+/// 400 naming the first parameter not in `allowed`, listing them.
+fn only_known(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Response> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad(k, format!("unknown parameter `{k}`"), json!(allowed))),
+        None => Ok(()),
+    }
+}
+
 /// The store, or 404 when it is off.
 fn store(s: &ApiState) -> Result<&Arc<Store>, Response> {
     s.store.as_ref().ok_or_else(|| {
@@ -449,14 +457,11 @@ pub(super) async fn alerts(
         Ok(st) => st,
         Err(r) => return r,
     };
-    for k in params.keys() {
-        if !["status", "rule", "start_time", "end_time", "limit"].contains(&k.as_str()) {
-            return bad(
-                k,
-                format!("unknown parameter `{k}`"),
-                json!(["status", "rule", "start_time", "end_time", "limit"]),
-            );
-        }
+    if let Err(r) = only_known(
+        &params,
+        &["status", "rule", "start_time", "end_time", "limit"],
+    ) {
+        return r;
     }
     let status = params.get("status").map(String::as_str);
     if let Some(st) = status
@@ -501,14 +506,8 @@ pub(super) async fn stats(
         Ok(st) => st,
         Err(r) => return r,
     };
-    for k in params.keys() {
-        if !["site_id", "start_time", "end_time"].contains(&k.as_str()) {
-            return bad(
-                k,
-                format!("unknown parameter `{k}`"),
-                json!(["site_id", "start_time", "end_time"]),
-            );
-        }
+    if let Err(r) = only_known(&params, &["site_id", "start_time", "end_time"]) {
+        return r;
     }
     let Some(site) = params.get("site_id").cloned() else {
         return bad("site_id", "site_id is required", Json::Null);
