@@ -4,11 +4,14 @@
 //!
 //! The engine never waits for a client. It hands each round's points and
 //! alerts to the hub's thread, which serializes each message once and
-//! appends it to the queue of every client that asked for it; a client's
-//! queue is bounded, and when it is full its oldest messages are dropped and
-//! the client is told how many (a `dropped` message), like a lagging
-//! consumer. A client's connection writes what waits with one flush: with a
-//! thousand clients the cost is in wake-ups and syscalls, not in the bytes. The event sample is taken at the end of the pipeline, at most
+//! appends a round's messages to the queue of every client that asked for
+//! them, with one wake-up. A client's queue is bounded: when a round does not
+//! fit, the oldest messages of earlier rounds are dropped and the client is
+//! told how many (a `dropped` message), like a lagging consumer; a round is
+//! never cut by itself, so a client that keeps up takes a burst whole. A
+//! client's connection writes what waits with a flush per 64 KiB: with a
+//! thousand clients the cost is in wake-ups and syscalls, not in the bytes.
+//! The event sample is taken at the end of the pipeline, at most
 //! `sample_rate` events a second spread evenly over the stream.
 
 use crate::config::StreamConfig;
@@ -61,34 +64,48 @@ pub struct Client {
 }
 
 impl Client {
-    /// Appends what this client wants of `msgs` and wakes it once.
-    fn push<'a>(&self, msgs: impl Iterator<Item = &'a Bytes>) {
+    /// Appends a round's messages for this client and wakes it once. The
+    /// queue holds `capacity` messages, but a round is never cut by itself:
+    /// to make room, only what earlier rounds left unread is dropped, so a
+    /// client that had caught up always takes a burst (a round that closes
+    /// many windows) whole.
+    fn push(&self, msgs: &[&Bytes]) {
+        if msgs.is_empty() {
+            return;
+        }
         let mut q = self.queue.lock().expect("client queue lock");
-        let mut pushed = false;
-        for msg in msgs {
-            if q.len() >= self.capacity {
-                q.pop_front();
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            q.push_back(msg.clone());
-            pushed = true;
+        let excess = (q.len() + msgs.len()).saturating_sub(self.capacity);
+        let drop_n = excess.min(q.len());
+        if drop_n > 0 {
+            q.drain(..drop_n);
+            self.dropped.fetch_add(drop_n as u64, Ordering::Relaxed);
         }
+        q.extend(msgs.iter().map(|m| (*m).clone()));
         drop(q);
-        if pushed {
-            self.wake.notify_one();
-        }
+        self.wake.notify_one();
     }
 
-    /// What is waiting, led by a `dropped` message if some were. Each
-    /// message is valid UTF-8 JSON (serialized by the hub).
-    pub fn take(&self, out: &mut Vec<Bytes>) {
+    /// What is waiting, up to about `max_bytes`, led by a `dropped` message
+    /// if some were. The rest stays in the bounded queue (where a client that
+    /// falls further behind loses its oldest), and the client is woken again
+    /// for it. Each message is valid UTF-8 JSON (serialized by the hub).
+    pub fn take(&self, out: &mut Vec<Bytes>, max_bytes: usize) {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             out.push(Bytes::from(
                 json!({"type": "dropped", "count": dropped}).to_string(),
             ));
         }
-        out.extend(self.queue.lock().expect("client queue lock").drain(..));
+        let mut q = self.queue.lock().expect("client queue lock");
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            let Some(m) = q.pop_front() else { break };
+            bytes += m.len();
+            out.push(m);
+        }
+        if !q.is_empty() {
+            self.wake.notify_one();
+        }
     }
 
     pub fn subscribe(&self, s: Subscription) {
@@ -117,6 +134,8 @@ pub struct Hub {
 
 /// Rounds of outputs waiting for the hub's thread.
 const QUEUE: usize = 1024;
+/// Engine rounds fanned out together at most.
+const ROUND: usize = 16;
 
 impl Hub {
     pub fn start(settings: StreamConfig, metrics: Arc<Metrics>) -> std::io::Result<Arc<Hub>> {
@@ -207,22 +226,22 @@ impl Hub {
         }
     }
 
-    /// Gives every client the messages of a round it wants, in order.
+    /// Gives every client the messages of a round it wants, in order, with
+    /// one push and one wake-up per client: with a thousand clients the cost
+    /// is in lock round-trips and wake-ups, so they are paid once a round.
     fn fan_out(&self, msgs: &[(Bytes, Topic<'_>)]) {
         if msgs.is_empty() {
             return;
         }
-        // One message at a time, waking the client each time: its connection
-        // drains its queue while the hub goes on, so a burst (a round that
-        // closes many windows) does not overflow the queue of a client that
-        // keeps up. A wake-up of a client already awake costs nothing.
         let clients = self.clients.lock().expect("clients lock");
-        for (m, t) in msgs {
-            for c in clients.iter() {
-                if t.wanted_by(&c.subscription.lock().expect("subscription lock")) {
-                    c.push(std::iter::once(m));
-                }
+        let mut mine: Vec<&Bytes> = Vec::with_capacity(msgs.len());
+        for c in clients.iter() {
+            mine.clear();
+            {
+                let s = c.subscription.lock().expect("subscription lock");
+                mine.extend(msgs.iter().filter(|(_, t)| t.wanted_by(&s)).map(|(m, _)| m));
             }
+            c.push(&mine);
         }
     }
 }
@@ -260,23 +279,36 @@ fn run(hub: Arc<Hub>, rx: Receiver<Published>, metrics: Arc<Metrics>) {
     );
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            // Each message is fanned out as soon as it is serialized, so
-            // clients drain their queues while the next is made.
-            Ok(Published::Points(points)) => {
-                for p in &points {
-                    let m = message("point", crate::sinks::point_to_json(p));
-                    hub.fan_out(&[(m, Topic::Measurement(&p.measurement))]);
+            Ok(first) => {
+                // What queued up while the last round went out makes one
+                // round (bounded, so a round stays a bounded burst).
+                let mut round = vec![first];
+                while round.len() < ROUND {
+                    match rx.try_recv() {
+                        Ok(p) => round.push(p),
+                        Err(_) => break,
+                    }
                 }
-            }
-            Ok(Published::Alerts(alerts)) => {
-                for a in &alerts {
-                    hub.fan_out(&[(message("alert", (**a).clone()), Topic::Alerts)]);
+                let mut msgs = Vec::new();
+                for p in &round {
+                    match p {
+                        Published::Points(points) => msgs.extend(points.iter().map(|p| {
+                            let m = message("point", crate::sinks::point_to_json(p));
+                            (m, Topic::Measurement(&p.measurement))
+                        })),
+                        Published::Alerts(alerts) => msgs.extend(
+                            alerts
+                                .iter()
+                                .map(|a| (message("alert", (**a).clone()), Topic::Alerts)),
+                        ),
+                        Published::Events(events) => msgs.extend(
+                            events
+                                .iter()
+                                .map(|e| (message("event", e.clone()), Topic::Events)),
+                        ),
+                    }
                 }
-            }
-            Ok(Published::Events(events)) => {
-                for e in events {
-                    hub.fan_out(&[(message("event", e), Topic::Events)]);
-                }
+                hub.fan_out(&msgs);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
