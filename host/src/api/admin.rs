@@ -37,6 +37,10 @@ pub(super) struct SwapParams {
     /// Start the new version empty instead of handing over the running state.
     #[serde(default)]
     reset_state: bool,
+    /// Only check that the version would deploy (it loads, is the running
+    /// world, its `init` takes the config); nothing changes.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
@@ -127,11 +131,54 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-pub(super) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Some(r) = gate(&s, &headers, None) {
-        return r;
+/// Reading the pipeline is a read (open, or behind `read_token`), so the
+/// dashboard shows it without the admin token; plugin configs (which may
+/// hold secrets) only come with the admin token, but for alerters: their
+/// rules are what the dashboard lists.
+enum Access {
+    /// With the admin token: configs too.
+    Admin,
+    Read,
+    Refused(Response),
+}
+
+fn access(s: &ApiState, headers: &HeaderMap) -> Access {
+    let admin = s
+        .admin_token
+        .as_ref()
+        .zip(super::bearer(headers))
+        .is_some_and(|(t, g)| super::token_matches(g, t));
+    if admin {
+        return Access::Admin;
     }
-    axum::Json(json!({ "plugins": s.manager.list() })).into_response()
+    match super::query::read_gate(s, headers) {
+        Some(r) => Access::Refused(r),
+        None => Access::Read,
+    }
+}
+
+fn listed(s: &ApiState, p: crate::live::PluginInfo, config: bool) -> serde_json::Value {
+    let show = config || p.world == crate::runtime::World::Alerter;
+    let mut v = json!(p);
+    if show && let Some((_, c, _)) = s.manager.running(&p.name) {
+        v["config"] = json!(c);
+    }
+    v
+}
+
+pub(super) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let config = match access(&s, &headers) {
+        Access::Admin => true,
+        Access::Read => false,
+        Access::Refused(r) => return r,
+    };
+    let plugins: Vec<_> = s
+        .manager
+        .list()
+        .into_iter()
+        .map(|p| listed(&s, p, config))
+        .collect();
+    axum::Json(json!({ "plugins": plugins })).into_response()
 }
 
 pub(super) async fn get_one(
@@ -139,11 +186,13 @@ pub(super) async fn get_one(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = gate(&s, &headers, Some(&name)) {
-        return r;
-    }
+    let config = match access(&s, &headers) {
+        Access::Admin => true,
+        Access::Read => false,
+        Access::Refused(r) => return r,
+    };
     match s.manager.list().into_iter().find(|p| p.name == name) {
-        Some(p) => axum::Json(p).into_response(),
+        Some(p) => axum::Json(listed(&s, p, config)).into_response(),
         None => refuse(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -211,6 +260,12 @@ pub(super) async fn put(
         received,
     };
     let manager = s.manager.clone();
+    if params.dry_run {
+        return match blocking(&name, move || manager.check(request)).await {
+            Ok(c) => axum::Json(c).into_response(),
+            Err(r) => r,
+        };
+    }
     match blocking(&name, move || manager.deploy(request)).await {
         Ok(d) => axum::Json(d).into_response(),
         Err(r) => r,
@@ -260,8 +315,16 @@ async fn split_upload(
             }
         }
     }
-    let component =
-        component.ok_or_else(|| bad("multipart body has no `component` part".into()))?;
+    // A `config` part alone: the running component with a new config.
+    let component = match (component, &config) {
+        (Some(c), _) => c,
+        (None, Some(_)) => Bytes::new(),
+        (None, None) => {
+            return Err(bad(
+                "multipart body has neither a `component` nor a `config` part".into(),
+            ));
+        }
+    };
     Ok((component, config))
 }
 

@@ -62,6 +62,7 @@ struct Registry {
 /// A new version to deploy.
 pub struct DeployRequest {
     pub name: String,
+    /// The component; empty: the running version's (a new config only).
     pub bytes: Vec<u8>,
     /// The plugin's own config; `None` keeps the running version's (or the default).
     pub config: Option<String>,
@@ -114,6 +115,14 @@ pub struct Deployed {
     /// (metrics, funnels, rules), matched by name and definition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parts: Option<StateParts>,
+}
+
+/// A version that would deploy (`?dry_run=true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub name: String,
+    pub world: World,
+    pub version: String,
 }
 
 /// What a new version took over of the running state, part by part: a part
@@ -373,10 +382,35 @@ impl Manager {
     }
 
     fn try_deploy(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
-        validate_plugin_name(&req.name).map_err(DeployError::InvalidName)?;
         let _one_at_a_time = self.changes.lock().expect("changes lock");
-        let component = self.runtime.load(&req.bytes)?;
+        let (name, reset_state, received) = (req.name.clone(), req.reset_state, req.received);
+        let version = self.prepare(req, true)?;
+        self.swap(&name, version, reset_state, received)
+    }
+
+    /// What a deploy would run, checked without running it: the component
+    /// loads, is the running plugin's world, and instantiates with the
+    /// config (its `init` accepts it). Nothing changes.
+    pub fn check(&self, req: DeployRequest) -> Result<Checked, DeployError> {
+        let name = req.name.clone();
+        let version = self.prepare(req, false)?;
+        self.instantiate(&name, &version)?;
+        Ok(Checked {
+            name,
+            world: version.component.world,
+            version: version.component.hash.clone(),
+        })
+    }
+
+    /// The version a request asks for; `keep` stores an uploaded component.
+    fn prepare(&self, req: DeployRequest, keep: bool) -> Result<Version, DeployError> {
+        validate_plugin_name(&req.name).map_err(DeployError::InvalidName)?;
         let running = self.current(&req.name);
+        // An empty body with a running plugin: the same component, a new config.
+        let (component, path) = match &running {
+            Some(cur) if req.bytes.is_empty() => (cur.component.clone(), Some(cur.path.clone())),
+            _ => (self.runtime.load(&req.bytes)?, req.path),
+        };
         if let Some(cur) = &running
             && cur.component.world != component.world
         {
@@ -395,11 +429,12 @@ impl Manager {
             .config
             .or_else(|| running.as_ref().map(|v| v.config.clone()))
             .unwrap_or_default();
-        let path = match req.path {
+        let path = match path {
             Some(p) => p,
-            None => self.store_bytes(&component.hash, &req.bytes)?,
+            None if keep => self.store_bytes(&component.hash, &req.bytes)?,
+            None => PathBuf::new(),
         };
-        let version = Version {
+        Ok(Version {
             component,
             config,
             limits,
@@ -407,8 +442,7 @@ impl Manager {
             source: req.source,
             path,
             loaded_at: SystemTime::now(),
-        };
-        self.swap(&req.name, version, req.reset_state, req.received)
+        })
     }
 
     /// Puts the previous version back (with the running one's state, unless `reset_state`).

@@ -885,3 +885,75 @@ fn final_counts(lp: &str) -> BTreeMap<String, i64> {
         })
         .collect()
 }
+
+/// A `multipart/form-data` PUT with only a `config` part (as the dashboard's
+/// rule form sends it).
+fn put_config(s: &Server, name_and_query: &str, config: &str) -> (u16, Value) {
+    let body = format!(
+        "--b0undary\r\nContent-Disposition: form-data; name=\"config\"\r\n\r\n{config}\r\n--b0undary--\r\n"
+    );
+    let r = ureq::put(&s.url(&format!("/v1/plugins/{name_and_query}")))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "multipart/form-data; boundary=b0undary")
+        .send_bytes(body.as_bytes());
+    let resp = match r {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    (
+        status,
+        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+    )
+}
+
+/// The pipeline is a read (the read token sees it, an alerter's rules
+/// included); a config alone is checked by `dry_run` with the plugin's own
+/// message and changes nothing, then deploys on the running component.
+#[test]
+fn a_config_alone_is_checked_by_a_dry_run_then_deployed_on_the_running_component() {
+    let s = Server::start(&format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\nread_token = \"reader\"\n\
+         [[plugins]]\nname = \"alerts\"\npath = {:?}\n",
+        guest("alerts").display().to_string()
+    ));
+    let (status, _) = admin(&s, "GET", "/v1/plugins", None, None);
+    assert_eq!(status, 401, "the pipeline is behind the read token");
+    let (status, list) = admin(&s, "GET", "/v1/plugins", Some("reader"), None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["plugins"][0]["name"], "alerts");
+    assert_eq!(
+        list["plugins"][0]["config"], "",
+        "an alerter's rules are readable"
+    );
+    let version = plugin_info(&s, "alerts")["version"].clone();
+    let rules = |window: &str| {
+        json!({"rules": [{"id": "r", "type": "threshold", "summary": "{count}", "key": "user_id",
+                          "filter": {"event_type": "x"}, "window": window, "above": 1}]})
+        .to_string()
+    };
+    let (status, v) = put_config(&s, "alerts?dry_run=true", &rules("0s"));
+    assert_eq!(
+        (status, &v["reason"]),
+        (422, &json!("config_rejected")),
+        "{v}"
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("rules[0].window"),
+        "{v}"
+    );
+    let (status, v) = put_config(&s, "alerts?dry_run=true", &rules("1m"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["version"], version);
+    assert_eq!(
+        plugin_info(&s, "alerts")["config"],
+        "",
+        "a dry run changes nothing"
+    );
+    let (status, v) = put_config(&s, "alerts", &rules("1m"));
+    assert_eq!(status, 200, "{v}");
+    let now = plugin_info(&s, "alerts");
+    assert_eq!(now["version"], version, "the running component");
+    assert_eq!(now["config"], rules("1m"));
+    assert_eq!(now["source"], "upload");
+}
