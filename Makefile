@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers browser screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -30,6 +30,15 @@ plugins: wasm-target
 toolchains:
 	.ci/install-plugin-toolchains.sh
 
+## Install Debian's Chromium and playwright-core for the dashboard's browser tests
+browser:
+	.ci/install-browser.sh
+
+## Screenshot of the dashboard for the README (docs/dashboard.png), taken by its browser test
+screenshot: plugins browser
+	$(CARGO) test -p nexuspipe --test all dashboard::the_dashboard_shows
+	cp target/screenshots/dashboard-desktop.png docs/dashboard.png
+
 ## Install InfluxDB 1.x and VictoriaMetrics (Debian packages) for the sink tests
 servers:
 	.ci/install-servers.sh
@@ -45,7 +54,7 @@ run: plugins
 ## The whole test suite (tests build the Wasm artifacts they need, in every
 ## example language, and start the real servers the sinks write to: the
 ## toolchains and servers are installed first if missing)
-test: plugins toolchains servers
+test: plugins toolchains servers browser
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 

@@ -35,7 +35,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// From names: `alerts`, `events`, `stats`, anything else a measurement.
+    /// From names: `alerts`, `events`, `stats`, anything else a measurement;
+    /// `metric:<name>` is always a measurement (the default `events` one).
     pub fn of<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
         let mut s = Subscription::default();
         for n in names {
@@ -44,6 +45,9 @@ impl Subscription {
                 "alerts" => s.alerts = true,
                 "events" => s.events = true,
                 "stats" => s.stats = true,
+                m if m.starts_with("metric:") => {
+                    s.measurements.insert(m["metric:".len()..].to_string());
+                }
                 m => {
                     s.measurements.insert(m.to_string());
                 }

@@ -1,6 +1,7 @@
 //! The HTTP API: event ingest, health, metrics. Built on axum (hyper).
 
 mod admin;
+mod dashboard;
 pub(crate) mod ingest;
 pub(crate) mod legacy;
 mod prom;
@@ -64,6 +65,8 @@ pub struct ApiState {
 /// The router with every route and the CORS layer.
 pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/{name}", get(dashboard::file))
         .route("/v1/events", post(ingest::post_events))
         .route("/api/v1/events", post(ingest::post_events))
         .route("/v1/metrics", get(query::metrics))

@@ -56,7 +56,26 @@ pub(super) async fn stream(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(r) = super::query::read_gate(&s, &headers) {
+    // A browser's WebSocket cannot send `Authorization`: it offers the token
+    // as a subprotocol, `new WebSocket(url, ["nexuspipe", "bearer." + token])`,
+    // so the token is never in the URL (nor in logs of it).
+    let offered = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix("bearer."))
+        })
+        .and_then(|t| axum::http::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+    let mut auth = headers.clone();
+    if let (Some(v), false) = (
+        &offered,
+        headers.contains_key(axum::http::header::AUTHORIZATION),
+    ) {
+        auth.insert(axum::http::header::AUTHORIZATION, v.clone());
+    }
+    if let Some(r) = super::query::read_gate(&s, &auth) {
         return r;
     }
     let hub = match hub(&s) {
@@ -78,6 +97,7 @@ pub(super) async fn stream(
             // Clients only send small subscribe messages: a larger frame is abuse.
             ws.max_message_size(64 << 10)
                 .max_frame_size(64 << 10)
+                .protocols(["nexuspipe"])
                 .on_upgrade(move |socket| serve_ws(socket, hub, client))
         }
         Err(_) => {

@@ -409,6 +409,37 @@ pub struct Engine {
     /// the outputs).
     hub: Option<Arc<Hub>>,
     sampler: Option<Sampler>,
+    /// Whether enrichers keep the sample's columns for event-stream clients.
+    sampling: bool,
+}
+
+/// Properties the live event sample shows (the dashboard's columns) beyond
+/// what the plugins read: enrichers keep them only while a client watches.
+const SAMPLE_PROPERTIES: &[&str] = &[
+    "path",
+    "site_id",
+    "geo.country",
+    "geo.country_code",
+    "geo.city",
+    "ua.device",
+    "ua.browser",
+    "ua.os",
+];
+
+/// Sets what every enricher's downstream reads, with the sample's columns
+/// while some client wants the event sample.
+fn refresh_reads(plugins: &mut [Plugin], sampling: bool) {
+    if sampling {
+        let sample = crate::runtime::Interest {
+            event_types: Vec::new(),
+            properties: Some(SAMPLE_PROPERTIES.iter().map(|p| p.to_string()).collect()),
+            metadata: crate::runtime::MetadataFields::empty(),
+            fields: crate::runtime::EventFields::empty(),
+        };
+        refresh_downstream(plugins, &[&sample]);
+    } else {
+        refresh_downstream(plugins, &[]);
+    }
 }
 
 /// A thread that drops the plugin instances it is sent.
@@ -456,6 +487,7 @@ impl Engine {
             retire: retirer()?,
             hub: outputs_hub,
             sampler: None,
+            sampling: false,
         })
     }
 
@@ -599,6 +631,11 @@ impl Engine {
         }
         let mut out = PluginOutput::default();
         let mut sampled = Vec::new();
+        let sampling = self.hub.as_ref().is_some_and(|h| h.wants_events());
+        if sampling != self.sampling {
+            self.sampling = sampling;
+            refresh_reads(&mut self.plugins, sampling);
+        }
         match (&self.hub, &mut self.sampler) {
             (Some(hub), sampler) if hub.wants_events() => {
                 let sampler = sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate));
@@ -755,7 +792,7 @@ impl Engine {
         if result.is_ok() {
             // What the pipeline reads may have changed: enrichers adapt now,
             // between rounds, so every event sees one consistent pipeline.
-            refresh_downstream(&mut self.plugins, &[]);
+            refresh_reads(&mut self.plugins, self.sampling);
         }
         let pause = started.elapsed();
         let result = result.map(|o| {

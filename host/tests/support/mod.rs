@@ -286,6 +286,15 @@ impl Server {
         self.wait_ready();
     }
 
+    /// Stops (SIGTERM) and starts again on the same port, data dir and
+    /// config: what a client that reconnects by itself sees.
+    pub fn restart_in_place(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+        self.child = Self::spawn(self.dir.path(), self.port, &self.config, &self.args);
+        self.wait_ready();
+    }
+
     /// Stops (SIGTERM) and starts again on the same data dir and config.
     pub fn restart(&mut self) {
         let status = self.stop();

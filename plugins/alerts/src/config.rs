@@ -207,34 +207,9 @@ pub enum RuleKind {
     },
 }
 
-/// The rules used when no config is given.
-pub const DEFAULT_CONFIG: &str = r#"{
-  "rules": [
-    {
-      "id": "failed_login_burst", "type": "threshold", "severity": "warning",
-      "summary": "{count} failed logins from {key} within {window}",
-      "key": "metadata.ip_address",
-      "filter": {"event_type": "login_failed"},
-      "window": "1m", "above": 5, "cooldown": "5m"
-    },
-    {
-      "id": "cart_abandoned", "type": "absence", "severity": "info",
-      "summary": "{key} added to cart but did not buy within {window}",
-      "key": "user_id",
-      "first": {"event_type": "add_to_cart"},
-      "then": {"event_type": "purchase"},
-      "within": "30m"
-    },
-    {
-      "id": "credential_stuffing", "type": "sequence", "severity": "critical",
-      "summary": "{count} failed logins then a success from {key} within {window}",
-      "key": "metadata.ip_address",
-      "first": {"event_type": "login_failed"}, "count": 5,
-      "then": {"event_type": "login_success"},
-      "within": "10m"
-    }
-  ]
-}"#;
+/// The rules used when no config is given (a file of its own: the host's
+/// dashboard shows these rules when an alerter runs without a config).
+pub const DEFAULT_CONFIG: &str = include_str!("../default-config.json");
 
 impl Config {
     /// Parses and checks a config; empty text means the default rules.
