@@ -81,7 +81,7 @@ bench-kafka: plugins servers
 	python3 host/benches/kafka.py
 
 ## Query benchmark: /v1/metrics latency, store on/off, 1 000 WebSocket clients, alert push latency
-bench-query: plugins
+bench-query: plugins browser
 	python3 host/benches/query.py
 
 ## Fuzz each target in fuzz/ for FUZZ_SECONDS (nightly + cargo-fuzz, installed if missing)

@@ -14,8 +14,12 @@
 The 1 000 clients are benches/ws_clients.rs (Rust, built here), so they take
 little of the 2 cores the server is measured on; the alert-latency client is
 the `websockets` package (PyPI), installed in a virtual environment under
-target/bench-venv on first use. `--only queries,store,clients,alerts` runs a
-subset.
+target/bench-venv on first use.
+5. Ten open dashboards (GET / in headless Chromium, benches/dashboards.mjs)
+   while 50 000 events/s are posted: throughput and server CPU per event
+   against none, alternated.
+
+`--only queries,store,clients,dashboards,alerts` runs a subset.
 """
 import argparse, asyncio, json, os, statistics, subprocess, sys, time, urllib.request
 
@@ -140,11 +144,12 @@ def ws_clients_binary():
     raise SystemExit("ws_clients: no executable built")
 
 
-def clients_run(port, n, duration, rate):
+def clients_run(port, n, duration, rate, dashboards=False):
     clients = None
     if n:
-        clients = subprocess.Popen([WS_CLIENTS[0], f"ws://127.0.0.1:{port}/v1/stream", str(n)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cmd = (["node", os.path.join(HERE, "dashboards.mjs"), f"http://127.0.0.1:{port}", str(n)] if dashboards
+               else [WS_CLIENTS[0], f"ws://127.0.0.1:{port}/v1/stream", str(n)])
+        clients = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert clients.stdout.readline().strip() == "ready"  # connected and subscribed
     t0 = time.time()
     before_cpu = load.process_cpu(SERVER_PID[0])
@@ -157,21 +162,22 @@ def clients_run(port, n, duration, rate):
     received = 0
     if clients:
         out, _ = clients.communicate("")
-        received = json.loads(out)["messages_per_client"]
+        got = json.loads(out)
+        received = got["sampled_per_page"] if dashboards else got["messages_per_client"]
     processed = m1 - m0
     return {"processed_per_second": round(processed / wall), "server_cpu_us_per_event": round(cpu * 1e6 / max(processed, 1), 2),
-            "messages_per_client": received}
+            ("events_sampled_per_page" if dashboards else "messages_per_client"): received}
 
 
 WS_CLIENTS = [None]
 SERVER_PID = [0]
 
 
-def with_clients(n, duration, rate):
+def with_clients(n, duration, rate, dashboards=False):
     server, port, _ = load.start_server("clients", config="[stream]\nmax_clients = 2000\n")
     SERVER_PID[0] = server.pid
     try:
-        return clients_run(port, n, duration, rate)
+        return clients_run(port, n, duration, rate, dashboards)
     finally:
         server.terminate()
         server.wait()
@@ -218,7 +224,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=200)
-    ap.add_argument("--only", default="queries,store,clients,alerts")
+    ap.add_argument("--dashboards", type=int, default=10)
+    ap.add_argument("--only", default="queries,store,clients,dashboards,alerts")
     args = ap.parse_args()
     only = set(args.only.split(","))
     if "alerts" in only:
@@ -247,6 +254,18 @@ def main():
                                         "throughput_ratio_of_medians": round(
                                             statistics.median(r["processed_per_second"] for r in many)
                                             / statistics.median(r["processed_per_second"] for r in none), 3)}
+    if "dashboards" in only:
+        # The pages render on the same 2 cores as the server: the server's
+        # CPU per event is the dashboards' cost to the engine's host, the
+        # throughput ratio also pays for the browser.
+        none, some = [], []
+        for _ in range(args.runs):
+            none.append(with_clients(0, args.duration, 50_000))
+            some.append(with_clients(args.dashboards, args.duration, 50_000, dashboards=True))
+        med = lambda rs, k: statistics.median(r[k] for r in rs)
+        results["dashboards"] = {"pages": args.dashboards, "none": none, "with_dashboards": some,
+                                 "throughput_ratio_of_medians": round(med(some, "processed_per_second") / med(none, "processed_per_second"), 3),
+                                 "server_cpu_per_event_ratio_of_medians": round(med(some, "server_cpu_us_per_event") / med(none, "server_cpu_us_per_event"), 3)}
     if "alerts" in only:
         results["alert_latency"] = bench_alerts(args.bursts)
     print(json.dumps(results, indent=2))

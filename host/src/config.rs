@@ -102,6 +102,11 @@ pub struct StreamConfig {
     /// A ping this often; a client silent for two intervals is closed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Properties the event sample shows even when no plugin reads them
+    /// (e.g. `geo.country_code`, `ua.device` for the dashboard). Enrichers
+    /// compute what the plugins after them read: each of these makes them
+    /// compute it for every event while a client watches the sample.
+    pub sample_properties: Vec<String>,
 }
 
 impl Default for StreamConfig {
@@ -111,6 +116,7 @@ impl Default for StreamConfig {
             max_clients: 1_000,
             client_queue: 1_024,
             ping_interval: Duration::from_secs(30),
+            sample_properties: Vec::new(),
         }
     }
 }

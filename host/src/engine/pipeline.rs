@@ -413,26 +413,13 @@ pub struct Engine {
     sampling: bool,
 }
 
-/// Properties the live event sample shows (the dashboard's columns) beyond
-/// what the plugins read: enrichers keep them only while a client watches.
-const SAMPLE_PROPERTIES: &[&str] = &[
-    "path",
-    "site_id",
-    "geo.country",
-    "geo.country_code",
-    "geo.city",
-    "ua.device",
-    "ua.browser",
-    "ua.os",
-];
-
-/// Sets what every enricher's downstream reads, with the sample's columns
-/// while some client wants the event sample.
-fn refresh_reads(plugins: &mut [Plugin], sampling: bool) {
-    if sampling {
+/// Sets what every enricher's downstream reads, with `[stream]
+/// sample_properties` while some client watches the event sample.
+fn refresh_reads(plugins: &mut [Plugin], sample: &[String]) {
+    if !sample.is_empty() {
         let sample = crate::runtime::Interest {
             event_types: Vec::new(),
-            properties: Some(SAMPLE_PROPERTIES.iter().map(|p| p.to_string()).collect()),
+            properties: Some(sample.to_vec()),
             metadata: crate::runtime::MetadataFields::empty(),
             fields: crate::runtime::EventFields::empty(),
         };
@@ -597,6 +584,14 @@ impl Engine {
         }
     }
 
+    /// What enrichers keep for the event sample now (nothing when no client watches).
+    fn sample_properties(&self) -> &[String] {
+        match &self.hub {
+            Some(h) if self.sampling => &h.settings.sample_properties,
+            _ => &[],
+        }
+    }
+
     /// One round: the pending batches through the whole pipeline, outputs written.
     fn round(&mut self, pending: Vec<(Vec<Event>, Instant)>) {
         let now = Instant::now();
@@ -634,7 +629,8 @@ impl Engine {
         let sampling = self.hub.as_ref().is_some_and(|h| h.wants_events());
         if sampling != self.sampling {
             self.sampling = sampling;
-            refresh_reads(&mut self.plugins, sampling);
+            let sample = self.sample_properties().to_vec();
+            refresh_reads(&mut self.plugins, &sample);
         }
         match (&self.hub, &mut self.sampler) {
             (Some(hub), sampler) if hub.wants_events() => {
@@ -792,7 +788,8 @@ impl Engine {
         if result.is_ok() {
             // What the pipeline reads may have changed: enrichers adapt now,
             // between rounds, so every event sees one consistent pipeline.
-            refresh_reads(&mut self.plugins, self.sampling);
+            let sample = self.sample_properties().to_vec();
+            refresh_reads(&mut self.plugins, &sample);
         }
         let pause = started.elapsed();
         let result = result.map(|o| {

@@ -15,7 +15,7 @@ fn pipeline(geo: &std::path::Path, extra: &str) -> String {
     format!(
         "[http]\nadmin_token = \"{TOKEN}\"\n{extra}\n\
          [engine]\nidle_timeout = \"1h\"\nout_of_orderness = \"0s\"\n\
-         [stream]\nsample_rate = 1000\n\
+         [stream]\nsample_rate = 1000\nsample_properties = [\"geo.country_code\", \"ua.device\"]\n\
          [[plugins]]\nname = \"enrich-geo\"\npath = {:?}\n\
          config = '{{\"city_db\": \"/geo/city.mmdb\"}}'\n\
          [plugins.capabilities]\ndirs = [{{ host = {:?}, guest = \"/geo\" }}]\n\

@@ -1,0 +1,29 @@
+// N open dashboards for `make bench-query --only dashboards`: one headless
+// Debian Chromium with N pages of GET /, each live on /v1/stream. Prints
+// `ready` once every page is live, then, when stdin closes, a JSON line with
+// the rows each page's live table took, and exits.
+import { createRequire } from 'node:module';
+const require = createRequire(new URL('../tests/browser/package.json', import.meta.url));
+const { chromium } = require('playwright-core');
+
+const [base, n] = [process.argv[2], Number(process.argv[3] || 10)];
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const pages = [];
+for (let i = 0; i < n; i++) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  await page.goto(base + '/');
+  await page.waitForFunction(() => document.querySelector('#conn').textContent === 'live', null, { timeout: 30000 });
+  pages.push(page);
+}
+console.log('ready');
+process.stdin.resume();
+process.stdin.on('end', async () => {
+  const seen = await Promise.all(pages.map((p) => p.$eval('#live-count', (e) => parseInt(e.textContent, 10) || 0)));
+  console.log(JSON.stringify({ pages: n, sampled_per_page: seen }));
+  await browser.close();
+  process.exit(0);
+});
