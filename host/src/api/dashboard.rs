@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// The page's files: name, content type, bytes.
-pub(crate) const ASSETS: &[(&str, &str, &[u8])] = &[
+const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "index.html",
         "text/html; charset=utf-8",

@@ -30,8 +30,12 @@ pub(super) fn bad(parameter: &str, message: impl Into<String>, allowed: Json) ->
 /// The refusal of a read, if any: with a read token set, a bearer token
 /// that is neither it nor the admin token.
 pub(super) fn read_gate(s: &ApiState, headers: &HeaderMap) -> Option<Response> {
+    read_gate_for(s, super::bearer(headers))
+}
+
+/// `read_gate` for a token given some other way than `Authorization`.
+pub(super) fn read_gate_for(s: &ApiState, given: Option<&str>) -> Option<Response> {
     let token = s.read_token.as_ref()?;
-    let given = super::bearer(headers);
     let ok = given.is_some_and(|g| {
         super::token_matches(g, token)
             || s.admin_token

@@ -66,16 +66,8 @@ pub(super) async fn stream(
             v.split(',')
                 .map(str::trim)
                 .find_map(|p| p.strip_prefix("bearer."))
-        })
-        .and_then(|t| axum::http::HeaderValue::from_str(&format!("Bearer {t}")).ok());
-    let mut auth = headers.clone();
-    if let (Some(v), false) = (
-        &offered,
-        headers.contains_key(axum::http::header::AUTHORIZATION),
-    ) {
-        auth.insert(axum::http::header::AUTHORIZATION, v.clone());
-    }
-    if let Some(r) = super::query::read_gate(&s, &auth) {
+        });
+    if let Some(r) = super::query::read_gate_for(&s, super::bearer(&headers).or(offered)) {
         return r;
     }
     let hub = match hub(&s) {

@@ -416,17 +416,13 @@ pub struct Engine {
 /// Sets what every enricher's downstream reads, with `[stream]
 /// sample_properties` while some client watches the event sample.
 fn refresh_reads(plugins: &mut [Plugin], sample: &[String]) {
-    if !sample.is_empty() {
-        let sample = crate::runtime::Interest {
-            event_types: Vec::new(),
-            properties: Some(sample.to_vec()),
-            metadata: crate::runtime::MetadataFields::empty(),
-            fields: crate::runtime::EventFields::empty(),
-        };
-        refresh_downstream(plugins, &[&sample]);
-    } else {
-        refresh_downstream(plugins, &[]);
-    }
+    let sample = (!sample.is_empty()).then(|| crate::runtime::Interest {
+        event_types: Vec::new(),
+        properties: Some(sample.to_vec()),
+        metadata: crate::runtime::MetadataFields::empty(),
+        fields: crate::runtime::EventFields::empty(),
+    });
+    refresh_downstream(plugins, &sample.iter().collect::<Vec<_>>());
 }
 
 /// A thread that drops the plugin instances it is sent.
@@ -633,7 +629,7 @@ impl Engine {
             refresh_reads(&mut self.plugins, &sample);
         }
         match (&self.hub, &mut self.sampler) {
-            (Some(hub), sampler) if hub.wants_events() => {
+            (Some(hub), sampler) if sampling => {
                 let sampler = sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate));
                 let mut tap = |batch: &[Event]| {
                     sampled.extend(sampler.sample(batch).into_iter().map(crate::event::to_json));
