@@ -22,8 +22,14 @@ for (let i = 0; i < n; i++) {
 console.log('ready');
 process.stdin.resume();
 process.stdin.on('end', async () => {
-  const seen = await Promise.all(pages.map((p) => p.$eval('#live-count', (e) => parseInt(e.textContent, 10) || 0)));
+  // A page still busy with the load's last messages must not hang the run:
+  // a page that does not answer in 10 s counts as -1.
+  const count = (p) => Promise.race([
+    p.$eval('#live-count', (e) => parseInt(e.textContent, 10) || 0),
+    new Promise((resolve) => setTimeout(() => resolve(-1), 10000)),
+  ]).catch(() => -1);
+  const seen = await Promise.all(pages.map(count));
   console.log(JSON.stringify({ pages: n, sampled_per_page: seen }));
-  await browser.close();
+  // Closing a busy browser can take long too; exiting ends it.
   process.exit(0);
 });

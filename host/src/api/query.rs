@@ -273,26 +273,62 @@ pub(super) async fn metrics(
     // Large answers are built off the async threads, written straight from
     // the store's columns while the read lock is held (the store's writer
     // has a queue of its own; the engine never waits for it).
-    let answer = tokio::task::spawn_blocking(move || {
+    let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
         let d = store.read();
         match d.query(&q) {
-            Ok(series) => answer_json(&q, series),
-            Err(e) => query_error(&q, e),
+            Ok(series) => answer_json(&q, series, start_tx),
+            Err(e) => drop(start_tx.send(Answer::Whole(query_error(&q, e)))),
         }
-    })
-    .await;
-    answer.unwrap_or_else(|e| {
-        error(
+    });
+    match start_rx.await {
+        Ok(Answer::Whole(r)) => r,
+        Ok(Answer::Parts { head, parts }) => {
+            // Parts go out in order as they are encoded, so the transfer of
+            // the first overlaps the encoding of the rest. An encoder that
+            // died ends the body early: the client sees a cut answer.
+            use futures_util::StreamExt;
+            let parts = futures_util::stream::iter(parts).then(|rx| async move {
+                rx.await
+                    .map(bytes::Bytes::from)
+                    .map_err(|_| std::io::Error::other("the answer's encoder stopped"))
+            });
+            let body = futures_util::stream::iter([Ok(bytes::Bytes::from(head))])
+                .chain(parts)
+                .chain(futures_util::stream::iter([Ok(bytes::Bytes::from_static(
+                    b"]}",
+                ))]));
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the query failed: {e}"),
+            "the query failed".to_string(),
             json!({}),
-        )
-    })
+        ),
+    }
 }
 
-fn answer_json(q: &MetricQuery, series: Vec<SeriesOut<'_>>) -> Response {
+/// How an answer starts: whole (small, errors), or its head and the
+/// encoded parts of its series as they come.
+enum Answer {
+    Whole(Response),
+    Parts {
+        head: Vec<u8>,
+        parts: Vec<tokio::sync::oneshot::Receiver<Vec<u8>>>,
+    },
+}
+
+fn answer_json(
+    q: &MetricQuery,
+    series: Vec<SeriesOut<'_>>,
+    start: tokio::sync::oneshot::Sender<Answer>,
+) {
     #[derive(serde::Serialize)]
-    struct Answer<'a> {
+    struct Head<'a> {
         metric: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         field: Option<&'a str>,
@@ -304,96 +340,101 @@ fn answer_json(q: &MetricQuery, series: Vec<SeriesOut<'_>>) -> Response {
         group_by: &'a Vec<String>,
         start_time: String,
         end_time: String,
-        series: Vec<SeriesOut<'a>>,
+        series: [(); 0],
     }
     let sizes: Vec<usize> = series.iter().map(SeriesOut::json_size).collect();
     let size: usize = 256 + sizes.iter().sum::<usize>();
-    let head = Answer {
-        metric: &q.metric,
-        field: q.field.as_deref(),
-        window: q.window.map(|(w, _)| format_window(w)),
-        agg: q.window.map(|(_, a)| a),
-        group_by: &q.group_by,
-        start_time: format_timestamp(q.start),
-        end_time: format_timestamp(q.end),
-        series: Vec::new(),
-    };
-    let encoded = (|| {
-        let mut body = Vec::with_capacity(256);
-        serde_json::to_writer(&mut body, &head)?;
-        // `series` is the last member: reopen its empty list.
-        body.truncate(body.len() - "]}".len());
-        // A large answer (a day of raw points for a thousand series is
-        // 23 MB) is encoded in parts on every core, then joined.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let parts = if size > 4 << 20 { threads } else { 1 };
-        let bounds = split_by_size(&sizes, parts);
-        let encode = |range: std::ops::Range<usize>| -> Result<Vec<u8>, serde_json::Error> {
-            let mut out = Vec::with_capacity(sizes[range.clone()].iter().sum());
-            for (i, s) in series[range.clone()].iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut out, s)?;
-            }
-            Ok(out)
-        };
-        let encoded: Vec<Result<Vec<u8>, _>> = if bounds.len() == 1 {
-            vec![encode(bounds[0].clone())]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = bounds[1..]
-                    .iter()
-                    .map(|r| scope.spawn(|| encode(r.clone())))
-                    .collect();
-                let mut all = vec![encode(bounds[0].clone())];
-                all.extend(
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("encoder thread")),
-                );
-                all
-            })
-        };
-        // The parts go out as they are, not copied into one buffer.
-        let mut chunks = vec![bytes::Bytes::from(body)];
-        for part in encoded {
-            let part = part?;
-            if part.is_empty() {
-                continue;
-            }
-            if chunks.len() > 1 {
-                chunks.push(bytes::Bytes::from_static(b","));
-            }
-            chunks.push(bytes::Bytes::from(part));
-        }
-        chunks.push(bytes::Bytes::from_static(b"]}"));
-        Ok::<_, serde_json::Error>(chunks)
-    })();
-    match encoded {
-        Ok(chunks) => {
-            let len: usize = chunks.iter().map(bytes::Bytes::len).sum();
-            let body = axum::body::Body::from_stream(futures_util::stream::iter(
-                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-            ));
-            (
-                [
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/json".to_string(),
-                    ),
-                    (axum::http::header::CONTENT_LENGTH, len.to_string()),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Err(e) => error(
+    let mut head = Vec::with_capacity(256);
+    let written = serde_json::to_writer(
+        &mut head,
+        &Head {
+            metric: &q.metric,
+            field: q.field.as_deref(),
+            window: q.window.map(|(w, _)| format_window(w)),
+            agg: q.window.map(|(_, a)| a),
+            group_by: &q.group_by,
+            start_time: format_timestamp(q.start),
+            end_time: format_timestamp(q.end),
+            series: [],
+        },
+    );
+    if let Err(e) = written {
+        let r = error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding the answer: {e}"),
             json!({}),
-        ),
+        );
+        drop(start.send(Answer::Whole(r)));
+        return;
     }
+    // `series` is the last member: reopen its empty list.
+    head.truncate(head.len() - "]}".len());
+    let encode = |range: std::ops::Range<usize>, out: &mut Vec<u8>| {
+        for (i, s) in series[range.clone()].iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            s.write_json(out);
+        }
+    };
+    if size <= 4 << 20 {
+        let mut body = head;
+        body.reserve(size);
+        encode(0..series.len(), &mut body);
+        body.extend_from_slice(b"]}");
+        let r = (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        drop(start.send(Answer::Whole(r)));
+        return;
+    }
+    // A large answer (a day of raw points for a thousand series is 23 MB)
+    // is encoded in parts on every core, each sent when it is done.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let bounds = split_by_size(&sizes, threads * 4);
+    let (senders, receivers): (Vec<_>, Vec<_>) = bounds
+        .iter()
+        .map(|_| tokio::sync::oneshot::channel())
+        .unzip();
+    if start
+        .send(Answer::Parts {
+            head,
+            parts: receivers,
+        })
+        .is_err()
+    {
+        return; // the client is gone
+    }
+    let senders: Vec<_> = senders
+        .into_iter()
+        .map(|s| std::sync::Mutex::new(Some(s)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(range) = bounds.get(i) else { break };
+            let Some(tx) = senders[i].lock().ok().and_then(|mut s| s.take()) else {
+                continue;
+            };
+            let mut out = Vec::with_capacity(sizes[range.clone()].iter().sum::<usize>() + 1);
+            if range.start > 0 {
+                out.push(b',');
+            }
+            encode(range.clone(), &mut out);
+            if tx.send(out).is_err() {
+                break; // the client is gone: stop encoding
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work();
+    });
 }
 
 /// Splits `0..sizes.len()` into at most `parts` consecutive ranges of
@@ -583,7 +624,55 @@ pub(super) async fn stats(
 
 #[cfg(test)]
 mod tests {
-    use super::split_by_size;
+    use super::{Answer, answer_json, split_by_size};
+    use crate::store::{MetricQuery, SeriesOut, Val, Values};
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    /// An answer over the size where it is encoded in parts on every core
+    /// reads back as the same JSON as one serde encoding of its series.
+    #[test]
+    fn a_large_answer_comes_in_order_as_the_series_are() {
+        let ts: Vec<i64> = (0..1440).map(|m| 1_767_225_600_000 + m * 60_000).collect();
+        let vals: Vec<Vec<Val>> = (0..400)
+            .map(|s| (0..1440).map(|m| Val::F((s * m) as f64 / 7.0)).collect())
+            .collect();
+        let series: Vec<SeriesOut> = vals
+            .iter()
+            .enumerate()
+            .map(|(s, v)| SeriesOut {
+                tags: BTreeMap::from([("path".to_string(), format!("/p{s}"))]),
+                timestamps: Cow::Borrowed(&ts),
+                fields: BTreeMap::from([("count".to_string(), Values::Every(v))]),
+            })
+            .collect();
+        let expected = serde_json::to_value(&series).unwrap();
+        let q = MetricQuery {
+            metric: "page_views".into(),
+            field: None,
+            group_by: Vec::new(),
+            filters: Vec::new(),
+            start: 0,
+            end: 1,
+            window: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| answer_json(&q, series.clone(), tx));
+            let Ok(Answer::Parts { head, parts }) = rx.blocking_recv() else {
+                panic!("a 10 MB answer is sent in parts");
+            };
+            assert!(parts.len() > 1);
+            let mut body = head;
+            for p in parts {
+                body.extend_from_slice(&p.blocking_recv().unwrap());
+            }
+            body.extend_from_slice(b"]}");
+            let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(got["metric"], "page_views");
+            assert_eq!(got["series"], expected);
+        });
+    }
 
     #[test]
     fn split_by_size_covers_every_series_once_in_order() {

@@ -76,6 +76,69 @@ impl SeriesOut<'_> {
             .sum::<usize>()
             + self.timestamps.len() * (15 + 6 * self.fields.len())
     }
+
+    /// Appends the same JSON as its `Serialize`, faster: numbers are
+    /// formatted straight into `out` (a day of raw points for a thousand
+    /// series is 2.9 million numbers, and serde's per-element calls were
+    /// a third of the answer's time).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut ints = itoa::Buffer::new();
+        let mut floats = ryu::Buffer::new();
+        let key = |out: &mut Vec<u8>, k: &str| {
+            string(out, k);
+            out.push(b':');
+        };
+        out.extend_from_slice(b"{\"tags\":{");
+        for (i, (k, v)) in self.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            key(out, k);
+            string(out, v);
+        }
+        out.extend_from_slice(b"},\"timestamps\":[");
+        for (i, t) in self.timestamps.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(ints.format(*t).as_bytes());
+        }
+        out.extend_from_slice(b"],\"fields\":{");
+        for (i, (k, values)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            key(out, k);
+            out.push(b'[');
+            let mut one = |j: usize, v: Option<&Val>| {
+                if j > 0 {
+                    out.push(b',');
+                }
+                match v {
+                    Some(Val::F(f)) if f.is_finite() => {
+                        out.extend_from_slice(floats.format_finite(*f).as_bytes())
+                    }
+                    Some(Val::I(n)) => out.extend_from_slice(ints.format(*n).as_bytes()),
+                    Some(Val::B(true)) => out.extend_from_slice(b"true"),
+                    Some(Val::B(false)) => out.extend_from_slice(b"false"),
+                    Some(Val::S(v)) => string(out, v),
+                    Some(Val::F(_)) | None => out.extend_from_slice(b"null"),
+                }
+            };
+            match values {
+                Values::Every(v) => v.iter().enumerate().for_each(|(j, v)| one(j, Some(v))),
+                Values::Sparse(v) => v.iter().enumerate().for_each(|(j, v)| one(j, v.as_ref())),
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b"}}");
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The values of one field of an answer's series.
@@ -463,5 +526,54 @@ impl Data {
             .collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.at));
         v.into_iter().map(|a| a.record.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_json_writes_what_serde_writes() {
+        let ts = [1_767_225_600_000, 1_767_225_660_000, -5, 0];
+        let every = [
+            Val::F(1.0),
+            Val::F(f64::NAN),
+            Val::F(-2.5e-7),
+            Val::I(i64::MIN),
+        ];
+        let out = SeriesOut {
+            tags: BTreeMap::from([
+                ("path".to_string(), "/a\"b\\c\u{1}é".to_string()),
+                ("site".to_string(), String::new()),
+            ]),
+            timestamps: Cow::Borrowed(&ts),
+            fields: BTreeMap::from([
+                ("count".to_string(), Values::Every(&every)),
+                (
+                    "other \n".to_string(),
+                    Values::Sparse(vec![
+                        Some(Val::B(true)),
+                        None,
+                        Some(Val::S("x\ty".into())),
+                        Some(Val::B(false)),
+                    ]),
+                ),
+            ]),
+        };
+        let mut mine = Vec::new();
+        out.write_json(&mut mine);
+        assert_eq!(
+            String::from_utf8(mine).unwrap(),
+            serde_json::to_string(&out).unwrap()
+        );
+        let empty = SeriesOut {
+            tags: BTreeMap::new(),
+            timestamps: Cow::Owned(Vec::new()),
+            fields: BTreeMap::new(),
+        };
+        let mut mine = Vec::new();
+        empty.write_json(&mut mine);
+        assert_eq!(mine, serde_json::to_vec(&empty).unwrap());
     }
 }
