@@ -233,6 +233,8 @@ def main():
     if "alerts" in only:
         ensure_websockets()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
+    if "dashboards" in only:  # Debian's Chromium and playwright-core, as the browser tests use them
+        subprocess.run([os.path.join(ROOT, ".ci", "install-browser.sh")], check=True, stdout=subprocess.DEVNULL)
     # The binary and the bench clients in one build: built apart, cargo would
     # rebuild the host for the dev-dependencies' features each time.
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe", "--bins", "--bench", "ws_clients"], cwd=ROOT, check=True)

@@ -373,9 +373,23 @@ function alertItem(a) {
     el('b', {}, a.rule_id), ' ', el('span', { class: 'muted' }, a.key), ' ', a.summary || '',
     el('div', { class: 'muted' }, a.severity + ' · ' + a.status + ' · since ' + (a.starts_at || '')));
 }
+// A busy stream can bring thousands of alerts a second: they are drawn once
+// per frame, the firing list shows the newest SHOWN, the history keeps SHOWN.
+const SHOWN = 200;
+let alertsQueued = false, newAlerts = [];
 function renderFiring() {
-  const items = [...firing.values()].sort((a, b) => toMs(b.starts_at) - toMs(a.starts_at)).map(alertItem);
+  const all = [...firing.values()];
+  const items = all.map((a) => [toMs(a.starts_at), a]).sort((x, y) => y[0] - x[0]).slice(0, SHOWN).map((x) => alertItem(x[1]));
+  if (all.length > SHOWN) items.push(el('li', { class: 'muted' }, 'and ' + (all.length - SHOWN) + ' more firing'));
   $('#firing').replaceChildren(...(items.length ? items : [el('li', { class: 'muted' }, 'nothing fires')]));
+}
+function renderAlerts() {
+  alertsQueued = false;
+  renderFiring();
+  const history = $('#history');
+  history.prepend(...newAlerts.slice(-SHOWN).reverse().map(alertItem));
+  newAlerts = [];
+  while (history.childElementCount > SHOWN) history.lastElementChild.remove();
 }
 async function loadAlerts() {
   const r = await api('/v1/alerts?' + new URLSearchParams({ start_time: range.start, end_time: range.end + 86400000 }));
@@ -383,12 +397,12 @@ async function loadAlerts() {
   firing.clear();
   for (const a of r.body.firing || []) firing.set(alertKey(a), a);
   renderFiring();
-  $('#history').replaceChildren(...(r.body.alerts || []).slice(0, 200).map(alertItem));
+  $('#history').replaceChildren(...(r.body.alerts || []).slice(0, SHOWN).map(alertItem));
 }
 function onAlert(a) {
   if (a.status === 'firing') firing.set(alertKey(a), a); else firing.delete(alertKey(a));
-  renderFiring();
-  $('#history').prepend(alertItem(a));
+  newAlerts.push(a);
+  if (!alertsQueued) { alertsQueued = true; requestAnimationFrame(renderAlerts); }
 }
 
 // ---------------------------------------------------------------- plugins
