@@ -247,6 +247,8 @@ pub struct Metrics {
     rejected: [AtomicU64; RejectReason::ALL.len()],
     pub events_processed: AtomicU64,
     pub events_late: AtomicU64,
+    /// Events whose `event_id` the engine had already taken (not processed again).
+    pub events_duplicate: AtomicU64,
     pub events_dead_lettered: AtomicU64,
     pub points_written: AtomicU64,
     pub alerts_written: AtomicU64,
@@ -507,6 +509,12 @@ impl Metrics {
             "nexuspipe_events_processed_total",
             "Events that went through the pipeline.",
             get(&self.events_processed),
+        );
+        counter(
+            &mut o,
+            "nexuspipe_events_duplicate_total",
+            "Events whose event_id the engine had already taken: acknowledged, not processed again (counted in processed).",
+            get(&self.events_duplicate),
         );
         counter(
             &mut o,

@@ -120,6 +120,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::CONTENT_ENCODING,
             header::AUTHORIZATION,
         ])
+        // A browser client reads Retry-After to back off on 429.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(86_400))
 }
 

@@ -145,6 +145,8 @@ fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
         queue_capacity: e.queue_capacity,
         batch_size: e.batch_size,
         data_dir: e.data_dir.clone(),
+        dedupe_max_ids: e.dedupe_max_ids,
+        allowed_lateness: e.allowed_lateness,
     }
 }
 

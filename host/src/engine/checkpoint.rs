@@ -3,6 +3,7 @@
 //! crash mid-checkpoint leaves the previous complete checkpoint in force.
 
 use super::Watermark;
+use super::dedupe::Dedupe;
 use crate::runtime::Plugin;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ struct Manifest {
     watermark: i64,
     /// Plugin name -> state file (relative to the checkpoint dir) and version.
     plugins: BTreeMap<String, Entry>,
+    /// The event ids taken (see [`super::dedupe`]), relative to the checkpoint dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_ids: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,9 +60,13 @@ impl Checkpoints {
         self.dir.join("manifest.json")
     }
 
-    /// Restores every plugin that has a saved state; returns the saved event
-    /// time as (highest event time seen, watermark).
-    pub fn restore(&mut self, plugins: &mut [Plugin]) -> Result<Option<(i64, i64)>> {
+    /// Restores every plugin that has a saved state and the event ids taken;
+    /// returns the saved event time as (highest event time seen, watermark).
+    pub fn restore(
+        &mut self,
+        plugins: &mut [Plugin],
+        dedupe: &mut Dedupe,
+    ) -> Result<Option<(i64, i64)>> {
         let path = self.manifest_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -93,6 +101,20 @@ impl Checkpoints {
                 "restored plugin state"
             );
         }
+        if let Some(name) = &manifest.event_ids {
+            let file = self.dir.join(name);
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            if let Err(e) = dedupe.restore(&bytes) {
+                bail!(
+                    "the event ids of the checkpoint, {}, are unreadable ({e}). \
+                     Move the file away to start without them (a client's retry of an event \
+                     taken before the checkpoint would then be counted again)",
+                    file.display()
+                );
+            }
+            tracing::info!(ids = dedupe.len(), "restored the event ids taken");
+        }
         // Resume numbering after the files on disk.
         self.generation = manifest
             .plugins
@@ -105,7 +127,12 @@ impl Checkpoints {
     }
 
     /// Snapshots every stateful plugin and commits a new manifest.
-    pub fn save(&mut self, plugins: &mut [Plugin], watermark: &Watermark) -> Result<()> {
+    pub fn save(
+        &mut self,
+        plugins: &mut [Plugin],
+        watermark: &Watermark,
+        dedupe: &Dedupe,
+    ) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         self.generation += 1;
@@ -138,10 +165,16 @@ impl Checkpoints {
                 entries.entry(name.clone()).or_insert_with(|| e.clone());
             }
         }
+        let event_ids = (!dedupe.is_empty()).then(|| format!("event-ids.{g}.state"));
+        if let Some(file) = &event_ids {
+            write_atomic(&self.dir.join(file), &dedupe.snapshot())
+                .with_context(|| format!("writing {file}"))?;
+        }
         let manifest = Manifest {
             max_event_time: watermark.max_event_time(),
             watermark: watermark.current(),
             plugins: entries,
+            event_ids,
         };
         write_atomic(
             &self.manifest_path(),
@@ -153,7 +186,9 @@ impl Checkpoints {
         if let Ok(dir) = std::fs::read_dir(&self.dir) {
             for f in dir.flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".state") && !self.committed.values().any(|e| e.file == name) {
+                let referenced = self.committed.values().any(|e| e.file == name)
+                    || manifest.event_ids.as_deref() == Some(name.as_str());
+                if name.ends_with(".state") && !referenced {
                     let _ = std::fs::remove_file(f.path());
                 }
             }

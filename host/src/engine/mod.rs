@@ -1,6 +1,7 @@
 //! Event time and the pipeline of plugins.
 
 pub mod checkpoint;
+pub mod dedupe;
 pub mod offline;
 pub mod pipeline;
 mod shadow;

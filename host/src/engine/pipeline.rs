@@ -11,6 +11,7 @@
 
 use super::Watermark;
 use super::checkpoint::Checkpoints;
+use super::dedupe::Dedupe;
 use super::shadow::{self, Shadow};
 use super::watermark::split_at_late;
 use crate::hub::{Hub, Sampler};
@@ -31,6 +32,10 @@ pub struct EngineSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub data_dir: std::path::PathBuf,
+    /// Event ids remembered (see [`super::dedupe`]); 0: off.
+    pub dedupe_max_ids: usize,
+    /// How long late events still count (for the ids' horizon).
+    pub allowed_lateness: Duration,
 }
 
 enum Msg {
@@ -411,6 +416,8 @@ pub struct Engine {
     sampler: Option<Sampler>,
     /// Whether enrichers keep the sample's columns for event-stream clients.
     sampling: bool,
+    /// Event ids already taken: a retried event is not processed again.
+    dedupe: Dedupe,
 }
 
 /// Sets what every enricher's downstream reads, with `[stream]
@@ -452,7 +459,10 @@ impl Engine {
         let outputs_hub = outputs.hub();
         let mut checkpoints = Checkpoints::new(dir.join("checkpoints"));
         let mut watermark = Watermark::new(settings.out_of_orderness.as_millis() as i64);
-        if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins)? {
+        let horizon = (settings.out_of_orderness + settings.allowed_lateness).as_millis() as i64
+            + super::dedupe::EXTRA_HORIZON_MS;
+        let mut dedupe = Dedupe::new(settings.dedupe_max_ids, horizon);
+        if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins, &mut dedupe)? {
             watermark.observe(max_ts);
             watermark.advance_to(wm);
         }
@@ -471,6 +481,7 @@ impl Engine {
             hub: outputs_hub,
             sampler: None,
             sampling: false,
+            dedupe,
         })
     }
 
@@ -599,8 +610,13 @@ impl Engine {
         let mut chunks = Vec::new();
         let mut chunk: Vec<Event> = Vec::new();
         let mut left = total;
-        for (batch, at) in pending {
+        let mut duplicates = 0;
+        for (mut batch, at) in pending {
             received.push((at, batch.len()));
+            let before = batch.len();
+            batch.retain(|e| self.dedupe.first(&e.id, e.timestamp));
+            duplicates += before - batch.len();
+            left -= before - batch.len();
             let mut it = batch.into_iter();
             while it.len() > 0 {
                 if chunk.is_empty() {
@@ -620,6 +636,12 @@ impl Engine {
         if !chunk.is_empty() {
             chunks.extend(split_at_late(chunk, &mut self.watermark));
         }
+        if duplicates > 0 {
+            self.metrics
+                .events_duplicate
+                .fetch_add(duplicates as u64, Ordering::Relaxed);
+        }
+        self.dedupe.expire(self.watermark.current());
         let mut out = PluginOutput::default();
         let mut sampled = Vec::new();
         let sampling = self.hub.as_ref().is_some_and(|h| h.wants_events());
@@ -926,7 +948,9 @@ impl Engine {
         // The checkpoint folds the replay log into a snapshot: a shadow gets
         // its batches first (else it would restart from the snapshot).
         self.feed_shadow();
-        let saved = self.checkpoints.save(&mut self.plugins, &self.watermark);
+        let saved = self
+            .checkpoints
+            .save(&mut self.plugins, &self.watermark, &self.dedupe);
         let dir = self.settings.data_dir.join("checkpoints");
         if saved.is_ok() {
             self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -507,3 +507,52 @@ fn a_far_future_event_changes_no_output() {
         "{r}"
     );
 }
+
+/// What the browser tracker relies on: a batch sent again (its answer was
+/// lost) is acknowledged and not counted again, before and after a restart;
+/// `text/plain` bodies (a CORS simple request) hold JSON as well.
+#[test]
+fn a_retried_event_is_counted_once_through_restarts() {
+    let mut s = Server::start(&counter_config(
+        "out_of_orderness = \"1s\"\nidle_timeout = \"1h\"\ncheckpoint_interval = \"1h\"",
+        1_000,
+    ));
+    let with_ids = |range: std::ops::Range<i64>| {
+        Value::Array(
+            range
+                .map(|i| json!({"event_id": format!("e{i}"), "event_type": "click", "timestamp": i * 100}))
+                .collect(),
+        )
+    };
+    let plain = |s: &Server, body: &Value| {
+        let (status, resp) = s.post_raw(
+            "/v1/events",
+            "text/plain;charset=UTF-8",
+            body.to_string().as_bytes(),
+            None,
+        );
+        assert_eq!(status, 202, "{resp}");
+    };
+    // Ten events, then the same ten again; three without ids, twice.
+    plain(&s, &with_ids(0..10));
+    plain(&s, &with_ids(0..10));
+    let anonymous = clicks(&[2_000, 2_100, 2_200]);
+    plain(&s, &anonymous);
+    plain(&s, &anonymous);
+    s.wait_idle();
+    assert_eq!(s.metric("nexuspipe_events_duplicate_total"), 10.0);
+    assert_eq!(s.metric("nexuspipe_events_accepted_total"), 26.0);
+    s.restart();
+    // The first ten once more after the restart, and five new ones.
+    plain(&s, &with_ids(0..15));
+    accepted(&s, &json!({"event_type": "flush", "timestamp": 100_000}));
+    s.wait_idle();
+    assert_eq!(s.metric("nexuspipe_events_duplicate_total"), 10.0);
+    wait_until(10, "every window", || counts(&s, "click").len() == 3);
+    assert_eq!(
+        counts(&s, "click"),
+        vec![(0, 10), (1_000, 5), (2_000, 6)],
+        "each id once; events without an id are all counted"
+    );
+    assert!(s.stop().success());
+}

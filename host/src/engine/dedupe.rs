@@ -1,0 +1,167 @@
+//! Idempotent ingest: an event whose `event_id` the engine has already
+//! taken is acknowledged and not processed again. That is what makes a
+//! client's retry safe when the answer, not the request, was lost (the
+//! browser tracker retries; so does any at-least-once sender).
+//!
+//! Ids are remembered for a horizon of event time behind the watermark (the
+//! allowed out-of-orderness and lateness plus ten minutes) and at most
+//! `max` of them, the oldest taken forgotten first. An event older than the
+//! horizon is late anyway: the watermark has passed its windows, so a copy
+//! of it cannot be counted twice in them (it goes to `late.jsonl`). The
+//! set is part of the checkpoint, so it survives restarts.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Ten minutes of event time beyond out-of-orderness and lateness.
+pub const EXTRA_HORIZON_MS: i64 = 10 * 60_000;
+
+const MAGIC: &[u8; 8] = b"NPIDS\x00\x00\x01";
+
+pub struct Dedupe {
+    /// Id key -> event time.
+    seen: HashMap<u128, i64>,
+    /// Keys in the order taken, to forget the oldest first.
+    order: VecDeque<(u128, i64)>,
+    max: usize,
+    horizon_ms: i64,
+}
+
+/// A 128-bit key: the UUID itself (what the tracker sends), else a name-based
+/// UUID of the id's text (stable across versions and restarts).
+fn key(id: &str) -> u128 {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) => u.as_u128(),
+        Err(_) => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).as_u128(),
+    }
+}
+
+impl Dedupe {
+    /// `max` 0 turns it off.
+    pub fn new(max: usize, horizon_ms: i64) -> Self {
+        Dedupe {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+            horizon_ms,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Whether this is the first time the engine takes `id` (and remembers it).
+    pub fn first(&mut self, id: &str, timestamp: i64) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let k = key(id);
+        if self.seen.contains_key(&k) {
+            return false;
+        }
+        self.seen.insert(k, timestamp);
+        self.order.push_back((k, timestamp));
+        while self.order.len() > self.max {
+            self.forget_oldest();
+        }
+        true
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((k, _)) = self.order.pop_front() {
+            self.seen.remove(&k);
+        }
+    }
+
+    /// Forgets what the watermark has left behind the horizon (from the
+    /// oldest taken: an old id taken late waits for its turn, within `max`).
+    pub fn expire(&mut self, watermark: i64) {
+        let cut = watermark.saturating_sub(self.horizon_ms);
+        while self.order.front().is_some_and(|&(_, t)| t < cut) {
+            self.forget_oldest();
+        }
+    }
+
+    /// The ids for a checkpoint: a header, then 24 bytes per id.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAGIC.len() + self.order.len() * 24);
+        out.extend_from_slice(MAGIC);
+        for (k, t) in &self.order {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        out
+    }
+
+    /// Takes the ids of a checkpoint, replacing what it held.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not an event-id file (bad header)")?;
+        if body.len() % 24 != 0 {
+            return Err(format!(
+                "{} bytes after the header is not a whole number of ids",
+                body.len()
+            ));
+        }
+        self.seen.clear();
+        self.order.clear();
+        for rec in body.chunks_exact(24) {
+            let k = u128::from_le_bytes(rec[..16].try_into().expect("16 bytes"));
+            let t = i64::from_le_bytes(rec[16..].try_into().expect("8 bytes"));
+            if self.seen.insert(k, t).is_none() {
+                self.order.push_back((k, t));
+            }
+        }
+        while self.order.len() > self.max {
+            self.forget_oldest();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_taken_once_within_the_horizon_and_the_cap() {
+        let mut d = Dedupe::new(3, 1_000);
+        assert!(d.first("a", 10));
+        assert!(!d.first("a", 10));
+        assert!(d.first("018f3c9e-8a1b-7c2d-9e4f-0123456789ab", 20));
+        assert!(!d.first("018F3C9E-8A1B-7C2D-9E4F-0123456789AB", 20));
+        assert!(d.first("b", 30));
+        // Over the cap: the oldest taken ("a") is forgotten.
+        assert!(d.first("c", 40));
+        assert_eq!(d.len(), 3);
+        assert!(d.first("a", 10));
+        // Held: b (30), c (40), a (10). The horizon passes 35: b goes; c
+        // stops the sweep and a, taken after it, waits its turn.
+        d.expire(1_035);
+        assert_eq!(d.len(), 2);
+        assert!(d.first("b", 30));
+        assert!(!d.first("c", 40));
+    }
+
+    #[test]
+    fn the_ids_survive_a_snapshot_and_a_bad_file_is_named() {
+        let mut d = Dedupe::new(10, 1_000);
+        for (i, id) in ["x", "y", "z"].iter().enumerate() {
+            d.first(id, i as i64);
+        }
+        let mut back = Dedupe::new(10, 1_000);
+        back.restore(&d.snapshot()).unwrap();
+        assert!(!back.first("y", 1));
+        assert!(back.first("w", 3));
+        assert!(back.restore(b"junk").unwrap_err().contains("bad header"));
+        let mut cut = d.snapshot();
+        cut.pop();
+        assert!(back.restore(&cut).unwrap_err().contains("whole number"));
+        assert!(Dedupe::new(0, 0).first("x", 0) && Dedupe::new(0, 0).first("x", 0));
+    }
+}
