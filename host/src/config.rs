@@ -542,7 +542,7 @@ pub struct EngineConfig {
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
     /// Event ids remembered to recognise a retried event (0: off). About
-    /// 55 bytes each in memory and 24 in each checkpoint.
+    /// 60 bytes each in memory and 24 in each checkpoint.
     pub dedupe_max_ids: usize,
 }
 

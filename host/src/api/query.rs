@@ -407,17 +407,12 @@ fn answer_json(
     {
         return; // the client is gone
     }
-    let senders: Vec<_> = senders
-        .into_iter()
-        .map(|s| std::sync::Mutex::new(Some(s)))
-        .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    // Each thread takes the next part still to do.
+    let todo = std::sync::Mutex::new(bounds.into_iter().zip(senders));
     let work = || {
         loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(range) = bounds.get(i) else { break };
-            let Some(tx) = senders[i].lock().ok().and_then(|mut s| s.take()) else {
-                continue;
+            let Some((range, tx)) = todo.lock().ok().and_then(|mut t| t.next()) else {
+                break;
             };
             let mut out = Vec::with_capacity(sizes[range.clone()].iter().sum::<usize>() + 1);
             if range.start > 0 {
