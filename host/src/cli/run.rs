@@ -259,6 +259,10 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             checkpoint_interval: e.checkpoint_interval,
             batch_size: e.batch_size,
             max_future: e.max_future,
+            dedupe_max_ids: e.dedupe_max_ids,
+            // As on one host.
+            dedupe_horizon_ms: (e.out_of_orderness + e.allowed_lateness).as_millis() as i64
+                + nexuspipe::engine::dedupe::EXTRA_HORIZON_MS,
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
         store = outputs.store();

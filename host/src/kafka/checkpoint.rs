@@ -1,7 +1,8 @@
 //! Checkpoints of a keyed stage in a compacted Kafka topic, keyed by plugin
 //! and partition, so whichever host is assigned a partition restores it.
 //!
-//! A record is a JSON header line, then the plugin's snapshot bytes as is.
+//! A record is a JSON header line, then the event ids taken (`ids` bytes,
+//! see [`crate::engine::dedupe`]) and the plugin's snapshot bytes as is.
 
 use super::{KafkaError, client_config, client_error};
 use crate::config::KafkaConfig;
@@ -27,6 +28,10 @@ pub struct Header {
     /// Per source partition, the last (offset, index) taken in: replayed
     /// copies of earlier records are skipped.
     pub seen: BTreeMap<i32, (i64, u32)>,
+    /// Bytes at the start of the state that are the event ids taken
+    /// (absent in checkpoints older than idempotent ingest).
+    #[serde(default)]
+    pub ids: usize,
 }
 
 /// The record key: `plugin/partition`.
@@ -138,6 +143,7 @@ mod tests {
             watermark: 1_000,
             inputs: [(0, 6_000), (1, 5_500)].into(),
             seen: [(0, (17, 0))].into(),
+            ids: 0,
         };
         let state = b"binary\nstate\x00".to_vec();
         let (back, s) = decode(&encode(&h, Some(&state))).unwrap();

@@ -32,6 +32,7 @@
 use super::checkpoint::{self, Header};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
+use crate::engine::dedupe::Dedupe;
 use crate::engine::watermark::{Clock, split_at_late};
 use crate::event::{EventDefaults, from_json, now_ms, to_json};
 use crate::runtime::{Event, Plugin, PluginOutput};
@@ -74,6 +75,10 @@ pub struct ProcessorSettings {
     pub batch_size: usize,
     /// How far ahead of its record's timestamp an event's time may be.
     pub max_future: Duration,
+    /// Event ids each keyed task remembers (see [`crate::engine::dedupe`]); 0: off.
+    pub dedupe_max_ids: usize,
+    /// How far behind its watermark a task remembers an id, in event time.
+    pub dedupe_horizon_ms: i64,
 }
 
 /// The topics a pipeline needs: the events topic and, per stateful plugin,
@@ -382,12 +387,21 @@ struct Stage {
     partitions: i32,
 }
 
+/// Whether a stage's plugin takes events of this type.
+fn wants(s: &Stage, e: &Event) -> bool {
+    let types = &s.template.interest().event_types;
+    types.is_empty() || types.contains(&e.event_type)
+}
+
 /// One partition of a repartition topic: a plugin instance and its event time.
 struct Task {
     plugin: Plugin,
     wm: Inputs,
     /// Per source partition, the last (offset, index) taken in.
     seen: BTreeMap<i32, (i64, u32)>,
+    /// The event ids taken: a client's retried copy (a new record with the
+    /// same event_id, which `seen` cannot tell) is dropped.
+    ids: Dedupe,
     next_offset: i64,
     /// Processed something since the last snapshot.
     changed: bool,
@@ -599,6 +613,10 @@ impl Proc {
                 self.source_partitions,
             );
             let mut seen = BTreeMap::new();
+            let mut ids = Dedupe::new(
+                self.settings.dedupe_max_ids,
+                self.settings.dedupe_horizon_ms,
+            );
             let mut next_offset = 0;
             let offset = match saved.get(&checkpoint::key(&name, p)) {
                 Some(bytes) => {
@@ -607,8 +625,16 @@ impl Proc {
                             "the checkpoint of `{name}` partition {p} is unreadable: {e}"
                         ))
                     })?;
+                    let (taken, state) = state.split_at(h.ids.min(state.len()));
+                    if !taken.is_empty() {
+                        ids.restore(taken).map_err(|e| {
+                            KafkaError::Other(format!(
+                                "the event ids in the checkpoint of `{name}` partition {p} are unreadable: {e}"
+                            ))
+                        })?;
+                    }
                     if !state.is_empty() {
-                        plugin.restore(&state).map_err(|e| {
+                        plugin.restore(state).map_err(|e| {
                             KafkaError::Other(format!(
                                 "plugin `{name}` rejected its checkpoint for partition {p} (written by version {}): {e}",
                                 h.version
@@ -631,6 +657,7 @@ impl Proc {
                 plugin,
                 wm,
                 seen,
+                ids,
                 next_offset,
                 changed: false,
                 pending: Vec::new(),
@@ -783,8 +810,7 @@ impl Proc {
     fn repartition(&mut self, e: &Event, source: &str) {
         let mut payload: Option<String> = None;
         for s in &self.stages {
-            let types = &s.template.interest().event_types;
-            if !types.is_empty() && !types.contains(&e.event_type) {
+            if !wants(s, e) {
                 continue;
             }
             let payload = payload.get_or_insert_with(|| to_json(e).to_string());
@@ -837,6 +863,7 @@ impl Proc {
     fn keyed_stage(&mut self, records: Vec<Record>) {
         let mut batches: BTreeMap<(usize, i32), Vec<Item>> = BTreeMap::new();
         let mut dead = Vec::new();
+        let mut duplicates = 0u64;
         for r in records {
             let Some(stage) = self.stage_of(&r.topic) else {
                 continue;
@@ -863,6 +890,11 @@ impl Proc {
             task.seen.insert(src, (off, idx));
             // Checked against its bound when it came from the events topic.
             match parse(r.payload.as_deref(), None, None) {
+                Ok(e) if !task.ids.first(&e.id, e.timestamp) => {
+                    // Every interested stage drops its copy; the first counts it.
+                    let first = self.stages.iter().position(|s| wants(s, &e));
+                    duplicates += u64::from(first == Some(stage));
+                }
                 Ok(e) => batches
                     .entry((stage, r.partition))
                     .or_default()
@@ -886,11 +918,15 @@ impl Proc {
                 processed += events.len() as u64;
                 task.plugin.process(&mut events, wm, &mut out);
             }
+            task.ids.expire(task.wm.current);
         }
         self.outputs().write(&out);
         self.metrics
             .events_processed
             .fetch_add(processed, Ordering::Relaxed);
+        self.metrics
+            .events_duplicate
+            .fetch_add(duplicates, Ordering::Relaxed);
         self.publish();
     }
 
@@ -979,7 +1015,16 @@ impl Proc {
                     continue;
                 }
             };
+            // The ids, then the plugin's state, in one record.
+            let mut saved = if task.ids.is_empty() {
+                Vec::new()
+            } else {
+                task.ids.snapshot()
+            };
+            let ids = saved.len();
+            saved.extend_from_slice(state.as_deref().unwrap_or_default());
             let h = Header {
+                ids,
                 plugin: task.plugin.name().to_string(),
                 partition: *p,
                 version: task.plugin.component().hash.clone(),
@@ -991,7 +1036,7 @@ impl Proc {
             task.pending.push((
                 mark.clone(),
                 task.next_offset,
-                checkpoint::encode(&h, state.as_deref()),
+                checkpoint::encode(&h, Some(&saved)),
             ));
             task.changed = false;
         }
