@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers browser screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers browser tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -33,6 +33,10 @@ toolchains:
 ## Install Debian's Chromium and playwright-core for the dashboard's browser tests
 browser:
 	.ci/install-browser.sh
+
+## Rebuild host/tracker/tracker.min.js (GET /tracker.js) from host/tracker/src with esbuild
+tracker:
+	host/tracker/build.sh
 
 ## Screenshot of the dashboard for the README (docs/dashboard.png), taken by its browser test
 screenshot: plugins browser

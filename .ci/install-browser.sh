@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the dashboard's browser tests drive, skipping what is there:
-# Debian's Chromium (/usr/bin/chromium; nothing downloads a browser) and
-# playwright-core from npm (host/tests/browser, pinned by its lock file).
+# Installs what the browser tests drive, skipping what is there: Debian's
+# Chromium (/usr/bin/chromium; nothing downloads a browser), playwright-core
+# from npm (host/tests/browser), and the tracker's build (esbuild) and the
+# React package's test dependencies, each pinned by its lock file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,12 @@ else
     # playwright-core never downloads a browser; this keeps it that way.
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix host/tests/browser --no-audit --no-fund
 fi
+
+for dir in host/tracker examples/react-tracker; do
+    if [ -d $dir/node_modules/.bin ]; then
+        echo "browser: $dir packages present"
+    else
+        echo "browser: installing $dir packages (npm ci)"
+        npm ci --prefix $dir --no-audit --no-fund
+    fi
+done

@@ -2,6 +2,7 @@
 //! (with uPlot, vendored under its MIT licence, for the time series), every
 //! file embedded in the binary, so it works offline and never fetches
 //! anything from elsewhere. It reads only the query API and `/v1/stream`.
+//! Also served from here: the browser tracker at `GET /tracker.js`.
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
@@ -73,4 +74,17 @@ pub(super) async fn index() -> Response {
 
 pub(super) async fn file(Path(name): Path<String>) -> Response {
     asset(&name)
+}
+
+/// The browser tracker (host/tracker), built by its build.sh; sites load it
+/// from other origins, so it is cached for an hour rather than revalidated.
+pub(super) async fn tracker() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_bytes!("../../tracker/tracker.min.js").as_slice(),
+    )
+        .into_response()
 }

@@ -67,6 +67,7 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/dashboard/{name}", get(dashboard::file))
+        .route("/tracker.js", get(dashboard::tracker))
         .route("/v1/events", post(ingest::post_events))
         .route("/api/v1/events", post(ingest::post_events))
         .route("/v1/metrics", get(query::metrics))

@@ -16,3 +16,4 @@ mod query;
 mod server;
 mod sinks;
 mod stream;
+mod tracker;
