@@ -5,6 +5,7 @@ ingest-to-output latency histogram from /metrics, and where the CPU time went
 (per thread of the server, per plugin, and the generator).
 
 Usage: make bench-load   (or python3 host/benches/load.py [--duration 20s] [--runs 3])
+       python3 host/benches/load.py --dedupe   (the duplicate check on and off, alternated, at saturation)
 """
 import argparse, json, os, re, socket, subprocess, sys, tempfile, time, urllib.request
 
@@ -91,8 +92,8 @@ def start_server(name, http_extra="", env=None, config="", role="all"):
     sys.exit(f"{name}: not ready after 60 s (see {log})")
 
 
-def run_case(batch, duration, rate, connections):
-    server, port, data = start_server("load")
+def run_case(batch, duration, rate, connections, config=""):
+    server, port, data = start_server("load", config=config)
     try:
         before = thread_cpu(server.pid)
         before_total = process_cpu(server.pid)
@@ -148,9 +149,13 @@ def main():
     ap.add_argument("--duration", default="15s")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median run is reported")
+    ap.add_argument("--dedupe", action="store_true",
+                    help="only: saturation with the duplicate check on (default) and off, runs alternated")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
+    if args.dedupe:
+        return compare_dedupe(args)
     cases = [
         # Saturation: as fast as the server accepts (429s are retried).
         (100, 0),
@@ -166,6 +171,22 @@ def main():
         median["accepted_per_second_all_runs"] = [r["generator"]["accepted_per_second"] for r in runs]
         results.append(median)
     print(json.dumps(results, indent=2))
+
+
+def compare_dedupe(args):
+    """The cost of idempotent ingest: gen's ids (text, so hashed) at
+    saturation, with `dedupe_max_ids` at its default and at 0 (off)."""
+    got = {"on": [], "off": []}
+    for _ in range(args.runs):
+        for case, config in (("on", ""), ("off", "dedupe_max_ids = 0\n")):
+            r = run_case(100, args.duration, 0, args.connections, config)
+            got[case].append((r["generator"]["accepted_per_second"], r["server_cpu_us_per_event"]))
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {case: {"accepted_per_second": med([a for a, _ in runs]), "server_cpu_us_per_event": med([c for _, c in runs]),
+                  "runs": runs} for case, runs in got.items()}
+    out["throughput_on_over_off"] = round(out["on"]["accepted_per_second"] / out["off"]["accepted_per_second"], 3)
+    out["cpu_per_event_on_over_off"] = round(out["on"]["server_cpu_us_per_event"] / out["off"]["server_cpu_us_per_event"], 3)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

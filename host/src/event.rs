@@ -106,6 +106,24 @@ fn err(field: &str, message: impl Into<String>) -> EventError {
     }
 }
 
+/// Bytes 13..16 of the ids the server makes (a UUIDv7 whose last three
+/// random bytes are these), so the duplicate check can tell them from a
+/// client's: a fresh id never repeats and is not worth remembering.
+const SERVER_ID_MARK: [u8; 3] = *b"NP\x01";
+
+/// An event id made by the server (for an event sent without one): a
+/// UUIDv7, time-ordered, with 50 random bits.
+pub fn server_event_id() -> String {
+    let mut b = *uuid::Uuid::now_v7().as_bytes();
+    b[13..].copy_from_slice(&SERVER_ID_MARK);
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+/// Whether `u` is an id [`server_event_id`] made (here or on another host).
+pub fn is_server_event_id(u: &uuid::Uuid) -> bool {
+    u.get_version_num() == 7 && u.as_bytes()[13..] == SERVER_ID_MARK
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -243,8 +261,7 @@ pub fn from_json(v: Json, d: &EventDefaults<'_>) -> Result<Event, EventError> {
         })?,
     };
     let timestamp = d.check_time(timestamp)?;
-    let id = opt_string(&mut obj, "event_id", "event_id")?
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = opt_string(&mut obj, "event_id", "event_id")?.unwrap_or_else(server_event_id);
     let user_id = opt_string(&mut obj, "user_id", "user_id")?;
     let session_id = opt_string(&mut obj, "session_id", "session_id")?;
     let properties = match obj.remove("properties") {
@@ -384,7 +401,7 @@ mod wire {
                 .check_time(self.timestamp.map_or(d.now_ms, |t| t.0))
                 .ok()?;
             Some(super::Event {
-                id: text(self.event_id).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                id: text(self.event_id).unwrap_or_else(super::server_event_id),
                 event_type,
                 timestamp,
                 user_id: text(self.user_id),

@@ -18,7 +18,9 @@ pub const EXTRA_HORIZON_MS: i64 = 10 * 60_000;
 const MAGIC: &[u8; 8] = b"NPIDS\x00\x00\x01";
 
 pub struct Dedupe {
-    seen: HashSet<u128>,
+    /// foldhash, seeded per process: a few ns a key where std's SipHash
+    /// took tens, twice per event (insert, and forgetting the oldest).
+    seen: HashSet<u128, foldhash::fast::RandomState>,
     /// Keys and their event times in the order taken, to forget the oldest first.
     order: VecDeque<(u128, i64)>,
     max: usize,
@@ -28,10 +30,13 @@ pub struct Dedupe {
 /// A 128-bit key: the UUID itself (what the tracker sends), else the id's
 /// XXH3-128 (stable by its spec, so keys in a checkpoint still match after
 /// an upgrade; about 10 ns an id, where a SHA-1 name-based UUID took 150).
-fn key(id: &str) -> u128 {
+/// None for an id the server made: no client can be retrying it, and
+/// remembering it would only push clients' ids out under the cap.
+fn key(id: &str) -> Option<u128> {
     match uuid::Uuid::try_parse(id) {
-        Ok(u) => u.as_u128(),
-        Err(_) => xxhash_rust::xxh3::xxh3_128(id.as_bytes()),
+        Ok(u) if crate::event::is_server_event_id(&u) => None,
+        Ok(u) => Some(u.as_u128()),
+        Err(_) => Some(xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
     }
 }
 
@@ -39,7 +44,7 @@ impl Dedupe {
     /// `max` 0 turns it off.
     pub fn new(max: usize, horizon_ms: i64) -> Self {
         Dedupe {
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             order: VecDeque::new(),
             max,
             horizon_ms,
@@ -59,7 +64,9 @@ impl Dedupe {
         if self.max == 0 {
             return true;
         }
-        let k = key(id);
+        let Some(k) = key(id) else {
+            return true;
+        };
         if !self.seen.insert(k) {
             return false;
         }
@@ -162,5 +169,19 @@ mod tests {
         cut.pop();
         assert!(back.restore(&cut).unwrap_err().contains("whole number"));
         assert!(Dedupe::new(0, 0).first("x", 0) && Dedupe::new(0, 0).first("x", 0));
+    }
+
+    #[test]
+    fn ids_the_server_made_take_no_room() {
+        let mut d = Dedupe::new(10, 1_000);
+        let made = crate::event::server_event_id();
+        assert!(d.first(&made, 0) && d.first(&made, 0), "never a duplicate");
+        assert!(d.is_empty(), "not remembered");
+        // A client's UUIDv7 (random tail) and v4 are remembered.
+        let v7 = uuid::Uuid::now_v7().to_string();
+        let v4 = "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab";
+        assert!(d.first(&v7, 0) && !d.first(&v7, 0));
+        assert!(d.first(v4, 0) && !d.first(v4, 0));
+        assert_eq!(d.len(), 2);
     }
 }

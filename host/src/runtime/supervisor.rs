@@ -1113,7 +1113,7 @@ pub(crate) fn apply_changes(changes: Vec<Change>, batch: &mut Vec<Event>, wanted
             Change::Drop(i) => dropped[wanted[i as usize]] = true,
             Change::Emit(mut e) => {
                 if e.id.is_empty() {
-                    e.id = uuid::Uuid::now_v7().to_string();
+                    e.id = crate::event::server_event_id();
                 }
                 emitted.push(e)
             }
