@@ -59,6 +59,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Run { config, role } => cli::run::run(config.as_deref(), role),
         Command::Config(ConfigCommand::Check { file }) => cli::run::check(&file),
@@ -71,5 +74,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Output piped into `head` ends a command as it ends `cat`: quietly, by
+/// SIGPIPE (Rust ignores the signal, so `println!` would panic on the closed
+/// pipe). Not for `run`: a server's write to a closed socket stays an error.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

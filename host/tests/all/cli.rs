@@ -131,6 +131,31 @@ fn plugin_check_reports_world_interest_and_exports() {
     assert_eq!(report["interest"]["metadata"], json!(["ip_address"]));
 }
 
+/// `nexuspipe plugin check x.wasm | head`: the closed pipe ends the command
+/// quietly (by SIGPIPE, as for `cat`), without a panic and its backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["plugin", "check", guest("alerts").to_str().unwrap()])
+        .env("NEXUSPIPE_CACHE_DIR", dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the component is even loaded, so the first write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn plugin_check_refuses_non_wasm_and_unknown_worlds() {
     let dir = tempfile::tempdir().unwrap();
