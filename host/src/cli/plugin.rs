@@ -15,9 +15,8 @@ pub enum PluginCommand {
     Check {
         /// The component (`.wasm`).
         file: PathBuf,
-        /// Plugin config to initialise it with (default: the plugin's default config).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run one plugin over events from an NDJSON file and print its outputs as NDJSON.
     Run(RunArgs),
@@ -39,9 +38,8 @@ pub struct DeployArgs {
     /// Plugin name (default: the file name without `.wasm`).
     #[arg(long)]
     name: Option<String>,
-    /// Plugin config file (default: keep the running version's config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Start the new version empty instead of handing it the running state.
     #[arg(long)]
     reset_state: bool,
@@ -54,9 +52,8 @@ pub struct RunArgs {
     /// Events, one canonical JSON event per line (`-` for stdin).
     #[arg(long)]
     input: PathBuf,
-    /// Plugin config file (default: the plugin's default config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Events per call into the plugin.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
@@ -80,9 +77,35 @@ pub struct RunArgs {
     dirs: Vec<String>,
 }
 
+/// A plugin's config, from a file or inline. Without either, `check` and
+/// `run` use the plugin's default config and `deploy` keeps the running
+/// version's.
+#[derive(Args)]
+#[group(multiple = false)]
+pub struct ConfigArg {
+    /// Plugin config from a file (default: `check` and `run` use the
+    /// plugin's default config, `deploy` keeps the running version's).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Plugin config as text, as `config` in `[[plugins]]` and `?config=` take it.
+    #[arg(long, value_name = "TEXT")]
+    config_text: Option<String>,
+}
+
+impl ConfigArg {
+    fn text(&self) -> Result<Option<String>> {
+        match (&self.config, &self.config_text) {
+            (Some(p), _) => std::fs::read_to_string(p)
+                .map(Some)
+                .with_context(|| format!("reading plugin config {}", p.display())),
+            (None, text) => Ok(text.clone()),
+        }
+    }
+}
+
 pub fn run(cmd: PluginCommand) -> Result<()> {
     match cmd {
-        PluginCommand::Check { file, config } => check(&file, config.as_deref()),
+        PluginCommand::Check { file, config } => check(&file, &config),
         PluginCommand::Run(args) => run_file(args),
         PluginCommand::Deploy(args) => deploy(args),
     }
@@ -113,8 +136,7 @@ fn deploy(args: DeployArgs) -> Result<()> {
         body.extend_from_slice(b"\r\n");
     };
     part("component", "application/wasm", &component);
-    if let Some(path) = &args.config {
-        let text = read_config(Some(path))?;
+    if let Some(text) = args.config.text()? {
         part("config", "text/plain; charset=utf-8", text.as_bytes());
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -150,20 +172,12 @@ fn deploy(args: DeployArgs) -> Result<()> {
     }
 }
 
-fn read_config(path: Option<&Path>) -> Result<String> {
-    match path {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading plugin config {}", p.display())),
-        None => Ok(String::new()),
-    }
-}
-
-fn check(file: &Path, config: Option<&Path>) -> Result<()> {
+fn check(file: &Path, config: &ConfigArg) -> Result<()> {
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
     let component = runtime
         .load_file(file)
         .with_context(|| format!("{} is not a usable plugin", file.display()))?;
-    let config = read_config(config)?;
+    let config = config.text()?.unwrap_or_default();
     let plugin = Plugin::new(
         &file.display().to_string(),
         component.clone(),
@@ -260,7 +274,7 @@ fn run_file(args: RunArgs) -> Result<()> {
         .load_file(&args.file)
         .with_context(|| format!("{} is not a usable plugin", args.file.display()))?;
     let world = component.world;
-    let config = read_config(args.config.as_deref())?;
+    let config = args.config.text()?.unwrap_or_default();
     let mut caps = Capabilities::default();
     for d in &args.dirs {
         let Some((host, guest)) = d.split_once(':') else {

@@ -156,6 +156,59 @@ fn a_closed_stdout_ends_a_command_quietly() {
     );
 }
 
+/// `--config <FILE>` and `--config-text <TEXT>` give the plugin the same
+/// config; a config the plugin refuses fails either way; not both at once.
+#[test]
+fn a_plugin_config_comes_from_a_file_or_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = guest("alerts");
+    let alerts = alerts.to_str().unwrap();
+    let good = crate::support::workspace_root().join("plugins/alerts/default-config.json");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"rules\": 7}").unwrap();
+    let from_file = nexuspipe(
+        &[
+            "plugin",
+            "check",
+            alerts,
+            "--config",
+            good.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let inline = nexuspipe(
+        &["plugin", "check", alerts, "--config-text", &text],
+        dir.path(),
+    );
+    assert!(from_file.status.success() && inline.status.success());
+    assert_eq!(from_file.stdout, inline.stdout);
+    let refused_file = nexuspipe(
+        &["plugin", "check", alerts, "--config", bad.to_str().unwrap()],
+        dir.path(),
+    );
+    let refused_inline = nexuspipe(
+        &["plugin", "check", alerts, "--config-text", "{\"rules\": 7}"],
+        dir.path(),
+    );
+    assert!(!refused_file.status.success() && !refused_inline.status.success());
+    assert_eq!(refused_file.stderr, refused_inline.stderr);
+    let both = nexuspipe(
+        &[
+            "plugin",
+            "check",
+            alerts,
+            "--config",
+            "x",
+            "--config-text",
+            "{}",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
 #[test]
 fn plugin_check_refuses_non_wasm_and_unknown_worlds() {
     let dir = tempfile::tempdir().unwrap();
