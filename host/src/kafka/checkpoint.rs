@@ -39,10 +39,13 @@ pub fn key(plugin: &str, partition: i32) -> String {
     format!("{plugin}/{partition}")
 }
 
-pub fn encode(h: &Header, state: Option<&[u8]>) -> Vec<u8> {
+/// The header line, then `parts` (the event ids, the plugin's state) as they are.
+pub fn encode(h: &Header, parts: &[&[u8]]) -> Vec<u8> {
     let mut out = serde_json::to_vec(h).expect("checkpoint header serializes");
     out.push(b'\n');
-    out.extend_from_slice(state.unwrap_or_default());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     out
 }
 
@@ -146,7 +149,7 @@ mod tests {
             ids: 0,
         };
         let state = b"binary\nstate\x00".to_vec();
-        let (back, s) = decode(&encode(&h, Some(&state))).unwrap();
+        let (back, s) = decode(&encode(&h, &[&state])).unwrap();
         assert_eq!(s, state);
         assert_eq!(back.next_offset, 42);
         assert_eq!(back.seen[&0], (17, 0));

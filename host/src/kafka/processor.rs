@@ -1016,15 +1016,13 @@ impl Proc {
                 }
             };
             // The ids, then the plugin's state, in one record.
-            let mut saved = if task.ids.is_empty() {
+            let ids = if task.ids.is_empty() {
                 Vec::new()
             } else {
                 task.ids.snapshot()
             };
-            let ids = saved.len();
-            saved.extend_from_slice(state.as_deref().unwrap_or_default());
             let h = Header {
-                ids,
+                ids: ids.len(),
                 plugin: task.plugin.name().to_string(),
                 partition: *p,
                 version: task.plugin.component().hash.clone(),
@@ -1036,7 +1034,7 @@ impl Proc {
             task.pending.push((
                 mark.clone(),
                 task.next_offset,
-                checkpoint::encode(&h, Some(&saved)),
+                checkpoint::encode(&h, &[&ids, state.as_deref().unwrap_or_default()]),
             ));
             task.changed = false;
         }

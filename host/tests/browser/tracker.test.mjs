@@ -161,6 +161,20 @@ async function open(context, url) {
   await page.goto(url);
   return page;
 }
+// A new browser (its own localStorage) on the shop page, once its page view arrived.
+async function shopVisit() {
+  const ctx = await browser.newContext();
+  const views = arrived(isView).length;
+  const page = await open(ctx, SITE + '/shop.html');
+  await waitFor('the page view', isView, views + 1);
+  return { ctx, page };
+}
+// `e` taken by the server a second time, and that copy dropped as a duplicate.
+async function copyDropped(e, dupsBefore) {
+  await until('the copy sent again', 15000, () => copies.get(e.event_id).n === 2);
+  await until('the copy dropped by the server', 15000, async () =>
+    (await metric('nexuspipe_events_duplicate_total')) === dupsBefore + 1);
+}
 const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 // ---- 1. a page load, the queued call, a click, identify, SPA navigation ----
@@ -213,10 +227,7 @@ const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{
 
 // ---- 2. closed right after a track: the event goes with the page; the next visit's copy is dropped ----
 {
-  const ctx = await browser.newContext();
-  const views = arrived(isView).length;
-  const page = await open(ctx, SITE + '/shop.html');
-  await waitFor('the page view', isView, views + 1);
+  const { ctx, page } = await shopVisit();
   const dupsBefore = await metric('nexuspipe_events_duplicate_total');
   await page.evaluate(() => nexuspipe('track', 'last_click'));
   await page.close({ runBeforeUnload: true });
@@ -225,19 +236,14 @@ const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{
   // so the event stayed queued: the next page sends it again, and the
   // server acknowledges the copy without counting it.
   await open(ctx, SITE + '/shop.html');
-  await until('the copy sent again', 15000, () => copies.get(last.event_id).n === 2);
-  await until('the copy dropped by the server', 15000, async () =>
-    (await metric('nexuspipe_events_duplicate_total')) === dupsBefore + 1);
+  await copyDropped(last, dupsBefore);
   log('beacon on close: delivered, its copy dropped');
   await ctx.close();
 }
 
 // ---- 3. the server is down while the page tracks and closes; the next visit delivers ----
 {
-  const ctx = await browser.newContext();
-  const views = arrived(isView).length;
-  const page = await open(ctx, SITE + '/shop.html');
-  await waitFor('the page view', isView, views + 1);
+  const { ctx, page } = await shopVisit();
   await until('the server processed what it took', 15000, async () =>
     (await metric('nexuspipe_events_processed_total')) === (await metric('nexuspipe_events_accepted_total')));
   for (const name of Object.keys(earlier)) earlier[name] += await metric(name);
@@ -273,18 +279,13 @@ const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{
 
 // ---- 4. the answer is lost after the server took the batch: the retry is counted once ----
 {
-  const ctx = await browser.newContext();
-  const views = arrived(isView).length;
-  const page = await open(ctx, SITE + '/shop.html');
-  await waitFor('the page view', isView, views + 1);
+  const { ctx, page } = await shopVisit();
   const dupsBefore = await metric('nexuspipe_events_duplicate_total');
   quiet = /ERR_|Failed to load resource|net::/;
   dropNext = true;
   await page.evaluate(() => nexuspipe('track', 'answer_lost'));
   const [lost] = await waitFor('the batch whose answer is lost', (e) => e.event_type === 'answer_lost', 1);
-  await until('the retry', 15000, () => copies.get(lost.event_id).n === 2);
-  await until('the retry dropped by the server', 15000, async () =>
-    (await metric('nexuspipe_events_duplicate_total')) === dupsBefore + 1);
+  await copyDropped(lost, dupsBefore);
   // A 429 with Retry-After: sent again after it, once.
   busyNext = true;
   await page.evaluate(() => nexuspipe('track', 'rate_limited'));
