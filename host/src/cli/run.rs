@@ -5,7 +5,7 @@ use nexuspipe::api::{self, ApiState, Ingest};
 use nexuspipe::config::{Config, PluginConfig};
 use nexuspipe::engine::{Engine, EngineSettings};
 use nexuspipe::kafka::Collector;
-use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings};
+use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings, Step};
 use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
 use nexuspipe::sinks::Outputs;
@@ -238,19 +238,21 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
     let mut store = None;
     let mut hub = None;
     let processor = if processes {
-        let (enrichers, stateful): (Vec<Plugin>, Vec<Plugin>) =
-            plugins.into_iter().partition(|p| !p.world().is_stateful());
-        let keyed = stateful
+        // In config order: a keyed stage sees what the enrichers before it did.
+        let steps = plugins
             .into_iter()
             .map(|p| {
+                if !p.world().is_stateful() {
+                    return Step::Enrich(p);
+                }
                 let partition_by = pipeline_config
                     .iter()
                     .find(|c| c.name == p.name())
                     .and_then(|c| c.partition_by.clone());
-                Keyed {
+                Step::Keyed(Keyed {
                     template: p,
                     partition_by,
-                }
+                })
             })
             .collect();
         let settings = ProcessorSettings {
@@ -268,7 +270,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         store = outputs.store();
         hub = outputs.hub();
         Some(
-            processor::start(&k, settings, enrichers, keyed, outputs, metrics.clone())
+            processor::start(&k, settings, steps, outputs, metrics.clone())
                 .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?,
         )
     } else {

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod collector;
+pub mod internal;
 pub mod processor;
 
 use crate::config::KafkaConfig;

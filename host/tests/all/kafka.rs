@@ -97,6 +97,10 @@ fn influx(port: u16) -> String {
 
 /// A deployment's config: the broker, InfluxDB, short timeouts for the tests.
 fn kafka_config(broker: &Broker, db: &Db, group: &str) -> String {
+    kafka_config_with(broker, db, group, &pipeline(true))
+}
+
+fn kafka_config_with(broker: &Broker, db: &Db, group: &str, plugins: &str) -> String {
     format!(
         "[engine]\nidle_timeout = \"20s\"\ncheckpoint_interval = \"1s\"\n\
          [kafka]\nbrokers = \"127.0.0.1:{}\"\ntopic = \"events\"\ngroup = \"{group}\"\npartitions = 4\nresume = \"scan\"\n\
@@ -104,7 +108,7 @@ fn kafka_config(broker: &Broker, db: &Db, group: &str) -> String {
          {}{}",
         broker.port,
         influx(db.port),
-        pipeline(true)
+        plugins
     )
 }
 
@@ -132,23 +136,23 @@ const SEED: u64 = 21;
 /// The embedded engine on the same pipeline and stream (computed once).
 fn expected(events: &[Value]) -> &'static Expected {
     static EXPECTED: OnceLock<Expected> = OnceLock::new();
-    EXPECTED.get_or_init(|| {
-        let s = Server::start(&format!(
-            "[engine]\nidle_timeout = \"1h\"\n{}",
-            pipeline(false)
-        ));
-        post_all(&s, events, 500, Duration::ZERO);
-        wait_until(60, "the reference run", || {
-            s.metric("nexuspipe_events_processed_total") == events.len() as f64
-        });
-        let all = alerts(&s.read("alerts.jsonl"));
-        let set: BTreeSet<AlertKey> = all.iter().cloned().collect();
-        assert_eq!(set.len(), all.len(), "each alert once");
-        Expected {
-            points: expected_points(&s.read("metrics.lp")),
-            alerts: set,
-        }
-    })
+    EXPECTED.get_or_init(|| reference(&pipeline(false), events))
+}
+
+/// What one host computes for `plugins` on `events`.
+fn reference(plugins: &str, events: &[Value]) -> Expected {
+    let s = Server::start(&format!("[engine]\nidle_timeout = \"1h\"\n{plugins}"));
+    post_all(&s, events, 500, Duration::ZERO);
+    wait_until(60, "the reference run", || {
+        s.metric("nexuspipe_events_processed_total") == events.len() as f64
+    });
+    let all = alerts(&s.read("alerts.jsonl"));
+    let set: BTreeSet<AlertKey> = all.iter().cloned().collect();
+    assert_eq!(set.len(), all.len(), "each alert once");
+    Expected {
+        points: expected_points(&s.read("metrics.lp")),
+        alerts: set,
+    }
 }
 
 /// The stream, with an idle gap's worth of quiet at its end handled by the
@@ -408,4 +412,87 @@ fn two_processors_share_the_work_and_the_survivor_takes_over() {
     post_all(&collector, &events[third..], 250, Duration::ZERO);
     wait_points(&db, want, "points after the takeover", &[&a]);
     assert_alerts(&[&a, &b], want);
+}
+
+/// The same rule twice, once before the geo enricher and once after it.
+fn geo_rule(id: &str) -> String {
+    format!(
+        r#"{{"rules": [{{"id": "{id}", "type": "threshold", "severity": "info",
+  "summary": "{{count}} located {{key}} events within {{window}}", "key": "event_type",
+  "filter": {{"where": [{{"field": "properties.geo.ip_type", "op": "exists"}}]}},
+  "window": "1m", "above": 20, "cooldown": "1m"}}]}}"#
+    )
+}
+
+/// An enricher after an aggregator and an alerter: the plugins before it
+/// see the events without its fields, those after it with them, on one host
+/// and on many.
+fn enricher_after_stateful() -> String {
+    let dir = plugin_dir();
+    let plugin = |name: &str, file: &str, config: Option<String>| {
+        let mut t = format!(
+            "[[plugins]]\nname = \"{name}\"\npath = {:?}\n",
+            dir.join(format!("{file}.wasm")).display().to_string()
+        );
+        if let Some(c) = config {
+            t.push_str(&format!("config = '''{c}'''\n"));
+        }
+        t
+    };
+    [
+        plugin("funnel", "funnel", None),
+        plugin("alerts-before", "alerts", Some(geo_rule("geo_before"))),
+        plugin("enrich-geo", "enrich-geo", None),
+        plugin("alerts-after", "alerts", Some(geo_rule("geo_after"))),
+    ]
+    .concat()
+}
+
+#[test]
+fn an_enricher_after_an_aggregator_means_the_same_on_one_host_and_on_two() {
+    let events = stream();
+    let plugins = enricher_after_stateful();
+    let want = reference(&plugins, &events);
+    // The order matters: only the alerter after the enricher sees geo fields.
+    assert!(
+        want.alerts.iter().any(|a| a.0 == "geo_after"),
+        "{:?}",
+        want.alerts
+    );
+    assert!(
+        !want.alerts.iter().any(|a| a.0 == "geo_before"),
+        "{:?}",
+        want.alerts
+    );
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = kafka_config_with(&broker, &db, "order", &plugins);
+    let collector = Server::start_role(&config, "collector");
+    let a = Server::start_role(&config, "processor");
+    let b = Server::start_role(&config, "processor");
+    wait_until(60, "both processors to hold partitions", || {
+        [&a, &b].iter().all(|p| {
+            p.log()
+                .lines()
+                .any(|l| l.contains("partitions assigned") && !l.contains("sources=[] tasks=[]"))
+        })
+    });
+    post_all(&collector, &events, 250, Duration::ZERO);
+    wait_points(
+        &db,
+        &want,
+        "points with the enricher after the aggregator",
+        &[&a, &b],
+    );
+    let ok = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        alert_set(&[&a, &b]) == want.alerts
+    });
+    let got = alert_set(&[&a, &b]);
+    assert!(
+        ok,
+        "alerts: extra {:?}\nmissing {:?}",
+        got.difference(&want.alerts).collect::<Vec<_>>(),
+        want.alerts.difference(&got).collect::<Vec<_>>()
+    );
 }
