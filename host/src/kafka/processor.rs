@@ -48,6 +48,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// At most this many payload bytes are taken per wake-up (with at most
+/// `batch_size` records), so memory stays bounded however big records are.
+const MAX_POLL_BYTES: usize = 16 << 20;
+
 /// Checkpoints waiting for their outputs, per task, at most: beyond, a task
 /// skips a snapshot until older ones are written.
 const MAX_PENDING: usize = 4;
@@ -244,10 +248,13 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
         // revocation inside `poll` processes what was taken before it.
         let deadline = Instant::now() + Duration::from_millis(20);
         let mut n = 0;
-        while n < batch {
+        let mut bytes = 0;
+        // A repartition record holds many events: the bytes bound a wake-up too.
+        while n < batch && bytes < MAX_POLL_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
             match consumer.poll(left) {
                 Some(Ok(m)) => {
+                    bytes += m.payload_len();
                     consumer.context().lock().buffer.push(Record::from(&m));
                     n += 1;
                 }
@@ -929,7 +936,11 @@ impl Proc {
         let mut processed = 0u64;
         for (key, items) in batches {
             let task = self.tasks.get_mut(&key).expect("checked above");
-            for (batch, wm) in split_at_late(items, &mut task.wm) {
+            let chunks = chunked(items, self.settings.batch_size);
+            for (batch, wm) in chunks
+                .into_iter()
+                .flat_map(|c| split_at_late(c, &mut task.wm))
+            {
                 let mut events: Vec<Event> = batch
                     .into_iter()
                     .filter_map(|i| match i {
@@ -1164,6 +1175,28 @@ where
     }
 }
 
+/// A task's items in chunks of at most `size` events (markers ride along),
+/// so each call into the plugin carries a batch of the configured size.
+fn chunked(items: Vec<Item>, size: usize) -> Vec<Vec<Item>> {
+    let size = size.max(1);
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut events = 0;
+    for item in items {
+        let event = matches!(item, Item::Event(..));
+        chunk.push(item);
+        events += usize::from(event);
+        if events == size {
+            out.push(std::mem::take(&mut chunk));
+            events = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
 /// A record's payload as a canonical event. Its time is checked against the
 /// record's timestamp (the default time of an event without one), else now.
 /// Valid events go straight from the bytes to the event; the slower path
@@ -1241,6 +1274,21 @@ mod tests {
         .unwrap();
         e.timestamp = ts;
         e
+    }
+
+    #[test]
+    fn a_task_is_called_with_batches_of_the_configured_size() {
+        let items: Vec<Item> = (0..7)
+            .flat_map(|i| [Item::Event(ev(i), 0), Item::Marker(1, Some(i))])
+            .collect();
+        let sizes: Vec<(usize, usize)> = chunked(items, 3)
+            .iter()
+            .map(|c| {
+                let events = c.iter().filter(|i| matches!(i, Item::Event(..))).count();
+                (events, c.len())
+            })
+            .collect();
+        assert_eq!(sizes, vec![(3, 5), (3, 6), (1, 3)]);
     }
 
     #[test]
