@@ -26,6 +26,10 @@ pub const MAX_RECORD_BYTES: usize = 512 * 1024;
 
 /// What a keyed task reads off its partition.
 #[derive(Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every item is an event; boxing them would cost an allocation each"
+)]
 pub enum Item {
     /// An event, with the source partition, offset and index it came from.
     Event {

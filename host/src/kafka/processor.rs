@@ -72,7 +72,7 @@ pub enum Step {
 
 /// The source stage's walk over the pipeline.
 enum Flow {
-    Enrich(Plugin),
+    Enrich(Box<Plugin>),
     /// Repartition the batch as it is now to this keyed stage.
     Stage(usize),
 }
@@ -137,7 +137,7 @@ pub fn start(
     let mut keyed = Vec::new();
     for step in pipeline {
         match step {
-            Step::Enrich(p) => flow.push(Flow::Enrich(p)),
+            Step::Enrich(p) => flow.push(Flow::Enrich(Box::new(p))),
             Step::Keyed(k) => {
                 flow.push(Flow::Stage(keyed.len()));
                 keyed.push(k);
