@@ -16,7 +16,7 @@
 //! JSON record of an older release is told apart and reported.
 
 use crate::runtime::Event;
-use crate::runtime::replay;
+use crate::runtime::replay::{self, array, take};
 
 pub const VERSION: u8 = 1;
 
@@ -111,10 +111,17 @@ impl Writer {
     }
 }
 
-/// The replay-codec form of one event.
-pub fn encode_event(e: &Event, buf: &mut Vec<u8>) {
-    buf.clear();
-    replay::encode(std::slice::from_ref(e), buf);
+/// The replay-codec form of a batch, event by event: the bytes and where
+/// each event's bytes end. Encoded once for every stage fed at one point of
+/// the pipeline.
+pub fn encode_each(events: &[Event]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = Vec::with_capacity(replay::encoded_len(events));
+    let mut ends = Vec::with_capacity(events.len());
+    for e in events {
+        replay::encode(std::slice::from_ref(e), &mut bytes);
+        ends.push(bytes.len());
+    }
+    (bytes, ends)
 }
 
 /// Reads a record back; the error says what is wrong with it.
@@ -178,19 +185,6 @@ pub fn decode(b: &[u8]) -> Result<Vec<Item>, String> {
         .collect())
 }
 
-fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-    if b.len() < n {
-        return Err("repartition record truncated".into());
-    }
-    let (head, rest) = b.split_at(n);
-    *b = rest;
-    Ok(head)
-}
-
-fn array<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
-    Ok(take(b, N)?.try_into().expect("N bytes"))
-}
-
 fn u32(b: &mut &[u8]) -> Result<u32, String> {
     Ok(u32::from_le_bytes(array(b)?))
 }
@@ -226,12 +220,10 @@ mod tests {
         );
         let b = ev(serde_json::json!({"event_type": "purchase", "timestamp": 2_000}));
         let mut w = Writer::default();
-        let mut buf = Vec::new();
-        encode_event(&a, &mut buf);
-        w.event(3, 17, 0, &a, "u1", &buf);
+        let (bytes, ends) = encode_each(&[a.clone(), b.clone()]);
+        w.event(3, 17, 0, &a, "u1", &bytes[..ends[0]]);
         w.marker(1, Some(900));
-        encode_event(&b, &mut buf);
-        w.event(3, 18, 1, &b, "", &buf);
+        w.event(3, 18, 1, &b, "", &bytes[ends[0]..ends[1]]);
         w.marker(2, None);
         let bytes = w.finish();
         assert!(w.is_empty());

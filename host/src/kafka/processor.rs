@@ -784,7 +784,8 @@ impl Proc {
         let mut out = PluginOutput::default();
         let mut writers: BTreeMap<(usize, i32), Writer> = BTreeMap::new();
         let mut full: Vec<(usize, i32, Vec<u8>)> = Vec::new();
-        let mut encoded = Vec::new();
+        // The batch's events encoded once per point of the pipeline (until the next enricher).
+        let mut encoded: Option<(Vec<u8>, Vec<usize>)> = None;
         let Proc { flow, stages, .. } = self;
         for step in flow.iter_mut() {
             match step {
@@ -792,6 +793,7 @@ impl Proc {
                     let n = events.len();
                     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
                     p.process(&mut events, i64::MIN, &mut out);
+                    encoded = None;
                     origins = reorigin(&events, n, &ids, origins);
                     // Without an origin (nothing came in) an event cannot be placed.
                     events.truncate(origins.len());
@@ -800,7 +802,9 @@ impl Proc {
                     let stage = &stages[*s];
                     // Per source record, the index of each event it became here.
                     let mut index: HashMap<(i32, i64), u32> = HashMap::new();
-                    for (e, &(src, off)) in events.iter().zip(&origins) {
+                    let (bytes, ends) =
+                        encoded.get_or_insert_with(|| internal::encode_each(&events));
+                    for (i, (e, &(src, off))) in events.iter().zip(&origins).enumerate() {
                         if !wants(stage, e) {
                             continue;
                         }
@@ -812,9 +816,9 @@ impl Proc {
                             .as_deref()
                             .map_or_else(String::new, |f| field_value(e, f));
                         let p = internal::partition_for(&key, stage.partitions);
-                        internal::encode_event(e, &mut encoded);
+                        let start = if i == 0 { 0 } else { ends[i - 1] };
                         let w = writers.entry((*s, p)).or_default();
-                        w.event(src, off, idx, e, &key, &encoded);
+                        w.event(src, off, idx, e, &key, &bytes[start..ends[i]]);
                         if w.len_bytes() >= internal::MAX_RECORD_BYTES {
                             full.push((*s, p, w.finish()));
                         }

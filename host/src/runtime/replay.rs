@@ -101,19 +101,23 @@ pub fn encode(events: &[Event], out: &mut Vec<u8>) {
     }
 }
 
+/// The next `n` bytes of `b`, which moves past them (for the binary records
+/// built on this codec too).
+pub(crate) fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if b.len() < n {
+        return Err("record truncated".into());
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Ok(head)
+}
+
+pub(crate) fn array<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
+    Ok(take(b, N)?.try_into().expect("N bytes"))
+}
+
 /// Reads back `n` events written by [`encode`].
 pub fn decode(mut b: &[u8], n: usize) -> Result<Vec<Event>, String> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if b.len() < n {
-            return Err("replay record truncated".into());
-        }
-        let (head, rest) = b.split_at(n);
-        *b = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
-        Ok(take(b, N)?.try_into().expect("N bytes"))
-    }
     fn u32(b: &mut &[u8]) -> Result<usize, String> {
         Ok(u32::from_le_bytes(array(b)?) as usize)
     }
