@@ -119,11 +119,18 @@ enum Role {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct KeyState {
-    /// Threshold: matching events in the window (time, value) and their sum.
+    /// Threshold: matching events in the window (time, value) and their
+    /// sum, compensated: the sum is `sum + sum_error` (see [`KeyState::add`]).
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     window: VecDeque<(i64, f64)>,
     #[serde(default)]
     sum: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    sum_error: f64,
+    /// Threshold: the instant of the last events applied when more events
+    /// at that instant may still come: the condition there is not decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    undecided: Option<i64>,
     /// Threshold: since when the condition holds, and the alert's start if it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     holding_since: Option<i64>,
@@ -150,9 +157,40 @@ struct Firing {
     sent: bool,
 }
 
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
 impl KeyState {
+    /// Adds `v` to the window's sum (`-v` when an event leaves).
+    ///
+    /// Neumaier's compensated summation: `sum_error` collects what each
+    /// rounding of `sum` lost (the error of one float addition is a float,
+    /// computed exactly here), so an amount added and later subtracted
+    /// leaves no drift, and `total` is the exact sum of the window's amounts
+    /// rounded once: exactly so while `sum_error` adds up without rounding,
+    /// as it does for amounts of similar scale (prices, counts), else within
+    /// about a last bit. Recomputing the sum when an event leaves would cost
+    /// the window's length per event (thousands for a busy key over an
+    /// hour), exact expansions a growing list per key; this is a few float
+    /// operations and one more number per key, on a path run per event.
+    fn add(&mut self, v: f64) {
+        let t = self.sum + v;
+        self.sum_error += if self.sum.abs() >= v.abs() {
+            (self.sum - t) + v
+        } else {
+            (v - t) + self.sum
+        };
+        self.sum = t;
+    }
+
+    fn total(&self) -> f64 {
+        self.sum + self.sum_error
+    }
+
     fn is_idle(&self) -> bool {
         self.window.is_empty()
+            && self.undecided.is_none()
             && self.firing.is_none()
             && self.firsts.is_empty()
             && self.open.is_none()
@@ -168,7 +206,11 @@ impl KeyState {
                     (Some(h), None) if *for_ms > 0 => Some(h + for_ms),
                     _ => None,
                 };
-                expiry.into_iter().chain(pending).min()
+                expiry
+                    .into_iter()
+                    .chain(pending)
+                    .chain(self.undecided)
+                    .min()
             }
             RuleKind::Sequence { within, .. } => self.firsts.front().map(|t| t + within),
             RuleKind::Absence { within, .. } => self.open.map(|s| s + within),
@@ -251,7 +293,8 @@ enum At {
     Settle,
     /// An event at `t` follows: a threshold's events that leave the window
     /// at `t` leave, but whether the condition holds at `t` is decided with
-    /// that event in (the count at `t` is over `(t - window, t]`).
+    /// that event (and any other at `t`) in: the count at `t` is over
+    /// `(t - window, t]`.
     EventFollows,
 }
 
@@ -265,9 +308,26 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
             for_ms,
             ..
         } => {
+            // The condition is decided at every instant the sum changes (an
+            // event comes or leaves) and at `for`, in time order, once all
+            // that changes at that instant is in: a negative amount that
+            // leaves can raise the sum, and events at one instant count
+            // together (+10 and -8 at once is +2, never +10).
             let decided = |instant: i64| instant < t || at == At::Settle;
-            // A `for` that completes before the next expiry fires first.
             loop {
+                // Events came in at `u`; nothing before `u` is left to decide
+                // (they were applied after advancing to `u`, so what leaves
+                // at `u` has left and what leaves later is after `u`).
+                if let Some(u) = ks.undecided
+                    && u <= t
+                    && decided(u)
+                {
+                    ks.undecided = None;
+                    decide(&mut em, ks, u, *above, *for_ms, rule.cooldown);
+                    continue;
+                }
+                // A `for` that completes before the next expiry fires first;
+                // one that completes as events leave is decided with them.
                 if let (Some(h), None) = (ks.holding_since, ks.firing)
                     && h + for_ms <= t
                     && decided(h + for_ms)
@@ -279,33 +339,28 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
                     fire_threshold(&mut em, ks, h, rule.cooldown);
                     continue;
                 }
-                let Some(&(ft, v)) = ks.window.front() else {
+                let Some(&(ft, _)) = ks.window.front() else {
                     break;
                 };
-                if ft + window > t {
+                let left_at = ft + window;
+                if left_at > t {
                     break;
                 }
-                ks.window.pop_front();
-                ks.sum -= v;
+                // Everything that leaves at this instant, then one decision.
+                while let Some(&(ft, v)) = ks.window.front()
+                    && ft + window == left_at
+                {
+                    ks.window.pop_front();
+                    ks.add(-v);
+                }
                 if ks.window.is_empty() {
-                    ks.sum = 0.0; // no float drift once empty
+                    // An empty window sums to 0, whatever was left of the
+                    // rounding: the next events start from a clean sum.
+                    ks.sum = 0.0;
+                    ks.sum_error = 0.0;
                 }
-                if !decided(ft + window) {
-                    continue;
-                }
-                if ks.sum <= *above {
-                    ks.holding_since = None;
-                    if let Some(f) = ks.firing.take()
-                        && f.sent
-                    {
-                        em.emit(
-                            AlertStatus::Resolved,
-                            f.starts_at,
-                            Some(ft + window),
-                            ks.window.len(),
-                            ks.sum,
-                        );
-                    }
+                if decided(left_at) {
+                    decide(&mut em, ks, left_at, *above, *for_ms, rule.cooldown);
                 }
             }
         }
@@ -328,6 +383,37 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
     }
 }
 
+/// Decides a threshold's condition at `instant`, when the sum changed there.
+fn decide(
+    em: &mut Emitter<'_>,
+    ks: &mut KeyState,
+    instant: i64,
+    above: f64,
+    for_ms: i64,
+    cooldown: i64,
+) {
+    let sum = ks.total();
+    if sum > above {
+        let h = *ks.holding_since.get_or_insert(instant);
+        if ks.firing.is_none() && instant - h >= for_ms {
+            fire_threshold(em, ks, h, cooldown);
+        }
+    } else {
+        ks.holding_since = None;
+        if let Some(f) = ks.firing.take()
+            && f.sent
+        {
+            em.emit(
+                AlertStatus::Resolved,
+                f.starts_at,
+                Some(instant),
+                ks.window.len(),
+                sum,
+            );
+        }
+    }
+}
+
 fn fire_threshold(em: &mut Emitter<'_>, ks: &mut KeyState, starts_at: i64, cooldown: i64) {
     let sent = ks.last_fired.is_none_or(|l| starts_at - l >= cooldown);
     ks.firing = Some(Firing { starts_at, sent });
@@ -338,7 +424,7 @@ fn fire_threshold(em: &mut Emitter<'_>, ks: &mut KeyState, starts_at: i64, coold
             starts_at,
             None,
             ks.window.len(),
-            ks.sum,
+            ks.total(),
         );
     }
 }
@@ -347,29 +433,12 @@ fn fire_threshold(em: &mut Emitter<'_>, ks: &mut KeyState, starts_at: i64, coold
 fn apply(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, role: Role, out: &mut Vec<Alert>) {
     let mut em = Emitter { rule, key, out };
     match (&rule.kind, role) {
-        (RuleKind::Threshold { above, for_ms, .. }, Role::Count(v)) => {
+        (RuleKind::Threshold { .. }, Role::Count(v)) => {
             ks.window.push_back((t, v));
-            ks.sum += v;
-            if ks.sum > *above {
-                let h = *ks.holding_since.get_or_insert(t);
-                if ks.firing.is_none() && t - h >= *for_ms {
-                    fire_threshold(&mut em, ks, h, rule.cooldown);
-                }
-            } else {
-                // Events that left the window at `t` (see `At`) outweigh this one.
-                ks.holding_since = None;
-                if let Some(f) = ks.firing.take()
-                    && f.sent
-                {
-                    em.emit(
-                        AlertStatus::Resolved,
-                        f.starts_at,
-                        Some(t),
-                        ks.window.len(),
-                        ks.sum,
-                    );
-                }
-            }
+            ks.add(v);
+            // Decided once no more events can come at `t` (see `At`). A late
+            // event behind an undecided instant is decided with it.
+            ks.undecided = Some(ks.undecided.map_or(t, |u| u.max(t)));
         }
         (RuleKind::Sequence { count, .. }, role) => {
             if matches!(role, Role::Then | Role::FirstAndThen) && ks.firsts.len() >= *count {
@@ -406,8 +475,12 @@ impl Alerts {
                 if !filter.matches(e) {
                     return None;
                 }
+                // A value that is not a finite number ("NaN", "inf" parse as
+                // floats) is skipped like a missing one: it would poison the sum.
                 let v = match sum {
-                    Some(f) => field_value(e, f).and_then(|v| v.as_f64())?,
+                    Some(f) => field_value(e, f)
+                        .and_then(|v| v.as_f64())
+                        .filter(|v| v.is_finite())?,
                     None => 1.0,
                 };
                 Some(Role::Count(v))
@@ -423,20 +496,44 @@ impl Alerts {
         }
     }
 
-    fn apply_now(&mut self, ts: i64, o: Obs, out: &mut Vec<Alert>) {
+    /// Applies `o` at `ts`; [`Self::settle`] must follow, once every
+    /// observation at `ts` that is known is applied.
+    fn apply_now(&mut self, ts: i64, o: &Obs, out: &mut Vec<Alert>) {
+        let Some(rule) = self.config.rules.iter().find(|r| r.id == o.rule) else {
+            return;
+        };
+        let keys = match self.state.rules.get_mut(&o.rule) {
+            Some(keys) => keys,
+            None => self.state.rules.entry(o.rule.clone()).or_default(),
+        };
+        let ks = match keys.get_mut(&o.key) {
+            Some(ks) => ks,
+            None => keys.entry(o.key.clone()).or_default(),
+        };
+        advance_key(rule, &o.key, ks, ts, At::EventFollows, out);
+        apply(rule, &o.key, ks, ts, o.role, out);
+    }
+
+    /// After [`Self::apply_now`]: decides what changed at `ts` if no more
+    /// events can come at `ts` (`final_instant`; otherwise the key's timer
+    /// does once the watermark passes `ts`), and schedules the key. Deciding
+    /// here rather than by a timer keeps the heap out of the per-event path.
+    fn settle(&mut self, ts: i64, o: &Obs, final_instant: bool, out: &mut Vec<Alert>) {
         let Some(ri) = self.config.rules.iter().position(|r| r.id == o.rule) else {
             return;
         };
         let rule = &self.config.rules[ri];
-        let ks = self
+        let Some(ks) = self
             .state
             .rules
-            .entry(o.rule)
-            .or_default()
-            .entry(o.key.clone())
-            .or_default();
-        advance_key(rule, &o.key, ks, ts, At::EventFollows, out);
-        apply(rule, &o.key, ks, ts, o.role, out);
+            .get_mut(&o.rule)
+            .and_then(|keys| keys.get_mut(&o.key))
+        else {
+            return;
+        };
+        if final_instant && ks.undecided.is_some() {
+            advance_key(rule, &o.key, ks, ts, At::Settle, out);
+        }
         self.state.timers.schedule(ri, rule, o.key.as_str(), ks);
     }
 
@@ -470,10 +567,19 @@ impl Alerts {
             };
             // A due key is one whose live entry was just popped.
             let is_due = |ks: &KeyState| ks.scheduled.is_some_and(|s| s <= wm);
+            // A threshold is decided up to just before `wm`: an event at
+            // exactly `wm` is not late (only older ones are) and counts at
+            // `wm`, so what changes at `wm` waits for the next watermark
+            // (its key stays scheduled). Absence and sequence deadlines at
+            // `wm` do not depend on such an event (a `then` there is too late).
+            let until = match rule.kind {
+                RuleKind::Threshold { .. } => wm.saturating_sub(1),
+                _ => wm,
+            };
             let mut wake = |key: &str, ks: &mut KeyState| -> bool {
                 ks.scheduled = None;
-                if ks.deadline(rule).is_some_and(|d| d <= wm) {
-                    advance_key(rule, key, ks, wm, At::Settle, out);
+                if ks.deadline(rule).is_some_and(|d| d <= until) {
+                    advance_key(rule, key, ks, until, At::Settle, out);
                 }
                 !ks.can_forget(rule, wm)
             };
@@ -585,7 +691,8 @@ impl Alerter for Alerts {
             for o in obs {
                 if e.timestamp < frontier {
                     // Late but within allowed lateness: applied as it comes.
-                    self.apply_now(e.timestamp, o, &mut alerts);
+                    self.apply_now(e.timestamp, &o, &mut alerts);
+                    self.settle(e.timestamp, &o, true, &mut alerts);
                 } else {
                     self.state.buffer.push(e.timestamp, o);
                 }
@@ -595,8 +702,17 @@ impl Alerter for Alerts {
             // Apply what the watermark has passed, oldest first. Other keys'
             // deadlines before an event fire in advance_all; keys are
             // independent, so only the event's own key is moved first.
-            for (ts, o) in self.state.buffer.release(watermark) {
-                self.apply_now(ts, o, &mut alerts);
+            // The events of one instant are applied together, then decided
+            // unless more can come at that instant (it is the watermark).
+            let ready = self.state.buffer.release(watermark);
+            for instant in ready.chunk_by(|(a, _), (b, _)| a == b) {
+                let ts = instant[0].0;
+                for (_, o) in instant {
+                    self.apply_now(ts, o, &mut alerts);
+                }
+                for (_, o) in instant {
+                    self.settle(ts, o, ts < watermark, &mut alerts);
+                }
             }
             self.advance_all(watermark, &mut alerts);
             self.state.frontier = Some(watermark);
