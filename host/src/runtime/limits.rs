@@ -38,7 +38,8 @@ pub struct Limits {
     /// field keys, event types, rule ids).
     #[serde(deserialize_with = "crate::config::de_size")]
     pub max_key_bytes: usize,
-    /// Most properties an event may carry after an enricher changed it.
+    /// Most properties an enricher may set on one event in one call (summed
+    /// over all its patches to that event), and an emitted event may carry.
     pub max_properties: usize,
     /// Log lines a plugin may write per call; more are dropped and counted.
     pub max_log_lines: u32,

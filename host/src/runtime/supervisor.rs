@@ -13,7 +13,7 @@ use super::error::chain;
 use super::instance::{Exports, Instance};
 use super::limits::{Capabilities, Limits};
 use super::{PluginComponent, PluginError, World};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1019,6 +1019,9 @@ pub(crate) fn validate_output(
     match r {
         CallResult::Changes(changes) => {
             let mut emitted = 0usize;
+            // Properties set per event over all of the call's patches: many
+            // small patches to one event add up to one big one.
+            let mut set: HashMap<u32, usize> = HashMap::new();
             for (k, c) in changes.iter().enumerate() {
                 let index = match c {
                     Change::Patch(p) => {
@@ -1030,6 +1033,14 @@ pub(crate) fn validate_output(
                         sizes
                             .patch(p)
                             .map_err(|why| over(format!("change {k}: {why}")))?;
+                        let total = set.entry(p.index).or_default();
+                        *total += p.set_properties.len();
+                        if *total > l.max_properties {
+                            return Err(over(format!(
+                                "change {k}: {total} properties set on event {} in one call, more than max_properties ({})",
+                                p.index, l.max_properties
+                            )));
+                        }
                         Some(p.index)
                     }
                     Change::Drop(i) => Some(*i),

@@ -294,6 +294,7 @@ fn outputs_beyond_the_limits_are_plugin_failures() {
         ("hostile", "long-string", "max_string_bytes"),
         ("hostile", "long-key", "max_key_bytes"),
         ("hostile", "many-props", "max_properties"),
+        ("hostile", "split-props", "max_properties"),
         ("hostile-aggregator", "points-flood", "max_points"),
         ("hostile-aggregator", "long-measurement", "max_key_bytes"),
         ("hostile-alerter", "alerts-flood", "max_alerts"),

@@ -4,8 +4,9 @@
 //! `alias` returns 4096 patches whose values all point at one 1 MiB string
 //! in guest memory (4 GiB for the host to copy), `emit-flood` emits 100
 //! events, `long-string` a 100 KiB value, `long-key` a 1000-byte key,
-//! `many-props` 1000 properties, `empty-type` an empty event type,
-//! `log-flood` writes 10 000 log lines. Anything else gets `seen=true`.
+//! `many-props` 1000 properties, `split-props` the same as 1000 patches of
+//! one property each, `empty-type` an empty event type, `log-flood` writes
+//! 10 000 log lines. Anything else gets `seen=true`.
 //! Config `reject` fails init.
 
 use nexuspipe_sdk::prelude::*;
@@ -55,6 +56,13 @@ impl Enricher for Hostile {
                         p = p.set(format!("p{k}"), k as i64);
                     }
                     changes.push(p.into());
+                }
+                "split-props" => {
+                    // The same 1000 properties, one patch each: each patch
+                    // is small, the event they make is not.
+                    for k in 0..1000 {
+                        changes.push(EventPatch::new(i).set(format!("p{k}"), k as i64).into());
+                    }
                 }
                 "empty-type" => changes.push(EventPatch::new(i).event_type("").into()),
                 "log-flood" => {
