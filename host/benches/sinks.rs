@@ -79,7 +79,7 @@ fn points_per_second(config: &str, dir: &Path, run: usize) -> f64 {
     let data = dir.join(format!("run-{run}"));
     let stats = SinkStats::new("influxdb", "influxdb", c.buffer_points);
     let dead = AppendFile::shared(data.join("dead-letter.jsonl"));
-    let sink = InfluxSink::start(&c, &data, dead, stats.clone()).unwrap();
+    let sink = InfluxSink::start(&c, &data, dead, stats.clone(), Default::default()).unwrap();
     let all = lines(run);
     let t = Instant::now();
     for chunk in all.chunks(CHUNK) {

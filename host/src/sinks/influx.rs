@@ -18,10 +18,10 @@
 use super::files::{AppendFile, SharedFile};
 use super::retry::{Backoff, Failure};
 use crate::config::{InfluxApi, InfluxConfig};
-use crate::telemetry::SinkStats;
+use crate::telemetry::{Metrics, SinkStats};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,12 +33,17 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 /// in a segment numbered before the oldest one.
 const FIRST_SEGMENT: u64 = 1 << 40;
 
+/// The number a spool segment's file is named by.
+fn segment_number(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
 /// Points spooled to disk, oldest segment first.
 struct Spool {
     dir: PathBuf,
     /// (number, lines, bytes), oldest first; the last may be open for appends.
     segments: VecDeque<(u64, usize, u64)>,
-    writer: Option<BufWriter<File>>,
+    writer: Option<File>,
     bytes: u64,
     /// The segment whose lines were loaded into memory, and how many of them
     /// are still unsent: the file is deleted once they are all written.
@@ -51,11 +56,8 @@ impl Spool {
         let mut segments = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let Some(n) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|_| path.extension().is_some_and(|e| e == "lp"))
+            let Some(n) =
+                segment_number(&path).filter(|_| path.extension().is_some_and(|e| e == "lp"))
             else {
                 continue;
             };
@@ -86,35 +88,61 @@ impl Spool {
         self.segments.iter().map(|s| s.1).sum()
     }
 
-    /// Appends lines to the newest segment (a new one if it is closed or full).
+    /// Appends lines to the newest segment (a new one if it is closed or
+    /// full), all or nothing: on an error (a full disk) the segment is cut
+    /// back to where it was, so a retry of the same lines writes each once.
     fn append<'a>(&mut self, lines: impl Iterator<Item = &'a str>) -> std::io::Result<()> {
         let full = self.segments.back().is_none_or(|s| s.2 >= SEGMENT_BYTES);
         if self.writer.is_none() || full {
             self.close_writer()?;
-            let n = self.segments.back().map_or(FIRST_SEGMENT, |s| s.0 + 1);
+            // After the newest segment, and after the one being sent (its
+            // file is deleted once sent: a new segment must not share it).
+            let loaded = self.loaded.as_ref().and_then(|(p, _)| segment_number(p));
+            let n = self
+                .segments
+                .back()
+                .map(|s| s.0)
+                .max(loaded)
+                .map_or(FIRST_SEGMENT, |n| n + 1);
             let f = File::options()
                 .create(true)
                 .append(true)
                 .open(self.path(n))?;
-            self.writer = Some(BufWriter::new(f));
+            self.writer = Some(f);
             self.segments.push_back((n, 0, 0));
         }
-        let w = self.writer.as_mut().expect("opened above");
-        let seg = self.segments.back_mut().expect("pushed above");
+        let mut text = Vec::new();
+        let mut count = 0;
         for line in lines {
-            w.write_all(line.as_bytes())?;
-            w.write_all(b"\n")?;
-            seg.1 += 1;
-            seg.2 += line.len() as u64 + 1;
-            self.bytes += line.len() as u64 + 1;
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+            count += 1;
         }
-        w.flush()
+        let f = self.writer.as_mut().expect("opened above");
+        let seg = self.segments.back_mut().expect("pushed above");
+        if let Err(e) = f.write_all(&text) {
+            // Part of the lines may have reached the file: drop them. A
+            // segment this failed write opened goes with its file, so no
+            // empty segment is ever taken for sending.
+            if seg.1 == 0 {
+                let n = seg.0;
+                self.segments.pop_back();
+                self.writer = None;
+                let _ = std::fs::remove_file(self.path(n));
+            } else {
+                let _ = f.set_len(seg.2);
+            }
+            return Err(e);
+        }
+        seg.1 += count;
+        seg.2 += text.len() as u64;
+        self.bytes += text.len() as u64;
+        Ok(())
     }
 
     fn close_writer(&mut self) -> std::io::Result<()> {
-        if let Some(mut w) = self.writer.take() {
-            w.flush()?;
-            w.get_ref().sync_data()?;
+        if let Some(w) = self.writer.take() {
+            w.sync_data()?;
         }
         Ok(())
     }
@@ -133,7 +161,12 @@ impl Spool {
             .collect::<Result<_, _>>()?;
         self.segments.pop_front();
         self.bytes -= bytes;
-        self.loaded = Some((path, lines.len()));
+        if lines.is_empty() {
+            // Nothing to send, so nothing would ever delete it.
+            std::fs::remove_file(&path)?;
+        } else {
+            self.loaded = Some((path, lines.len()));
+        }
         Ok(Some(lines))
     }
 
@@ -157,11 +190,7 @@ impl Spool {
         // The loaded segment's unsent lines are among `lines`: its file is
         // rewritten with them all. Otherwise a segment before the oldest.
         let n = match self.loaded.take() {
-            Some((path, _)) => path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-                .expect("spool segments are named by number"),
+            Some((path, _)) => segment_number(&path).expect("spool segments are named by number"),
             None => self.segments.front().map_or(FIRST_SEGMENT, |s| s.0 - 1),
         };
         let text = lines.join("\n") + "\n";
@@ -196,6 +225,8 @@ struct Shared {
     /// The delivery thread waits here for points.
     wake: tokio::sync::Notify,
     stats: Arc<SinkStats>,
+    /// Where a spool that cannot be written shows (`/readyz`'s `storage`).
+    metrics: Arc<Metrics>,
     dead: SharedFile,
     capacity: usize,
     spill_max: u64,
@@ -331,6 +362,7 @@ impl InfluxSink {
         data_dir: &Path,
         dead: SharedFile,
         stats: Arc<SinkStats>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<InfluxSink> {
         let spool = Spool::open(data_dir.join("spool").join("influxdb"))?;
         if !spool.is_empty() {
@@ -353,6 +385,7 @@ impl InfluxSink {
             room: Condvar::new(),
             wake: tokio::sync::Notify::new(),
             stats,
+            metrics,
             dead,
             capacity: config.buffer_points,
             spill_max: config.spill_max as u64,
@@ -407,16 +440,18 @@ impl InfluxSink {
                 || (s.spill_max > 0
                     && (b.spool.bytes + bytes <= s.spill_max || b.spool.is_empty()));
             if spill {
-                match b.spool.append(lines.iter().map(String::as_str)) {
-                    Ok(()) => {
-                        s.stats.handed.fetch_add(n, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, dir = %b.spool.dir.display(), "spilling points to the data dir failed; holding the pipeline until InfluxDB takes them");
-                        *s.stats.last_error.lock().expect("sink stats lock") =
-                            Some(format!("spilling to {}: {e}", b.spool.dir.display()));
-                    }
+                let r = b.spool.append(lines.iter().map(String::as_str));
+                let ok = r.is_ok();
+                if let Err(e) = &r {
+                    *s.stats.last_error.lock().expect("sink stats lock") =
+                        Some(format!("spilling to {}: {e}", b.spool.dir.display()));
+                }
+                // Logged (when it starts and ends) and shown in `/readyz` as any
+                // file under the data dir that cannot be written.
+                s.metrics.storage_result(&b.spool.dir, r, bytes as usize);
+                if ok {
+                    s.stats.handed.fetch_add(n, Ordering::Relaxed);
+                    break;
                 }
             }
             if !s.stats.full.swap(true, Ordering::Relaxed) {

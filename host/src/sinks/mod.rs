@@ -45,17 +45,18 @@ impl Outputs {
         std::fs::create_dir_all(&dir)?;
         let dead = AppendFile::shared(dir.join("dead-letter.jsonl"));
         let mut stats = Vec::new();
-        let influx =
-            match &config.influxdb {
-                Some(c) => {
-                    let s = SinkStats::new("influxdb", "influxdb", c.buffer_points);
-                    stats.push(s.clone());
-                    Some(InfluxSink::start(c, &dir, dead.clone(), s).map_err(|e| {
+        let influx = match &config.influxdb {
+            Some(c) => {
+                let s = SinkStats::new("influxdb", "influxdb", c.buffer_points);
+                stats.push(s.clone());
+                Some(
+                    InfluxSink::start(c, &dir, dead.clone(), s, metrics.clone()).map_err(|e| {
                         anyhow::anyhow!("starting the InfluxDB sink ({}): {e}", c.url)
-                    })?)
-                }
-                None => None,
-            };
+                    })?,
+                )
+            }
+            None => None,
+        };
         let mut webhooks = Vec::new();
         for (i, c) in config.webhooks.iter().enumerate() {
             let name = config.webhook_name(i);

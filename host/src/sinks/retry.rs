@@ -112,6 +112,42 @@ mod tests {
         }
     }
 
+    /// A server answering with an endless body costs the host 4 KiB.
+    #[test]
+    fn an_answer_is_read_up_to_its_cap() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/write", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let head = "HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n";
+            conn.write_all(head.as_bytes()).unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+            // Up to 1 GiB, until the client hangs up.
+            (0..16_384)
+                .take_while(|_| conn.write_all(chunk.as_bytes()).is_ok())
+                .count()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = rt.block_on(async {
+            let resp = reqwest::get(&url).await.unwrap();
+            assert_eq!(resp.status(), 400);
+            answer_text(resp).await
+        });
+        assert_eq!(text, format!("{}…", "x".repeat(ANSWER_BYTES)));
+        drop(rt);
+        let sent = server.join().unwrap();
+        assert!(
+            sent < 16_384,
+            "the host stopped reading ({sent} chunks sent)"
+        );
+    }
+
     #[test]
     fn answers_are_classified() {
         assert!(matches!(

@@ -1218,3 +1218,90 @@ fn a_full_disk_holds_the_pipeline_back_and_loses_nothing() {
         "{alerts}"
     );
 }
+
+/// The InfluxDB sink's spool on a full disk: points that no longer fit in
+/// memory wait for room (`/readyz` names the spool and the cause), a
+/// spill that failed halfway is not left half written, and once there is
+/// space and InfluxDB is back every point arrives, each once.
+#[test]
+fn a_full_disk_under_the_spool_holds_points_until_there_is_room() {
+    let (port, rpc) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("data"), "2m");
+    // InfluxDB is down: 40 points fit in memory, the rest spill (up to 1
+    // MiB). Only points (no alerts file to fill first): a count per event
+    // type and second.
+    let config = influx_config(
+        port,
+        "v1",
+        &format!(
+            "buffer_points = 40\nspill_max = \"1MiB\"\n\
+             [[plugins]]\nname = \"counter\"\npath = {:?}\nconfig = '{{\"window_ms\": 1000}}'\n",
+            guest("counter").display().to_string()
+        ),
+    )
+    .replace("metrics_file = true", "metrics_file = false")
+    .replace("[engine]\n", "[engine]\nqueue_capacity = 200\n");
+    let s = Server::start_in(dir, &config);
+    let filler = disk.fill();
+    let events = known_stream(3);
+    let mut accepted = 0;
+    for c in events.chunks(100) {
+        let (status, resp) = s.post(&Value::Array(c.to_vec()));
+        match status {
+            202 => accepted += c.len(),
+            429 => break,
+            _ => panic!("{status}: {resp}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spool = |r: &Value| -> Option<String> {
+        r["storage"].as_array()?.iter().find_map(|f| {
+            let path = f["path"].as_str()?;
+            path.ends_with("spool/influxdb")
+                .then(|| f["error"].as_str().unwrap_or("").to_string())
+        })
+    };
+    wait_until(30, "/readyz to name the spool it cannot write", || {
+        let (st, r) = readyz(&s);
+        st == 503 && spool(&r).is_some_and(|e| e.contains("No space left"))
+    });
+    assert!(s.log().contains("No space left"), "logged: {}", s.log());
+    // Nothing of a failed spill stays on disk.
+    for entry in std::fs::read_dir(s.data("spool/influxdb")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+    }
+    // Space returns: the spool takes the points and the fault clears.
+    std::fs::remove_file(filler).unwrap();
+    wait_until(30, "the spool to be written", || {
+        spool(&readyz(&s).1).is_none()
+    });
+    // InfluxDB comes up; an event an hour later closes every window.
+    let influx = Db::start_on("influxdb", port, rpc, tempfile::tempdir().unwrap());
+    for c in events[accepted..].chunks(100) {
+        post_all(&s, c, 100, Duration::ZERO);
+        accepted += c.len();
+    }
+    let (status, resp) =
+        s.post(&json!({"event_type": "sentinel", "timestamp": START_MS + 3_600_000}));
+    assert_eq!(status, 202, "{resp}");
+    wait_processed(&s, accepted + 1);
+    wait_until(60, "the backlog to drain", || {
+        s.metric("nexuspipe_sink_backlog{sink=\"influxdb\",kind=\"influxdb\"}") == 0.0
+    });
+    let counted: f64 = influx
+        .influx_points()
+        .iter()
+        .filter(|((series, _), _)| series.starts_with("counts,"))
+        .map(|(_, f)| f["count"].as_f64().unwrap())
+        .sum();
+    assert_eq!(counted, accepted as f64, "every accepted event is counted");
+    // InfluxDB keeps one point per series and time, so a point spooled
+    // twice would not show there: each point was delivered once.
+    assert_eq!(
+        s.metric("nexuspipe_sink_delivered_total{sink=\"influxdb\",kind=\"influxdb\"}"),
+        s.metric("nexuspipe_points_written_total"),
+    );
+    wait_until(10, "/readyz ready again", || readyz(&s).0 == 200);
+}
