@@ -278,6 +278,87 @@ pub struct Metrics {
     pub storage: Mutex<std::collections::BTreeMap<String, StorageFault>>,
     /// The metric store's figures (zero without a store).
     pub store: Arc<StoreFigures>,
+    /// A Kafka processor's figures (empty on other roles).
+    pub processor: ProcessorFigures,
+    /// Why the process can no longer do its work (a processor whose consumer
+    /// loop died): `/readyz` is 503 with it, and the process exits.
+    fatal: Mutex<Option<String>>,
+}
+
+/// A Kafka processor's figures, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProcessorFigures {
+    /// Records behind the end of each assigned partition, (topic, partition)
+    /// -> lag, as librdkafka last reported it.
+    pub lag: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    /// Records taken per stage: `source` for the events topic, else the
+    /// keyed plugin whose repartition topic they came from.
+    pub records: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Partition assignments and revocations.
+    pub rebalances: AtomicU64,
+    /// Offset commits that succeeded.
+    pub commits: AtomicU64,
+    /// Bytes of the last checkpoint record of each task, (plugin, partition).
+    pub checkpoint_bytes: Mutex<std::collections::BTreeMap<(String, i32), u64>>,
+}
+
+impl ProcessorFigures {
+    /// Counts records taken by a stage.
+    pub fn took(&self, stage: &str, n: u64) {
+        let mut r = self.records.lock().expect("metrics lock");
+        match r.get_mut(stage) {
+            Some(c) => *c += n,
+            None => {
+                r.insert(stage.to_string(), n);
+            }
+        }
+    }
+
+    fn render(&self, o: &mut String) {
+        let lag = self.lag.lock().expect("metrics lock").clone();
+        let records = self.records.lock().expect("metrics lock").clone();
+        let sizes = self.checkpoint_bytes.lock().expect("metrics lock").clone();
+        let rebalances = self.rebalances.load(Ordering::Relaxed);
+        let commits = self.commits.load(Ordering::Relaxed);
+        if lag.is_empty() && records.is_empty() && rebalances == 0 {
+            return; // not a processor
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_consumer_lag Records behind the end of an assigned partition.\n# TYPE nexuspipe_kafka_consumer_lag gauge"
+        );
+        for ((topic, p), n) in &lag {
+            let _ = writeln!(
+                o,
+                "nexuspipe_kafka_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_records_total Records taken per stage (source: the events topic).\n# TYPE nexuspipe_kafka_records_total counter"
+        );
+        for (stage, n) in &records {
+            let _ = writeln!(o, "nexuspipe_kafka_records_total{{stage=\"{stage}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_rebalances_total Partition assignments and revocations.\n# TYPE nexuspipe_kafka_rebalances_total counter\nnexuspipe_kafka_rebalances_total {rebalances}"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_commits_total Offset commits.\n# TYPE nexuspipe_kafka_commits_total counter\nnexuspipe_kafka_commits_total {commits}"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_checkpoint_bytes Size of a task's last checkpoint record.\n# TYPE nexuspipe_kafka_checkpoint_bytes gauge"
+        );
+        for ((plugin, p), n) in &sizes {
+            let _ = writeln!(
+                o,
+                "nexuspipe_kafka_checkpoint_bytes{{plugin=\"{plugin}\",partition=\"{p}\"}} {n}"
+            );
+        }
+    }
 }
 
 /// Figures of the metric store, for `/metrics`.
@@ -400,6 +481,19 @@ impl Metrics {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Records why the process cannot go on (the first cause wins).
+    pub fn set_fatal(&self, cause: String) {
+        let mut f = self.fatal.lock().expect("metrics lock");
+        if f.is_none() {
+            *f = Some(cause);
+        }
+    }
+
+    /// Why the process cannot go on, if it cannot.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("metrics lock").clone()
     }
 
     /// Whether a sink holds the pipeline back (its buffer is full).
@@ -542,7 +636,7 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
-            "# HELP nexuspipe_events_rejected_total Events refused at ingest, by reason.\n# TYPE nexuspipe_events_rejected_total counter"
+            "# HELP nexuspipe_events_rejected_total Events refused at ingest (and, on a processor, events-topic records dead-lettered as kafka_bad_record), by reason.\n# TYPE nexuspipe_events_rejected_total counter"
         );
         for r in RejectReason::ALL {
             let _ = writeln!(
@@ -646,6 +740,7 @@ impl Metrics {
             );
         }
         self.render_sinks(&mut o);
+        self.processor.render(&mut o);
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {
             let families: [(&str, &str, StatFn); 6] = [

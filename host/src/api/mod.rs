@@ -127,13 +127,15 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    let ready = s.ready.load(Ordering::Relaxed);
+    let accepting = s.ready.load(Ordering::Relaxed);
     let room = s.ingest.has_room();
     // A full sink holds the pipeline back: new events would only wait (429).
-    let sinks_ok = !s.metrics.sink_full();
     // So does a file the engine cannot write (a full disk).
     let storage = s.metrics.storage_faults();
-    let sinks_ok = sinks_ok && storage.is_empty();
+    let flowing = !s.metrics.sink_full() && storage.is_empty();
+    // A processor whose consumer loop died does no work, whatever else holds.
+    let fatal = s.metrics.fatal();
+    let ready = accepting && room && flowing && fatal.is_none();
     let sinks: Vec<serde_json::Value> = s
         .metrics
         .sinks
@@ -143,15 +145,16 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         .map(|x| x.to_json())
         .collect();
     let body = serde_json::json!({
-        "ready": ready && room && sinks_ok,
-        "accepting": ready,
+        "ready": ready,
+        "accepting": accepting,
         "queue_has_room": room,
         "queue_depth": s.metrics.queue_depth.load(Ordering::Relaxed),
         "plugins": *s.metrics.plugins.lock().expect("metrics lock"),
         "sinks": sinks,
         "storage": storage,
+        "fatal": fatal,
     });
-    let status = if ready && room && sinks_ok {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -328,6 +328,7 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
         .thread_name("nexuspipe-http")
         .build()?;
     let ready = state.ready.clone();
+    let metrics = state.metrics.clone();
     tokio.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -359,13 +360,17 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
             let _ = tcp;
         });
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(ready.clone()))
+            .with_graceful_shutdown(shutdown_signal(ready.clone(), metrics))
             .await?;
         Ok(())
     })
 }
 
-async fn shutdown_signal(ready: Arc<AtomicBool>) {
+/// How long a process that cannot go on keeps answering `/readyz` (503,
+/// with the cause) before it exits, so a probe or a person sees why.
+const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn shutdown_signal(ready: Arc<AtomicBool>, metrics: Arc<Metrics>) {
     let ctrl_c = tokio::signal::ctrl_c();
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -375,9 +380,20 @@ async fn shutdown_signal(ready: Arc<AtomicBool>) {
             Err(_) => std::future::pending().await,
         }
     };
+    let fatal = async {
+        loop {
+            if let Some(cause) = metrics.fatal() {
+                tracing::error!(cause = %cause, grace_s = FATAL_GRACE.as_secs(), "cannot go on; /readyz says why until the process exits");
+                tokio::time::sleep(FATAL_GRACE).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+        _ = fatal => {},
     }
     ready.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: no new requests; draining the queue");

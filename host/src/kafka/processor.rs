@@ -38,7 +38,7 @@ use crate::engine::watermark::{Clock, split_at_late};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{Event, Plugin, PluginOutput};
 use crate::sinks::{Mark, Outputs};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RejectReason};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
@@ -208,7 +208,7 @@ pub fn start(
         buffer: Vec::new(),
         producer,
         outputs: Some(outputs),
-        metrics,
+        metrics: metrics.clone(),
         fatal: None,
         next_checkpoint: Instant::now() + settings.checkpoint_interval,
     };
@@ -222,9 +222,14 @@ pub fn start(
             // partitions that change hands.
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("enable.partition.eof", "false"),
+            // Per-partition lag for `/metrics` (see `Ctx::stats`).
+            ("statistics.interval.ms", "1000"),
         ],
     )
-    .create_with_context(Ctx(Mutex::new(state)))
+    .create_with_context(Ctx {
+        state: Mutex::new(state),
+        metrics: metrics.clone(),
+    })
     .map_err(client_error("creating the processor's consumer"))?;
     let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(client_error(format!(
@@ -236,7 +241,27 @@ pub fn start(
     let s = stop.clone();
     let thread = std::thread::Builder::new()
         .name("nexuspipe-processor".into())
-        .spawn(move || run(consumer, s))
+        .spawn(move || {
+            // A consumer loop that dies (an error, or a panic in a stage)
+            // leaves the process without work: say why, so `/readyz` turns
+            // 503 and the process exits instead of running headless.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(consumer, s)))
+                .unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    Err(KafkaError::Other(format!(
+                        "the processor thread panicked: {why}"
+                    )))
+                });
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the processor stopped");
+                metrics.set_fatal(format!("the processor stopped: {e}"));
+            }
+            r
+        })
         .map_err(|e| KafkaError::Other(format!("starting the processor thread: {e}")))?;
     Ok(ProcessorHandle { stop, thread })
 }
@@ -316,15 +341,35 @@ impl ProducerContext for Delivery {
 
 /// The consumer's context: the processor's state, also reached by the
 /// rebalance callback (which runs inside `poll`, on the processor thread).
-struct Ctx(Mutex<Proc>);
+struct Ctx {
+    state: Mutex<Proc>,
+    /// Reached without the state's lock (statistics, commits).
+    metrics: Arc<Metrics>,
+}
 
 impl Ctx {
     fn lock(&self) -> std::sync::MutexGuard<'_, Proc> {
-        self.0.lock().expect("processor lock")
+        self.state.lock().expect("processor lock")
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics, every `statistics.interval.ms`: the lag of
+    /// each partition this member consumes.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let lag = stats
+            .topics
+            .iter()
+            .flat_map(|(topic, t)| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
+                    .map(move |p| ((topic.clone(), p.partition), p.consumer_lag))
+            })
+            .collect();
+        *self.metrics.processor.lag.lock().expect("metrics lock") = lag;
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
@@ -333,6 +378,10 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        self.metrics
+            .processor
+            .rebalances
+            .fetch_add(1, Ordering::Relaxed);
         let mut p = self.lock();
         let cooperative = matches!(
             consumer.rebalance_protocol(),
@@ -745,6 +794,17 @@ impl Proc {
         let (source, keyed): (Vec<Record>, Vec<Record>) = records
             .into_iter()
             .partition(|r| r.topic == self.topics.events);
+        let figures = &self.metrics.processor;
+        figures.took("source", source.len() as u64);
+        for (i, s) in self.stages.iter().enumerate() {
+            let n = keyed
+                .iter()
+                .filter(|r| self.stage_of(&r.topic) == Some(i))
+                .count();
+            if n > 0 {
+                figures.took(s.template.name(), n as u64);
+            }
+        }
         if !source.is_empty() {
             self.source_stage(source);
         }
@@ -778,7 +838,11 @@ impl Proc {
                     *t = (*t).max(e.timestamp);
                     events.push(e);
                 }
-                Err(reason) => dead.push(bad_record(r, &reason)),
+                Err((why, reason)) => {
+                    // Counted as ingest counts refusals, by reason.
+                    self.metrics.reject(why, 1);
+                    dead.push(bad_record(r, &reason));
+                }
             }
         }
         let mut out = PluginOutput::default();
@@ -1105,6 +1169,12 @@ impl Proc {
             // The newest settled snapshot supersedes older ones.
             let (_, offset, record) = task.pending.drain(..=i).next_back().expect("non-empty");
             let key = checkpoint::key(task.plugin.name(), *p);
+            self.metrics
+                .processor
+                .checkpoint_bytes
+                .lock()
+                .expect("metrics lock")
+                .insert((task.plugin.name().to_string(), *p), record.len() as u64);
             let r = BaseRecord::to(&topic).key(&key).payload(&record);
             if let Err((e, _)) = self.producer.send(r) {
                 tracing::warn!(error = %e, "writing a checkpoint failed; retrying at the next one");
@@ -1140,8 +1210,14 @@ fn commit(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
     if tpl.count() == 0 {
         return;
     }
-    if let Err(e) = consumer.commit(tpl, CommitMode::Sync) {
-        tracing::warn!(error = %e, "committing offsets failed; they are committed at the next checkpoint");
+    match consumer.commit(tpl, CommitMode::Sync) {
+        Ok(()) => {
+            let c = &consumer.context().metrics.processor.commits;
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "committing offsets failed; they are committed at the next checkpoint");
+        }
     }
 }
 
@@ -1209,8 +1285,8 @@ fn parse(
     payload: Option<&[u8]>,
     record_time: Option<i64>,
     max_future_ms: Option<i64>,
-) -> Result<Event, String> {
-    let bytes = payload.ok_or("the record has no value")?;
+) -> Result<Event, (RejectReason, String)> {
+    let bytes = payload.ok_or((RejectReason::InvalidEvent, "the record has no value".into()))?;
     let d = EventDefaults {
         now_ms: record_time.unwrap_or_else(now_ms),
         max_future_ms,
@@ -1222,9 +1298,9 @@ fn parse(
     {
         return Ok(one.pop().expect("one event"));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    from_json(v, &d).map_err(|e| format!("not a valid event: {e}"))
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| (RejectReason::MalformedJson, format!("not JSON: {e}")))?;
+    from_json(v, &d).map_err(|e| (RejectReason::of(e.kind), format!("not a valid event: {e}")))
 }
 
 /// The origin (source partition, offset) of each event an enricher passed

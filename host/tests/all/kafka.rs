@@ -267,9 +267,26 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
     // answer: the processors drop the copies (same event_id), so the points
     // are those of the stream sent once. The sentinel has no id: once.
     let (body, sentinel) = events.split_at(events.len() - 1);
-    for c in body.chunks(500) {
+    let middle = body.len() / 1000;
+    for (i, c) in body.chunks(500).enumerate() {
         post_all(&collector, c, 500, Duration::ZERO);
         post_all(&collector, c, 500, Duration::ZERO);
+        if i == middle {
+            // Amid the stream, records from a producer that skips the
+            // collector's checks: a time months ahead of the record's would
+            // close every window if taken, one past what RFC 3339 holds has
+            // its own reason. Neither changes an output.
+            produce_raw(
+                broker.port,
+                "events",
+                br#"{"event_type":"page_view","timestamp":"2100-01-01T00:00:00Z","user_id":"u"}"#,
+            );
+            produce_raw(
+                broker.port,
+                "events",
+                br#"{"event_type":"page_view","timestamp":9000000000000000}"#,
+            );
+        }
     }
     post_all(&collector, sentinel, 1, Duration::ZERO);
     assert_eq!(
@@ -284,6 +301,54 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
     assert_alerts(&[&processor], want);
     let fired = alerts(&processor.read("alerts.jsonl"));
     assert_eq!(fired.len(), want.alerts.len(), "each alert fired once");
+    let dead = parse_ndjson(&processor.read("dead-letter.jsonl"));
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap(), d["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{dead:?}");
+    assert!(
+        reasons.iter().all(|(k, _)| *k == "kafka_bad_record"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, e)| e.contains("ahead of the receive time")),
+        "{reasons:?}"
+    );
+    // The processor's own figures: every partition read to its end, its
+    // records counted per stage, commits and checkpoint sizes.
+    wait_until(30, "no lag on the events topic", || {
+        let text = processor.metrics_text();
+        let lags: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("nexuspipe_kafka_consumer_lag{topic=\"events\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        !lags.is_empty() && lags.iter().all(|&n| n == 0.0)
+    });
+    // Each copy of each batch, the sentinel and the two bad records.
+    assert_eq!(
+        processor.metric("nexuspipe_kafka_records_total{stage=\"source\"}"),
+        (2 * body.len() + 3) as f64
+    );
+    assert!(processor.metric("nexuspipe_kafka_records_total{stage=\"funnel\"}") > 0.0);
+    assert!(processor.metric("nexuspipe_kafka_rebalances_total") >= 1.0);
+    assert!(processor.metric("nexuspipe_kafka_commits_total") >= 1.0);
+    assert!(
+        processor.metric("nexuspipe_kafka_checkpoint_bytes{plugin=\"funnel\",partition=\"0\"}")
+            > 0.0
+    );
+    for reason in ["timestamp_too_far_ahead", "timestamp_out_of_range"] {
+        assert_eq!(
+            processor.metric(&format!(
+                "nexuspipe_events_rejected_total{{reason=\"{reason}\"}}"
+            )),
+            1.0,
+            "{reason}"
+        );
+    }
 
     // A bad record (not JSON) goes to the dead-letter file, and the partition goes on.
     let status = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
@@ -321,31 +386,90 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
     assert_eq!(report["events_accepted"], 100, "{report}");
     produce_raw(broker.port, "events", b"{not json");
     wait_until(30, "the bad record in the dead-letter file", || {
-        processor
-            .read("dead-letter.jsonl")
-            .contains("kafka_bad_record")
+        processor.read("dead-letter.jsonl").contains("{not json")
     });
     let dead = parse_ndjson(&processor.read("dead-letter.jsonl"));
-    assert_eq!(dead[0]["topic"], "events");
-    assert_eq!(dead[0]["value"], "{not json");
+    let bad = dead.last().unwrap();
+    assert_eq!(bad["topic"], "events");
+    assert_eq!(bad["value"], "{not json");
     assert!(
-        dead[0]["error"].as_str().unwrap().starts_with("not JSON"),
-        "{}",
-        dead[0]
+        bad["error"].as_str().unwrap().starts_with("not JSON"),
+        "{bad}"
+    );
+    assert_eq!(
+        processor.metric("nexuspipe_events_rejected_total{reason=\"malformed_json\"}"),
+        1.0
     );
 }
 
 /// Writes one raw record, as a misbehaving producer would.
 fn produce_raw(port: u16, topic: &str, value: &[u8]) {
+    produce_keyed(port, topic, None, value);
+}
+
+fn produce_keyed(port: u16, topic: &str, key: Option<&[u8]>, value: &[u8]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{port}"))
         .create()
         .unwrap();
-    p.send(BaseRecord::<[u8], [u8]>::to(topic).payload(value))
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let mut r = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    p.send(r).map_err(|(e, _)| e).unwrap();
     p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// A processor that cannot go on (here: a task's checkpoint it cannot
+/// read) does not run headless: `/readyz` answers 503 with the cause, and
+/// the process exits non-zero after logging it, for a supervisor to see.
+#[test]
+fn a_processor_that_cannot_restore_its_state_says_why_and_exits() {
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = kafka_config(&broker, &db, "broken");
+    // A first run creates the topics, then leaves cleanly.
+    let mut first = Server::start_role(&config, "processor");
+    wait_until(60, "the first assignment", || {
+        first.log().contains("partitions assigned")
+    });
+    assert!(first.stop().success(), "{}", first.log());
+    produce_keyed(
+        broker.port,
+        "events.broken.checkpoints",
+        Some(b"funnel/0"),
+        b"not a checkpoint",
+    );
+    let mut s = Server::launch_role(&config, "processor");
+    let mut cause = String::new();
+    wait_until(
+        60,
+        "/readyz to say why it cannot go on",
+        || match ureq::get(&s.url("/readyz")).call() {
+            Err(ureq::Error::Status(503, r)) => {
+                let r: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+                cause = r["fatal"].as_str().unwrap_or_default().to_string();
+                !cause.is_empty()
+            }
+            _ => false,
+        },
+    );
+    assert!(
+        cause.contains("the checkpoint of `funnel` partition 0 is unreadable"),
+        "{cause}"
+    );
+    let mut status = None;
+    wait_until(30, "the process to exit", || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success(), "a non-zero exit: {}", s.log());
+    assert!(
+        s.log().contains("partition 0 is unreadable"),
+        "logged: {}",
+        s.log()
+    );
 }
 
 #[test]

@@ -138,6 +138,21 @@ impl Server {
         Self::start_with(tempfile::tempdir().unwrap(), config, &["--role", role])
     }
 
+    /// Starts a server in a role without waiting for it to be ready (for a
+    /// server expected to fail).
+    pub fn launch_role(config: &str, role: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let args = vec!["--role".to_string(), role.to_string()];
+        Server {
+            child: Self::spawn(dir.path(), port, config, &args),
+            port,
+            dir,
+            config: config.to_string(),
+            args,
+        }
+    }
+
     fn start_with(dir: tempfile::TempDir, config: &str, args: &[&str]) -> Server {
         let port = free_port();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -252,12 +267,17 @@ impl Server {
         (status, v)
     }
 
-    pub fn metric(&self, name: &str) -> f64 {
-        let text = ureq::get(&self.url("/metrics"))
+    /// The whole `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        ureq::get(&self.url("/metrics"))
             .call()
             .unwrap()
             .into_string()
-            .unwrap();
+            .unwrap()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text();
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
