@@ -772,6 +772,20 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
         metric("events", "1m", "event_type", "event_type"),
         metric("by_path", "1m", "path", "properties.path"),
         metric("sized", "1m", "event_type", "event_type"),
+        metric("per_type", "1m", "event_type", "event_type"),
+    ]});
+    let rule = |id: &str, on: &str, window: &str| {
+        json!({"id": id, "type": "threshold", "summary": "{count}", "key": "user_id",
+               "filter": {"event_type": on}, "window": window, "above": 2})
+    };
+    // The first rule counts other events than the rest: a state matched
+    // by position would move its empty count onto a rule that moved up.
+    let rules_v1 = json!({"rules": [
+        rule("views", "view", "1m"),
+        rule("kept_burst", "click", "1m"),
+        rule("burst", "click", "1m"),
+        rule("gone", "click", "1m"),
+        rule("old_name", "click", "1m"),
     ]});
     let s = Server::start(&format!(
         "[http]\nadmin_token = \"{TOKEN}\"\n[engine]\nidle_timeout = \"1h\"\nout_of_orderness = \"0s\"\n\
@@ -780,21 +794,18 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
         guest("funnel").display().to_string(),
         v1,
         guest("alerts").display().to_string(),
-        json!({"rules": [
-            {"id": "burst", "type": "threshold", "summary": "{count}", "key": "user_id",
-             "filter": {"event_type": "click"}, "window": "1m", "above": 2},
-            {"id": "kept_burst", "type": "threshold", "summary": "{count}", "key": "user_id",
-             "filter": {"event_type": "click"}, "window": "1m", "above": 2}
-        ]}),
+        rules_v1,
     ));
     let click = |ts: i64| json!({"event_type": "click", "timestamp": ts, "user_id": "u", "properties": {"path": "/a"}});
     post_events(&s, json!([click(1_000), click(2_000)]));
-    // The config of the report that found the bug: a new metric in place of
-    // the first, the others reordered, one with another window size.
+    // The config of the report that found the bug (a new metric in place of
+    // the first, one with another window size), and more: a kept metric
+    // that moves up, one renamed with the same definition.
     let v2 = json!({"metrics": [
-        metric("sized", "5m", "event_type", "event_type"),
         metric("by_path", "1m", "path", "properties.path"),
+        metric("sized", "5m", "event_type", "event_type"),
         metric("weekend_events", "1m", "is_weekend", "properties.is_weekend"),
+        metric("type_count", "1m", "event_type", "event_type"),
     ]});
     let (status, swap) = upload(
         &s,
@@ -805,17 +816,22 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
     assert_eq!(swap["state"], "kept", "{swap}");
     assert_eq!(swap["parts"]["kept"], json!(["metric:by_path"]), "{swap}");
     assert_eq!(swap["parts"]["reset"], json!(["metric:sized"]), "{swap}");
-    assert_eq!(swap["parts"]["dropped"], json!(["metric:events"]), "{swap}");
     assert_eq!(
-        swap["parts"]["added"],
-        json!(["metric:weekend_events"]),
+        swap["parts"]["dropped"],
+        json!(["metric:events", "metric:per_type"]),
         "{swap}"
     );
+    assert_eq!(
+        swap["parts"]["added"],
+        json!(["metric:weekend_events", "metric:type_count"]),
+        "{swap}"
+    );
+    // Moved, changed, renamed, added, removed.
     let rules_v2 = json!({"rules": [
-        {"id": "burst", "type": "threshold", "summary": "{count}", "key": "user_id",
-         "filter": {"event_type": "click"}, "window": "2m", "above": 2},
-        {"id": "kept_burst", "type": "threshold", "summary": "{count}", "key": "user_id",
-         "filter": {"event_type": "click"}, "window": "1m", "above": 2}
+        rule("kept_burst", "click", "1m"),
+        rule("burst", "click", "2m"),
+        rule("new_name", "click", "1m"),
+        rule("fresh", "click", "1m"),
     ]});
     let (status, swap) = upload(
         &s,
@@ -825,6 +841,17 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
     assert_eq!(status, 200, "{swap}");
     assert_eq!(swap["parts"]["kept"], json!(["kept_burst"]), "{swap}");
     assert_eq!(swap["parts"]["reset"], json!(["burst"]), "{swap}");
+    // The alerts plugin lists rules by id.
+    assert_eq!(
+        swap["parts"]["added"],
+        json!(["fresh", "new_name"]),
+        "{swap}"
+    );
+    assert_eq!(
+        swap["parts"]["dropped"],
+        json!(["gone", "old_name", "views"]),
+        "{swap}"
+    );
     assert!(
         s.log().contains("reset=metric:sized"),
         "the log says which: {}",
@@ -844,7 +871,7 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
     assert_eq!(
         counts.get("by_path,path=/a 0"),
         Some(&3),
-        "kept across the swap: {lp}"
+        "kept across the swap, though it moved: {lp}"
     );
     assert_eq!(
         counts.get("sized,event_type=click 0"),
@@ -856,20 +883,28 @@ fn a_new_config_keeps_only_the_state_that_still_matches() {
         Some(&1),
         "only what came after: {lp}"
     );
+    assert_eq!(
+        counts.get("type_count,event_type=click 0"),
+        Some(&1),
+        "a new name starts empty: {lp}"
+    );
     assert!(
         !lp.contains("weekend_events,"),
         "no old tag under the new name: {lp}"
     );
-    assert!(
-        !lp.contains("events,event_type=click"),
-        "the dropped metric emits nothing: {lp}"
-    );
+    for gone in ["events,event_type=click", "per_type"] {
+        assert!(!lp.contains(gone), "a dropped metric emits nothing: {lp}");
+    }
     let fired: Vec<String> = parse_ndjson(&s.read("alerts.jsonl"))
         .iter()
         .filter(|a| a["status"] == "firing")
         .map(|a| a["rule_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(fired, ["kept_burst"], "the changed rule started over");
+    assert_eq!(
+        fired,
+        ["kept_burst"],
+        "the moved rule kept its count; changed, renamed and new ones started over"
+    );
 }
 
 /// `series timestamp` -> the `n` field of its last line.
