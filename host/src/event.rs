@@ -9,8 +9,9 @@
 //! Inside the host an event is the WIT record itself, so it crosses into
 //! plugins without conversion.
 
-pub use crate::runtime::{Event, Metadata, Property, Value};
-use serde_json::{Map, Value as Json};
+use crate::bindings::types::MetricPoint;
+pub use crate::bindings::types::{Event, Metadata, Property, Value};
+use serde_json::{Map, Value as Json, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -602,6 +603,45 @@ pub fn to_json(e: &Event) -> Json {
     }
     obj.insert("metadata".into(), Json::Object(md));
     Json::Object(obj)
+}
+
+/// A metric point as a JSON record (`plugin run`, the live stream).
+pub fn point_to_json(p: &MetricPoint) -> Json {
+    let tags: Map<String, Json> = p
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+        .collect();
+    let fields: Map<String, Json> = p
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect();
+    json!({
+        "measurement": p.measurement,
+        "tags": tags,
+        "fields": fields,
+        "timestamp": p.timestamp,
+    })
+}
+
+/// Checks a field path of an event, as `partition_by` names one: `event_type`,
+/// `user_id`, `session_id`, `metadata.<field>` or `properties.<key>`.
+pub fn check_field(path: &str) -> Result<(), String> {
+    match path {
+        "event_type"
+        | "user_id"
+        | "session_id"
+        | "metadata.ip_address"
+        | "metadata.user_agent"
+        | "metadata.platform"
+        | "metadata.url"
+        | "metadata.referrer" => Ok(()),
+        p if p.strip_prefix("properties.").is_some_and(|k| !k.is_empty()) => Ok(()),
+        p => Err(format!(
+            "`{p}` is not an event field; use event_type, user_id, session_id, metadata.<field> or properties.<key>"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ fn run(hub: Arc<Hub>, rx: Receiver<Published>, metrics: Arc<Metrics>) {
                 for p in &round {
                     match p {
                         Published::Points(points) => msgs.extend(points.iter().map(|p| {
-                            let m = message("point", crate::sinks::point_to_json(p));
+                            let m = message("point", crate::event::point_to_json(p));
                             (m, Topic::Measurement(&p.measurement))
                         })),
                         Published::Alerts(alerts) => msgs.extend(

@@ -4,11 +4,12 @@
 
 use super::Watermark;
 use super::dedupe::Dedupe;
+use crate::fsutil::write_atomic;
 use crate::runtime::Plugin;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -33,18 +34,6 @@ pub struct Checkpoints {
     generation: u64,
     /// The plugin entries of the last committed manifest.
     committed: BTreeMap<String, Entry>,
-}
-
-/// Writes a file so that readers see the old or the new content, never a mix,
-/// and the new content is on disk before the rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 impl Checkpoints {

@@ -16,6 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+pub use crate::event::check_field;
 pub use collector::Collector;
 
 /// A Kafka operation that failed, with what it was about.
@@ -127,24 +128,6 @@ pub fn record_key(e: &Event) -> &str {
         .as_deref()
         .or(e.session_id.as_deref())
         .unwrap_or(&e.id)
-}
-
-/// Checks a `partition_by` field path.
-pub fn check_field(path: &str) -> Result<(), String> {
-    match path {
-        "event_type"
-        | "user_id"
-        | "session_id"
-        | "metadata.ip_address"
-        | "metadata.user_agent"
-        | "metadata.platform"
-        | "metadata.url"
-        | "metadata.referrer" => Ok(()),
-        p if p.strip_prefix("properties.").is_some_and(|k| !k.is_empty()) => Ok(()),
-        p => Err(format!(
-            "`{p}` is not an event field; use event_type, user_id, session_id, metadata.<field> or properties.<key>"
-        )),
-    }
 }
 
 /// The value of a field path in an event (see [`check_field`]); empty when absent.

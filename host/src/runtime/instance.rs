@@ -4,8 +4,8 @@
 
 use super::bindings::{aggregator, alerter, enricher, host, types};
 use super::error::chain;
-use super::limits::{Capabilities, Limits};
 use super::{EPOCH_TICK, PluginComponent, PluginError, World};
+use crate::config::{Capabilities, Limits};
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};

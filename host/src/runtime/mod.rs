@@ -2,14 +2,14 @@
 //! compiled once and cached on disk by content hash, instances created from an
 //! [`InstancePre`] with per-plugin limits, and a supervisor that isolates failures.
 
-pub mod bindings;
+pub use crate::bindings;
 mod cache;
 mod error;
 mod instance;
-mod limits;
 pub(crate) mod replay;
 pub(crate) mod supervisor;
 
+pub use crate::config::limits::{Capabilities, DirGrant, Limits};
 pub use bindings::types::{
     Alert, AlertStatus, Change, ConfigError, Event, EventFields, EventPatch, HostSettings,
     Interest, Level, Metadata, MetadataFields, MetricPoint, Property, Restored, Severity, Value,
@@ -17,7 +17,6 @@ pub use bindings::types::{
 pub use cache::CacheStats;
 pub use error::PluginError;
 pub use instance::PluginState;
-pub use limits::{Capabilities, DirGrant, Limits};
 pub use supervisor::{
     BreakerState, Catchup, DeadLetter, Failure, FailureKind, Plugin, PluginOutput, PluginStats,
     Remembered, refresh_downstream, same_interest,

@@ -11,8 +11,8 @@ use super::bindings::types::{
 };
 use super::error::chain;
 use super::instance::{Exports, Instance};
-use super::limits::{Capabilities, Limits};
 use super::{PluginComponent, PluginError, World};
+use crate::config::{Capabilities, Limits};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,7 +104,7 @@ pub struct PluginStats {
     /// Total time inside the plugin.
     pub busy: Duration,
     /// Time per call.
-    pub latency: crate::telemetry::Histogram,
+    pub latency: crate::histogram::Histogram,
 }
 
 struct Breaker {

@@ -194,7 +194,7 @@ impl Spool {
             None => self.segments.front().map_or(FIRST_SEGMENT, |s| s.0 - 1),
         };
         let text = lines.join("\n") + "\n";
-        crate::engine::checkpoint::write_atomic(&self.path(n), text.as_bytes())?;
+        crate::fsutil::write_atomic(&self.path(n), text.as_bytes())?;
         self.segments
             .push_front((n, lines.len(), text.len() as u64));
         self.bytes += text.len() as u64;

@@ -8,10 +8,11 @@ pub mod retry;
 pub mod webhook;
 
 use crate::config::Config;
-use crate::event::{format_timestamp, to_json, value_to_json};
+pub use crate::event::point_to_json;
+use crate::event::{format_timestamp, to_json};
 use crate::lineproto;
 use crate::runtime::DeadLetter;
-use crate::runtime::{Alert, AlertStatus, MetricPoint, PluginOutput, Severity};
+use crate::runtime::{Alert, AlertStatus, PluginOutput, Severity};
 use crate::telemetry::{Metrics, SinkStats};
 use files::{AppendFile, SharedFile};
 use influx::InfluxSink;
@@ -73,7 +74,7 @@ impl Outputs {
             Some(
                 crate::store::StoreWriter::open(
                     dir.join("store"),
-                    config.store.settings(),
+                    crate::store::StoreSettings::from(&config.store),
                     metrics.clone(),
                     s,
                 )
@@ -378,26 +379,6 @@ pub fn severity_name(s: Severity) -> &'static str {
         Severity::Error => "error",
         Severity::Critical => "critical",
     }
-}
-
-/// A metric point as a JSON record (`plugin run`), with its line-protocol form.
-pub fn point_to_json(p: &MetricPoint) -> Json {
-    let tags: Map<String, Json> = p
-        .tags
-        .iter()
-        .map(|(k, v)| (k.clone(), Json::String(v.clone())))
-        .collect();
-    let fields: Map<String, Json> = p
-        .fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect();
-    json!({
-        "measurement": p.measurement,
-        "tags": tags,
-        "fields": fields,
-        "timestamp": p.timestamp,
-    })
 }
 
 /// A dead-letter record: the failed batch with the plugin and the error.

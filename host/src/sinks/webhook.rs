@@ -13,6 +13,7 @@
 use super::files::{AppendFile, SharedFile};
 use super::retry::{Backoff, Failure};
 use super::{severity_name, status_name};
+pub use crate::config::secret_key;
 use crate::config::{WebhookConfig, WebhookFormat};
 use crate::event::format_timestamp;
 use crate::runtime::{Alert, AlertStatus};
@@ -28,18 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The HMAC key of a `secret`: a `whsec_` prefix means base64 (as Standard
-/// Webhooks secrets are given out); anything else is used as raw bytes.
-pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
-    match secret.strip_prefix("whsec_") {
-        Some(b64) => BASE64
-            .decode(b64)
-            .map_err(|e| format!("a `whsec_` secret must be base64 after the prefix: {e}")),
-        None if secret.is_empty() => Err("the secret is empty".into()),
-        None => Ok(secret.as_bytes().to_vec()),
-    }
-}
 
 /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -316,9 +305,8 @@ impl WebhookSink {
                 text.push('\n');
             }
             tracing::warn!(receiver = %self.name, alerts = q.items.len(), "alerts not delivered before shutdown are spooled and sent after the restart");
-            std::fs::create_dir_all(self.spool.parent().expect("in the data dir")).and_then(|()| {
-                crate::engine::checkpoint::write_atomic(&self.spool, text.as_bytes())
-            })
+            std::fs::create_dir_all(self.spool.parent().expect("in the data dir"))
+                .and_then(|()| crate::fsutil::write_atomic(&self.spool, text.as_bytes()))
         };
         if let Err(e) = result {
             tracing::error!(receiver = %self.name, error = %e, file = %self.spool.display(), "spooling undelivered alerts failed");

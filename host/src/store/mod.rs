@@ -45,6 +45,20 @@ pub struct StoreSettings {
     pub memory_budget: usize,
 }
 
+/// The bounds `[store]` sets, durations in milliseconds.
+impl From<&crate::config::StoreConfig> for StoreSettings {
+    fn from(c: &crate::config::StoreConfig) -> Self {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        StoreSettings {
+            retention: ms(c.retention),
+            rollup_resolution: ms(c.rollup_resolution).max(1),
+            rollup_retention: ms(c.rollup_retention),
+            max_series: c.max_series,
+            memory_budget: c.memory_budget,
+        }
+    }
+}
+
 /// The store, shared by its writer thread and the query API.
 pub struct Store {
     data: RwLock<Data>,

@@ -22,7 +22,7 @@ pub struct Limits {
     /// one log line). The memory cap bounds the guest only: a list whose
     /// entries all point at the same guest bytes would cost the host many
     /// times the guest's memory without this.
-    #[serde(deserialize_with = "crate::config::de_size")]
+    #[serde(deserialize_with = "super::de_size")]
     pub max_output_bytes: usize,
     /// An enricher returns at most this many events per event it was given.
     pub max_events_factor: usize,
@@ -32,11 +32,11 @@ pub struct Limits {
     pub max_alerts: usize,
     /// Longest string value in an output (property values, tag values,
     /// string fields, summaries, labels).
-    #[serde(deserialize_with = "crate::config::de_size")]
+    #[serde(deserialize_with = "super::de_size")]
     pub max_string_bytes: usize,
     /// Longest key or name in an output (property keys, measurements, tag and
     /// field keys, event types, rule ids).
-    #[serde(deserialize_with = "crate::config::de_size")]
+    #[serde(deserialize_with = "super::de_size")]
     pub max_key_bytes: usize,
     /// Most properties an enricher may set on one event in one call (summed
     /// over all its patches to that event), and an emitted event may carry.

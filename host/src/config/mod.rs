@@ -1,7 +1,10 @@
 //! `nexuspipe.toml`: the operator's config. Every key is documented in
 //! `examples/nexuspipe.toml`; unknown keys are an error that names the key.
 
-use crate::runtime::{Capabilities, Limits};
+pub mod limits;
+
+use base64::Engine as _;
+pub use limits::{Capabilities, DirGrant, Limits};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,19 +74,6 @@ impl Default for StoreConfig {
             rollup_retention: Duration::from_secs(90 * 86_400),
             max_series: 100_000,
             memory_budget: 512 << 20,
-        }
-    }
-}
-
-impl StoreConfig {
-    pub fn settings(&self) -> crate::store::StoreSettings {
-        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        crate::store::StoreSettings {
-            retention: ms(self.retention),
-            rollup_resolution: ms(self.rollup_resolution).max(1),
-            rollup_retention: ms(self.rollup_retention),
-            max_series: self.max_series,
-            memory_budget: self.memory_budget,
         }
     }
 }
@@ -427,7 +417,7 @@ impl WebhookConfig {
             return Err(format!("url: `{}` is not http or https", self.url));
         }
         if let Some(s) = &self.secret {
-            crate::sinks::webhook::secret_key(s).map_err(|e| format!("secret: {e}"))?;
+            secret_key(s).map_err(|e| format!("secret: {e}"))?;
         }
         for (k, v) in &self.headers {
             reqwest::header::HeaderName::from_bytes(k.as_bytes())
@@ -442,6 +432,18 @@ impl WebhookConfig {
             return Err("retry_initial must be positive and at most retry_max".into());
         }
         Ok(())
+    }
+}
+
+/// The HMAC key of a `secret`: a `whsec_` prefix means base64 (as Standard
+/// Webhooks secrets are given out); anything else is used as raw bytes.
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("a `whsec_` secret must be base64 after the prefix: {e}")),
+        None if secret.is_empty() => Err("the secret is empty".into()),
+        None => Ok(secret.as_bytes().to_vec()),
     }
 }
 
@@ -751,7 +753,7 @@ impl PluginConfig {
             return Err("set `config` or `config_file`, not both".into());
         }
         if let Some(f) = &self.partition_by {
-            crate::kafka::check_field(f).map_err(|m| format!("partition_by: {m}"))?;
+            crate::event::check_field(f).map_err(|m| format!("partition_by: {m}"))?;
         }
         Ok(())
     }

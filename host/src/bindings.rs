@@ -2,6 +2,10 @@
 //! is written by hand. The enricher world owns the shared `types` and `host`
 //! interfaces; the other two worlds reuse them so one `Event` type flows
 //! through the whole pipeline.
+//!
+//! A top-level module, below everything else, so the event model (`event`,
+//! `lineproto`) can use these types without depending on the runtime;
+//! `runtime::bindings` re-exports it.
 
 pub mod enricher {
     wasmtime::component::bindgen!({
@@ -16,8 +20,8 @@ pub mod aggregator {
         world: "aggregator",
         path: "../wit",
         with: {
-            "nexuspipe:plugin/types": crate::runtime::bindings::enricher::nexuspipe::plugin::types,
-            "nexuspipe:plugin/host": crate::runtime::bindings::enricher::nexuspipe::plugin::host,
+            "nexuspipe:plugin/types": crate::bindings::enricher::nexuspipe::plugin::types,
+            "nexuspipe:plugin/host": crate::bindings::enricher::nexuspipe::plugin::host,
         },
     });
 }
@@ -27,8 +31,8 @@ pub mod alerter {
         world: "alerter",
         path: "../wit",
         with: {
-            "nexuspipe:plugin/types": crate::runtime::bindings::enricher::nexuspipe::plugin::types,
-            "nexuspipe:plugin/host": crate::runtime::bindings::enricher::nexuspipe::plugin::host,
+            "nexuspipe:plugin/types": crate::bindings::enricher::nexuspipe::plugin::types,
+            "nexuspipe:plugin/host": crate::bindings::enricher::nexuspipe::plugin::host,
         },
     });
 }
