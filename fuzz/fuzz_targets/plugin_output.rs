@@ -1,6 +1,9 @@
 //! Plugin output validation with arbitrary outputs: what passes validation
 //! applies to its batch without panicking, and what is applied stays within
-//! the limits (events out per event in, properties, key and string sizes).
+//! the limits: events out per event in, event types never empty, and, for
+//! every event of the batch, the properties set on it by all of the call's
+//! patches together at most `max_properties` (many small patches to one
+//! event add up to one big one).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -88,7 +91,23 @@ fuzz_target!(|input: Input| {
             AChange::Emit(e) => Change::Emit(e.into_event()),
         })
         .collect();
+    // Properties set per event index, summed over all patches of this call.
+    let mut set_per_index = vec![0usize; n];
+    for c in &changes {
+        if let Change::Patch(p) = c
+            && let Some(total) = set_per_index.get_mut(p.index as usize)
+        {
+            *total += p.set_properties.len();
+        }
+    }
     if let Ok(out) = enrich_output(changes, batch, &limits) {
+        for (i, &total) in set_per_index.iter().enumerate() {
+            assert!(
+                total <= limits.max_properties,
+                "{total} properties set on event {i} in one call, more than max_properties ({})",
+                limits.max_properties
+            );
+        }
         assert!(
             out.len() <= n * limits.max_events_factor,
             "{} out of {n}",

@@ -84,3 +84,45 @@ impl APoint {
         }
     }
 }
+
+/// The point InfluxDB's own parser (influxdb-line-protocol, from IOx) reads
+/// back from `line`: tags sorted, fields in line order. The same reading as
+/// `parse_back` in the host's line-protocol tests (that one stays there:
+/// influxdb-line-protocol is only a dev-dependency of the host).
+pub fn parse_back(line: &str) -> Result<MetricPoint, String> {
+    use influxdb_line_protocol::{FieldValue, parse_lines};
+    let mut lines = parse_lines(line);
+    let parsed = lines.next().ok_or("no line")?.map_err(|e| e.to_string())?;
+    if lines.next().is_some() {
+        return Err("more than one line".into());
+    }
+    let mut tags: Vec<(String, String)> = parsed
+        .series
+        .tag_set
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tags.sort();
+    Ok(MetricPoint {
+        measurement: parsed.series.measurement.to_string(),
+        tags,
+        fields: parsed
+            .field_set
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    FieldValue::I64(i) => Value::Int(*i),
+                    FieldValue::F64(f) => Value::Float(*f),
+                    FieldValue::Boolean(b) => Value::Boolean(*b),
+                    FieldValue::String(s) => Value::Str(s.to_string()),
+                    // The writer never writes `u`: read it as a float, which
+                    // then differs from any field the writer was given.
+                    FieldValue::U64(u) => Value::Float(*u as f64),
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
+        timestamp: parsed.timestamp.ok_or("no timestamp")?,
+    })
+}

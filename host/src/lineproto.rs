@@ -10,7 +10,7 @@
 //! backslashes are left out (a value left empty means no tag), and a name
 //! ending in one is refused. [`check`] names what cannot be written at all.
 
-use crate::runtime::{MetricPoint, Value};
+use crate::bindings::types::{MetricPoint, Value};
 use std::fmt::Write;
 
 const MEASUREMENT: &[char] = &[',', ' ', '\\'];
@@ -164,6 +164,41 @@ pub fn to_line(p: &MetricPoint) -> String {
     s
 }
 
+/// What a point becomes through line protocol, by the rules in the module's
+/// doc, worked out independently of the writer: newlines, tabs and NULs in
+/// names and tag values become spaces, a tag value loses its trailing
+/// backslashes (and is left out when that leaves it empty), tags are sorted,
+/// a newline in a string field value becomes a space. For a point [`check`]
+/// accepts, InfluxDB's parser reads [`to_line`]'s output back as exactly this
+/// point. The property test and the `line_protocol` fuzz target share it.
+#[doc(hidden)]
+pub fn as_written(p: &MetricPoint) -> MetricPoint {
+    let name = |s: &str| s.replace(['\n', '\t', '\0'], " ");
+    let mut tags: Vec<(String, String)> = p
+        .tags
+        .iter()
+        .map(|(k, v)| (name(k), name(v).trim_end_matches('\\').to_string()))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    tags.sort();
+    MetricPoint {
+        measurement: name(&p.measurement),
+        tags,
+        fields: p
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::Str(s) => Value::Str(s.replace('\n', " ")),
+                    other => other.clone(),
+                };
+                (name(k), v)
+            })
+            .collect(),
+        timestamp: p.timestamp,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,35 +225,6 @@ mod tests {
             to_line(&p),
             "page\\ views\\,x,path=/a\\ b\\,c\\=d count=3i,avg=2.0,name=\"say \\\"hi\\\" \\\\\",ok=true 60000\n"
         );
-    }
-
-    /// What a point becomes through line protocol, by the rules in the
-    /// module's doc, worked out independently of the writer.
-    fn as_written(p: &MetricPoint) -> MetricPoint {
-        let name = |s: &str| s.replace(['\n', '\t', '\0'], " ");
-        let mut tags: Vec<(String, String)> = p
-            .tags
-            .iter()
-            .map(|(k, v)| (name(k), name(v).trim_end_matches('\\').to_string()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        tags.sort();
-        MetricPoint {
-            measurement: name(&p.measurement),
-            tags,
-            fields: p
-                .fields
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        Value::Str(s) => Value::Str(s.replace('\n', " ")),
-                        other => other.clone(),
-                    };
-                    (name(k), v)
-                })
-                .collect(),
-            timestamp: p.timestamp,
-        }
     }
 
     /// The point InfluxDB's own parser (influxdb-line-protocol, from IOx)
