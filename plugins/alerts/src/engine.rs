@@ -533,6 +533,26 @@ impl Alerts {
         };
         if final_instant && ks.undecided.is_some() {
             advance_key(rule, &o.key, ks, ts, At::Settle, out);
+        } else if let RuleKind::Threshold {
+            sum: None,
+            above,
+            for_ms,
+            ..
+        } = &rule.kind
+            && ks.undecided == Some(ts)
+            && ks.firing.is_none()
+            && ks.total() > *above
+        {
+            // A count at `ts` only grows with more events at `ts` (what
+            // leaves at `ts` has left): a firing decided now stands, and an
+            // alert at the newest instant need not wait for the next
+            // watermark. Whatever else `ts` decides still waits for it.
+            let mut em = Emitter {
+                rule,
+                key: &o.key,
+                out,
+            };
+            decide(&mut em, ks, ts, *above, *for_ms, rule.cooldown);
         }
         self.state.timers.schedule(ri, rule, o.key.as_str(), ks);
     }

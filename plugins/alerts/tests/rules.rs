@@ -655,6 +655,40 @@ fn threshold_counts_an_event_at_the_watermark_at_that_instant() {
     );
 }
 
+/// A count crossing its threshold at the newest instant (the watermark
+/// itself) fires in that call: more events at that instant could only add
+/// to it. A live burst is alerted at once, not at the next event or idle
+/// advance. (Resolutions at the watermark wait: an event at that instant may
+/// still come.)
+#[test]
+fn a_count_fires_at_the_newest_instant_without_waiting() {
+    let config = json!({ "rules": [threshold(1000, 2.0, 0, 0)] }).to_string();
+    let mut h = AlerterHarness::<Alerts>::with_settings(
+        &config,
+        nexuspipe_sdk::testing::default_settings(),
+        0,
+    );
+    assert!(
+        h.push(vec![ev("fail", 100, "a"), ev("fail", 101, "a")])
+            .items
+            .is_empty()
+    );
+    // The third, alone: the watermark is its own time.
+    let out = h.push(vec![ev("fail", 102, "a")]);
+    assert_eq!(h.watermark(), 102);
+    assert_eq!(seen(&out.items), [firing("a", 102)]);
+    // A sum is decided once the instant is complete (a refund at 102 could
+    // still come): the watermark has to pass it.
+    let config = json!({ "rules": [spend(1000, 100.0, 0, 0)] }).to_string();
+    let mut h = AlerterHarness::<Alerts>::with_settings(
+        &config,
+        nexuspipe_sdk::testing::default_settings(),
+        0,
+    );
+    assert!(h.push(vec![buy(100, "a", 150)]).items.is_empty());
+    assert_eq!(seen(&h.advance(101)), [firing("a", 100)]);
+}
+
 #[test]
 fn sum_threshold_with_for_fires_only_if_the_sum_stays_above_that_long() {
     // 110 from 100; 150 at 900; the 30 leaves at 1000 (120: still above, the
