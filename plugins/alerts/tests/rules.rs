@@ -248,42 +248,12 @@ fn threshold_model(
     for_ms: i64,
     cooldown: i64,
 ) -> Vec<Seen> {
-    let mut out = Vec::new();
-    let mut keys: Vec<&String> = events.iter().map(|(_, k)| k).collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        let ts: Vec<i64> = events
-            .iter()
-            .filter(|(_, k)| k == key)
-            .map(|(t, _)| *t)
-            .collect();
-        let mut points: Vec<i64> = ts.iter().flat_map(|t| [*t, t + window]).collect();
-        points.sort();
-        points.dedup();
-        let count = |t: i64| ts.iter().filter(|&&e| t - window < e && e <= t).count();
-        let mut last_sent: Option<i64> = None;
-        let mut start: Option<i64> = None;
-        for &t in &points {
-            let on = count(t) > above;
-            match (start, on) {
-                (None, true) => start = Some(t),
-                (Some(h), false) => {
-                    start = None;
-                    let long_enough = for_ms == 0 || t - h > for_ms;
-                    let cooled = last_sent.is_none_or(|l| h - l >= cooldown);
-                    if long_enough && cooled {
-                        last_sent = Some(h);
-                        out.push((key.clone(), "firing", h, None));
-                        out.push((key.clone(), "resolved", h, Some(t)));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    out.sort();
-    out
+    // A count is the sum of ones.
+    let ones: Vec<(i64, String, Option<f64>)> = events
+        .iter()
+        .map(|(t, k)| (*t, k.clone(), Some(1.0)))
+        .collect();
+    sum_model(&ones, window, above as f64, for_ms, cooldown)
 }
 
 /// The sequence rule by list filtering: at each `then`, the firsts since the
