@@ -39,6 +39,7 @@ use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{Event, Plugin, PluginOutput};
 use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, RejectReason};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
@@ -201,6 +202,8 @@ pub fn start(
         flow,
         stages,
         sources: BTreeMap::new(),
+        source_epochs: BTreeMap::new(),
+        epochs: 0,
         source_partitions: k.partitions,
         tasks: BTreeMap::new(),
         clocks: HashMap::new(),
@@ -267,13 +270,25 @@ pub fn start(
 }
 
 fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaError> {
+    let consumer = Arc::new(consumer);
     let batch = consumer.context().lock().settings.batch_size;
+    let mut sources = SourceQueues::default();
     while !stop.load(Ordering::Relaxed) {
+        // Source partitions first, from their own queues, oldest record first.
+        sources.sync(&consumer);
+        let taken = sources.take(batch, MAX_POLL_BYTES, Instant::now());
+        let mut n = taken.len();
+        let mut bytes: usize = taken.iter().map(Record::len).sum();
+        if !taken.is_empty() {
+            consumer.context().lock().buffer.extend(taken);
+        }
+        // Then the consumer's queue: rebalances, the repartition topics, and
+        // source records fetched before their partition got its own queue.
         // Gather up to a batch; the buffer lives in the shared state, so a
-        // revocation inside `poll` processes what was taken before it.
-        let deadline = Instant::now() + Duration::from_millis(20);
-        let mut n = 0;
-        let mut bytes = 0;
+        // revocation inside `poll` processes what was taken before it. No
+        // waiting while source records are coming.
+        let wait = if n > 0 { Duration::ZERO } else { IDLE_POLL };
+        let deadline = Instant::now() + wait;
         // A repartition record holds many events: the bytes bound a wake-up too.
         while n < batch && bytes < MAX_POLL_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -309,7 +324,11 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
         p.sources.clear();
     }
     // Closing the consumer revokes what is left (nothing) and leaves the group.
+    // Records taken off a partition queue and not processed are not
+    // committed: the partition's next owner reads them.
+    drop(sources);
     let ctx = consumer.context().clone();
+    // The last reference now that the partition queues are gone.
     drop(consumer);
     let outputs = ctx.lock().outputs.take();
     if let Some(o) = outputs {
@@ -401,6 +420,21 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
+                // Source partitions wait until `run` gives each its own
+                // queue (see `SourceQueues`), which it resumes: fetched
+                // before, a backlog would fill the consumer's queue a
+                // partition at a time.
+                let mut sources = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    if e.topic() == p.topics.events {
+                        let _ = sources.add_partition(e.topic(), e.partition());
+                    }
+                }
+                if sources.count() > 0
+                    && let Err(e) = consumer.pause(&sources)
+                {
+                    tracing::warn!(error = %e, "pausing new source partitions failed");
+                }
             }
             _ => {
                 p.revoke(consumer, tpl);
@@ -417,6 +451,142 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// How long `run` waits on the consumer's queue when no source partition
+/// had a record: the latency a record that arrives then can get.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// How long the source partitions wait for one whose queue is empty before
+/// they go on without it (Kafka Streams' `max.task.idle.ms`).
+const ALIGN_WAIT: Duration = Duration::from_millis(200);
+
+/// A source partition's own queue (see [`SourceQueues`]).
+struct SourceQueue {
+    /// Its assignment (`Proc::source_epochs`).
+    epoch: u64,
+    /// `None` if librdkafka gave none: its records come through the consumer's queue.
+    queue: Option<PartitionQueue<Ctx>>,
+    /// The next record, taken off the queue and not handed over yet.
+    head: Option<Record>,
+    /// Timestamp of the last record handed over.
+    last: Option<i64>,
+    /// Since when the queue has had nothing.
+    empty_since: Option<Instant>,
+}
+
+/// The owned source partitions' records, each partition from a queue of its
+/// own, handed over oldest record first across them (by the record's
+/// timestamp, as Kafka Streams picks among its partitions), and waiting up
+/// to `ALIGN_WAIT` for a partition whose queue is empty while it may hold
+/// older records. Taken from one shared queue, a backlog comes a partition
+/// at a time: the keyed tasks' event time (the minimum over the source
+/// partitions) then waits for the slowest while the others' events pile up
+/// in the plugins' event-time buffers, past a funnel's memory cap.
+/// librdkafka's prefetch bounds what each queue holds.
+#[derive(Default)]
+struct SourceQueues {
+    queues: BTreeMap<i32, SourceQueue>,
+    /// `Proc::epochs` when last synced.
+    synced: u64,
+}
+
+impl SourceQueues {
+    /// Gives each newly assigned source partition its queue, then resumes it
+    /// (paused at assignment), and drops the queues of revoked ones with
+    /// their next record, which was not processed.
+    fn sync(&mut self, consumer: &Arc<BaseConsumer<Ctx>>) {
+        let (topic, epochs) = {
+            let p = consumer.context().lock();
+            if p.epochs == self.synced && p.source_epochs.len() == self.queues.len() {
+                return;
+            }
+            self.synced = p.epochs;
+            (p.topics.events.clone(), p.source_epochs.clone())
+        };
+        self.queues.retain(|p, q| epochs.get(p) == Some(&q.epoch));
+        let mut new = TopicPartitionList::new();
+        for (p, epoch) in epochs {
+            if self.queues.contains_key(&p) {
+                continue;
+            }
+            let queue = consumer.split_partition_queue(&topic, p);
+            if queue.is_none() {
+                tracing::warn!(topic = %topic, partition = p, "no queue of its own for a source partition");
+            }
+            self.queues.insert(
+                p,
+                SourceQueue {
+                    epoch,
+                    queue,
+                    head: None,
+                    last: None,
+                    empty_since: Some(Instant::now()),
+                },
+            );
+            let _ = new.add_partition(&topic, p);
+        }
+        if new.count() > 0
+            && let Err(e) = consumer.resume(&new)
+        {
+            tracing::warn!(error = %e, "resuming source partitions failed");
+        }
+    }
+
+    /// Up to `max` records (and about `max_bytes`), oldest first.
+    fn take(&mut self, max: usize, max_bytes: usize, now: Instant) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max && bytes < max_bytes {
+            for q in self.queues.values_mut() {
+                let Some(queue) = &q.queue else { continue };
+                if q.head.is_some() {
+                    continue;
+                }
+                match queue.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        q.head = Some(Record::from(&m));
+                        q.empty_since = None;
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                    None => {
+                        q.empty_since.get_or_insert(now);
+                    }
+                }
+            }
+            let time = |r: &Record| r.timestamp.unwrap_or(i64::MIN);
+            let Some(next) = self
+                .queues
+                .values()
+                .filter_map(|q| q.head.as_ref().map(time))
+                .min()
+            else {
+                break;
+            };
+            // An empty queue that may still bring older records holds the
+            // others back, for a while.
+            let waiting = self.queues.values().any(|q| {
+                q.queue.is_some()
+                    && q.head.is_none()
+                    && q.last.is_none_or(|l| l < next)
+                    && q.empty_since
+                        .is_some_and(|t| now.duration_since(t) < ALIGN_WAIT)
+            });
+            if waiting {
+                break;
+            }
+            let q = self
+                .queues
+                .values_mut()
+                .find(|q| q.head.as_ref().map(time) == Some(next))
+                .expect("the minimum is some queue's");
+            let r = q.head.take().expect("found by its head");
+            q.last = Some(next);
+            bytes += r.len();
+            out.push(r);
+        }
+        out
+    }
+}
+
 /// A record taken off a partition.
 struct Record {
     topic: String,
@@ -428,6 +598,10 @@ struct Record {
 }
 
 impl Record {
+    fn len(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+    }
+
     fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         Record {
             topic: m.topic().to_string(),
@@ -598,6 +772,10 @@ struct Proc {
     stages: Vec<Stage>,
     /// Assigned partitions of the events topic -> next offset to commit.
     sources: BTreeMap<i32, i64>,
+    /// When each owned source partition was last assigned (a count of
+    /// assignments): its own queue in `run` is made again after a new one.
+    source_epochs: BTreeMap<i32, u64>,
+    epochs: u64,
     source_partitions: i32,
     tasks: BTreeMap<(usize, i32), Task>,
     /// Owned source partitions' event time (see [`WATERMARK_HEADER`]).
@@ -661,6 +839,8 @@ impl Proc {
                     _ => None,
                 };
                 self.sources.insert(e.partition(), at.unwrap_or(-1));
+                self.epochs += 1;
+                self.source_epochs.insert(e.partition(), self.epochs);
                 self.clocks.insert(
                     e.partition(),
                     SourceClock {
@@ -767,6 +947,7 @@ impl Proc {
         for (topic, p) in &revoked {
             if *topic == self.topics.events {
                 self.sources.remove(p);
+                self.source_epochs.remove(p);
                 self.clocks.remove(p);
             } else if let Some(stage) = self.stage_of(topic) {
                 self.tasks.remove(&(stage, *p));

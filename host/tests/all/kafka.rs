@@ -538,6 +538,48 @@ fn two_processors_share_the_work_and_the_survivor_takes_over() {
     assert_alerts(&[&a, &b], want);
 }
 
+/// A backlog read partition by partition would hold the keyed tasks' event
+/// time at the slowest source partition while the others' events pile up in
+/// the funnel's event-time buffer. The processor reads its source
+/// partitions oldest record first, so a funnel capped at 16 MiB takes a
+/// backlog of 60 000 events (a minute of event time) without failing.
+#[test]
+fn a_backlog_is_read_evenly_across_source_partitions() {
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["gen", "--rate", "60000", "--duration", "1s"])
+        .args(["--event-rate", "1000", "--seed", "5", "--batch", "100"])
+        .arg("--target")
+        .arg(format!("kafka://127.0.0.1:{}/events", broker.port))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gen --target kafka://");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["events_accepted"].as_f64().unwrap();
+    let funnel = format!(
+        "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = 16\n",
+        plugin_dir().join("funnel.wasm").display().to_string()
+    );
+    let config = kafka_config_with(&broker, &db, "backlog", &funnel);
+    let processor = Server::start_role(&config, "processor");
+    wait_until(120, "the backlog through the funnel", || {
+        processor.metric("nexuspipe_events_processed_total") >= sent
+    });
+    // A failed funnel call dead-letters its batch.
+    assert_eq!(
+        processor.metric("nexuspipe_events_dead_lettered_total"),
+        0.0,
+        "{}",
+        processor.log()
+    );
+    assert!(
+        !processor.log().contains("memory cap"),
+        "{}",
+        processor.log()
+    );
+}
+
 /// The same rule twice, once before the geo enricher and once after it.
 fn geo_rule(id: &str) -> String {
     format!(
