@@ -37,6 +37,15 @@ impl Histogram {
         self.count
     }
 
+    /// Adds `other`'s observations (several instances of one plugin).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// The upper bound of the bucket holding quantile `q` (0..=1), in seconds.
     pub fn quantile(&self, q: f64) -> f64 {
         let target = (self.count as f64 * q).ceil() as u64;

@@ -36,9 +36,9 @@ use crate::config::{KafkaConfig, Resume};
 use crate::engine::dedupe::Dedupe;
 use crate::engine::watermark::{Clock, split_at_late};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
-use crate::runtime::{Event, Plugin, PluginOutput};
+use crate::runtime::{BreakerState, Event, Plugin, PluginOutput, PluginStats};
 use crate::sinks::{Mark, Outputs};
-use crate::telemetry::{Metrics, RejectReason};
+use crate::telemetry::{Metrics, PluginFigures, RejectReason};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -1384,6 +1384,39 @@ impl Proc {
         if let Some(wm) = wm {
             self.metrics.watermark_ms.store(wm, Ordering::Relaxed);
         }
+        // Per plugin, in pipeline order: an enricher's one instance, a keyed
+        // plugin's tasks on this processor added up (its breaker open if
+        // any task's is).
+        let mut figures: Vec<PluginFigures> = Vec::with_capacity(self.flow.len());
+        for step in &self.flow {
+            let (template, instances): (&Plugin, Vec<&Plugin>) = match step {
+                Flow::Enrich(p) => (&**p, vec![&**p]),
+                Flow::Stage(s) => (
+                    &self.stages[*s].template,
+                    self.tasks
+                        .iter()
+                        .filter(|((stage, _), _)| stage == s)
+                        .map(|(_, t)| &t.plugin)
+                        .collect(),
+                ),
+            };
+            let mut stats = PluginStats::default();
+            let mut breaker = BreakerState::Closed;
+            for p in instances {
+                stats.merge(p.stats());
+                if p.breaker() == BreakerState::Open {
+                    breaker = BreakerState::Open;
+                }
+            }
+            figures.push(PluginFigures {
+                name: template.name().to_string(),
+                world: template.world(),
+                version: template.component().hash.clone(),
+                stats,
+                breaker,
+            });
+        }
+        *self.metrics.plugins.lock().expect("metrics lock") = figures;
     }
 }
 

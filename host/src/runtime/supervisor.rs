@@ -107,6 +107,24 @@ pub struct PluginStats {
     pub latency: crate::histogram::Histogram,
 }
 
+impl PluginStats {
+    /// Adds another instance's counters (a processor's tasks of one plugin).
+    pub fn merge(&mut self, other: &PluginStats) {
+        self.calls += other.calls;
+        self.events_in += other.events_in;
+        self.events_out += other.events_out;
+        self.failures += other.failures;
+        self.dead_lettered += other.dead_lettered;
+        self.late += other.late;
+        self.log_dropped += other.log_dropped;
+        if other.last_error.is_some() {
+            self.last_error.clone_from(&other.last_error);
+        }
+        self.busy += other.busy;
+        self.latency.merge(&other.latency);
+    }
+}
+
 struct Breaker {
     recent: VecDeque<Instant>,
     threshold: u32,

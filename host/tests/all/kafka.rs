@@ -578,6 +578,12 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
         "{}",
         processor.log()
     );
+    // The funnel's figures, summed over its tasks on this processor.
+    assert!(processor.metric("nexuspipe_plugin_calls_total{plugin=\"funnel\"}") > 0.0);
+    assert_eq!(
+        processor.metric("nexuspipe_plugin_failures_total{plugin=\"funnel\"}"),
+        0.0
+    );
 }
 
 /// The same rule twice, once before the geo enricher and once after it.
