@@ -143,6 +143,12 @@ pub struct KafkaConfig {
     /// from inside a record batch (tansu 0.6).
     #[serde(default)]
     pub resume: Resume,
+    /// How long a processor's source partitions wait for one whose records
+    /// have not arrived yet before going on without it (Kafka Streams'
+    /// `max.task.idle.ms`): more evens out event time over a backlog, less
+    /// keeps a live stream's latency down when a partition is quiet.
+    #[serde(default = "KafkaConfig::default_align_wait", with = "humantime_serde")]
+    pub align_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -165,6 +171,7 @@ impl KafkaConfig {
             options: Default::default(),
             ack_timeout: Self::default_ack_timeout(),
             resume: Resume::default(),
+            align_wait: Self::default_align_wait(),
         }
     }
 
@@ -182,6 +189,9 @@ impl KafkaConfig {
     }
     fn default_ack_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    fn default_align_wait() -> Duration {
+        Duration::from_millis(200)
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -272,7 +272,11 @@ pub fn start(
 fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaError> {
     let consumer = Arc::new(consumer);
     let batch = consumer.context().lock().settings.batch_size;
-    let mut sources = SourceQueues::default();
+    let mut sources = SourceQueues {
+        queues: BTreeMap::new(),
+        align_wait: consumer.context().lock().kafka.align_wait,
+        synced: 0,
+    };
     while !stop.load(Ordering::Relaxed) {
         // Source partitions first, from their own queues, oldest record first.
         sources.sync(&consumer);
@@ -455,10 +459,6 @@ impl ConsumerContext for Ctx {
 /// had a record: the latency a record that arrives then can get.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// How long the source partitions wait for one whose queue is empty before
-/// they go on without it (Kafka Streams' `max.task.idle.ms`).
-const ALIGN_WAIT: Duration = Duration::from_millis(200);
-
 /// A source partition's own queue (see [`SourceQueues`]).
 struct SourceQueue {
     /// Its assignment (`Proc::source_epochs`).
@@ -476,15 +476,16 @@ struct SourceQueue {
 /// The owned source partitions' records, each partition from a queue of its
 /// own, handed over oldest record first across them (by the record's
 /// timestamp, as Kafka Streams picks among its partitions), and waiting up
-/// to `ALIGN_WAIT` for a partition whose queue is empty while it may hold
+/// to `kafka.align_wait` for a partition whose queue is empty while it may hold
 /// older records. Taken from one shared queue, a backlog comes a partition
 /// at a time: the keyed tasks' event time (the minimum over the source
 /// partitions) then waits for the slowest while the others' events pile up
 /// in the plugins' event-time buffers, past a funnel's memory cap.
 /// librdkafka's prefetch bounds what each queue holds.
-#[derive(Default)]
 struct SourceQueues {
     queues: BTreeMap<i32, SourceQueue>,
+    /// `kafka.align_wait`.
+    align_wait: Duration,
     /// `Proc::epochs` when last synced.
     synced: u64,
 }
@@ -568,7 +569,7 @@ impl SourceQueues {
                     && q.head.is_none()
                     && q.last.is_none_or(|l| l < next)
                     && q.empty_since
-                        .is_some_and(|t| now.duration_since(t) < ALIGN_WAIT)
+                        .is_some_and(|t| now.duration_since(t) < self.align_wait)
             });
             if waiting {
                 break;

@@ -561,7 +561,8 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
         "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = 16\n",
         plugin_dir().join("funnel.wasm").display().to_string()
     );
-    let config = kafka_config_with(&broker, &db, "backlog", &funnel);
+    let config = kafka_config_with(&broker, &db, "backlog", &funnel)
+        .replace("[kafka]\n", "[kafka]\nalign_wait = \"300ms\"\n");
     let processor = Server::start_role(&config, "processor");
     wait_until(120, "the backlog through the funnel", || {
         processor.metric("nexuspipe_events_processed_total") >= sent
