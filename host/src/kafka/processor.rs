@@ -536,10 +536,12 @@ impl SourceQueues {
     fn take(&mut self, max: usize, max_bytes: usize, now: Instant) -> Vec<Record> {
         let mut out = Vec::new();
         let mut bytes = 0;
+        // A queue found empty is not asked again within one call.
+        let mut empty: Vec<i32> = Vec::new();
         while out.len() < max && bytes < max_bytes {
-            for q in self.queues.values_mut() {
+            for (p, q) in self.queues.iter_mut() {
                 let Some(queue) = &q.queue else { continue };
-                if q.head.is_some() {
+                if q.head.is_some() || empty.contains(p) {
                     continue;
                 }
                 match queue.poll(Duration::ZERO) {
@@ -547,18 +549,21 @@ impl SourceQueues {
                         q.head = Some(Record::from(&m));
                         q.empty_since = None;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, partition = p, "kafka consumer error");
+                        empty.push(*p);
+                    }
                     None => {
                         q.empty_since.get_or_insert(now);
+                        empty.push(*p);
                     }
                 }
             }
-            let time = |r: &Record| r.timestamp.unwrap_or(i64::MIN);
-            let Some(next) = self
+            let Some((p, next)) = self
                 .queues
-                .values()
-                .filter_map(|q| q.head.as_ref().map(time))
-                .min()
+                .iter()
+                .filter_map(|(p, q)| Some((*p, q.head.as_ref()?.timestamp.unwrap_or(i64::MIN))))
+                .min_by_key(|(_, t)| *t)
             else {
                 break;
             };
@@ -574,11 +579,7 @@ impl SourceQueues {
             if waiting {
                 break;
             }
-            let q = self
-                .queues
-                .values_mut()
-                .find(|q| q.head.as_ref().map(time) == Some(next))
-                .expect("the minimum is some queue's");
+            let q = self.queues.get_mut(&p).expect("found above");
             let r = q.head.take().expect("found by its head");
             q.last = Some(next);
             bytes += r.len();
@@ -976,17 +977,7 @@ impl Proc {
         let (source, keyed): (Vec<Record>, Vec<Record>) = records
             .into_iter()
             .partition(|r| r.topic == self.topics.events);
-        let figures = &self.metrics.processor;
-        figures.took("source", source.len() as u64);
-        for (i, s) in self.stages.iter().enumerate() {
-            let n = keyed
-                .iter()
-                .filter(|r| self.stage_of(&r.topic) == Some(i))
-                .count();
-            if n > 0 {
-                figures.took(s.template.name(), n as u64);
-            }
-        }
+        self.metrics.processor.took("source", source.len() as u64);
         if !source.is_empty() {
             self.source_stage(source);
         }
@@ -1134,10 +1125,12 @@ impl Proc {
         let mut batches: BTreeMap<(usize, i32), Vec<Item>> = BTreeMap::new();
         let mut dead = Vec::new();
         let mut duplicates = 0u64;
+        let mut taken = vec![0u64; self.stages.len()];
         for r in records {
             let Some(stage) = self.stage_of(&r.topic) else {
                 continue;
             };
+            taken[stage] += 1;
             let Some(task) = self.tasks.get_mut(&(stage, r.partition)) else {
                 continue; // not ours any more
             };
@@ -1180,6 +1173,10 @@ impl Proc {
                     duplicates += u64::from(first == Some(stage));
                 }
             }
+        }
+        for (s, n) in taken.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            let name = self.stages[s].template.name();
+            self.metrics.processor.took(name, n);
         }
         self.outputs().dead_records(&dead);
         let mut out = PluginOutput::default();

@@ -13,7 +13,7 @@ use super::error::chain;
 use super::instance::{Exports, Instance};
 use super::{PluginComponent, PluginError, World};
 use crate::config::{Capabilities, Limits};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1038,8 +1038,9 @@ pub(crate) fn validate_output(
         CallResult::Changes(changes) => {
             let mut emitted = 0usize;
             // Properties set per event over all of the call's patches: many
-            // small patches to one event add up to one big one.
-            let mut set: HashMap<u32, usize> = HashMap::new();
+            // small patches to one event add up to one big one. Indexed by
+            // event, allocated at the first patch (no hashing per event).
+            let mut set: Vec<usize> = Vec::new();
             for (k, c) in changes.iter().enumerate() {
                 let index = match c {
                     Change::Patch(p) => {
@@ -1051,13 +1052,18 @@ pub(crate) fn validate_output(
                         sizes
                             .patch(p)
                             .map_err(|why| over(format!("change {k}: {why}")))?;
-                        let total = set.entry(p.index).or_default();
-                        *total += p.set_properties.len();
-                        if *total > l.max_properties {
-                            return Err(over(format!(
-                                "change {k}: {total} properties set on event {} in one call, more than max_properties ({})",
-                                p.index, l.max_properties
-                            )));
+                        if set.is_empty() {
+                            set.resize(n, 0);
+                        }
+                        // An index outside the batch is refused below.
+                        if let Some(total) = set.get_mut(p.index as usize) {
+                            *total += p.set_properties.len();
+                            if *total > l.max_properties {
+                                return Err(over(format!(
+                                    "change {k}: {total} properties set on event {} in one call, more than max_properties ({})",
+                                    p.index, l.max_properties
+                                )));
+                            }
                         }
                         Some(p.index)
                     }
