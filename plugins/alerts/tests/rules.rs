@@ -27,14 +27,15 @@ fn seen(alerts: &[Alert]) -> Vec<Seen> {
 }
 
 /// Runs `events` (one batch each, in order) through one rule, then flushes.
+/// The plugin with these rules, as the host drives it with no
+/// out-of-orderness: the watermark is the newest event time.
+fn harness(rules: &[serde_json::Value]) -> AlerterHarness<Alerts> {
+    let config = json!({ "rules": rules }).to_string();
+    AlerterHarness::with_settings(&config, nexuspipe_sdk::testing::default_settings(), 0)
+}
+
 fn run(rule: serde_json::Value, events: Vec<Event>) -> Vec<Seen> {
-    let config = json!({ "rules": [rule] }).to_string();
-    // No out-of-orderness: the watermark is the newest event time.
-    let mut h = AlerterHarness::<Alerts>::with_settings(
-        &config,
-        nexuspipe_sdk::testing::default_settings(),
-        0,
-    );
+    let mut h = harness(&[rule]);
     let out = h.run(events.into_iter().map(|e| vec![e]));
     seen(&out.items)
 }
@@ -357,11 +358,7 @@ fn swap(
     tail: Vec<Event>,
 ) -> (nexuspipe_sdk::Restored, Vec<Seen>) {
     let cfg = |r: &[serde_json::Value]| json!({ "rules": r }).to_string();
-    let mut h = AlerterHarness::<Alerts>::with_settings(
-        &cfg(before),
-        nexuspipe_sdk::testing::default_settings(),
-        0,
-    );
+    let mut h = harness(before);
     // Two failures for `a`: one short of firing a rule above 2.
     let out = h.push(vec![ev("fail", 0, "a"), ev("fail", 10, "a")]);
     assert!(out.items.is_empty());
@@ -433,12 +430,7 @@ fn rules_are_matched_by_id_and_definition() {
 /// Returns the alerts and their summaries, sorted.
 fn run_timed(rule: serde_json::Value, mut events: Vec<Event>) -> Vec<(Seen, String)> {
     events.sort_by_key(|e| e.timestamp);
-    let config = json!({ "rules": [rule] }).to_string();
-    let mut h = AlerterHarness::<Alerts>::with_settings(
-        &config,
-        nexuspipe_sdk::testing::default_settings(),
-        0,
-    );
+    let mut h = harness(&[rule]);
     let out = h.run(events.into_iter().map(|e| vec![e]));
     assert!(out.late.is_empty(), "late events: {:?}", out.late);
     let mut v: Vec<(Seen, String)> = out
@@ -632,12 +624,7 @@ fn threshold_counts_an_event_at_the_watermark_at_that_instant() {
 /// still come.)
 #[test]
 fn a_count_fires_at_the_newest_instant_without_waiting() {
-    let config = json!({ "rules": [threshold(1000, 2.0, 0, 0)] }).to_string();
-    let mut h = AlerterHarness::<Alerts>::with_settings(
-        &config,
-        nexuspipe_sdk::testing::default_settings(),
-        0,
-    );
+    let mut h = harness(&[threshold(1000, 2.0, 0, 0)]);
     assert!(
         h.push(vec![ev("fail", 100, "a"), ev("fail", 101, "a")])
             .items
@@ -649,12 +636,7 @@ fn a_count_fires_at_the_newest_instant_without_waiting() {
     assert_eq!(seen(&out.items), [firing("a", 102)]);
     // A sum is decided once the instant is complete (a refund at 102 could
     // still come): the watermark has to pass it.
-    let config = json!({ "rules": [spend(1000, 100.0, 0, 0)] }).to_string();
-    let mut h = AlerterHarness::<Alerts>::with_settings(
-        &config,
-        nexuspipe_sdk::testing::default_settings(),
-        0,
-    );
+    let mut h = harness(&[spend(1000, 100.0, 0, 0)]);
     assert!(h.push(vec![buy(100, "a", 150)]).items.is_empty());
     assert_eq!(seen(&h.advance(101)), [firing("a", 100)]);
 }
