@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bindings;
 pub mod config;
+pub mod dataflow;
 pub mod engine;
 pub mod event;
 pub(crate) mod fsutil;
@@ -83,6 +84,7 @@ mod layering {
         "store",
         "hub",
         "sinks",
+        "dataflow",
         "engine",
         "kafka",
         "live",

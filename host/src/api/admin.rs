@@ -19,7 +19,7 @@
 
 use super::{ApiState, BodyError, drain, error, read_limited};
 use crate::config::validate_plugin_name;
-use crate::engine::SwapError;
+use crate::dataflow::SwapError;
 use crate::live::{DeployError, DeployRequest, Source};
 use crate::runtime::PluginError;
 use axum::body::{Body, Bytes};

@@ -264,7 +264,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             dedupe_max_ids: e.dedupe_max_ids,
             // As on one host.
             dedupe_horizon_ms: (e.out_of_orderness + e.allowed_lateness).as_millis() as i64
-                + nexuspipe::engine::dedupe::EXTRA_HORIZON_MS,
+                + nexuspipe::dataflow::dedupe::EXTRA_HORIZON_MS,
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
         store = outputs.store();

@@ -2,8 +2,8 @@
 //! file, plus a manifest with event time, written last and atomically, so a
 //! crash mid-checkpoint leaves the previous complete checkpoint in force.
 
-use super::Watermark;
-use super::dedupe::Dedupe;
+use crate::dataflow::Watermark;
+use crate::dataflow::dedupe::Dedupe;
 use crate::fsutil::write_atomic;
 use crate::runtime::Plugin;
 use anyhow::{Context, Result, bail};
@@ -18,7 +18,7 @@ struct Manifest {
     watermark: i64,
     /// Plugin name -> state file (relative to the checkpoint dir) and version.
     plugins: BTreeMap<String, Entry>,
-    /// The event ids taken (see [`super::dedupe`]), relative to the checkpoint dir.
+    /// The event ids taken (see [`crate::dataflow::dedupe`]), relative to the checkpoint dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event_ids: Option<String>,
 }

@@ -2,8 +2,8 @@
 //! inner loop (`nexuspipe plugin run`) and the benchmarks. Event time follows
 //! the input, and a final flush fires every window and timer.
 
-use super::Watermark;
-use super::watermark::split_at_late;
+use crate::dataflow::Watermark;
+use crate::dataflow::watermark::split_at_late;
 use crate::runtime::{Alert, Event, MetricPoint, Plugin, PluginOutput};
 
 /// Everything one offline run produced.

@@ -9,13 +9,13 @@
 //! threads of their own, each a batch ahead of the next (see
 //! [`run_pipeline`]). The HTTP side only parses and enqueues.
 
-use super::Watermark;
 use super::checkpoint::Checkpoints;
-use super::dedupe::Dedupe;
 use super::shadow::{self, Shadow};
-use super::watermark::split_at_late;
+use crate::dataflow::dedupe::Dedupe;
+use crate::dataflow::watermark::split_at_late;
+use crate::dataflow::{Handover, Outcome, SwapError, Watermark, handover, insert_position};
 use crate::hub::{Hub, Sampler};
-use crate::runtime::{Catchup, Event, Plugin, PluginOutput, World, refresh_downstream};
+use crate::runtime::{Catchup, Event, Plugin, PluginOutput, refresh_downstream};
 use crate::sinks::Outputs;
 use crate::telemetry::{Metrics, PluginFigures};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub struct EngineSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub data_dir: std::path::PathBuf,
-    /// Event ids remembered (see [`super::dedupe`]); 0: off.
+    /// Event ids remembered (see [`crate::dataflow::dedupe`]); 0: off.
     pub dedupe_max_ids: usize,
     /// How long late events still count (for the ids' horizon).
     pub allowed_lateness: Duration,
@@ -76,36 +76,6 @@ pub enum ControlOp {
     Remove { name: String },
 }
 
-/// Where a plugin new to the pipeline goes: an enricher after the last
-/// enricher (so aggregators and alerters see its changes), anything else at the end.
-pub fn insert_position(pipeline: impl Iterator<Item = World>, world: World) -> usize {
-    let worlds: Vec<World> = pipeline.collect();
-    if world.is_stateful() {
-        worlds.len()
-    } else {
-        worlds
-            .iter()
-            .rposition(|w| !w.is_stateful())
-            .map_or(0, |i| i + 1)
-    }
-}
-
-/// What happened to the state across a swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Handover {
-    /// The new version restored the old one's snapshot.
-    Kept,
-    /// The new version starts empty, as asked.
-    Reset,
-    /// Enrichers hold no state.
-    Stateless,
-    /// A plugin new to the pipeline.
-    New,
-    /// The plugin was removed.
-    Removed,
-}
-
 /// A control operation that took effect.
 #[derive(Debug, Clone)]
 pub struct Swapped {
@@ -122,50 +92,8 @@ pub struct Swapped {
     pub parts: Option<crate::runtime::Restored>,
 }
 
-/// What `deploy` did, before the pause is known.
-struct Outcome {
-    handover: Handover,
-    state_bytes: usize,
-    caught_up: bool,
-    parts: Option<crate::runtime::Restored>,
-}
-
-impl Outcome {
-    fn plain(handover: Handover) -> Self {
-        Outcome {
-            handover,
-            state_bytes: 0,
-            caught_up: false,
-            parts: None,
-        }
-    }
-}
-
 /// A control operation's result and the instance it retired.
 type Applied = (Result<Outcome, SwapError>, Option<Plugin>);
-
-/// Why a control operation was refused; the running pipeline is unchanged.
-#[derive(Debug, thiserror::Error)]
-pub enum SwapError {
-    #[error(
-        "the new version rejected the running version's state: {0} (upload with reset_state=true to start it empty)"
-    )]
-    StateRejected(String),
-    #[error(
-        "the running version could not snapshot its state: {0} (upload with reset_state=true to start the new version empty)"
-    )]
-    Snapshot(String),
-    #[error("plugin `{name}` is an {running}; the new version is an {new}")]
-    WorldMismatch {
-        name: String,
-        running: World,
-        new: World,
-    },
-    #[error("no plugin named `{0}` in the pipeline")]
-    NotFound(String),
-    #[error("the engine has stopped")]
-    Stopped,
-}
 
 /// Why the engine did not take a batch.
 #[derive(Debug, thiserror::Error)]
@@ -460,7 +388,7 @@ impl Engine {
         let mut checkpoints = Checkpoints::new(dir.join("checkpoints"));
         let mut watermark = Watermark::new(settings.out_of_orderness.as_millis() as i64);
         let horizon = (settings.out_of_orderness + settings.allowed_lateness).as_millis() as i64
-            + super::dedupe::EXTRA_HORIZON_MS;
+            + crate::dataflow::dedupe::EXTRA_HORIZON_MS;
         let mut dedupe = Dedupe::new(settings.dedupe_max_ids, horizon);
         if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins, &mut dedupe)? {
             watermark.observe(max_ts);
@@ -841,24 +769,13 @@ impl Engine {
             return (Ok(Outcome::plain(Handover::New)), None);
         };
         let old = &mut self.plugins[i];
-        if old.world() != new.world() {
-            let e = SwapError::WorldMismatch {
-                name: new.name().to_string(),
-                running: old.world(),
-                new: new.world(),
-            };
-            return (Err(e), Some(new));
-        }
-        let outcome = if !old.world().is_stateful() {
-            Outcome::plain(Handover::Stateless)
-        } else if reset_state {
-            Outcome::plain(Handover::Reset)
-        } else if let Some(c) = caught_up
+        // The common case: the new version caught up before the pause, so
+        // only the batches since are replayed here, whatever the state's size.
+        let caught = caught_up
+            .filter(|_| old.world() == new.world() && old.world().is_stateful() && !reset_state)
             .map(|n| old.catchup(Some(n)))
-            .filter(|c| !c.from_base && c.fits(&new))
-        {
-            // The common case: only the batches since the new version's
-            // catch-up are replayed here, whatever the size of the state.
+            .filter(|c| !c.from_base && c.fits(&new));
+        let outcome = if let Some(c) = caught {
             let t = Instant::now();
             let r = new.catch_up(&c);
             tracing::debug!(
@@ -869,31 +786,24 @@ impl Engine {
                 "replayed the last batches in the pause"
             );
             match r {
-                Ok(()) => Outcome {
-                    handover: Handover::Kept,
-                    state_bytes: 0,
-                    caught_up: true,
-                    // Reported by the restore of the catch-up's snapshot.
-                    parts: new.restored().cloned(),
-                },
+                Ok(()) => {
+                    new.carry_over(old);
+                    Outcome {
+                        handover: Handover::Kept,
+                        state_bytes: 0,
+                        caught_up: true,
+                        // Reported by the restore of the catch-up's snapshot.
+                        parts: new.restored().cloned(),
+                    }
+                }
                 Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
             }
         } else {
-            match old.checkpoint() {
-                Err(f) => return (Err(SwapError::Snapshot(f.to_string())), Some(new)),
-                Ok(None) => Outcome::plain(Handover::Reset),
-                Ok(Some(state)) => match new.restore(&state) {
-                    Ok(parts) => Outcome {
-                        handover: Handover::Kept,
-                        state_bytes: state.len(),
-                        caught_up: false,
-                        parts: Some(parts),
-                    },
-                    Err(e) => return (Err(SwapError::StateRejected(e.to_string())), Some(new)),
-                },
+            match handover(old, &mut new, reset_state) {
+                Ok(o) => o,
+                Err(e) => return (Err(e), Some(new)),
             }
         };
-        new.carry_over(old);
         let old = std::mem::replace(&mut self.plugins[i], new);
         (Ok(outcome), Some(old))
     }

@@ -152,4 +152,5 @@ enum Step {
     Batch(Arc<crate::runtime::Remembered>),
 }
 
-pub(super) type Reply = tokio::sync::oneshot::Sender<Result<super::Swapped, super::SwapError>>;
+pub(super) type Reply =
+    tokio::sync::oneshot::Sender<Result<super::Swapped, crate::dataflow::SwapError>>;

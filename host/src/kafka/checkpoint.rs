@@ -2,7 +2,7 @@
 //! and partition, so whichever host is assigned a partition restores it.
 //!
 //! A record is a JSON header line, then the event ids taken (`ids` bytes,
-//! see [`crate::engine::dedupe`]) and the plugin's snapshot bytes as is.
+//! see [`crate::dataflow::dedupe`]) and the plugin's snapshot bytes as is.
 
 use super::{KafkaError, client_config, client_error};
 use crate::config::KafkaConfig;

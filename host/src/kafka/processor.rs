@@ -33,8 +33,8 @@ use super::checkpoint::{self, Header};
 use super::internal::{self, Writer};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
-use crate::engine::dedupe::Dedupe;
-use crate::engine::watermark::{Clock, split_at_late};
+use crate::dataflow::dedupe::Dedupe;
+use crate::dataflow::watermark::{Clock, Inputs, split_at_late};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{BreakerState, Event, Plugin, PluginOutput, PluginStats};
 use crate::sinks::{Mark, Outputs};
@@ -86,7 +86,7 @@ pub struct ProcessorSettings {
     pub batch_size: usize,
     /// How far ahead of its record's timestamp an event's time may be.
     pub max_future: Duration,
-    /// Event ids each keyed task remembers (see [`crate::engine::dedupe`]); 0: off.
+    /// Event ids each keyed task remembers (see [`crate::dataflow::dedupe`]); 0: off.
     pub dedupe_max_ids: usize,
     /// How far behind its watermark a task remembers an id, in event time.
     pub dedupe_horizon_ms: i64,
@@ -653,91 +653,6 @@ struct Task {
     changed: bool,
     /// Snapshots waiting for their outputs to settle, oldest first.
     pending: Vec<(Mark, i64, Vec<u8>)>,
-}
-
-/// Event time over several source partitions (SEMANTICS.md: the minimum
-/// over the inputs, leaving out idle inputs). Whether a source partition is
-/// idle is said by its owner (an idle marker), never guessed here: while a
-/// partition changes hands after a crash, it holds event time back, so its
-/// replayed events are not late.
-struct Inputs {
-    bound: i64,
-    idle: Duration,
-    /// Source partition -> highest event time, and whether it is idle.
-    inputs: BTreeMap<i32, (i64, bool)>,
-    current: i64,
-    /// Every input idle since then: event time advances with processing time.
-    all_idle_since: Option<Instant>,
-}
-
-impl Inputs {
-    fn new(bound: i64, idle: Duration, sources: i32) -> Self {
-        Inputs {
-            bound,
-            idle,
-            // A partition that has not delivered yet holds event time back
-            // until it does or its owner says it is idle.
-            inputs: (0..sources).map(|s| (s, (i64::MIN, false))).collect(),
-            current: i64::MIN,
-            all_idle_since: None,
-        }
-    }
-
-    fn refresh(&mut self) -> i64 {
-        let active = self
-            .inputs
-            .values()
-            .filter(|(_, idle)| !idle)
-            .map(|(max, _)| *max)
-            .min();
-        if let Some(m) = active
-            && m != i64::MIN
-        {
-            self.current = self.current.max(m.saturating_sub(self.bound));
-        }
-        self.current
-    }
-
-    /// Every input idle: event time advances with processing time from the
-    /// highest time seen, as on one host (`max - bound + idle time`).
-    fn idle_advance(&mut self, now: Instant) -> i64 {
-        let max = self
-            .inputs
-            .values()
-            .map(|(m, _)| *m)
-            .max()
-            .unwrap_or(i64::MIN);
-        if let Some(since) = self.all_idle_since
-            && max != i64::MIN
-        {
-            let idle_for = self.idle + now.duration_since(since);
-            let to = max
-                .saturating_sub(self.bound)
-                .saturating_add(idle_for.as_millis() as i64);
-            self.current = self.current.max(to);
-        }
-        self.current
-    }
-
-    /// Source partition `source` reached event time `ts` (`None`: its owner
-    /// says it is idle).
-    fn observe_source(&mut self, source: i32, ts: Option<i64>) {
-        let entry = self.inputs.entry(source).or_insert((i64::MIN, false));
-        match ts {
-            Some(ts) => {
-                entry.0 = entry.0.max(ts);
-                entry.1 = false;
-                self.all_idle_since = None;
-            }
-            None => {
-                entry.1 = true;
-                if self.all_idle_since.is_none() && self.inputs.values().all(|(_, idle)| *idle) {
-                    self.all_idle_since = Some(Instant::now());
-                }
-            }
-        }
-        self.refresh();
-    }
 }
 
 impl Clock<Item> for Inputs {

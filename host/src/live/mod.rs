@@ -9,7 +9,8 @@
 pub mod folder;
 
 use crate::config::{PluginConfig, validate_plugin_name};
-use crate::engine::{ControlOp, EngineHandle, Handover, SwapError, insert_position};
+use crate::dataflow::{Handover, SwapError, insert_position};
+use crate::engine::{ControlOp, EngineHandle};
 use crate::fsutil::write_atomic;
 use crate::runtime::{
     Capabilities, HostSettings, Limits, Plugin, PluginComponent, PluginError, Runtime, World,

@@ -1,5 +1,8 @@
 //! Bounded out-of-orderness watermarks: `max event time seen - bound`.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 /// The watermark of one input.
 #[derive(Debug, Clone)]
 pub struct Watermark {
@@ -92,6 +95,91 @@ pub fn split_at_late<T, C: Clock<T>>(mut events: Vec<T>, wm: &mut C) -> Vec<(Vec
     tails.reverse();
     let marks = cuts.iter().map(|&(_, m)| m).chain([wm.current()]);
     std::iter::once(events).chain(tails).zip(marks).collect()
+}
+
+/// Event time over several source partitions (the minimum over the
+/// inputs, leaving out idle inputs). Whether a source partition is
+/// idle is said by its owner (an idle marker), never guessed here: while a
+/// partition changes hands after a crash, it holds event time back, so its
+/// replayed events are not late.
+pub struct Inputs {
+    bound: i64,
+    idle: Duration,
+    /// Source partition -> highest event time, and whether it is idle.
+    pub inputs: BTreeMap<i32, (i64, bool)>,
+    pub current: i64,
+    /// Every input idle since then: event time advances with processing time.
+    all_idle_since: Option<Instant>,
+}
+
+impl Inputs {
+    pub fn new(bound: i64, idle: Duration, sources: i32) -> Self {
+        Inputs {
+            bound,
+            idle,
+            // A partition that has not delivered yet holds event time back
+            // until it does or its owner says it is idle.
+            inputs: (0..sources).map(|s| (s, (i64::MIN, false))).collect(),
+            current: i64::MIN,
+            all_idle_since: None,
+        }
+    }
+
+    pub fn refresh(&mut self) -> i64 {
+        let active = self
+            .inputs
+            .values()
+            .filter(|(_, idle)| !idle)
+            .map(|(max, _)| *max)
+            .min();
+        if let Some(m) = active
+            && m != i64::MIN
+        {
+            self.current = self.current.max(m.saturating_sub(self.bound));
+        }
+        self.current
+    }
+
+    /// Every input idle: event time advances with processing time from the
+    /// highest time seen, as on one host (`max - bound + idle time`).
+    pub fn idle_advance(&mut self, now: Instant) -> i64 {
+        let max = self
+            .inputs
+            .values()
+            .map(|(m, _)| *m)
+            .max()
+            .unwrap_or(i64::MIN);
+        if let Some(since) = self.all_idle_since
+            && max != i64::MIN
+        {
+            let idle_for = self.idle + now.duration_since(since);
+            let to = max
+                .saturating_sub(self.bound)
+                .saturating_add(idle_for.as_millis() as i64);
+            self.current = self.current.max(to);
+        }
+        self.current
+    }
+
+    /// Source partition `source` reached event time `ts` (`None`: its owner
+    /// says it is idle).
+    pub fn observe_source(&mut self, source: i32, ts: Option<i64>) {
+        let entry = self.inputs.entry(source).or_insert((i64::MIN, false));
+        match ts {
+            Some(ts) => {
+                entry.0 = entry.0.max(ts);
+                entry.1 = false;
+                self.all_idle_since = None;
+            }
+            None => {
+                entry.1 = true;
+                if self.all_idle_since.is_none() && self.inputs.values().all(|(_, idle)| *idle) {
+                    self.all_idle_since = Some(Instant::now());
+                }
+            }
+        }
+        self.refresh();
+    }
 }
 
 #[cfg(test)]
