@@ -16,6 +16,7 @@
 //! | 422    | `unknown_world`   | a component exporting none of the worlds          |
 //! | 422    | `config_rejected` | the plugin's `init` refused the config            |
 //! | 422    | `init_failed`     | instantiation or `init` failed (trap, imports...) |
+//! | 503    | `publish_failed`  | with Kafka: the plugins topic could not be written or read back |
 
 use super::{ApiState, BodyError, drain, error, read_limited};
 use crate::config::validate_plugin_name;
@@ -107,6 +108,7 @@ fn deploy_error(name: &str, e: DeployError) -> Response {
         },
         DeployError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous"),
         DeployError::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
+        DeployError::Publish(_) => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
     };
     tracing::warn!(plugin = name, reason, "plugin change refused: {e}");
     error(
@@ -178,7 +180,12 @@ pub(super) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Respo
         .into_iter()
         .map(|p| listed(&s, p, config))
         .collect();
-    axum::Json(json!({ "plugins": plugins })).into_response()
+    let mut body = json!({ "plugins": plugins });
+    let processors = s.manager.processors();
+    if !processors.is_empty() {
+        body["processors"] = json!(processors);
+    }
+    axum::Json(body).into_response()
 }
 
 pub(super) async fn get_one(

@@ -221,18 +221,18 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
     let collects = role != Role::Processor;
     let processes = role != Role::Collector;
     let pipeline_config = pipeline(&config);
-    let (manager, plugins) = if processes {
-        start_pipeline(&config, metrics.clone())?
-    } else {
-        let runtime = Runtime::new(None)?;
-        Manager::start(
-            runtime,
-            host_settings(&config),
-            metrics.clone(),
-            &e.data_dir,
-            Vec::new(),
-        )?
-    };
+    // Every host reads the deployed pipeline from the plugins topic; a
+    // collector validates uploads against it too.
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let (manager, plugins, reader) = Manager::start_kafka(
+        runtime,
+        host_settings(&config),
+        metrics.clone(),
+        &e.data_dir,
+        pipeline_config.clone(),
+        &k,
+    )
+    .context("loading the pipeline")?;
     let plugin_list = describe(&plugins);
     // A processor answers queries for the points of its own tasks.
     let mut store = None;
@@ -269,11 +269,13 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         let outputs = Outputs::open(&config, metrics.clone())?;
         store = outputs.store();
         hub = outputs.hub();
-        Some(
-            processor::start(&k, settings, steps, outputs, metrics.clone())
-                .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?,
-        )
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = processor::start(&k, settings, steps, outputs, metrics.clone(), Some(rx))
+            .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?;
+        manager.follow_cluster(reader, Some(tx))?;
+        Some(p)
     } else {
+        manager.follow_cluster(reader, None)?;
         None
     };
     let ingest = if collects {
@@ -283,10 +285,9 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
     } else {
         Ingest::Disabled
     };
-    if config.http.admin_token().is_some() {
-        tracing::warn!(
-            "the admin API (plugin uploads) is not available with [kafka] yet; deploy new versions by restarting processors"
-        );
+    let admin_token = config.http.admin_token();
+    if admin_token.is_none() {
+        tracing::info!("admin API disabled (set http.admin_token or NEXUSPIPE_ADMIN_TOKEN)");
     }
     let state = ApiState {
         ingest: ingest.clone(),
@@ -294,8 +295,8 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         max_body: config.http.max_body,
         max_future_ms: config.engine.max_future.as_millis() as i64,
         ready: Arc::new(AtomicBool::new(false)),
-        manager,
-        admin_token: None,
+        manager: manager.clone(),
+        admin_token,
         max_plugin_size: config.http.max_plugin_size,
         store,
         read_token: config.http.read_token(),
@@ -313,6 +314,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
     if let Some(p) = processor {
         p.stop().context("stopping the processor")?;
     }
+    manager.leave_cluster();
     served?;
     tracing::info!("stopped");
     Ok(())

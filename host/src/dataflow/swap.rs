@@ -32,6 +32,9 @@ pub enum Handover {
     New,
     /// The plugin was removed.
     Removed,
+    /// With Kafka: published to the plugins topic, and no processor of the
+    /// group is running to apply it now (each applies it when it starts).
+    Published,
 }
 
 /// What `deploy` did, before the pause is known.

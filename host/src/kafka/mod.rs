@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod collector;
 pub mod internal;
+pub mod plugins;
 pub mod processor;
 
 use crate::config::KafkaConfig;

@@ -31,10 +31,12 @@
 
 use super::checkpoint::{self, Header};
 use super::internal::{self, Writer};
+use super::plugins::{self as live, Apply, PluginStatus, Status};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
 use crate::dataflow::watermark::{Clock, Inputs, split_at_late};
+use crate::dataflow::{Handover, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{BreakerState, Event, Plugin, PluginOutput, PluginStats};
 use crate::sinks::{Mark, Outputs};
@@ -46,6 +48,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,6 +136,7 @@ pub fn start(
     pipeline: Vec<Step>,
     outputs: Outputs,
     metrics: Arc<Metrics>,
+    changes: Option<Receiver<Apply>>,
 ) -> Result<ProcessorHandle, KafkaError> {
     let mut flow = Vec::with_capacity(pipeline.len());
     let mut keyed = Vec::new();
@@ -145,21 +149,8 @@ pub fn start(
             }
         }
     }
-    // Enriched events travel to the keyed stages through Kafka: only what
-    // the steps after an enricher read is computed and carried.
-    let interests: Vec<crate::runtime::Interest> = flow
-        .iter()
-        .map(|f| match f {
-            Flow::Enrich(p) => p.interest().clone(),
-            Flow::Stage(s) => keyed[*s].template.interest().clone(),
-        })
-        .collect();
-    for (i, f) in flow.iter_mut().enumerate() {
-        if let Flow::Enrich(p) = f {
-            let after: Vec<&crate::runtime::Interest> = interests[i + 1..].iter().collect();
-            crate::runtime::refresh_downstream(std::slice::from_mut(p), &after);
-        }
-    }
+    let templates: Vec<&Plugin> = keyed.iter().map(|k| &k.template).collect();
+    refresh_enrichers(&mut flow, &templates);
     let topics = Topics::new(k);
     let names: Vec<(String, bool)> = keyed
         .iter()
@@ -183,6 +174,7 @@ pub fn start(
     let stages: Vec<Stage> = keyed
         .into_iter()
         .map(|p| Stage {
+            active: true,
             topic: topics.repartition(p.template.name()),
             partitions: if p.partition_by.is_some() {
                 k.partitions
@@ -193,9 +185,22 @@ pub fn start(
             partition_by: p.partition_by,
         })
         .collect();
-    let mut subscribed = vec![topics.events.clone()];
-    subscribed.extend(stages.iter().map(|s| s.topic.clone()));
+    let subscribed = subscription(&topics, &stages);
+    let status = flow
+        .iter()
+        .map(|f| {
+            let p = match f {
+                Flow::Enrich(p) => &**p,
+                Flow::Stage(s) => &stages[*s].template,
+            };
+            (p.name().to_string(), running(p))
+        })
+        .collect();
     let state = Proc {
+        id: format!("{}-{}", k.group, uuid::Uuid::now_v7().simple()),
+        changes,
+        status,
+        status_due: Instant::now(),
         kafka: k.clone(),
         topics,
         settings: settings.clone(),
@@ -315,6 +320,8 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
         let mut p = consumer.context().lock();
         p.process_buffer();
         p.tick(&consumer);
+        // Between two batches: every task runs the same version of a plugin.
+        p.apply_changes(&consumer);
         if let Some(e) = p.fatal.take() {
             return Err(e);
         }
@@ -326,6 +333,7 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
         p.checkpoint(&consumer, true);
         p.tasks.clear();
         p.sources.clear();
+        p.leave();
     }
     // Closing the consumer revokes what is left (nothing) and leaves the group.
     // Records taken off a partition queue and not processed are not
@@ -627,6 +635,8 @@ enum Item {
 }
 
 struct Stage {
+    /// False once the plugin was removed (kept so stage indices stay put).
+    active: bool,
     template: Plugin,
     partition_by: Option<String>,
     topic: String,
@@ -681,6 +691,13 @@ struct SourceClock {
 }
 
 struct Proc {
+    /// This processor in the group's status topic.
+    id: String,
+    /// Plugin changes from the plugins topic (see [`super::plugins`]).
+    changes: Option<Receiver<Apply>>,
+    /// What this processor runs, per plugin, as published.
+    status: BTreeMap<String, PluginStatus>,
+    status_due: Instant,
     kafka: KafkaConfig,
     topics: Topics,
     settings: ProcessorSettings,
@@ -988,7 +1005,7 @@ impl Proc {
                 up
             });
             if advanced {
-                for (s, stage) in self.stages.iter().enumerate() {
+                for (s, stage) in self.stages.iter().enumerate().filter(|(_, s)| s.active) {
                     for p in 0..stage.partitions {
                         writers.entry((s, p)).or_default().marker(src, Some(ts));
                     }
@@ -1025,7 +1042,7 @@ impl Proc {
     /// Tells every keyed task that source partition `src` is idle.
     fn send_idle(&mut self, src: i32) {
         let mut records = Vec::new();
-        for (s, stage) in self.stages.iter().enumerate() {
+        for (s, stage) in self.stages.iter().enumerate().filter(|(_, s)| s.active) {
             for p in 0..stage.partitions {
                 let mut w = Writer::default();
                 w.marker(src, None);
@@ -1084,7 +1101,7 @@ impl Proc {
                     batch.push(Item::Event(e, src));
                 } else {
                     // Every interested stage drops its copy; the first counts it.
-                    let first = self.stages.iter().position(|s| wants(s, &e));
+                    let first = self.stages.iter().position(|s| s.active && wants(s, &e));
                     duplicates += u64::from(first == Some(stage));
                 }
             }
@@ -1161,6 +1178,9 @@ impl Proc {
             self.next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         }
         self.complete(consumer);
+        if now >= self.status_due {
+            self.send_status();
+        }
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed > 0 && self.fatal.is_none() {
             let last = self
@@ -1292,6 +1312,284 @@ impl Proc {
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Applies the plugin changes that arrived since the last batch: every
+    /// task of a plugin takes the new version, its state handed over as on
+    /// one host, or none does (the change is refused here, visibly).
+    fn apply_changes(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let Some(rx) = &self.changes else { return };
+        let pending: Vec<Apply> = rx.try_iter().collect();
+        for a in pending {
+            let (name, change, result) = match a {
+                Apply::Deploy {
+                    change,
+                    plugin,
+                    reset_state,
+                    partition_by,
+                } => {
+                    let name = plugin.name().to_string();
+                    if self.runs(&plugin) {
+                        // The version running already (a change put back after
+                        // this processor refused it): nothing to do, and the
+                        // refusal stays in its status.
+                        continue;
+                    }
+                    let r = self.deploy(consumer, *plugin, reset_state, partition_by);
+                    (name, change, r)
+                }
+                Apply::Remove { change, name } => {
+                    let r = self.remove(consumer, &name);
+                    (name, change, r)
+                }
+                Apply::Refused {
+                    change,
+                    name,
+                    error,
+                } => (name, change, Err(error)),
+            };
+            match &result {
+                Ok(h) => {
+                    tracing::info!(plugin = %name, change = %change, state = ?h, "plugin change applied at a batch boundary")
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %name, change = %change, error = %e, "plugin change refused on this processor; the running version stays")
+                }
+            }
+            let running = self.running_status(&name);
+            let entry = match (running, &result) {
+                (Some(s), _) => Some(s),
+                (None, Ok(Handover::Removed)) => None,
+                (None, _) => Some(PluginStatus {
+                    name: name.clone(),
+                    version: String::new(),
+                    change: None,
+                    handover: None,
+                    error: None,
+                }),
+            };
+            match entry {
+                Some(mut st) => {
+                    st.change = Some(change);
+                    match result {
+                        Ok(h) => st.handover = Some(h),
+                        Err(e) => st.error = Some(e),
+                    }
+                    self.status.insert(name, st);
+                }
+                None => {
+                    self.status.remove(&name);
+                }
+            }
+            self.send_status();
+            self.publish();
+        }
+    }
+
+    /// Whether this processor runs this version (component and config) already.
+    fn runs(&self, plugin: &Plugin) -> bool {
+        self.flow.iter().any(|f| {
+            let p = match f {
+                Flow::Enrich(p) => &**p,
+                Flow::Stage(s) => &self.stages[*s].template,
+            };
+            p.name() == plugin.name()
+                && p.component().hash == plugin.component().hash
+                && p.config_text() == plugin.config_text()
+        })
+    }
+
+    /// What this processor runs of `name`, if anything.
+    fn running_status(&self, name: &str) -> Option<PluginStatus> {
+        self.flow.iter().find_map(|f| {
+            let p = match f {
+                Flow::Enrich(p) => &**p,
+                Flow::Stage(s) => &self.stages[*s].template,
+            };
+            (p.name() == name).then(|| running(p))
+        })
+    }
+
+    fn deploy(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        mut plugin: Plugin,
+        reset_state: bool,
+        partition_by: Option<String>,
+    ) -> Result<Handover, String> {
+        let name = plugin.name().to_string();
+        let at = self.flow.iter().position(|f| match f {
+            Flow::Enrich(p) => p.name() == name,
+            Flow::Stage(s) => self.stages[*s].template.name() == name,
+        });
+        let handover = match at.map(|i| &mut self.flow[i]) {
+            Some(Flow::Enrich(old)) => {
+                let h = handover(old, &mut plugin, reset_state).map_err(|e| e.to_string())?;
+                **old = plugin;
+                h.handover
+            }
+            Some(Flow::Stage(s)) => {
+                let s = *s;
+                // Every task's new instance first: a refusal leaves all as they were.
+                let mut next = Vec::new();
+                let mut h = Handover::Kept;
+                for ((stage, p), task) in self.tasks.iter_mut().filter(|((st, _), _)| *st == s) {
+                    let mut new = plugin.fresh().map_err(|e| e.to_string())?;
+                    h = handover(&mut task.plugin, &mut new, reset_state)
+                        .map_err(|e| format!("partition {p}: {e}"))?
+                        .handover;
+                    next.push(((*stage, *p), new));
+                }
+                if next.is_empty() {
+                    // No task here: the new version's world must still match.
+                    let old = &self.stages[s].template;
+                    if old.world() != plugin.world() {
+                        return Err(format!(
+                            "plugin `{name}` is an {}; the new version is an {}",
+                            old.world(),
+                            plugin.world()
+                        ));
+                    }
+                    h = if reset_state {
+                        Handover::Reset
+                    } else {
+                        Handover::Kept
+                    };
+                }
+                for (key, new) in next {
+                    let task = self.tasks.get_mut(&key).expect("taken above");
+                    task.plugin = new;
+                    task.changed = true;
+                }
+                self.stages[s].template = plugin;
+                h
+            }
+            None if !plugin.world().is_stateful() => {
+                let worlds = self.flow_worlds();
+                let at = insert_position(worlds.into_iter(), plugin.world());
+                self.flow.insert(at, Flow::Enrich(Box::new(plugin)));
+                Handover::New
+            }
+            None => {
+                let topic = self.topics.repartition(&name);
+                let partitions = if partition_by.is_some() {
+                    self.kafka.partitions
+                } else {
+                    1
+                };
+                super::ensure_topics(&self.kafka, &[(topic.clone(), partitions, false)])
+                    .map_err(|e| e.to_string())?;
+                let s = match self.stages.iter().position(|st| st.topic == topic) {
+                    Some(s) => {
+                        self.stages[s].template = plugin;
+                        self.stages[s].active = true;
+                        s
+                    }
+                    None => {
+                        self.stages.push(Stage {
+                            active: true,
+                            template: plugin,
+                            partition_by,
+                            topic,
+                            partitions,
+                        });
+                        self.stages.len() - 1
+                    }
+                };
+                self.flow.push(Flow::Stage(s));
+                self.resubscribe(consumer)?;
+                Handover::New
+            }
+        };
+        self.refresh();
+        Ok(handover)
+    }
+
+    fn remove(&mut self, consumer: &BaseConsumer<Ctx>, name: &str) -> Result<Handover, String> {
+        let Some(i) = self.flow.iter().position(|f| match f {
+            Flow::Enrich(p) => p.name() == name,
+            Flow::Stage(s) => self.stages[*s].template.name() == name,
+        }) else {
+            return Ok(Handover::Removed);
+        };
+        if let Flow::Stage(s) = self.flow.remove(i) {
+            self.stages[s].active = false;
+            // Its state goes: a plugin added again under this name starts empty.
+            let topic = self.topics.checkpoints();
+            let keys: Vec<String> = self
+                .tasks
+                .keys()
+                .filter(|(st, _)| *st == s)
+                .map(|(_, p)| checkpoint::key(name, *p))
+                .collect();
+            for key in keys {
+                let r = BaseRecord::<str, [u8]>::to(&topic).key(&key);
+                if let Err((e, _)) = self.producer.send(r) {
+                    tracing::warn!(plugin = name, error = %e, "removing a checkpoint failed");
+                }
+            }
+            self.tasks.retain(|(st, _), _| *st != s);
+            self.resubscribe(consumer)?;
+        }
+        self.refresh();
+        Ok(Handover::Removed)
+    }
+
+    fn flow_worlds(&self) -> Vec<crate::runtime::World> {
+        self.flow
+            .iter()
+            .map(|f| match f {
+                Flow::Enrich(p) => p.world(),
+                Flow::Stage(s) => self.stages[*s].template.world(),
+            })
+            .collect()
+    }
+
+    /// Enrichers compute only what the steps after them read.
+    fn refresh(&mut self) {
+        let Proc { flow, stages, .. } = self;
+        let templates: Vec<&Plugin> = stages.iter().map(|s| &s.template).collect();
+        refresh_enrichers(flow, &templates);
+    }
+
+    /// Subscribes to the events topic and the active stages' topics.
+    fn resubscribe(&self, consumer: &BaseConsumer<Ctx>) -> Result<(), String> {
+        let topics = subscription(&self.topics, &self.stages);
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| format!("subscribing to {}: {e}", names.join(", ")))
+    }
+
+    /// Says what this processor runs, in the status topic.
+    fn send_status(&mut self) {
+        self.status_due = Instant::now() + live::HEARTBEAT;
+        if self.changes.is_none() {
+            return;
+        }
+        let status = Status {
+            processor: self.id.clone(),
+            at_ms: now_ms().max(0) as u64,
+            plugins: self.status.values().cloned().collect(),
+        };
+        let json = serde_json::to_vec(&status).expect("a status serializes");
+        let topic = self.topics.status();
+        let r = BaseRecord::<str, [u8]>::to(&topic)
+            .key(&self.id)
+            .payload(&json);
+        if let Err((e, _)) = self.producer.send(r) {
+            tracing::debug!(error = %e, "publishing the processor's status");
+        }
+    }
+
+    /// Leaving the group: this processor's status goes.
+    fn leave(&mut self) {
+        if self.changes.is_some() {
+            let topic = self.topics.status();
+            let r = BaseRecord::<str, [u8]>::to(&topic).key(&self.id);
+            let _ = self.producer.send(r);
+            let _ = self.producer.flush(Duration::from_secs(5));
+        }
+    }
+
     fn publish(&self) {
         let wm = self.tasks.values().map(|t| t.wm.current).min();
         if let Some(wm) = wm {
@@ -1333,6 +1631,42 @@ impl Proc {
     }
 }
 
+/// The topics a processor consumes: the events topic and the active stages'.
+fn subscription(topics: &Topics, stages: &[Stage]) -> Vec<String> {
+    let mut out = vec![topics.events.clone()];
+    out.extend(stages.iter().filter(|s| s.active).map(|s| s.topic.clone()));
+    out
+}
+
+/// What a processor says it runs of a plugin.
+fn running(p: &Plugin) -> PluginStatus {
+    PluginStatus {
+        name: p.name().to_string(),
+        version: p.component().hash.clone(),
+        change: None,
+        handover: None,
+        error: None,
+    }
+}
+
+/// Enriched events travel to the keyed stages through Kafka: only what the
+/// steps after an enricher read is computed and carried.
+fn refresh_enrichers(flow: &mut [Flow], stages: &[&Plugin]) {
+    let interests: Vec<crate::runtime::Interest> = flow
+        .iter()
+        .map(|f| match f {
+            Flow::Enrich(p) => p.interest().clone(),
+            Flow::Stage(s) => stages[*s].interest().clone(),
+        })
+        .collect();
+    for (i, f) in flow.iter_mut().enumerate() {
+        if let Flow::Enrich(p) = f {
+            let after: Vec<&crate::runtime::Interest> = interests[i + 1..].iter().collect();
+            crate::runtime::refresh_downstream(std::slice::from_mut(p), &after);
+        }
+    }
+}
+
 fn commit(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
     if tpl.count() == 0 {
         return;
@@ -1348,7 +1682,7 @@ fn commit(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
     }
 }
 
-fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
+pub(super) fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
     matches!(
         e,
         rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)

@@ -6,6 +6,7 @@
 //! components beside it, by hash), so a restart runs the versions that were
 //! running, not the ones the config file names.
 
+pub mod cluster;
 pub mod folder;
 
 use crate::config::{PluginConfig, validate_plugin_name};
@@ -90,6 +91,9 @@ pub enum DeployError {
     Swap(#[from] SwapError),
     #[error("plugin `{0}` has no previous version to roll back to")]
     NoPrevious(String),
+    /// With Kafka: the change could not be published (or read back).
+    #[error("{0}")]
+    Publish(String),
     #[error("storing the plugin in {path}: {source}")]
     Store {
         path: PathBuf,
@@ -116,6 +120,9 @@ pub struct Deployed {
     /// (metrics, funnels, rules), matched by name and definition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parts: Option<StateParts>,
+    /// With Kafka: what each processor of the group did with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<cluster::ProcessorOutcome>,
 }
 
 /// A version that would deploy (`?dry_run=true`).
@@ -165,6 +172,9 @@ pub struct PluginInfo {
     pub late: u64,
     pub breaker: crate::runtime::BreakerState,
     pub last_error: Option<String>,
+    /// With Kafka: the version each live processor of the group runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<cluster::ProcessorOutcome>,
 }
 
 /// One entry of `deployments.json`.
@@ -208,6 +218,8 @@ pub struct Manager {
     registry: Mutex<Registry>,
     /// One change at a time, so two uploads of one plugin cannot interleave.
     changes: Mutex<()>,
+    /// With Kafka: the plugins topic, which records and spreads every change.
+    cluster: OnceLock<cluster::Cluster>,
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -226,6 +238,39 @@ impl Manager {
         data_dir: &Path,
         pipeline: Vec<PluginConfig>,
     ) -> anyhow::Result<(Arc<Manager>, Vec<Plugin>)> {
+        let (m, plugins, _) =
+            Self::start_with(runtime, settings, metrics, data_dir, pipeline, None)?;
+        Ok((m, plugins))
+    }
+
+    /// With Kafka: the configured pipeline with the changes recorded in the
+    /// plugins topic applied (the topic, not the data dir, is the record).
+    /// Call [`Manager::follow_cluster`] with the reader once the processor runs.
+    pub fn start_kafka(
+        runtime: Runtime,
+        settings: HostSettings,
+        metrics: Arc<Metrics>,
+        data_dir: &Path,
+        pipeline: Vec<PluginConfig>,
+        kafka: &crate::config::KafkaConfig,
+    ) -> anyhow::Result<(Arc<Manager>, Vec<Plugin>, crate::kafka::plugins::Reader)> {
+        let (m, plugins, reader) =
+            Self::start_with(runtime, settings, metrics, data_dir, pipeline, Some(kafka))?;
+        Ok((m, plugins, reader.expect("read with kafka")))
+    }
+
+    fn start_with(
+        runtime: Runtime,
+        settings: HostSettings,
+        metrics: Arc<Metrics>,
+        data_dir: &Path,
+        pipeline: Vec<PluginConfig>,
+        kafka: Option<&crate::config::KafkaConfig>,
+    ) -> anyhow::Result<(
+        Arc<Manager>,
+        Vec<Plugin>,
+        Option<crate::kafka::plugins::Reader>,
+    )> {
         use anyhow::Context;
         let store = data_dir.join("deployed");
         let manager = Manager {
@@ -240,8 +285,13 @@ impl Manager {
             store,
             registry: Mutex::new(Registry::default()),
             changes: Mutex::new(()),
+            cluster: OnceLock::new(),
         };
-        let recorded = manager.read_deployments()?;
+        let recorded = if kafka.is_some() {
+            Deployments::default()
+        } else {
+            manager.read_deployments()?
+        };
         let mut registry = Registry {
             removed: recorded.removed.clone(),
             ..Registry::default()
@@ -292,16 +342,27 @@ impl Manager {
             tracing::info!(plugin = %r.name, version = %current.component.short_hash(), source = ?current.source, "running the version deployed before the restart");
             registry.slots.insert(r.name, Slot { current, previous });
         }
-        let mut plugins = Vec::with_capacity(order.len());
-        for (name, _) in &order {
-            let v = &registry.slots[name].current;
-            let plugin = manager
-                .instantiate(name, v)
-                .with_context(|| format!("plugin `{name}` ({})", v.path.display()))?;
-            plugins.push(plugin);
-        }
         *manager.registry.lock().expect("registry lock") = registry;
-        Ok((Arc::new(manager), plugins))
+        let reader = match kafka {
+            Some(k) => Some(
+                manager
+                    .join_cluster(k, &mut order)
+                    .with_context(|| format!("reading the plugins topic at {}", k.brokers))?,
+            ),
+            None => None,
+        };
+        let mut plugins = Vec::with_capacity(order.len());
+        {
+            let registry = manager.registry.lock().expect("registry lock");
+            for (name, _) in &order {
+                let v = &registry.slots[name].current;
+                let plugin = manager
+                    .instantiate(name, v)
+                    .with_context(|| format!("plugin `{name}` ({})", v.path.display()))?;
+                plugins.push(plugin);
+            }
+        }
+        Ok((Arc::new(manager), plugins, reader))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -385,8 +446,10 @@ impl Manager {
     fn try_deploy(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
         let _one_at_a_time = self.changes.lock().expect("changes lock");
         let (name, reset_state, received) = (req.name.clone(), req.reset_state, req.received);
-        let version = self.prepare(req, true)?;
-        self.swap(&name, version, reset_state, received)
+        // With Kafka the topic keeps the bytes, not the data dir.
+        let bytes = self.cluster.get().map(|_| req.bytes.clone());
+        let version = self.prepare(req, bytes.is_none())?;
+        self.swap(&name, version, reset_state, received, bytes)
     }
 
     /// What a deploy would run, checked without running it: the component
@@ -460,7 +523,7 @@ impl Manager {
                 .clone()
                 .ok_or_else(|| DeployError::NoPrevious(name.to_string()))?
         };
-        self.swap(name, previous, reset_state, received)
+        self.swap(name, previous, reset_state, received, None)
     }
 
     fn swap(
@@ -469,8 +532,45 @@ impl Manager {
         version: Version,
         reset_state: bool,
         received: Instant,
+        bytes: Option<Vec<u8>>,
     ) -> Result<Deployed, DeployError> {
         let mut plugin = self.instantiate(name, &version)?;
+        if self.cluster.get().is_some() {
+            if let Some(running) = self.current(name)
+                && running.component.world != version.component.world
+            {
+                return Err(SwapError::WorldMismatch {
+                    name: name.to_string(),
+                    running: running.component.world,
+                    new: version.component.world,
+                }
+                .into());
+            }
+            drop(plugin);
+            let previous_version = self.current(name).map(|v| v.component.hash);
+            let (state, processors) =
+                self.publish_change(name, Some(&version), bytes, reset_state)?;
+            self.metrics.plugin_swaps.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                plugin = name,
+                version = &version.component.hash[..12],
+                processors = processors.len(),
+                "plugin version published to the group"
+            );
+            return Ok(Deployed {
+                name: name.to_string(),
+                world: version.component.world,
+                version: version.component.hash.clone(),
+                previous_version,
+                state,
+                state_bytes: 0,
+                caught_up: false,
+                swap_pause_us: 0,
+                upload_to_active_ms: received.elapsed().as_secs_f64() * 1e3,
+                parts: None,
+                processors,
+            });
+        }
         let (caught_up, base_bytes) = if reset_state || !version.component.world.is_stateful() {
             (None, 0)
         } else {
@@ -520,6 +620,7 @@ impl Manager {
                 .parts
                 .filter(|_| swapped.handover == Handover::Kept)
                 .map(StateParts::from),
+            processors: Vec::new(),
         };
         let list = |f: fn(&StateParts) -> &Vec<String>| {
             deployed
@@ -581,6 +682,15 @@ impl Manager {
     /// Takes a plugin out of the pipeline.
     pub fn remove(&self, name: &str) -> Result<String, DeployError> {
         let _one_at_a_time = self.changes.lock().expect("changes lock");
+        if self.cluster.get().is_some() {
+            let running = self
+                .current(name)
+                .ok_or_else(|| SwapError::NotFound(name.to_string()))?;
+            self.publish_change(name, None, None, false)?;
+            self.metrics.plugin_swaps.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(plugin = name, "plugin removal published to the group");
+            return Ok(running.component.hash);
+        }
         self.engine()?
             .control(ControlOp::Remove {
                 name: name.to_string(),
@@ -616,8 +726,20 @@ impl Manager {
 
     /// The pipeline, in order, with each plugin's figures.
     pub fn list(&self) -> Vec<PluginInfo> {
-        let figures = self.metrics.plugins.lock().expect("metrics lock").clone();
+        let mut figures = self.metrics.plugins.lock().expect("metrics lock").clone();
         let reg = self.registry.lock().expect("registry lock");
+        // A collector runs no plugin: its registry still says what is deployed.
+        for (name, slot) in &reg.slots {
+            if !figures.iter().any(|f| f.name == *name) {
+                figures.push(crate::telemetry::PluginFigures {
+                    name: name.clone(),
+                    world: slot.current.component.world,
+                    version: slot.current.component.hash.clone(),
+                    stats: Default::default(),
+                    breaker: crate::runtime::BreakerState::Closed,
+                });
+            }
+        }
         figures
             .into_iter()
             .filter_map(|f| {
@@ -637,6 +759,7 @@ impl Manager {
                     late: f.stats.late,
                     breaker: f.breaker,
                     last_error: f.stats.last_error,
+                    processors: self.processors_of(&f.name),
                     name: f.name,
                 })
             })

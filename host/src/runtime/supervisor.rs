@@ -282,6 +282,11 @@ impl Plugin {
         &self.name
     }
 
+    /// The plugin's own config, as its `init` was given it.
+    pub fn config_text(&self) -> &str {
+        &self.config
+    }
+
     /// Tells an enricher which properties the plugins after it read
     /// (`host-settings.downstream-properties`): when that changed, it starts
     /// again with the new list. Enrichers hold no state, so nothing is lost;

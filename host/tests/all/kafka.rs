@@ -5,9 +5,10 @@
 //! The expected results come from the embedded engine (one host, no Kafka)
 //! running the same pipeline on the same stream.
 
+use crate::live::{TOKEN, admin};
 use crate::sinks::{Db, expected_points, known_stream, post_all};
 use crate::support::{
-    Server, free_port, parse_ndjson, plugin_dir, terminate, wait_until, workspace_root,
+    Server, free_port, guest, parse_ndjson, plugin_dir, terminate, wait_until, workspace_root,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -667,5 +668,216 @@ fn an_enricher_after_an_aggregator_means_the_same_on_one_host_and_on_two() {
         "alerts: extra {:?}\nmissing {:?}",
         got.difference(&want.alerts).collect::<Vec<_>>(),
         want.alerts.difference(&got).collect::<Vec<_>>()
+    );
+}
+
+/// The same component under another version (another hash): its bytes with
+/// a custom section appended, which changes nothing it does.
+fn another_version(file: &std::path::Path, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(file).unwrap();
+    let name = b"nexuspipe-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    bytes.push(0); // a custom section, then its size in LEB128
+    let mut n = payload.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(b);
+            break;
+        }
+        bytes.push(b | 0x80);
+    }
+    bytes.extend(payload);
+    bytes
+}
+
+fn put(host: &Server, name: &str, component: &[u8]) -> (u16, Value) {
+    admin(
+        host,
+        "PUT",
+        &format!("/v1/plugins/{name}"),
+        Some(TOKEN),
+        Some(component),
+    )
+}
+
+/// `GET /v1/plugins/{name}` on `host`.
+fn plugin_on(host: &Server, name: &str) -> Value {
+    let (status, v) = admin(
+        host,
+        "GET",
+        &format!("/v1/plugins/{name}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The version of `name` each live processor of the group runs, as `host` sees it.
+fn versions_on(host: &Server, name: &str) -> BTreeMap<String, String> {
+    plugin_on(host, name)["processors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                    (s("processor"), s("version"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn holds_partitions(p: &Server) -> bool {
+    p.log()
+        .lines()
+        .any(|l| l.contains("partitions assigned") && !l.contains("sources=[] tasks=[]"))
+}
+
+/// Live plugins across hosts: a version uploaded to the collector swaps on
+/// both processors under load; a version that rejects the state is refused
+/// everywhere and the old one keeps running; a swap during a rebalance (a
+/// third processor joins, one is killed) loses and repeats nothing; a
+/// restarted processor runs the deployed version. Every window equals the
+/// uninterrupted one-host run of the same stream.
+#[test]
+fn plugin_changes_on_any_host_reach_every_processor() {
+    let events = stream();
+    let want = expected(&events);
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let config = format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n{}",
+        kafka_config(&broker, &db, "live")
+    );
+    let collector = Server::start_role(&config, "collector");
+    let a = Server::start_role(&config, "processor");
+    wait_until(30, "the first processor's assignment", || {
+        a.log().contains("partitions assigned")
+    });
+    let mut b = Server::start_role(&config, "processor");
+    wait_until(60, "both processors to hold partitions", || {
+        holds_partitions(&a) && holds_partitions(&b)
+    });
+    wait_until(30, "both processors' status", || {
+        versions_on(&collector, "funnel").len() == 2
+    });
+    let funnel = plugin_dir().join("funnel.wasm");
+    let q = events.len() / 4;
+    post_all(&collector, &events[..q], 250, Duration::ZERO);
+
+    // 1. An upload on the collector, while events flow.
+    let (status, body) = std::thread::scope(|sc| {
+        let load = sc.spawn(|| {
+            post_all(
+                &collector,
+                &events[q..2 * q],
+                100,
+                Duration::from_millis(20),
+            )
+        });
+        let r = put(&collector, "funnel", &another_version(&funnel, "v2"));
+        load.join().unwrap();
+        r
+    });
+    assert_eq!(status, 200, "{body}");
+    let v2 = body["version"].as_str().unwrap().to_string();
+    let answered = body["processors"].as_array().unwrap();
+    assert_eq!(answered.len(), 2, "both processors answered: {body}");
+    for p in answered {
+        assert_eq!(p["version"], v2.as_str(), "{body}");
+        assert_eq!(p["state"], "kept", "{body}");
+    }
+    eprintln!(
+        "upload on the collector to both processors running it: {} ms",
+        body["upload_to_active_ms"]
+    );
+    for host in [&collector, &a, &b] {
+        wait_until(
+            10,
+            "every host to see both processors on the new version",
+            || {
+                let v = versions_on(host, "funnel");
+                v.len() == 2 && v.values().all(|h| *h == v2)
+            },
+        );
+    }
+
+    // 2. A version that rejects the running state: refused on every host.
+    let counter = std::fs::read(guest("counter")).unwrap();
+    let (status, body) = put(&a, "funnel", &counter);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "state_rejected", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("refused by"),
+        "{body}"
+    );
+    for host in [&collector, &a, &b] {
+        wait_until(10, "the old version on every processor", || {
+            let v = versions_on(host, "funnel");
+            v.len() == 2 && v.values().all(|h| *h == v2)
+        });
+        assert_eq!(plugin_on(host, "funnel")["version"], v2.as_str());
+    }
+    // The processor holding the funnel's task says why, in the API and its log.
+    let refusals: Vec<String> = plugin_on(&collector, "funnel")["processors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["error"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].contains("rejected"), "{refusals:?}");
+    assert!(
+        [&a, &b]
+            .iter()
+            .any(|p| p.log().contains("plugin change refused on this processor")),
+        "logged"
+    );
+
+    // 3. A swap during a rebalance: a third processor joins, a new version
+    // is uploaded on a processor, then another is killed.
+    let mut c = Server::start_role(&config, "processor");
+    let (status, body) = std::thread::scope(|sc| {
+        let load = sc.spawn(|| {
+            post_all(
+                &collector,
+                &events[2 * q..3 * q],
+                100,
+                Duration::from_millis(20),
+            )
+        });
+        wait_until(60, "the third processor to join", || {
+            c.log().contains("partitions assigned")
+        });
+        let r = put(&a, "funnel", &another_version(&funnel, "v3"));
+        load.join().unwrap();
+        r
+    });
+    assert_eq!(status, 200, "{body}");
+    let v3 = body["version"].as_str().unwrap().to_string();
+    b.child.kill().unwrap(); // kill -9
+    b.child.wait().unwrap();
+    post_all(&collector, &events[3 * q..], 250, Duration::ZERO);
+    wait_points(
+        &db,
+        want,
+        "points through three swaps and a rebalance",
+        &[&a, &c],
+    );
+    assert_alerts(&[&a, &b, &c], want);
+
+    // 4. A restarted processor runs the deployed version, not the configured one.
+    c.restart();
+    wait_until(30, "the restarted processor's pipeline", || {
+        plugin_on(&c, "funnel")["version"] == v3.as_str()
+    });
+    assert_eq!(
+        plugin_on(&collector, "funnel")["previous_version"],
+        v2.as_str()
     );
 }

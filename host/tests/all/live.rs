@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const TOKEN: &str = "s3cret-admin-token";
+pub(crate) const TOKEN: &str = "s3cret-admin-token";
 
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
@@ -26,7 +26,7 @@ fn nexuspipe(args: &[&str]) -> Command {
 }
 
 /// An admin request; returns status and JSON body.
-fn admin(
+pub(crate) fn admin(
     s: &Server,
     method: &str,
     path: &str,

@@ -1,0 +1,455 @@
+//! Live plugins across hosts: the compacted `<topic>.<group>.plugins` topic
+//! carries every deployed change, keyed by plugin name, and
+//! `<topic>.<group>.status` what each processor of the group runs.
+//!
+//! - A change (upload, rollback, delete) is validated on the host that took
+//!   it, then published: the component's bytes first, in chunks keyed
+//!   `<name>@<hash>/<i>` (a component may be larger than a record), then the
+//!   change itself under the plugin's name (version by hash, config,
+//!   `reset_state`; no version: removed). Compaction keeps each plugin's
+//!   latest change and the chunks of every version, so a host that starts
+//!   later reads the pipeline as deployed.
+//! - Every host tails both topics from the beginning (no consumer group:
+//!   each host reads all of it). Processors apply a change at their next
+//!   batch boundary and publish their status, on every change and every
+//!   [`HEARTBEAT`], keyed by processor id; a clean stop removes it.
+
+use super::{KafkaError, Topics, client_config, client_error};
+use crate::config::KafkaConfig;
+use crate::dataflow::Handover;
+use crate::runtime::{Plugin, World};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes of a component per record: well under a broker's default 1 MB limit.
+const CHUNK: usize = 256 << 10;
+
+/// How often a processor says what it runs, so hosts can tell a live one
+/// from one that went away without a word (`kill -9`).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A processor not heard of for this long is taken as gone.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+impl Topics {
+    /// Compacted: the latest change of each plugin, and every version's bytes.
+    pub fn plugins(&self) -> String {
+        format!("{}.plugins", self.prefix)
+    }
+
+    /// Compacted: what each processor runs, keyed by processor id.
+    pub fn status(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+}
+
+/// A version as published: enough for any host to load it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub hash: String,
+    pub world: World,
+    pub config: String,
+    /// Size of the component (the chunks under `<name>@<hash>/…` add up to it).
+    pub size: usize,
+}
+
+/// A change to the pipeline, as every host reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    /// Unique: statuses name the change they applied or refused.
+    pub id: String,
+    pub name: String,
+    /// `None`: the plugin is removed.
+    pub current: Option<Version>,
+    /// What ran before (for rollback on any host).
+    pub previous: Option<Version>,
+    pub reset_state: bool,
+    /// Milliseconds since the epoch, when published.
+    pub at_ms: u64,
+    /// Put the previous version back because processors refused this change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<String>,
+}
+
+/// What one processor runs of one plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    /// The last change of this plugin the processor took (applied or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// How its state went over in that change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+    /// Why the processor refused that change (it runs `version`, the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one processor runs, as it last said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub processor: String,
+    pub at_ms: u64,
+    pub plugins: Vec<PluginStatus>,
+}
+
+impl Status {
+    /// Heard of within [`STALE_AFTER`].
+    pub fn live(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.at_ms) < STALE_AFTER.as_millis() as u64
+    }
+}
+
+/// A change for a processor's pipeline, with the new version instantiated
+/// by the host (so a processor only swaps, at a batch boundary).
+pub enum Apply {
+    Deploy {
+        change: String,
+        plugin: Box<Plugin>,
+        reset_state: bool,
+        /// A keyed plugin's field, from the host's `[[plugins]]` entry.
+        partition_by: Option<String>,
+    },
+    Remove {
+        change: String,
+        name: String,
+    },
+    /// The host could not instantiate the version; the processor says so.
+    Refused {
+        change: String,
+        name: String,
+        error: String,
+    },
+}
+
+/// A record of the plugins or status topic.
+pub enum Record {
+    /// Part `index` of `parts` of the component `hash`.
+    Chunk {
+        hash: String,
+        index: u32,
+        parts: u32,
+        bytes: Vec<u8>,
+    },
+    Change(Change),
+    Status(Status),
+    /// A processor left (its status' tombstone).
+    Gone(String),
+}
+
+fn chunk_key(name: &str, hash: &str, index: usize, parts: usize) -> String {
+    format!("{name}@{hash}/{index}/{parts}")
+}
+
+/// Reads a record; `None` for one this version does not know (ignored).
+fn decode(topics: &Topics, topic: &str, key: &[u8], value: Option<&[u8]>) -> Option<Record> {
+    let key = std::str::from_utf8(key).ok()?;
+    if topic == topics.status() {
+        return Some(match value {
+            None => Record::Gone(key.to_string()),
+            Some(v) => Record::Status(serde_json::from_slice(v).ok()?),
+        });
+    }
+    let value = value?;
+    match key.split_once('@') {
+        Some((_, rest)) => {
+            let mut it = rest.splitn(3, '/');
+            let hash = it.next()?.to_string();
+            let index = it.next()?.parse().ok()?;
+            let parts = it.next()?.parse().ok()?;
+            Some(Record::Chunk {
+                hash,
+                index,
+                parts,
+                bytes: value.to_vec(),
+            })
+        }
+        None => match serde_json::from_slice(value) {
+            Ok(c) => Some(Record::Change(c)),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "unreadable record in the plugins topic; skipped");
+                None
+            }
+        },
+    }
+}
+
+/// Components put back together from their chunks.
+#[derive(Default)]
+pub struct Chunks {
+    parts: HashMap<String, (u32, HashMap<u32, Vec<u8>>)>,
+}
+
+impl Chunks {
+    pub fn add(&mut self, hash: String, index: u32, parts: u32, bytes: Vec<u8>) {
+        let e = self
+            .parts
+            .entry(hash)
+            .or_insert_with(|| (parts, HashMap::new()));
+        e.0 = parts;
+        e.1.insert(index, bytes);
+    }
+
+    /// The whole component, if every chunk arrived.
+    pub fn get(&self, hash: &str) -> Option<Vec<u8>> {
+        let (parts, chunks) = self.parts.get(hash)?;
+        let mut out = Vec::new();
+        for i in 0..*parts {
+            out.extend_from_slice(chunks.get(&i)?);
+        }
+        Some(out)
+    }
+}
+
+/// Delivery errors of the publisher's producer.
+#[derive(Default)]
+struct Delivery {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            *self.failed.lock().expect("delivery lock") = Some(e.to_string());
+        }
+    }
+}
+
+/// Publishes changes to the plugins topic (acks=all, idempotent).
+pub struct Publisher {
+    producer: BaseProducer<Delivery>,
+    topics: Topics,
+    /// One publication at a time: a change's chunks and record stay together.
+    lock: Mutex<()>,
+}
+
+impl Publisher {
+    pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
+        let topics = Topics::new(k);
+        super::ensure_topics(
+            k,
+            &[(topics.plugins(), 1, true), (topics.status(), 1, true)],
+        )?;
+        let producer = client_config(
+            k,
+            &[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("linger.ms", "0"),
+            ],
+        )
+        .create_with_context(Delivery::default())
+        .map_err(client_error("creating the plugins topic's producer"))?;
+        Ok(Publisher {
+            producer,
+            topics,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Publishes `change` (and `bytes`, the new version's component, unless
+    /// the topic has it already) and waits for the broker's acknowledgement.
+    pub fn publish(&self, change: &Change, bytes: Option<&[u8]>) -> Result<(), KafkaError> {
+        let _one = self.lock.lock().expect("publisher lock");
+        let topic = self.topics.plugins();
+        let send = |key: &str, value: &[u8]| -> Result<(), KafkaError> {
+            let mut record = BaseRecord::<str, [u8]>::to(&topic).key(key).payload(value);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => return Ok(()),
+                    Err((e, r)) if super::processor::is_queue_full(&e) => {
+                        self.producer.poll(Duration::from_millis(50));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(client_error(format!("publishing to `{topic}`"))(e)),
+                }
+            }
+        };
+        if let (Some(bytes), Some(v)) = (bytes, &change.current) {
+            let parts = bytes.len().div_ceil(CHUNK).max(1);
+            for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+                send(&chunk_key(&change.name, &v.hash, i, parts), chunk)?;
+            }
+        }
+        let json = serde_json::to_vec(change).expect("a change serializes");
+        send(&change.name, &json)?;
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(client_error(format!("publishing to `{topic}`")))?;
+        if let Some(e) = self.producer.context().failed.lock().expect("lock").take() {
+            return Err(KafkaError::Other(format!("publishing to `{topic}`: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// Tails the plugins and status topics on a thread of its own.
+pub struct Tail {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A reader of both topics from their beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    topics: Topics,
+}
+
+impl Reader {
+    pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
+        let topics = Topics::new(k);
+        super::ensure_topics(
+            k,
+            &[(topics.plugins(), 1, true), (topics.status(), 1, true)],
+        )?;
+        let consumer: BaseConsumer = client_config(
+            k,
+            &[
+                // Never joins: partitions are assigned, offsets never committed.
+                ("group.id", &format!("{}.plugins-reader", k.group)),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+        .create()
+        .map_err(client_error("creating the plugins topic's reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in [topics.plugins(), topics.status()] {
+            tpl.add_partition_offset(&t, 0, Offset::Beginning)
+                .map_err(client_error("assigning"))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(client_error("reading the plugins topic"))?;
+        Ok(Reader { consumer, topics })
+    }
+
+    /// Reads the plugins topic up to its end (what a host starts from);
+    /// statuses read on the way are passed on too.
+    pub fn catch_up(&mut self, on: &mut dyn FnMut(Record)) -> Result<(), KafkaError> {
+        let topic = self.topics.plugins();
+        let (_, end) = self
+            .consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(30))
+            .map_err(client_error(format!("reading the offsets of `{topic}`")))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = 0;
+        // Past the reported end, read on until the log is quiet: some brokers
+        // (tansu 0.6) report the start of the last batch as the end.
+        let mut quiet_since: Option<Instant> = None;
+        while next < end || quiet_since.is_none_or(|q| q.elapsed() < Duration::from_millis(300)) {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Other(format!(
+                    "reading `{topic}` took over a minute"
+                )));
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if m.topic() == topic {
+                        next = next.max(m.offset() + 1);
+                        quiet_since = None;
+                    }
+                    if let Some(r) = decode(
+                        &self.topics,
+                        m.topic(),
+                        m.key().unwrap_or_default(),
+                        m.payload(),
+                    ) {
+                        on(r);
+                    }
+                }
+                Some(Err(e)) => return Err(client_error(format!("reading `{topic}`"))(e)),
+                None if next >= end => {
+                    quiet_since.get_or_insert_with(Instant::now);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Goes on reading on a thread of its own, until the [`Tail`] is dropped.
+    pub fn tail(self, mut on: impl FnMut(Record) + Send + 'static) -> Result<Tail, KafkaError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("nexuspipe-plugins".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match self.consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            if let Some(r) = decode(
+                                &self.topics,
+                                m.topic(),
+                                m.key().unwrap_or_default(),
+                                m.payload(),
+                            ) {
+                                on(r);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "reading the plugins topic");
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        None => {}
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::Other(format!("starting the plugins reader: {e}")))?;
+        Ok(Tail {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_come_back_whole_in_any_order() {
+        let bytes: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| (i % 251) as u8).collect();
+        let parts = bytes.len().div_ceil(CHUNK);
+        let topics = Topics {
+            events: "e".into(),
+            prefix: "e.g".into(),
+        };
+        let mut c = Chunks::default();
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate().rev() {
+            let key = chunk_key("funnel", "abc", i, parts);
+            let Some(Record::Chunk {
+                hash,
+                index,
+                parts,
+                bytes,
+            }) = decode(&topics, "e.g.plugins", key.as_bytes(), Some(chunk))
+            else {
+                panic!("a chunk");
+            };
+            assert!(c.get("abc").is_none(), "incomplete until the last");
+            c.add(hash, index, parts, bytes);
+        }
+        assert_eq!(c.get("abc").as_deref(), Some(&bytes[..]));
+    }
+}
