@@ -839,8 +839,8 @@ fn plugin_changes_on_any_host_reach_every_processor() {
         "logged"
     );
 
-    // 3. A swap during a rebalance: a third processor joins, a new version
-    // is uploaded on a processor, then another is killed.
+    // 3. A swap during rebalances: a third processor joins, a new version is
+    // uploaded on a processor, and another is killed while it swaps.
     let mut c = Server::start_role(&config, "processor");
     let (status, body) = std::thread::scope(|sc| {
         let load = sc.spawn(|| {
@@ -854,14 +854,14 @@ fn plugin_changes_on_any_host_reach_every_processor() {
         wait_until(60, "the third processor to join", || {
             c.log().contains("partitions assigned")
         });
-        let r = put(&a, "funnel", &another_version(&funnel, "v3"));
+        let upload = sc.spawn(|| put(&a, "funnel", &another_version(&funnel, "v3")));
+        b.child.kill().unwrap(); // kill -9
+        b.child.wait().unwrap();
         load.join().unwrap();
-        r
+        upload.join().unwrap()
     });
     assert_eq!(status, 200, "{body}");
     let v3 = body["version"].as_str().unwrap().to_string();
-    b.child.kill().unwrap(); // kill -9
-    b.child.wait().unwrap();
     post_all(&collector, &events[3 * q..], 250, Duration::ZERO);
     wait_points(
         &db,
@@ -880,4 +880,33 @@ fn plugin_changes_on_any_host_reach_every_processor() {
         plugin_on(&collector, "funnel")["previous_version"],
         v2.as_str()
     );
+
+    // 5. Rollback and delete work from any host too.
+    let (status, body) = admin(&c, "POST", "/v1/plugins/funnel/rollback", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], v2.as_str(), "{body}");
+    let (status, body) = admin(
+        &collector,
+        "DELETE",
+        "/v1/plugins/alerts-user",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    for p in [&a, &c] {
+        wait_until(
+            10,
+            "the rollback and the removal on every processor",
+            || {
+                let (_, list) = admin(p, "GET", "/v1/plugins", Some(TOKEN), None);
+                let names: Vec<&str> = list["plugins"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                !names.contains(&"alerts-user") && plugin_on(p, "funnel")["version"] == v2.as_str()
+            },
+        );
+    }
 }
