@@ -7,8 +7,9 @@ InfluxDB 1.x (scripts/influxdb.sh), release builds on loopback:
   producing straight to the topic (`gen --target kafka://`), which is the
   most the broker takes from one client.
 - processor: `nexuspipe run --role processor` (default pipeline) consuming a
-  topic filled beforehand, until every event went through every stage and the
-  points are in InfluxDB. Baseline: the embedded engine (`nexuspipe run`)
+  topic filled beforehand (1 000 000 events), until every event went through
+  every stage (the throughput), and on until the points are in InfluxDB
+  (`drain_seconds`); then two processors in one group on the same topic. Baseline: the embedded engine (`nexuspipe run`)
   on the same generator, batches of 100 (host/benches/load.py).
 
 Each case runs --repeat times; the report gives medians, ratios and CPU
@@ -101,45 +102,58 @@ def collector_case(servers, i, batch, duration, connections):
         p.wait()
 
 
-def processor_case(servers, i, topic, events):
-    """Consumes `topic` (holding `events` events) with a new group; seconds
-    from the first event read to the last output delivered."""
-    config = (servers.kafka_config(topic, f"bench-{i}")
+def processor_case(servers, i, topic, events, processors=1):
+    """Consumes `topic` (holding `events` events) with a new group of
+    `processors` processes. Throughput: events over the seconds from the
+    first event read to the last one through every stage; `drain_seconds`
+    goes on to the last point delivered to InfluxDB (the sink flushes every
+    second, so a short run's tail weighs on it)."""
+    config = (servers.kafka_config(topic, f"bench-{i}-{processors}")
               + f'[influxdb]\nurl = "http://127.0.0.1:{servers.influx}"\napi = "v1"\ndatabase = "np"\n')
-    p, port, data = start_server(f"processor-{i}", config=config, role="processor")
+    started_procs = [start_server(f"processor-{i}-{processors}-{n}", config=config, role="processor")
+                     for n in range(processors)]
     try:
-        cpu0, broker0 = process_cpu(p.pid), process_cpu(servers.tansu.pid)
+        cpu0 = [process_cpu(p.pid) for p, _, _ in started_procs]
+        broker0 = process_cpu(servers.tansu.pid)
         started = time.time()
-        first = last = None
+        first = last = processed_at = None
         seen = None
         while True:
-            m = metrics(port)
+            ms = [metrics(port) for _, port, _ in started_procs]
             now = time.time()
-            state = (scalar(m, "nexuspipe_events_received_total"), scalar(m, "nexuspipe_events_processed_total"),
-                     labelled_sum(m, "nexuspipe_sink_delivered_total"), labelled_sum(m, "nexuspipe_sink_backlog"))
+            state = tuple(sum(f(m) for m in ms) for f in (
+                lambda m: scalar(m, "nexuspipe_events_received_total"),
+                lambda m: scalar(m, "nexuspipe_events_processed_total"),
+                lambda m: labelled_sum(m, "nexuspipe_sink_delivered_total"),
+                lambda m: labelled_sum(m, "nexuspipe_sink_backlog")))
             if first is None and state[0] > 0:
                 first = now
+            if seen is None or state[1] != seen[1]:
+                processed_at = now
             if state != seen:
                 seen, last = state, now
             # Done: every event read, and nothing moved for 3 s with an empty sink backlog.
             if state[0] >= events and state[3] == 0 and now - last > 3:
                 break
             if first is None and now - started > 120:
-                sys.exit(f"processor-{i} read nothing in 120 s (see {data}/server.log)")
+                sys.exit(f"processor-{i} read nothing in 120 s (see the data dirs)")
             time.sleep(0.05)
-        seconds = last - first
+        seconds = processed_at - first
         return {
             "events": events,
+            "processors": processors,
             "seconds": round(seconds, 2),
+            "drain_seconds": round(last - first, 2),
             "events_per_second": round(events / seconds),
             "stage_events_processed": seen[1],
             "points_delivered": seen[2],
-            "cpu_seconds": {"processor": round(process_cpu(p.pid) - cpu0, 2),
+            "cpu_seconds": {"processors": round(sum(process_cpu(p.pid) for p, _, _ in started_procs) - sum(cpu0), 2),
                             "broker": round(process_cpu(servers.tansu.pid) - broker0, 2)},
         }
     finally:
-        p.terminate()
-        p.wait()
+        for p, _, _ in started_procs:
+            p.terminate()
+            p.wait()
 
 
 def median(xs):
@@ -150,7 +164,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", default="10s", help="of each collector run")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--events", type=int, default=300_000, help="in the processor's input topic")
+    ap.add_argument("--events", type=int, default=1_000_000, help="in the processor's input topic")
     ap.add_argument("--only", choices=["collector", "processor"], help="run one side (and its baseline)")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
@@ -158,7 +172,7 @@ def main():
     servers = Servers()
     try:
         runs = {"collector_batch_100": [], "collector_single": [], "producer_baseline_batch_100": [],
-                "processor": [], "embedded_batch_100": []}
+                "processor": [], "two_processors": [], "embedded_batch_100": []}
         for i in range(args.repeat if args.only != "processor" else 0):
             runs["collector_batch_100"].append(collector_case(servers, i, 100, args.duration, 4))
             # Each single-event post waits for its ack (a few ms): throughput
@@ -174,6 +188,7 @@ def main():
                                  rate=args.events // seconds, extra=("--event-rate", "1000"))
         for i in range(args.repeat if args.only != "collector" else 0):
             runs["processor"].append(processor_case(servers, i, "input", filled["events_accepted"]))
+            runs["two_processors"].append(processor_case(servers, i, "input", filled["events_accepted"], 2))
             runs["embedded_batch_100"].append(run_case(100, args.duration, 0, 4))
     finally:
         servers.stop()
@@ -193,12 +208,17 @@ def main():
         "collector_single_64_clients_events_per_second": rate("collector_single", "accepted_per_second"),
         "producer_baseline_events_per_second": rate("producer_baseline_batch_100", "accepted_per_second"),
         "processor_events_per_second": rate("processor", "events_per_second"),
+        "processor_drain_seconds": statistics.median(r["drain_seconds"] for r in runs["processor"])
+        if runs["processor"] else None,
+        "two_processors_events_per_second": rate("two_processors", "events_per_second"),
         "embedded_events_per_second": rate("embedded_batch_100", "accepted_per_second"),
     }
     summary["collector_vs_producer"] = ratio(
         summary["collector_batch_100_events_per_second"], summary["producer_baseline_events_per_second"])
     summary["processor_vs_embedded"] = ratio(
         summary["processor_events_per_second"], summary["embedded_events_per_second"])
+    summary["two_processors_vs_one"] = ratio(
+        summary["two_processors_events_per_second"], summary["processor_events_per_second"])
     print(json.dumps({"runs": runs, "median": summary}, indent=2))
 
 

@@ -35,7 +35,12 @@ impl Collector {
             &[
                 ("acks", "all"),
                 ("enable.idempotence", "true"),
-                ("linger.ms", "2"),
+                // Every answer waits for its records' acks, so a client's
+                // throughput is its requests in flight over this latency.
+                // Measured with 4 clients of 100-event posts: 2 ms gave
+                // 108 000 events/s (p50 3.3 ms), 0 ms 129 000 at twice the
+                // CPU (a produce request per post), 0.5 ms 147 000.
+                ("linger.ms", "0.5"),
                 ("compression.type", "lz4"),
                 ("message.timeout.ms", &timeout_ms),
                 ("queue.buffering.max.messages", "500000"),
