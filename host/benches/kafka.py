@@ -137,6 +137,8 @@ def processor_case(servers, i, topic, events, processors=1):
                 break
             if first is None and now - started > 120:
                 sys.exit(f"processor-{i} read nothing in 120 s (see the data dirs)")
+            if now - started > 600:
+                sys.exit(f"processor-{i} ({processors} processes) did not finish in 600 s: {state}")
             time.sleep(0.05)
         seconds = processed_at - first
         return {
@@ -166,6 +168,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--events", type=int, default=1_000_000, help="in the processor's input topic")
     ap.add_argument("--only", choices=["collector", "processor"], help="run one side (and its baseline)")
+    ap.add_argument("--two-processors", action="store_true",
+                    help="also two processors in one group on the same machine")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
@@ -188,7 +192,9 @@ def main():
                                  rate=args.events // seconds, extra=("--event-rate", "1000"))
         for i in range(args.repeat if args.only != "collector" else 0):
             runs["processor"].append(processor_case(servers, i, "input", filled["events_accepted"]))
-            runs["two_processors"].append(processor_case(servers, i, "input", filled["events_accepted"], 2))
+            if args.two_processors:
+                runs["two_processors"].append(
+                    processor_case(servers, i, "input", filled["events_accepted"], 2))
             runs["embedded_batch_100"].append(run_case(100, args.duration, 0, 4))
     finally:
         servers.stop()

@@ -234,6 +234,9 @@ pub struct ProcessorFigures {
     pub commits: AtomicU64,
     /// Bytes of the last checkpoint record of each task, (plugin, partition).
     pub checkpoint_bytes: Mutex<std::collections::BTreeMap<(String, i32), u64>>,
+    /// Event time between the most advanced and the least advanced of the
+    /// source partitions this processor reads (active ones), ms.
+    pub source_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ProcessorFigures {
@@ -292,6 +295,11 @@ impl ProcessorFigures {
                 "nexuspipe_kafka_checkpoint_bytes{{plugin=\"{plugin}\",partition=\"{p}\"}} {n}"
             );
         }
+        let skew = self.source_skew_ms.load(Ordering::Relaxed) as f64 / 1e3;
+        let _ = writeln!(
+            o,
+            "# HELP nexuspipe_kafka_source_skew_seconds Event time between the most and the least advanced active source partition of this processor (the keyed tasks wait for the least).\n# TYPE nexuspipe_kafka_source_skew_seconds gauge\nnexuspipe_kafka_source_skew_seconds {skew}"
+        );
     }
 }
 

@@ -1049,6 +1049,18 @@ impl Proc {
         for s in quiet {
             self.send_idle(s);
         }
+        // How far apart the active source partitions are in event time.
+        let active = self
+            .clocks
+            .values()
+            .filter(|c| c.max != i64::MIN && c.last_idle_marker.is_none())
+            .map(|c| c.max);
+        let (lo, hi) = active.fold((i64::MAX, i64::MIN), |(lo, hi), m| (lo.min(m), hi.max(m)));
+        let skew = if lo <= hi { hi - lo } else { 0 };
+        self.metrics
+            .processor
+            .source_skew_ms
+            .store(skew, Ordering::Relaxed);
         if now >= self.next_checkpoint {
             self.checkpoint(consumer, false);
             self.next_checkpoint = Instant::now() + self.settings.checkpoint_interval;

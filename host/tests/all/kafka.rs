@@ -565,9 +565,17 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
     let config = kafka_config_with(&broker, &db, "backlog", &funnel)
         .replace("[kafka]\n", "[kafka]\nalign_wait = \"300ms\"\n");
     let processor = Server::start_role(&config, "processor");
+    let mut skew: f64 = 0.0;
     wait_until(120, "the backlog through the funnel", || {
+        let name = "nexuspipe_kafka_source_skew_seconds ";
+        let text = processor.metrics_text();
+        if let Some(v) = text.lines().find_map(|l| l.strip_prefix(name)) {
+            skew = skew.max(v.parse().unwrap());
+        }
         processor.metric("nexuspipe_events_processed_total") >= sent
     });
+    // Read partition by partition, one would run the whole minute ahead.
+    assert!(skew < 20.0, "source partitions {skew} s apart");
     // A failed funnel call dead-letters its batch.
     assert_eq!(
         processor.metric("nexuspipe_events_dead_lettered_total"),
