@@ -270,7 +270,11 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         store = outputs.store();
         hub = outputs.hub();
         let (tx, rx) = std::sync::mpsc::channel();
-        let p = processor::start(&k, settings, steps, outputs, metrics.clone(), Some(rx))
+        let live = processor::Live {
+            changes: rx,
+            clock: manager.group_clock().expect("joined the cluster"),
+        };
+        let p = processor::start(&k, settings, steps, outputs, metrics.clone(), Some(live))
             .with_context(|| format!("starting the processor (kafka at {})", k.brokers))?;
         manager.follow_cluster(reader, Some(tx))?;
         Some(p)

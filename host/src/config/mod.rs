@@ -149,6 +149,12 @@ pub struct KafkaConfig {
     /// keeps a live stream's latency down when a partition is quiet.
     #[serde(default = "KafkaConfig::default_align_wait", with = "humantime_serde")]
     pub align_wait: Duration,
+    /// How far in event time a processor's source partitions may run ahead
+    /// of the least advanced one of the whole group (Flink's watermark
+    /// alignment): the keyed tasks' event time waits for that one, and what
+    /// runs ahead waits in the plugins' buffers.
+    #[serde(default = "KafkaConfig::default_max_drift", with = "humantime_serde")]
+    pub max_drift: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -172,6 +178,7 @@ impl KafkaConfig {
             ack_timeout: Self::default_ack_timeout(),
             resume: Resume::default(),
             align_wait: Self::default_align_wait(),
+            max_drift: Self::default_max_drift(),
         }
     }
 
@@ -192,6 +199,9 @@ impl KafkaConfig {
     }
     fn default_align_wait() -> Duration {
         Duration::from_millis(200)
+    }
+    fn default_max_drift() -> Duration {
+        Duration::from_secs(30)
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,12 +99,67 @@ pub struct Status {
     pub processor: String,
     pub at_ms: u64,
     pub plugins: Vec<PluginStatus>,
+    /// Event time reached by each source partition it reads that still has
+    /// records to give (see [`GroupClock`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<i32, i64>,
+    /// The other source partitions it reads: nothing to give for now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quiet: Vec<i32>,
 }
 
 impl Status {
     /// Heard of within [`STALE_AFTER`].
     pub fn live(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.at_ms) < STALE_AFTER.as_millis() as u64
+    }
+}
+
+/// The group's source partitions in event time, as each processor last said
+/// (every [`CLOCK_EVERY`] while it reads): a processor holds back its own
+/// partitions that ran more than `[kafka] max_drift` ahead of the least
+/// advanced partition of the group, as Flink aligns watermarks across
+/// sources. Without it, two processors reading a backlog at their own pace
+/// left the keyed tasks' event time at the slower one, and the faster one's
+/// events piled up in the plugins' buffers.
+#[derive(Default)]
+pub struct GroupClock {
+    /// Per source partition, the latest word of its owner: when, and its
+    /// event time (`None`: quiet). A partition between two owners in a
+    /// rebalance keeps its last word until the next owner speaks.
+    partitions: Mutex<HashMap<i32, (u64, Option<i64>)>>,
+}
+
+/// How often a reading processor says where its partitions are.
+pub const CLOCK_EVERY: Duration = Duration::from_millis(100);
+
+impl GroupClock {
+    pub fn update(&self, s: &Status) {
+        let mut p = self.partitions.lock().expect("group clock lock");
+        let said = s
+            .sources
+            .iter()
+            .map(|(part, t)| (*part, Some(*t)))
+            .chain(s.quiet.iter().map(|part| (*part, None)));
+        for (part, t) in said {
+            let e = p.entry(part).or_insert((s.at_ms, t));
+            if s.at_ms >= e.0 {
+                *e = (s.at_ms, t);
+            }
+        }
+    }
+
+    /// The least event time of the group's source partitions other than
+    /// `own` (which the caller knows better), as last said within
+    /// [`STALE_AFTER`].
+    pub fn minimum(&self, own: &BTreeSet<i32>, now_ms: u64) -> Option<i64> {
+        let p = self.partitions.lock().expect("group clock lock");
+        p.iter()
+            .filter(|(part, (at, _))| {
+                !own.contains(part) && now_ms.saturating_sub(*at) < STALE_AFTER.as_millis() as u64
+            })
+            .filter_map(|(_, (_, t))| *t)
+            .min()
     }
 }
 
@@ -329,6 +384,9 @@ impl Reader {
                 ("group.id", &format!("{}.plugins-reader", k.group)),
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "false"),
+                // Statuses carry the group's event time, which processors
+                // align on: a fetch may not sit out the default 500 ms.
+                ("fetch.wait.max.ms", "10"),
             ],
         )
         .create()

@@ -31,7 +31,7 @@
 
 use super::checkpoint::{self, Header};
 use super::internal::{self, Writer};
-use super::plugins::{self as live, Apply, PluginStatus, Status};
+use super::plugins::{self as live, Apply, GroupClock, PluginStatus, Status};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
@@ -46,7 +46,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -129,6 +129,14 @@ impl ProcessorHandle {
     }
 }
 
+/// What ties a processor to the rest of its group (see [`super::plugins`]).
+pub struct Live {
+    /// Plugin changes from the plugins topic, instantiated by the host.
+    pub changes: Receiver<Apply>,
+    /// The group's source partitions in event time.
+    pub clock: Arc<GroupClock>,
+}
+
 /// Creates the topics, joins the group and starts consuming on a thread of its own.
 pub fn start(
     k: &KafkaConfig,
@@ -136,8 +144,12 @@ pub fn start(
     pipeline: Vec<Step>,
     outputs: Outputs,
     metrics: Arc<Metrics>,
-    changes: Option<Receiver<Apply>>,
+    live: Option<Live>,
 ) -> Result<ProcessorHandle, KafkaError> {
+    let (changes, group) = match live {
+        Some(l) => (Some(l.changes), Some(l.clock)),
+        None => (None, None),
+    };
     let mut flow = Vec::with_capacity(pipeline.len());
     let mut keyed = Vec::new();
     for step in pipeline {
@@ -199,8 +211,12 @@ pub fn start(
     let state = Proc {
         id: format!("{}-{}", k.group, uuid::Uuid::now_v7().simple()),
         changes,
+        group,
+        held: BTreeSet::new(),
+        caught_up: BTreeSet::new(),
         status,
         status_due: Instant::now(),
+        status_sent: Instant::now(),
         kafka: k.clone(),
         topics,
         settings: settings.clone(),
@@ -291,10 +307,14 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
     while !stop.load(Ordering::Relaxed) {
         // Source partitions first, from their own queues, oldest record first.
         sources.sync(&consumer);
-        let taken = sources.take(batch, MAX_POLL_BYTES, Instant::now());
+        let held = consumer.context().lock().held.clone();
+        let now = Instant::now();
+        let taken = sources.take(batch, MAX_POLL_BYTES, now, &held);
         let from_sources = !taken.is_empty();
-        if from_sources {
-            consumer.context().lock().buffer.extend(taken);
+        {
+            let mut p = consumer.context().lock();
+            p.buffer.extend(taken);
+            p.caught_up = sources.caught_up(now);
         }
         // Then the consumer's queue: rebalances, the repartition topics, and
         // source records fetched before their partition got its own queue.
@@ -553,8 +573,28 @@ impl SourceQueues {
         }
     }
 
-    /// Up to `max` records (and about `max_bytes`), oldest first.
-    fn take(&mut self, max: usize, max_bytes: usize, now: Instant) -> Vec<Record> {
+    /// Partitions with nothing to read since `align_wait` at least.
+    fn caught_up(&self, now: Instant) -> BTreeSet<i32> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| {
+                q.head.is_none()
+                    && q.empty_since
+                        .is_some_and(|t| now.duration_since(t) >= self.align_wait)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Up to `max` records (and about `max_bytes`), oldest first, none of
+    /// the `held` partitions.
+    fn take(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        now: Instant,
+        held: &BTreeSet<i32>,
+    ) -> Vec<Record> {
         let mut out = Vec::new();
         let mut bytes = 0;
         // A queue found empty is not asked again within one call.
@@ -583,6 +623,7 @@ impl SourceQueues {
             let Some((p, next)) = self
                 .queues
                 .iter()
+                .filter(|(p, _)| !held.contains(p))
                 .filter_map(|(p, q)| Some((*p, q.head.as_ref()?.timestamp.unwrap_or(i64::MIN))))
                 .min_by_key(|(_, t)| *t)
             else {
@@ -711,9 +752,18 @@ struct Proc {
     id: String,
     /// Plugin changes from the plugins topic (see [`super::plugins`]).
     changes: Option<Receiver<Apply>>,
+    /// The group's source partitions in event time.
+    group: Option<Arc<GroupClock>>,
+    /// Own source partitions held back: too far ahead of the group's least
+    /// advanced one (`[kafka] max_drift`).
+    held: BTreeSet<i32>,
+    /// Own source partitions with nothing left to read for now: they do
+    /// not hold the group back.
+    caught_up: BTreeSet<i32>,
     /// What this processor runs, per plugin, as published.
     status: BTreeMap<String, PluginStatus>,
     status_due: Instant,
+    status_sent: Instant,
     kafka: KafkaConfig,
     topics: Topics,
     settings: ProcessorSettings,
@@ -1049,24 +1099,18 @@ impl Proc {
         for s in quiet {
             self.send_idle(s);
         }
-        // How far apart the active source partitions are in event time.
-        let active = self
-            .clocks
-            .values()
-            .filter(|c| c.max != i64::MIN && c.last_idle_marker.is_none())
-            .map(|c| c.max);
-        let (lo, hi) = active.fold((i64::MAX, i64::MIN), |(lo, hi), m| (lo.min(m), hi.max(m)));
-        let skew = if lo <= hi { hi - lo } else { 0 };
-        self.metrics
-            .processor
-            .source_skew_ms
-            .store(skew, Ordering::Relaxed);
+        self.align();
         if now >= self.next_checkpoint {
             self.checkpoint(consumer, false);
             self.next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         }
         self.complete(consumer);
-        if now >= self.status_due {
+        // Every heartbeat; while its sources are read, often enough for the
+        // group's alignment.
+        let reading = !self.active_sources().is_empty();
+        if now >= self.status_due
+            || (reading && now.duration_since(self.status_sent) >= live::CLOCK_EVERY)
+        {
             self.send_status();
         }
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
@@ -1447,9 +1491,65 @@ impl Proc {
             .map_err(|e| format!("subscribing to {}: {e}", names.join(", ")))
     }
 
+    /// Own source partitions that still have records to give, and the
+    /// event time each reached: `i64::MIN` for one that has given none yet
+    /// (resuming, or scanning up to its offset), which holds the group's
+    /// other partitions back until it does.
+    fn active_sources(&self) -> BTreeMap<i32, i64> {
+        self.clocks
+            .iter()
+            .filter(|(p, c)| c.last_idle_marker.is_none() && !self.caught_up.contains(p))
+            .map(|(p, c)| (*p, c.max))
+            .collect()
+    }
+
+    /// Measures the skew of the source partitions, and holds back those
+    /// more than `max_drift` ahead of the group's least advanced one.
+    fn align(&mut self) {
+        let own = self.active_sources();
+        let lo = own.values().min().copied();
+        let hi = own.values().max().copied();
+        let known_lo = own.values().filter(|t| **t != i64::MIN).min().copied();
+        let owned: BTreeSet<i32> = self.clocks.keys().copied().collect();
+        let group = self
+            .group
+            .as_ref()
+            .and_then(|g| g.minimum(&owned, now_ms().max(0) as u64));
+        let least = match (lo, group) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let known_least = match (known_lo, group.filter(|g| *g != i64::MIN)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let skew = match (known_least, hi) {
+            (Some(l), Some(h)) if h > l => h - l,
+            _ => 0,
+        };
+        self.metrics
+            .processor
+            .source_skew_ms
+            .store(skew, Ordering::Relaxed);
+        let drift = self.kafka.max_drift.as_millis() as i64;
+        let held: BTreeSet<i32> = match least {
+            Some(l) => own
+                .iter()
+                .filter(|(_, t)| **t > l.saturating_add(drift))
+                .map(|(p, _)| *p)
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        if held != self.held {
+            tracing::debug!(held = ?held, least = ?least, "source partitions held back for the group's slowest");
+            self.held = held;
+        }
+    }
+
     /// Says what this processor runs, in the status topic.
     fn send_status(&mut self) {
-        self.status_due = Instant::now() + live::HEARTBEAT;
+        self.status_sent = Instant::now();
+        self.status_due = self.status_sent + live::HEARTBEAT;
         if self.changes.is_none() {
             return;
         }
@@ -1457,6 +1557,13 @@ impl Proc {
             processor: self.id.clone(),
             at_ms: now_ms().max(0) as u64,
             plugins: self.status.values().cloned().collect(),
+            sources: self.active_sources(),
+            quiet: self
+                .clocks
+                .iter()
+                .filter(|(p, c)| c.last_idle_marker.is_some() || self.caught_up.contains(p))
+                .map(|(p, _)| *p)
+                .collect(),
         };
         let json = serde_json::to_vec(&status).expect("a status serializes");
         let topic = self.topics.status();

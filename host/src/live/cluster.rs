@@ -9,7 +9,8 @@
 use super::{DeployError, Manager, Source, Version};
 use crate::dataflow::{Handover, SwapError};
 use crate::kafka::plugins::{
-    Apply, Change, Chunks, Publisher, Reader, Record, Status, Tail, Version as Published,
+    Apply, Change, Chunks, GroupClock, Publisher, Reader, Record, Status, Tail,
+    Version as Published,
 };
 use crate::runtime::PluginComponent;
 use serde::Serialize;
@@ -54,6 +55,7 @@ pub(super) struct Cluster {
     changed: Condvar,
     processor: Mutex<Option<Sender<Apply>>>,
     tail: Mutex<Option<Tail>>,
+    clock: Arc<GroupClock>,
 }
 
 fn now_ms() -> u64 {
@@ -79,6 +81,7 @@ impl Cluster {
                 changed: Condvar::new(),
                 processor: Mutex::new(None),
                 tail: Mutex::new(None),
+                clock: Arc::default(),
             },
             reader,
         ))
@@ -188,6 +191,11 @@ impl Manager {
         Ok(())
     }
 
+    /// The group's source partitions in event time, for a processor.
+    pub fn group_clock(&self) -> Option<Arc<GroupClock>> {
+        self.cluster.get().map(|c| c.clock.clone())
+    }
+
     /// Stops reading the plugins topic.
     pub fn leave_cluster(&self) {
         if let Some(c) = self.cluster.get() {
@@ -261,6 +269,7 @@ impl Manager {
                 bytes,
             } => seen.chunks.add(hash, index, parts, bytes),
             Record::Status(s) => {
+                cluster.clock.update(&s);
                 seen.statuses.insert(s.processor.clone(), s);
             }
             Record::Gone(id) => {

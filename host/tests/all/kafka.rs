@@ -596,6 +596,94 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
     );
 }
 
+/// Two processors reading a backlog each at its own pace: the funnel's task
+/// (on one of them) waits for the slower one's partitions, while the faster
+/// one's events pile up in its buffer. Each processor holds back its
+/// partitions that run more than `max_drift` ahead of the group's least
+/// advanced one, so a funnel capped at 32 MiB takes 200 000 events (over
+/// three minutes of event time) without failing; with `max_drift = "1h"`
+/// (no alignment) the same run hits the cap.
+fn two_processors_backlog(max_drift: &str) -> Vec<Server> {
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["gen", "--rate", "100000", "--duration", "2s"])
+        .args(["--event-rate", "1000", "--seed", "9", "--batch", "100"])
+        .arg("--target")
+        .arg(format!("kafka://127.0.0.1:{}/events", broker.port))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gen --target kafka://");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["events_accepted"].as_f64().unwrap();
+    let funnel = format!(
+        "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = 32\n",
+        plugin_dir().join("funnel.wasm").display().to_string()
+    );
+    let config = kafka_config_with(&broker, &db, "drift", &funnel).replace(
+        "[kafka]\n",
+        &format!("[kafka]\nmax_drift = \"{max_drift}\"\n"),
+    );
+    let processors = vec![
+        Server::start_role(&config, "processor"),
+        Server::start_role(&config, "processor"),
+    ];
+    // Until every source partition is read to its end (the keyed tasks
+    // hold what they took), or the funnel failed.
+    let read = |p: &Server| p.metric("nexuspipe_events_received_total");
+    let failed = |p: &Server| p.metric("nexuspipe_events_dead_lettered_total") > 0.0;
+    let mut last = (0.0, std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let total: f64 = processors.iter().map(read).sum();
+        if total != last.0 {
+            last = (total, std::time::Instant::now());
+        }
+        let lag = processors.iter().any(|p| {
+            p.metrics_text().lines().any(|l| {
+                l.starts_with("nexuspipe_kafka_consumer_lag{topic=\"events\"") && !l.ends_with(" 0")
+            })
+        });
+        let quiet = last.1.elapsed() > Duration::from_secs(2);
+        if processors.iter().any(failed) || (total >= sent * 0.99 && quiet && !lag) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog ({sent} events) was not read in 120 s: {total}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    processors
+}
+
+#[test]
+fn two_processors_read_a_backlog_in_step() {
+    let processors = two_processors_backlog("10s");
+    let logs = || {
+        let logs: Vec<String> = processors.iter().map(|p| p.log()).collect();
+        logs.join("\n-----\n")
+    };
+    for p in &processors {
+        // A failed funnel call dead-letters its batch.
+        assert_eq!(
+            p.metric("nexuspipe_events_dead_lettered_total"),
+            0.0,
+            "{}",
+            logs()
+        );
+        assert!(!p.log().contains("memory cap"), "{}", logs());
+    }
+    // Both read their share (the funnel's task on one, fed by both).
+    for p in &processors {
+        assert!(
+            p.metric("nexuspipe_events_received_total") > 0.0,
+            "{}",
+            logs()
+        );
+    }
+}
+
 /// The same rule twice, once before the geo enricher and once after it.
 fn geo_rule(id: &str) -> String {
     format!(
