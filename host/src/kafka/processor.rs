@@ -928,6 +928,7 @@ impl Proc {
                 .map_err(client_error("setting the start offset"))?;
         }
         tracing::info!(
+            new = ?assigned,
             sources = ?self.sources.keys().collect::<Vec<_>>(),
             tasks = ?self.tasks.keys().map(|(s, p)| format!("{}/{p}", self.stages[*s].template.name())).collect::<Vec<_>>(),
             "partitions assigned"
