@@ -281,6 +281,16 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// Creates the plugins and status topics (compacted, one partition) if missing.
+fn ensure(k: &KafkaConfig) -> Result<Topics, KafkaError> {
+    let topics = Topics::new(k);
+    super::ensure_topics(
+        k,
+        &[(topics.plugins(), 1, true), (topics.status(), 1, true)],
+    )?;
+    Ok(topics)
+}
+
 /// Publishes changes to the plugins topic (acks=all, idempotent).
 pub struct Publisher {
     producer: BaseProducer<Delivery>,
@@ -291,11 +301,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
-        let topics = Topics::new(k);
-        super::ensure_topics(
-            k,
-            &[(topics.plugins(), 1, true), (topics.status(), 1, true)],
-        )?;
+        let topics = ensure(k)?;
         let producer = client_config(
             k,
             &[
@@ -372,11 +378,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
-        let topics = Topics::new(k);
-        super::ensure_topics(
-            k,
-            &[(topics.plugins(), 1, true), (topics.status(), 1, true)],
-        )?;
+        let topics = ensure(k)?;
         let consumer: BaseConsumer = client_config(
             k,
             &[
@@ -400,6 +402,15 @@ impl Reader {
             .assign(&tpl)
             .map_err(client_error("reading the plugins topic"))?;
         Ok(Reader { consumer, topics })
+    }
+
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
+        decode(
+            &self.topics,
+            m.topic(),
+            m.key().unwrap_or_default(),
+            m.payload(),
+        )
     }
 
     /// Reads the plugins topic up to its end (what a host starts from);
@@ -427,12 +438,7 @@ impl Reader {
                         next = next.max(m.offset() + 1);
                         quiet_since = None;
                     }
-                    if let Some(r) = decode(
-                        &self.topics,
-                        m.topic(),
-                        m.key().unwrap_or_default(),
-                        m.payload(),
-                    ) {
+                    if let Some(r) = self.record(&m) {
                         on(r);
                     }
                 }
@@ -456,12 +462,7 @@ impl Reader {
                 while !s.load(Ordering::Relaxed) {
                     match self.consumer.poll(Duration::from_millis(100)) {
                         Some(Ok(m)) => {
-                            if let Some(r) = decode(
-                                &self.topics,
-                                m.topic(),
-                                m.key().unwrap_or_default(),
-                                m.payload(),
-                            ) {
+                            if let Some(r) = self.record(&m) {
                                 on(r);
                             }
                         }

@@ -81,6 +81,16 @@ enum Flow {
     Stage(usize),
 }
 
+impl Flow {
+    /// The step's plugin: an enricher, or a keyed stage's template.
+    fn plugin<'a>(&'a self, stages: &'a [Stage]) -> &'a Plugin {
+        match self {
+            Flow::Enrich(p) => p,
+            Flow::Stage(s) => &stages[*s].template,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
     pub out_of_orderness: Duration,
@@ -201,10 +211,7 @@ pub fn start(
     let status = flow
         .iter()
         .map(|f| {
-            let p = match f {
-                Flow::Enrich(p) => &**p,
-                Flow::Stage(s) => &stages[*s].template,
-            };
+            let p = f.plugin(&stages);
             (p.name().to_string(), running(p))
         })
         .collect();
@@ -1159,7 +1166,8 @@ impl Proc {
         for s in quiet {
             self.send_idle(s);
         }
-        self.align();
+        let active = self.active_sources();
+        self.align(&active);
         if now >= self.next_checkpoint {
             self.checkpoint(consumer, false);
             self.next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
@@ -1167,7 +1175,7 @@ impl Proc {
         self.complete(consumer);
         // Every heartbeat; while its sources are read, often enough for the
         // group's alignment.
-        let reading = !self.active_sources().is_empty();
+        let reading = !active.is_empty();
         if now >= self.status_due
             || (reading && now.duration_since(self.status_sent) >= live::CLOCK_EVERY)
         {
@@ -1379,10 +1387,7 @@ impl Proc {
     /// Whether this processor runs this version (component and config) already.
     fn runs(&self, plugin: &Plugin) -> bool {
         self.flow.iter().any(|f| {
-            let p = match f {
-                Flow::Enrich(p) => &**p,
-                Flow::Stage(s) => &self.stages[*s].template,
-            };
+            let p = f.plugin(&self.stages);
             p.name() == plugin.name()
                 && p.component().hash == plugin.component().hash
                 && p.config_text() == plugin.config_text()
@@ -1391,13 +1396,15 @@ impl Proc {
 
     /// What this processor runs of `name`, if anything.
     fn running_status(&self, name: &str) -> Option<PluginStatus> {
-        self.flow.iter().find_map(|f| {
-            let p = match f {
-                Flow::Enrich(p) => &**p,
-                Flow::Stage(s) => &self.stages[*s].template,
-            };
-            (p.name() == name).then(|| running(p))
-        })
+        self.step_of(name)
+            .map(|i| running(self.flow[i].plugin(&self.stages)))
+    }
+
+    /// Where the plugin `name` is in the pipeline.
+    fn step_of(&self, name: &str) -> Option<usize> {
+        self.flow
+            .iter()
+            .position(|f| f.plugin(&self.stages).name() == name)
     }
 
     fn deploy(
@@ -1408,10 +1415,7 @@ impl Proc {
         partition_by: Option<String>,
     ) -> Result<Handover, String> {
         let name = plugin.name().to_string();
-        let at = self.flow.iter().position(|f| match f {
-            Flow::Enrich(p) => p.name() == name,
-            Flow::Stage(s) => self.stages[*s].template.name() == name,
-        });
+        let at = self.step_of(&name);
         let handover = match at.map(|i| &mut self.flow[i]) {
             Some(Flow::Enrich(old)) => {
                 let h = handover(old, &mut plugin, reset_state).map_err(|e| e.to_string())?;
@@ -1496,10 +1500,7 @@ impl Proc {
     }
 
     fn remove(&mut self, consumer: &BaseConsumer<Ctx>, name: &str) -> Result<Handover, String> {
-        let Some(i) = self.flow.iter().position(|f| match f {
-            Flow::Enrich(p) => p.name() == name,
-            Flow::Stage(s) => self.stages[*s].template.name() == name,
-        }) else {
+        let Some(i) = self.step_of(name) else {
             return Ok(Handover::Removed);
         };
         if let Flow::Stage(s) = self.flow.remove(i) {
@@ -1528,10 +1529,7 @@ impl Proc {
     fn flow_worlds(&self) -> Vec<crate::runtime::World> {
         self.flow
             .iter()
-            .map(|f| match f {
-                Flow::Enrich(p) => p.world(),
-                Flow::Stage(s) => self.stages[*s].template.world(),
-            })
+            .map(|f| f.plugin(&self.stages).world())
             .collect()
     }
 
@@ -1565,8 +1563,7 @@ impl Proc {
 
     /// Measures the skew of the source partitions, and holds back those
     /// more than `max_drift` ahead of the group's least advanced one.
-    fn align(&mut self) {
-        let own = self.active_sources();
+    fn align(&mut self, own: &BTreeMap<i32, i64>) {
         let lo = own.values().min().copied();
         let hi = own.values().max().copied();
         let known_lo = own.values().filter(|t| **t != i64::MIN).min().copied();

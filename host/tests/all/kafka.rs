@@ -539,6 +539,36 @@ fn two_processors_share_the_work_and_the_survivor_takes_over() {
     assert_alerts(&[&a, &b], want);
 }
 
+/// Fills the events topic with `rate` events/s for `duration` (a thousand
+/// events per second of event time); returns how many the broker took.
+fn backlog(broker: &Broker, rate: u32, duration: &str, seed: u32) -> f64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["gen", "--rate", &rate.to_string(), "--duration", duration])
+        .args([
+            "--event-rate",
+            "1000",
+            "--seed",
+            &seed.to_string(),
+            "--batch",
+            "100",
+        ])
+        .arg("--target")
+        .arg(format!("kafka://127.0.0.1:{}/events", broker.port))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gen --target kafka://");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["events_accepted"].as_f64().unwrap()
+}
+
+/// The funnel alone, its memory capped at `mib`.
+fn capped_funnel(mib: u32) -> String {
+    format!(
+        "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = {mib}\n",
+        plugin_dir().join("funnel.wasm").display().to_string()
+    )
+}
+
 /// A backlog read partition by partition would hold the keyed tasks' event
 /// time at the slowest source partition while the others' events pile up in
 /// the funnel's event-time buffer. The processor reads its source
@@ -548,20 +578,8 @@ fn two_processors_share_the_work_and_the_survivor_takes_over() {
 fn a_backlog_is_read_evenly_across_source_partitions() {
     let broker = Broker::start();
     let db = Db::influxdb();
-    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["gen", "--rate", "60000", "--duration", "1s"])
-        .args(["--event-rate", "1000", "--seed", "5", "--batch", "100"])
-        .arg("--target")
-        .arg(format!("kafka://127.0.0.1:{}/events", broker.port))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "gen --target kafka://");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sent = report["events_accepted"].as_f64().unwrap();
-    let funnel = format!(
-        "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = 16\n",
-        plugin_dir().join("funnel.wasm").display().to_string()
-    );
+    let sent = backlog(&broker, 60_000, "1s", 5);
+    let funnel = capped_funnel(16);
     let config = kafka_config_with(&broker, &db, "backlog", &funnel)
         .replace("[kafka]\n", "[kafka]\nalign_wait = \"300ms\"\n");
     let processor = Server::start_role(&config, "processor");
@@ -608,20 +626,8 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
 fn two_processors_backlog(max_drift: &str) -> (Vec<Server>, f64) {
     let broker = Broker::start();
     let db = Db::influxdb();
-    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["gen", "--rate", "100000", "--duration", "2s"])
-        .args(["--event-rate", "1000", "--seed", "9", "--batch", "100"])
-        .arg("--target")
-        .arg(format!("kafka://127.0.0.1:{}/events", broker.port))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "gen --target kafka://");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sent = report["events_accepted"].as_f64().unwrap();
-    let funnel = format!(
-        "[[plugins]]\nname = \"funnel\"\npath = {:?}\n[plugins.limits]\nmemory_mib = 32\n",
-        plugin_dir().join("funnel.wasm").display().to_string()
-    );
+    let sent = backlog(&broker, 100_000, "2s", 9);
+    let funnel = capped_funnel(32);
     let config = kafka_config_with(&broker, &db, "drift", &funnel).replace(
         "[kafka]\n",
         &format!("[kafka]\nmax_drift = \"{max_drift}\"\n"),
