@@ -219,7 +219,6 @@ pub fn start(
         id: format!("{}-{}", k.group, uuid::Uuid::now_v7().simple()),
         changes,
         group,
-        reseek: BTreeSet::new(),
         held: BTreeSet::new(),
         caught_up: BTreeSet::new(),
         status,
@@ -315,9 +314,6 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
     while !stop.load(Ordering::Relaxed) {
         // Source partitions first, from their own queues, oldest record first.
         sources.sync(&consumer);
-        // After `sync` made their queues anew: what is fetched from here on
-        // lands in the new queue, and what was fetched before is dropped.
-        consumer.context().lock().seek_kept(&consumer);
         let held = consumer.context().lock().held.clone();
         let now = Instant::now();
         let taken = sources.take(batch, MAX_POLL_BYTES, now, &held);
@@ -765,9 +761,6 @@ struct Proc {
     changes: Option<Receiver<Apply>>,
     /// The group's source partitions in event time.
     group: Option<Arc<GroupClock>>,
-    /// Kept source partitions to read again from their first record not
-    /// processed, after a revocation.
-    reseek: BTreeSet<i32>,
     /// Own source partitions held back: too far ahead of the group's least
     /// advanced one (`[kafka] max_drift`).
     held: BTreeSet<i32>,
@@ -971,59 +964,7 @@ impl Proc {
                 f.remove(p);
             }
         }
-        // librdkafka drops what it had fetched ahead for the partitions a
-        // member keeps through a rebalance, and goes on fetching after it:
-        // measured, 180 records of two kept partitions were never read. So
-        // every kept source partition is read again from the first record
-        // not processed (its queue made anew, `run` seeks it).
-        if revoked.iter().any(|(t, _)| *t == self.topics.events) {
-            let kept: Vec<i32> = self.sources.keys().copied().collect();
-            for p in kept {
-                self.epochs += 1;
-                self.source_epochs.insert(p, self.epochs);
-                self.reseek.insert(p);
-            }
-        }
         tracing::info!(partitions = ?revoked, "partitions revoked after a checkpoint");
-    }
-
-    /// Points the partitions kept through a revocation at their first
-    /// record not processed (see [`Proc::revoke`]).
-    fn seek_kept(&mut self, consumer: &BaseConsumer<Ctx>) {
-        if self.reseek.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in std::mem::take(&mut self.reseek) {
-            let Some(&next) = self.sources.get(&p) else {
-                continue;
-            };
-            let offset = match (next >= 0, self.kafka.resume) {
-                (true, Resume::Offset) => Offset::Offset(next),
-                // A broker that cannot fetch from inside a record batch:
-                // from the start, skipping what was processed.
-                (true, Resume::Scan) => {
-                    let topic = self.topics.events.clone();
-                    self.floors.entry(topic).or_default().insert(p, next);
-                    Offset::Beginning
-                }
-                (false, _) => Offset::Beginning,
-            };
-            let _ = tpl.add_partition_offset(&self.topics.events, p, offset);
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-            Ok(done) => {
-                for e in done.elements() {
-                    if let Err(err) = e.error() {
-                        tracing::error!(partition = e.partition(), error = %err, "seeking a kept source partition failed");
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "seeking the kept source partitions failed"),
-        }
     }
 
     fn process_buffer(&mut self) {
