@@ -620,8 +620,10 @@ fn a_backlog_is_read_evenly_across_source_partitions() {
 /// partitions that run more than `max_drift` ahead of the group's least
 /// advanced one, so a funnel capped at 32 MiB takes 200 000 events (over
 /// three minutes of event time) without failing; with `max_drift = "1h"`
-/// (no alignment) the same run hits the cap.
-fn two_processors_backlog(max_drift: &str) -> Vec<Server> {
+/// (no alignment) the same run hits the cap. The rebalance in the middle
+/// of the backlog loses nothing (before the partitions a processor keeps
+/// were read again after a rebalance, up to 0.15 % of the events never were).
+fn two_processors_backlog(max_drift: &str) -> (Vec<Server>, f64) {
     let broker = Broker::start();
     let db = Db::influxdb();
     let sent = backlog(&broker, 100_000, "2s", 9);
@@ -651,7 +653,7 @@ fn two_processors_backlog(max_drift: &str) -> Vec<Server> {
             })
         });
         let quiet = last.1.elapsed() > Duration::from_secs(2);
-        if processors.iter().any(failed) || (total >= sent * 0.99 && quiet && !lag) {
+        if processors.iter().any(failed) || (total >= sent && quiet && !lag) {
             break;
         }
         assert!(
@@ -660,12 +662,12 @@ fn two_processors_backlog(max_drift: &str) -> Vec<Server> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    processors
+    (processors, sent)
 }
 
 #[test]
 fn two_processors_read_a_backlog_in_step() {
-    let processors = two_processors_backlog("10s");
+    let (processors, sent) = two_processors_backlog("10s");
     let logs = || {
         let logs: Vec<String> = processors.iter().map(|p| p.log()).collect();
         logs.join("\n-----\n")
@@ -680,14 +682,21 @@ fn two_processors_read_a_backlog_in_step() {
         );
         assert!(!p.log().contains("memory cap"), "{}", logs());
     }
-    // Both read their share (the funnel's task on one, fed by both).
-    for p in &processors {
-        assert!(
-            p.metric("nexuspipe_events_received_total") > 0.0,
-            "{}",
-            logs()
-        );
-    }
+    // Both read their share (the funnel's task on one, fed by both), and
+    // every event once, though two partitions changed hands mid-backlog.
+    let read: Vec<f64> = processors
+        .iter()
+        .map(|p| p.metric("nexuspipe_events_received_total"))
+        .collect();
+    assert!(read.iter().all(|n| *n > 0.0), "{read:?}");
+    assert_eq!(read.iter().sum::<f64>(), sent, "{}", logs());
+    wait_until(30, "every event through the funnel", || {
+        processors
+            .iter()
+            .map(|p| p.metric("nexuspipe_events_processed_total"))
+            .sum::<f64>()
+            >= sent
+    });
 }
 
 /// The same rule twice, once before the geo enricher and once after it.
