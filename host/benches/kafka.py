@@ -168,6 +168,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", default="10s", help="of each collector run")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16,
+                    help="clients at once in the second collector and producer case (the first has 4)")
     ap.add_argument("--events", type=int, default=1_000_000, help="in the processor's input topic")
     ap.add_argument("--only", choices=["collector", "processor"], help="run one side (and its baseline)")
     ap.add_argument("--two-processors", action="store_true",
@@ -177,15 +179,24 @@ def main():
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
     servers = Servers()
     try:
-        runs = {"collector_batch_100": [], "collector_single": [], "producer_baseline_batch_100": [],
+        runs = {"collector_batch_100": [], "collector_batch_100_many_clients": [], "collector_single": [],
+                "producer_baseline_many_clients": [], "producer_baseline_batch_100": [],
                 "processor": [], "two_processors": [], "embedded_batch_100": []}
         for i in range(args.repeat if args.only != "processor" else 0):
             runs["collector_batch_100"].append(collector_case(servers, i, 100, args.duration, 4))
+            # Each post waits for its acks (about 2 ms), so 4 clients
+            # measure that wait as much as the collector; --connections
+            # clients keep it busy, as many trackers and services do.
+            runs["collector_batch_100_many_clients"].append(
+                collector_case(servers, i, 100, args.duration, args.connections))
             # Each single-event post waits for its ack (a few ms): throughput
             # comes from many clients at once, as with browser trackers.
             runs["collector_single"].append(collector_case(servers, i, 1, args.duration, 64))
             runs["producer_baseline_batch_100"].append(
                 gen(f"kafka://127.0.0.1:{servers.kafka}/raw-{i}", 100, args.duration))
+            runs["producer_baseline_many_clients"].append(
+                gen(f"kafka://127.0.0.1:{servers.kafka}/raw-many-{i}", 100, args.duration,
+                    connections=args.connections))
         # The processor's input: --events events, produced once (gen creates
         # the topic), spanning minutes of event time so windows close and
         # points flow to InfluxDB while it runs.
@@ -213,6 +224,11 @@ def main():
         "collector_batch_100_p50_p99_ms": [
             statistics.median(r["request_latency_ms"][q] for r in runs["collector_batch_100"])
             for q in ("p50", "p99")] if runs["collector_batch_100"] else None,
+        "clients_in_second_case": args.connections,
+        "collector_batch_100_many_clients_events_per_second": rate("collector_batch_100_many_clients",
+                                                                  "accepted_per_second"),
+        "producer_baseline_many_clients_events_per_second": rate("producer_baseline_many_clients",
+                                                                 "accepted_per_second"),
         "collector_single_64_clients_events_per_second": rate("collector_single", "accepted_per_second"),
         "producer_baseline_events_per_second": rate("producer_baseline_batch_100", "accepted_per_second"),
         "processor_events_per_second": rate("processor", "events_per_second"),
@@ -223,6 +239,9 @@ def main():
     }
     summary["collector_vs_producer"] = ratio(
         summary["collector_batch_100_events_per_second"], summary["producer_baseline_events_per_second"])
+    summary["collector_vs_producer_many_clients"] = ratio(
+        summary["collector_batch_100_many_clients_events_per_second"],
+        summary["producer_baseline_many_clients_events_per_second"])
     summary["processor_vs_embedded"] = ratio(
         summary["processor_events_per_second"], summary["embedded_events_per_second"])
     summary["two_processors_vs_one"] = ratio(

@@ -5,7 +5,10 @@
 use super::{KafkaError, client_config, client_error, record_key};
 use crate::config::KafkaConfig;
 use crate::runtime::{Event, Value};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why a batch was not acknowledged. Some of its events may have been
@@ -21,8 +24,38 @@ pub enum SendError {
     Broker(String),
 }
 
+/// One request's records in flight: its answer waits until the last is
+/// acknowledged. Shared by its records' delivery reports, so a post costs
+/// one allocation and one wake-up, not a future per record.
+struct Post {
+    left: AtomicUsize,
+    failed: Mutex<Option<String>>,
+    done: tokio::sync::Notify,
+}
+
+/// Counts each post's acknowledgements down (on librdkafka's polling thread).
+struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Arc<Post>;
+    fn delivery(&self, r: &DeliveryResult<'_>, post: Arc<Post>) {
+        if let Err((e, _)) = r {
+            post.failed
+                .lock()
+                .expect("post lock")
+                .get_or_insert_with(|| e.to_string());
+        }
+        if post.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stores a permit if `send` is not waiting yet.
+            post.done.notify_one();
+        }
+    }
+}
+
 pub struct Collector {
-    producer: FutureProducer,
+    producer: ThreadedProducer<Acks>,
     topic: String,
     timeout: Duration,
 }
@@ -30,7 +63,7 @@ pub struct Collector {
 impl Collector {
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
         let timeout_ms = k.ack_timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = client_config(
+        let producer: ThreadedProducer<Acks> = client_config(
             k,
             &[
                 ("acks", "all"),
@@ -46,7 +79,7 @@ impl Collector {
                 ("queue.buffering.max.messages", "500000"),
             ],
         )
-        .create()
+        .create_with_context(Acks)
         .map_err(client_error("creating the collector's producer"))?;
         Ok(Collector {
             producer,
@@ -57,16 +90,25 @@ impl Collector {
 
     /// Produces every event; returns once the broker acknowledged them all.
     pub async fn send(&self, events: &[Event]) -> Result<(), SendError> {
-        let mut pending = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            return Ok(());
+        }
+        let post = Arc::new(Post {
+            left: AtomicUsize::new(events.len()),
+            failed: Mutex::new(None),
+            done: tokio::sync::Notify::new(),
+        });
         let mut payload = Vec::with_capacity(512);
         for e in events {
             payload.clear();
             write_record(e, &mut payload);
-            let record = FutureRecord::to(&self.topic)
+            let record = BaseRecord::with_opaque_to(&self.topic, post.clone())
                 .key(record_key(e))
                 .payload(&payload);
-            match self.producer.send_result(record) {
-                Ok(f) => pending.push(f),
+            // What was queued before a refusal is still written; the
+            // client is told to retry all (see `SendError`).
+            match self.producer.send(record) {
+                Ok(()) => {}
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -76,20 +118,15 @@ impl Collector {
                 Err((e, _)) => return Err(SendError::Broker(e.to_string())),
             }
         }
-        let all = futures_util::future::join_all(pending);
-        let results = tokio::time::timeout(self.timeout + Duration::from_secs(1), all)
+        tokio::time::timeout(self.timeout + Duration::from_secs(1), post.done.notified())
             .await
             .map_err(|_| {
                 SendError::Broker(format!("no acknowledgement within {:?}", self.timeout))
             })?;
-        for r in results {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(SendError::Broker(e.to_string())),
-                Err(_) => return Err(SendError::Broker("the producer was dropped".into())),
-            }
+        match post.failed.lock().expect("post lock").take() {
+            Some(e) => Err(SendError::Broker(e)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for what is in flight (at shutdown).
