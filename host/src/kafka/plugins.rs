@@ -88,6 +88,10 @@ pub struct PluginStatus {
     /// How its state went over in that change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
+    /// The new version caught up with the running one before the swap
+    /// (the pause is then the replay of the last batches only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub caught_up: bool,
     /// Why the processor refused that change (it runs `version`, the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

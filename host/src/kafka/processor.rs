@@ -36,9 +36,11 @@ use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
 use crate::dataflow::watermark::{Clock, Inputs, split_at_late};
-use crate::dataflow::{Handover, handover, insert_position};
+use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
-use crate::runtime::{BreakerState, Event, Interest, Plugin, PluginOutput, PluginStats};
+use crate::runtime::{
+    BreakerState, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
+};
 use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, PluginFigures, RejectReason};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -46,7 +48,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -218,6 +220,8 @@ pub fn start(
     let state = Proc {
         id: format!("{}-{}", k.group, uuid::Uuid::now_v7().simple()),
         changes,
+        waiting: VecDeque::new(),
+        preparing: None,
         group,
         held: BTreeSet::new(),
         caught_up: BTreeSet::new(),
@@ -768,6 +772,10 @@ struct Proc {
     id: String,
     /// Plugin changes from the plugins topic (see [`super::plugins`]).
     changes: Option<Receiver<Apply>>,
+    /// Changes taken from `changes` and not applied yet, in order.
+    waiting: VecDeque<Apply>,
+    /// A keyed plugin's new version catching up with its tasks.
+    preparing: Option<Preparing>,
     /// The group's source partitions in event time.
     group: Option<Arc<GroupClock>>,
     /// Own source partitions held back: too far ahead of the group's least
@@ -1373,9 +1381,21 @@ impl Proc {
     /// task of a plugin takes the new version, its state handed over as on
     /// one host, or none does (the change is refused here, visibly).
     fn apply_changes(&mut self, consumer: &BaseConsumer<Ctx>) {
-        let Some(rx) = &self.changes else { return };
-        let pending: Vec<Apply> = rx.try_iter().collect();
-        for a in pending {
+        if let Some(rx) = &self.changes {
+            self.waiting.extend(rx.try_iter());
+        }
+        // A new version that was catching up: swapped in once every task's
+        // copy has caught up; later changes wait for it, in order.
+        if let Some(p) = &self.preparing {
+            if !p.ready() {
+                return;
+            }
+            let p = self.preparing.take().expect("checked above");
+            let (name, change) = (p.plugin.name().to_string(), p.change.clone());
+            let r = self.finish(p);
+            self.report(name, change, r, true);
+        }
+        while let Some(a) = self.waiting.pop_front() {
             let (name, change, result) = match a {
                 Apply::Deploy {
                     change,
@@ -1390,6 +1410,10 @@ impl Proc {
                         // refusal stays in its status.
                         continue;
                     }
+                    let plugin = match self.prepare(&change, plugin, reset_state) {
+                        Ok(()) => return, // answered when it has caught up
+                        Err(plugin) => plugin,
+                    };
                     let r = self.deploy(consumer, *plugin, reset_state, partition_by);
                     (name, change, r)
                 }
@@ -1403,42 +1427,160 @@ impl Proc {
                     error,
                 } => (name, change, Err(error)),
             };
-            match &result {
-                Ok(h) => {
-                    tracing::info!(plugin = %name, change = %change, state = ?h, "plugin change applied at a batch boundary")
+            self.report(name, change, result, false);
+        }
+    }
+
+    /// Logs a change's result and says it in the status topic.
+    fn report(
+        &mut self,
+        name: String,
+        change: String,
+        result: Result<Handover, String>,
+        caught_up: bool,
+    ) {
+        match &result {
+            Ok(h) => {
+                tracing::info!(plugin = %name, change = %change, state = ?h, caught_up, "plugin change applied at a batch boundary")
+            }
+            Err(e) => {
+                tracing::error!(plugin = %name, change = %change, error = %e, "plugin change refused on this processor; the running version stays")
+            }
+        }
+        let running = self.running_status(&name);
+        let entry = match (running, &result) {
+            (Some(s), _) => Some(s),
+            (None, Ok(Handover::Removed)) => None,
+            (None, _) => Some(PluginStatus {
+                name: name.clone(),
+                version: String::new(),
+                change: None,
+                handover: None,
+                caught_up: false,
+                error: None,
+            }),
+        };
+        match entry {
+            Some(mut st) => {
+                st.change = Some(change);
+                match result {
+                    Ok(h) => {
+                        st.handover = Some(h);
+                        st.caught_up = caught_up;
+                    }
+                    Err(e) => st.error = Some(e),
                 }
+                self.status.insert(name, st);
+            }
+            None => {
+                self.status.remove(&name);
+            }
+        }
+        self.send_status();
+        self.publish();
+    }
+
+    /// Starts a keyed plugin's new version catching up with every task of
+    /// its stage here, off the event path: each task's copy restores the
+    /// task's last snapshot and replays the batches since, on a thread of
+    /// its own, while the running version goes on (as the embedded swap
+    /// does). Gives the plugin back when that does not fit: not a keyed
+    /// stage here, no task, `reset_state`, another interest or config
+    /// (whose state goes over by snapshot and restore instead).
+    fn prepare(
+        &mut self,
+        change: &str,
+        plugin: Box<Plugin>,
+        reset_state: bool,
+    ) -> Result<(), Box<Plugin>> {
+        let stage = match self.step_of(plugin.name()).map(|i| &self.flow[i]) {
+            Some(Flow::Stage(s)) => *s,
+            _ => return Err(plugin),
+        };
+        let tasks: Vec<(usize, i32)> = self
+            .tasks
+            .keys()
+            .filter(|(st, _)| *st == stage)
+            .copied()
+            .collect();
+        let fits = |t: &Task| t.plugin.catchup(None).fits(&plugin);
+        if reset_state
+            || tasks.is_empty()
+            || self.stages[stage].template.world() != plugin.world()
+            || !tasks.iter().all(|k| fits(&self.tasks[k]))
+        {
+            return Err(plugin);
+        }
+        let mut threads = Vec::with_capacity(tasks.len());
+        for key in tasks {
+            let c = self.tasks[&key].plugin.catchup(None);
+            let copy = plugin.fresh();
+            let work = move || -> Result<(Plugin, u64), String> {
+                let mut new = copy.map_err(|e| e.to_string())?;
+                new.catch_up(&c).map_err(refusal)?;
+                Ok((new, c.next))
+            };
+            match std::thread::Builder::new()
+                .name("nexuspipe-catchup".into())
+                .spawn(work)
+            {
+                Ok(t) => threads.push((key, t)),
                 Err(e) => {
-                    tracing::error!(plugin = %name, change = %change, error = %e, "plugin change refused on this processor; the running version stays")
+                    tracing::warn!(error = %e, "could not start a catch-up thread; the state goes over by snapshot and restore");
+                    return Err(plugin);
                 }
             }
-            let running = self.running_status(&name);
-            let entry = match (running, &result) {
-                (Some(s), _) => Some(s),
-                (None, Ok(Handover::Removed)) => None,
-                (None, _) => Some(PluginStatus {
-                    name: name.clone(),
-                    version: String::new(),
-                    change: None,
-                    handover: None,
-                    error: None,
-                }),
-            };
-            match entry {
-                Some(mut st) => {
-                    st.change = Some(change);
-                    match result {
-                        Ok(h) => st.handover = Some(h),
-                        Err(e) => st.error = Some(e),
-                    }
-                    self.status.insert(name, st);
+        }
+        tracing::info!(plugin = %plugin.name(), change, tasks = threads.len(), "new version catching up with the running one");
+        self.preparing = Some(Preparing {
+            change: change.to_string(),
+            stage,
+            plugin: *plugin,
+            threads,
+        });
+        Ok(())
+    }
+
+    /// Swaps in a new version that caught up (see [`Proc::prepare`]): each
+    /// task's copy replays what the task processed since, then replaces it;
+    /// a task assigned since gets its state by snapshot and restore. All
+    /// tasks or none: a refusal leaves every task as it was.
+    fn finish(&mut self, p: Preparing) -> Result<Handover, String> {
+        let mut ready = BTreeMap::new();
+        for (key, t) in p.threads {
+            let done = t
+                .join()
+                .unwrap_or_else(|_| Err("the catch-up thread panicked".into()));
+            let (new, next) = done.map_err(|e| format!("partition {}: {e}", key.1))?;
+            ready.insert(key, (new, next));
+        }
+        let mut next = Vec::new();
+        for (key, task) in self.tasks.iter_mut().filter(|(k, _)| k.0 == p.stage) {
+            let new = match ready.remove(key) {
+                Some((mut new, since)) => {
+                    let rest = task.plugin.catchup(Some(since));
+                    new.catch_up(&rest)
+                        .map_err(|e| format!("partition {}: {}", key.1, refusal(e)))?;
+                    new.carry_over(&task.plugin);
+                    new
                 }
                 None => {
-                    self.status.remove(&name);
+                    let mut new = p.plugin.fresh().map_err(|e| e.to_string())?;
+                    handover(&mut task.plugin, &mut new, false)
+                        .map_err(|e| format!("partition {}: {e}", key.1))?;
+                    new
                 }
-            }
-            self.send_status();
-            self.publish();
+            };
+            next.push((*key, new));
         }
+        for (key, new) in next {
+            let task = self.tasks.get_mut(&key).expect("taken above");
+            task.plugin = new;
+            task.changed = true;
+        }
+        self.stages[p.stage].template = p.plugin;
+        self.refresh();
+        Ok(Handover::Kept)
     }
 
     /// Whether this processor runs this version (component and config) already.
@@ -1866,6 +2008,35 @@ impl SourceSide<'_> {
     }
 }
 
+/// Why a new version could not catch up, worded as the embedded swap words it.
+fn refusal(e: PluginError) -> String {
+    match e {
+        PluginError::State(m) => SwapError::StateRejected(m).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A task's copy of a new version catching up: the copy and the sequence
+/// number of the first batch it has not replayed.
+type CatchingUp = std::thread::JoinHandle<Result<(Plugin, u64), String>>;
+
+/// A keyed plugin's new version catching up with the running tasks (see
+/// [`Proc::prepare`]).
+struct Preparing {
+    change: String,
+    stage: usize,
+    /// The new version, the stage's template once swapped in.
+    plugin: Plugin,
+    /// Per task, the thread catching its copy up.
+    threads: Vec<((usize, i32), CatchingUp)>,
+}
+
+impl Preparing {
+    fn ready(&self) -> bool {
+        self.threads.iter().all(|(_, t)| t.is_finished())
+    }
+}
+
 /// The keyed stage's part of the processor (see [`Proc::process_buffer`]).
 struct KeyedSide<'a> {
     tasks: &'a mut BTreeMap<(usize, i32), Task>,
@@ -2025,6 +2196,7 @@ fn running(p: &Plugin) -> PluginStatus {
         version: p.component().hash.clone(),
         change: None,
         handover: None,
+        caught_up: false,
         error: None,
     }
 }

@@ -30,6 +30,9 @@ pub struct ProcessorOutcome {
     pub version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Handover>,
+    /// The new version caught up with the running one before the swap.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub caught_up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -475,6 +478,7 @@ impl Manager {
                 processor: s.processor.clone(),
                 version: p.map(|p| p.version.clone()).unwrap_or_default(),
                 state: p.and_then(|p| p.handover).or(Some(Handover::Removed)),
+                caught_up: p.is_some_and(|p| p.caught_up),
                 error: p.and_then(|p| p.error.clone()),
             })
         };
@@ -496,6 +500,7 @@ impl Manager {
                     processor: id.clone(),
                     version: String::new(),
                     state: None,
+                    caught_up: false,
                     error: Some(format!("no answer within {ANSWER_WAIT:?}")),
                 }),
             }
@@ -544,6 +549,7 @@ impl Manager {
                     processor: s.processor,
                     version: p.version,
                     state: p.handover,
+                    caught_up: p.caught_up,
                     error: p.error,
                 })
             })

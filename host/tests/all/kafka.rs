@@ -903,6 +903,11 @@ fn plugin_changes_on_any_host_reach_every_processor() {
         assert_eq!(p["version"], v2.as_str(), "{body}");
         assert_eq!(p["state"], "kept", "{body}");
     }
+    // The funnel has one task (it is not keyed): the processor running it
+    // caught the new version up with it before the swap (same interest and
+    // config); the other had no state to hand over.
+    let caught_up = answered.iter().filter(|p| p["caught_up"] == true).count();
+    assert_eq!(caught_up, 1, "{body}");
     eprintln!(
         "upload on the collector to both processors running it: {} ms",
         body["upload_to_active_ms"]
