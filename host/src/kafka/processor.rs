@@ -39,7 +39,7 @@ use crate::dataflow::watermark::{Clock, Inputs, split_at_late};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{
-    BreakerState, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
+    BreakerState, Catchup, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
 };
 use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, PluginFigures, RejectReason};
@@ -1390,9 +1390,27 @@ impl Proc {
             if !p.ready() {
                 return;
             }
-            let p = self.preparing.take().expect("checked above");
+            let mut p = self.preparing.take().expect("checked above");
             let (name, change) = (p.plugin.name().to_string(), p.change.clone());
-            let r = self.finish(p);
+            let r = match p.join() {
+                Ok(copies) if !self.close_enough(&p, &copies) => {
+                    // Another round, off the event path, on what the tasks
+                    // processed during this one.
+                    let tasks = &self.tasks;
+                    let more = copies.into_iter().filter_map(|(key, copy, since)| {
+                        Some((key, Ok(copy), tasks.get(&key)?.plugin.catchup(Some(since))))
+                    });
+                    match p.start(more) {
+                        Ok(()) => {
+                            self.preparing = Some(p);
+                            return;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(copies) => self.finish(p, copies),
+                Err(e) => Err(e),
+            };
             self.report(name, change, r, true);
         }
         while let Some(a) = self.waiting.pop_front() {
@@ -1511,49 +1529,54 @@ impl Proc {
         {
             return Err(plugin);
         }
-        let mut threads = Vec::with_capacity(tasks.len());
-        for key in tasks {
-            let c = self.tasks[&key].plugin.catchup(None);
-            let copy = plugin.fresh();
-            let work = move || -> Result<(Plugin, u64), String> {
-                let mut new = copy.map_err(|e| e.to_string())?;
-                new.catch_up(&c).map_err(refusal)?;
-                Ok((new, c.next))
-            };
-            match std::thread::Builder::new()
-                .name("nexuspipe-catchup".into())
-                .spawn(work)
-            {
-                Ok(t) => threads.push((key, t)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not start a catch-up thread; the state goes over by snapshot and restore");
-                    return Err(plugin);
-                }
-            }
-        }
-        tracing::info!(plugin = %plugin.name(), change, tasks = threads.len(), "new version catching up with the running one");
-        self.preparing = Some(Preparing {
+        let work: Vec<_> = tasks
+            .into_iter()
+            .map(|key| {
+                let task = &self.tasks[&key].plugin;
+                (key, plugin.fresh(), task.catchup(None))
+            })
+            .collect();
+        let mut p = Preparing {
             change: change.to_string(),
             stage,
             plugin: *plugin,
-            threads,
-        });
+            threads: Vec::new(),
+            rounds: 0,
+        };
+        if let Err(e) = p.start(work.into_iter()) {
+            tracing::warn!(error = %e, "the state goes over by snapshot and restore");
+            return Err(Box::new(p.plugin));
+        }
+        tracing::info!(plugin = %p.plugin.name(), change, tasks = p.threads.len(), "new version catching up with the running one");
+        self.preparing = Some(p);
         Ok(())
+    }
+
+    /// Whether what the tasks processed since the copies' last round is
+    /// little enough to replay in the pause (or enough rounds were run).
+    fn close_enough(&self, p: &Preparing, copies: &[Copy]) -> bool {
+        // Each round replays what came during the previous one, much faster
+        // than it came, so a few rounds leave little (as on one host).
+        const ROUNDS: u32 = 8;
+        const CLOSE_ENOUGH: usize = 256;
+        p.rounds >= ROUNDS
+            || copies.iter().all(|(key, _, since)| {
+                self.tasks.get(key).is_none_or(|t| {
+                    let rest = t.plugin.catchup(Some(*since));
+                    !rest.from_base && rest.events() <= CLOSE_ENOUGH
+                })
+            })
     }
 
     /// Swaps in a new version that caught up (see [`Proc::prepare`]): each
     /// task's copy replays what the task processed since, then replaces it;
     /// a task assigned since gets its state by snapshot and restore. All
     /// tasks or none: a refusal leaves every task as it was.
-    fn finish(&mut self, p: Preparing) -> Result<Handover, String> {
-        let mut ready = BTreeMap::new();
-        for (key, t) in p.threads {
-            let done = t
-                .join()
-                .unwrap_or_else(|_| Err("the catch-up thread panicked".into()));
-            let (new, next) = done.map_err(|e| format!("partition {}: {e}", key.1))?;
-            ready.insert(key, (new, next));
-        }
+    fn finish(&mut self, p: Preparing, copies: Vec<Copy>) -> Result<Handover, String> {
+        let mut ready: BTreeMap<(usize, i32), (Plugin, u64)> = copies
+            .into_iter()
+            .map(|(key, copy, since)| (key, (copy, since)))
+            .collect();
         let mut next = Vec::new();
         for (key, task) in self.tasks.iter_mut().filter(|(k, _)| k.0 == p.stage) {
             let new = match ready.remove(key) {
@@ -2029,11 +2052,51 @@ struct Preparing {
     plugin: Plugin,
     /// Per task, the thread catching its copy up.
     threads: Vec<((usize, i32), CatchingUp)>,
+    /// Catch-up rounds started.
+    rounds: u32,
 }
+
+/// A task's caught-up copy of the new version, and the sequence number of
+/// the first batch it has not replayed.
+type Copy = ((usize, i32), Plugin, u64);
 
 impl Preparing {
     fn ready(&self) -> bool {
         self.threads.iter().all(|(_, t)| t.is_finished())
+    }
+
+    /// Starts a round: per task, a thread replays `c` into its copy.
+    fn start(
+        &mut self,
+        work: impl Iterator<Item = ((usize, i32), Result<Plugin, PluginError>, Catchup)>,
+    ) -> Result<(), String> {
+        self.rounds += 1;
+        for (key, copy, c) in work {
+            let run = move || -> Result<(Plugin, u64), String> {
+                let mut new = copy.map_err(|e| e.to_string())?;
+                new.catch_up(&c).map_err(refusal)?;
+                Ok((new, c.next))
+            };
+            let t = std::thread::Builder::new()
+                .name("nexuspipe-catchup".into())
+                .spawn(run)
+                .map_err(|e| format!("could not start a catch-up thread: {e}"))?;
+            self.threads.push((key, t));
+        }
+        Ok(())
+    }
+
+    /// The copies of the finished round; a refusal refuses the change.
+    fn join(&mut self) -> Result<Vec<Copy>, String> {
+        let mut copies = Vec::with_capacity(self.threads.len());
+        for (key, t) in self.threads.drain(..) {
+            let done = t
+                .join()
+                .unwrap_or_else(|_| Err("the catch-up thread panicked".into()));
+            let (copy, since) = done.map_err(|e| format!("partition {}: {e}", key.1))?;
+            copies.push((key, copy, since));
+        }
+        Ok(copies)
     }
 }
 
