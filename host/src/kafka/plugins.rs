@@ -92,6 +92,9 @@ pub struct PluginStatus {
     /// (the pause is then the replay of the last batches only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub caught_up: bool,
+    /// How long applying it held this processor's events back, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_us: Option<u64>,
     /// Why the processor refused that change (it runs `version`, the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

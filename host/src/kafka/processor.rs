@@ -222,6 +222,7 @@ pub fn start(
         changes,
         waiting: VecDeque::new(),
         preparing: None,
+        paused: Duration::ZERO,
         group,
         held: BTreeSet::new(),
         caught_up: BTreeSet::new(),
@@ -776,6 +777,8 @@ struct Proc {
     waiting: VecDeque<Apply>,
     /// A keyed plugin's new version catching up with its tasks.
     preparing: Option<Preparing>,
+    /// How long the last applied change held the events back.
+    paused: Duration,
     /// The group's source partitions in event time.
     group: Option<Arc<GroupClock>>,
     /// Own source partitions held back: too far ahead of the group's least
@@ -1408,7 +1411,12 @@ impl Proc {
                         Err(e) => Err(e),
                     }
                 }
-                Ok(copies) => self.finish(p, copies),
+                Ok(copies) => {
+                    let started = Instant::now();
+                    let r = self.finish(p, copies);
+                    self.paused = started.elapsed();
+                    r
+                }
                 Err(e) => Err(e),
             };
             self.report(name, change, r, true);
@@ -1432,7 +1440,9 @@ impl Proc {
                         Ok(()) => return, // answered when it has caught up
                         Err(plugin) => plugin,
                     };
+                    let started = Instant::now();
                     let r = self.deploy(consumer, *plugin, reset_state, partition_by);
+                    self.paused = started.elapsed();
                     (name, change, r)
                 }
                 Apply::Remove { change, name } => {
@@ -1475,6 +1485,7 @@ impl Proc {
                 change: None,
                 handover: None,
                 caught_up: false,
+                pause_us: None,
                 error: None,
             }),
         };
@@ -1485,6 +1496,7 @@ impl Proc {
                     Ok(h) => {
                         st.handover = Some(h);
                         st.caught_up = caught_up;
+                        st.pause_us = Some(self.paused.as_micros() as u64);
                     }
                     Err(e) => st.error = Some(e),
                 }
@@ -2260,6 +2272,7 @@ fn running(p: &Plugin) -> PluginStatus {
         change: None,
         handover: None,
         caught_up: false,
+        pause_us: None,
         error: None,
     }
 }

@@ -33,6 +33,9 @@ pub struct ProcessorOutcome {
     /// The new version caught up with the running one before the swap.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub caught_up: bool,
+    /// How long applying the change held its events back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_pause_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -479,6 +482,7 @@ impl Manager {
                 version: p.map(|p| p.version.clone()).unwrap_or_default(),
                 state: p.and_then(|p| p.handover).or(Some(Handover::Removed)),
                 caught_up: p.is_some_and(|p| p.caught_up),
+                swap_pause_us: p.and_then(|p| p.pause_us),
                 error: p.and_then(|p| p.error.clone()),
             })
         };
@@ -501,6 +505,7 @@ impl Manager {
                     version: String::new(),
                     state: None,
                     caught_up: false,
+                    swap_pause_us: None,
                     error: Some(format!("no answer within {ANSWER_WAIT:?}")),
                 }),
             }
@@ -550,6 +555,7 @@ impl Manager {
                     version: p.version,
                     state: p.handover,
                     caught_up: p.caught_up,
+                    swap_pause_us: p.pause_us,
                     error: p.error,
                 })
             })

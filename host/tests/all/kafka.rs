@@ -906,11 +906,12 @@ fn plugin_changes_on_any_host_reach_every_processor() {
     // The funnel has one task (it is not keyed): the processor running it
     // caught the new version up with it before the swap (same interest and
     // config); the other had no state to hand over.
-    let caught_up = answered.iter().filter(|p| p["caught_up"] == true).count();
-    assert_eq!(caught_up, 1, "{body}");
+    let caught_up: Vec<&Value> = answered.iter().filter(|p| p["caught_up"] == true).collect();
+    assert_eq!(caught_up.len(), 1, "{body}");
+    assert!(caught_up[0]["swap_pause_us"].is_u64(), "{body}");
     eprintln!(
-        "upload on the collector to both processors running it: {} ms",
-        body["upload_to_active_ms"]
+        "upload on the collector to both processors running it: {} ms; pause of the one that caught up: {} µs",
+        body["upload_to_active_ms"], caught_up[0]["swap_pause_us"]
     );
     for host in [&collector, &a, &b] {
         wait_until(
