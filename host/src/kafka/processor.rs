@@ -1044,17 +1044,20 @@ impl Proc {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        let pending = std::mem::take(&mut self.rescan);
+        // Those revoked since are left out: their next owner reads them.
+        let pending: BTreeMap<(String, i32), i64> = std::mem::take(&mut self.rescan)
+            .into_iter()
+            .filter(|((topic, p), _)| {
+                if *topic == self.topics.events {
+                    self.sources.contains_key(p)
+                } else {
+                    self.stage_of(topic)
+                        .is_some_and(|s| self.tasks.contains_key(&(s, *p)))
+                }
+            })
+            .collect();
         for (topic, p) in pending.keys() {
-            let owned = if *topic == self.topics.events {
-                self.sources.contains_key(p)
-            } else {
-                self.stage_of(topic)
-                    .is_some_and(|s| self.tasks.contains_key(&(s, *p)))
-            };
-            if owned {
-                let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
-            }
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
         }
         if tpl.count() == 0 {
             return;
