@@ -51,6 +51,10 @@ pub trait Clock<T> {
     /// Notes an item's time.
     fn observe(&mut self, item: &T);
     fn time(item: &T) -> i64;
+    /// Whether the item counts towards a batch's size (a marker does not).
+    fn counts(_item: &T) -> bool {
+        true
+    }
 }
 
 impl Clock<crate::runtime::Event> for Watermark {
@@ -95,6 +99,40 @@ pub fn split_at_late<T, C: Clock<T>>(mut events: Vec<T>, wm: &mut C) -> Vec<(Vec
     tails.reverse();
     let marks = cuts.iter().map(|&(_, m)| m).chain([wm.current()]);
     std::iter::once(events).chain(tails).zip(marks).collect()
+}
+
+/// Items regrouped into batches of `size` counted items (see
+/// [`Clock::counts`]), each cut further where a late item needs it (see
+/// [`split_at_late`]), with the watermark to pass along each: how both
+/// drivers batch what goes into the plugins. `expected`: how many items
+/// will come, so each batch is allocated once.
+pub fn batches<T, C: Clock<T>>(
+    items: impl IntoIterator<Item = T>,
+    expected: usize,
+    size: usize,
+    wm: &mut C,
+) -> Vec<(Vec<T>, i64)> {
+    let size = size.max(1);
+    let mut out = Vec::new();
+    let mut left = expected;
+    let mut batch: Vec<T> = Vec::new();
+    let mut counted = 0;
+    for item in items {
+        if batch.is_empty() {
+            batch.reserve_exact(size.min(left.max(1)));
+        }
+        counted += usize::from(C::counts(&item));
+        batch.push(item);
+        left = left.saturating_sub(1);
+        if counted == size {
+            out.extend(split_at_late(std::mem::take(&mut batch), wm));
+            counted = 0;
+        }
+    }
+    if !batch.is_empty() {
+        out.extend(split_at_late(batch, wm));
+    }
+    out
 }
 
 /// Event time over several source partitions (the minimum over the
@@ -186,9 +224,8 @@ impl Inputs {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cuts_only_before_late_events() {
-        let ev = |ts| crate::runtime::Event {
+    fn ev(ts: i64) -> crate::runtime::Event {
+        crate::runtime::Event {
             id: String::new(),
             event_type: "x".into(),
             timestamp: ts,
@@ -202,7 +239,11 @@ mod tests {
                 url: None,
                 referrer: None,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn cuts_only_before_late_events() {
         let mut w = Watermark::new(5);
         let parts = split_at_late(vec![ev(10), ev(12), ev(8), ev(30), ev(20), ev(21)], &mut w);
         let shape: Vec<(Vec<i64>, i64)> = parts
@@ -211,6 +252,28 @@ mod tests {
             .collect();
         // 8 is within the bound (wm 7); 20 is late (wm 25): a cut before it, 21 rides along.
         assert_eq!(shape, vec![(vec![10, 12, 8, 30], 25), (vec![20, 21], 25)]);
+    }
+
+    #[test]
+    fn batches_are_of_the_size_asked_and_cut_before_late_events() {
+        let mut w = Watermark::new(5);
+        let times = [10, 12, 8, 30, 20, 21, 40];
+        let parts = batches(times.map(ev), times.len(), 3, &mut w);
+        let shape: Vec<(Vec<i64>, i64)> = parts
+            .iter()
+            .map(|(b, wm)| (b.iter().map(|e| e.timestamp).collect(), *wm))
+            .collect();
+        // By hand: [10 12 8] (wm 7), then [30 20 21] cut before 20 (late
+        // against 25), then [40] (wm 35).
+        assert_eq!(
+            shape,
+            vec![
+                (vec![10, 12, 8], 7),
+                (vec![30], 25),
+                (vec![20, 21], 25),
+                (vec![40], 35)
+            ]
+        );
     }
 
     #[test]

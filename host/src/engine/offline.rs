@@ -3,7 +3,7 @@
 //! the input, and a final flush fires every window and timer.
 
 use crate::dataflow::Watermark;
-use crate::dataflow::watermark::split_at_late;
+use crate::dataflow::watermark::batches;
 use crate::runtime::{Alert, Event, MetricPoint, Plugin, PluginOutput};
 
 /// Everything one offline run produced.
@@ -26,13 +26,10 @@ pub fn run(
 ) -> OfflineRun {
     let mut wm = Watermark::new(out_of_orderness);
     let mut run = OfflineRun::default();
-    let mut it = events.into_iter().peekable();
-    while it.peek().is_some() {
-        let chunk: Vec<Event> = it.by_ref().take(batch_size.max(1)).collect();
-        for (mut batch, watermark) in split_at_late(chunk, &mut wm) {
-            plugin.process(&mut batch, watermark, &mut run.output);
-            run.events.extend(batch);
-        }
+    let n = events.len();
+    for (mut batch, watermark) in batches(events, n, batch_size, &mut wm) {
+        plugin.process(&mut batch, watermark, &mut run.output);
+        run.events.extend(batch);
     }
     let mut empty = Vec::new();
     plugin.process(&mut empty, wm.advance_to(i64::MAX), &mut run.output);

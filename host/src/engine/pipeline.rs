@@ -12,7 +12,7 @@
 use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use crate::dataflow::dedupe::Dedupe;
-use crate::dataflow::watermark::split_at_late;
+use crate::dataflow::watermark::batches;
 use crate::dataflow::{Handover, Outcome, SwapError, Watermark, handover, insert_position};
 use crate::hub::{Hub, Sampler};
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, refresh_downstream};
@@ -534,36 +534,22 @@ impl Engine {
         let total: usize = pending.iter().map(|(e, _)| e.len()).sum();
         let size = self.settings.batch_size;
         let mut received = Vec::with_capacity(pending.len());
-        // Requests' batches regrouped into chunks of `size`, each event moved once.
-        let mut chunks = Vec::new();
-        let mut chunk: Vec<Event> = Vec::new();
-        let mut left = total;
         let mut duplicates = 0;
+        let mut kept = Vec::with_capacity(pending.len());
         for (mut batch, at) in pending {
             received.push((at, batch.len()));
             let before = batch.len();
             batch.retain(|e| self.dedupe.first(&e.id, e.timestamp));
             duplicates += before - batch.len();
-            left -= before - batch.len();
-            let mut it = batch.into_iter();
-            while it.len() > 0 {
-                if chunk.is_empty() {
-                    chunk.reserve_exact(size.min(left));
-                }
-                let n = (size - chunk.len()).min(it.len());
-                chunk.extend(it.by_ref().take(n));
-                left -= n;
-                if chunk.len() == size {
-                    chunks.extend(split_at_late(
-                        std::mem::take(&mut chunk),
-                        &mut self.watermark,
-                    ));
-                }
-            }
+            kept.push(batch);
         }
-        if !chunk.is_empty() {
-            chunks.extend(split_at_late(chunk, &mut self.watermark));
-        }
+        // Requests' batches regrouped into chunks of `size`, each event moved once.
+        let chunks = batches(
+            kept.into_iter().flatten(),
+            total - duplicates,
+            size,
+            &mut self.watermark,
+        );
         if duplicates > 0 {
             self.metrics
                 .events_duplicate

@@ -35,7 +35,7 @@ use super::plugins::{self as live, Apply, GroupClock, PluginStatus, Status};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
-use crate::dataflow::watermark::{Clock, Inputs, split_at_late};
+use crate::dataflow::watermark::{Clock, Inputs, batches};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{
@@ -758,6 +758,9 @@ impl Clock<Item> for Inputs {
             Item::Event(e, _) => e.timestamp,
             Item::Marker(..) => i64::MAX, // never late
         }
+    }
+    fn counts(item: &Item) -> bool {
+        matches!(item, Item::Event(..))
     }
 }
 
@@ -2241,10 +2244,8 @@ fn run_tasks(work: Vec<(&mut Task, Vec<Item>)>, size: usize) -> (PluginOutput, u
     let mut out = PluginOutput::default();
     let mut processed = 0u64;
     for (task, items) in work {
-        for (batch, wm) in chunked(items, size)
-            .into_iter()
-            .flat_map(|c| split_at_late(c, &mut task.wm))
-        {
+        let n = items.len();
+        for (batch, wm) in batches(items, n, size, &mut task.wm) {
             let mut events: Vec<Event> = batch
                 .into_iter()
                 .filter_map(|i| match i {
@@ -2347,28 +2348,6 @@ where
     }
 }
 
-/// A task's items in chunks of at most `size` events (markers ride along),
-/// so each call into the plugin carries a batch of the configured size.
-fn chunked(items: Vec<Item>, size: usize) -> Vec<Vec<Item>> {
-    let size = size.max(1);
-    let mut out = Vec::new();
-    let mut chunk = Vec::new();
-    let mut events = 0;
-    for item in items {
-        let event = matches!(item, Item::Event(..));
-        chunk.push(item);
-        events += usize::from(event);
-        if events == size {
-            out.push(std::mem::take(&mut chunk));
-            events = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        out.push(chunk);
-    }
-    out
-}
-
 /// A record's payload as a canonical event. Its time is checked against the
 /// record's timestamp (the default time of an event without one), else now.
 /// Valid events go straight from the bytes to the event; the slower path
@@ -2453,9 +2432,10 @@ mod tests {
         let items: Vec<Item> = (0..7)
             .flat_map(|i| [Item::Event(ev(i), 0), Item::Marker(1, Some(i))])
             .collect();
-        let sizes: Vec<(usize, usize)> = chunked(items, 3)
+        let mut wm = Inputs::new(0, Duration::from_secs(1), 2);
+        let sizes: Vec<(usize, usize)> = batches(items, 14, 3, &mut wm)
             .iter()
-            .map(|c| {
+            .map(|(c, _)| {
                 let events = c.iter().filter(|i| matches!(i, Item::Event(..))).count();
                 (events, c.len())
             })
