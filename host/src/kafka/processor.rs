@@ -241,7 +241,7 @@ pub fn start(
         tasks: BTreeMap::new(),
         clocks: HashMap::new(),
         floors: HashMap::new(),
-        rescan: BTreeMap::new(),
+        rescan: HashMap::new(),
         buffer: Vec::new(),
         producer,
         outputs: Some(outputs),
@@ -517,6 +517,9 @@ impl ConsumerContext for Ctx {
 /// How long `run` waits on the consumer's queue when no source partition
 /// had a record: the latency a record that arrives then can get.
 const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// Per topic and partition, an offset (see `Proc::floors`, `Proc::rescan`).
+type Offsets = HashMap<String, HashMap<i32, i64>>;
 
 /// How long `seek_kept` waits for librdkafka to take a seek.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -812,12 +815,12 @@ struct Proc {
     clocks: HashMap<i32, SourceClock>,
     /// With `resume = "scan"`: records below these offsets were processed
     /// before the partition was assigned here, and are skipped.
-    floors: HashMap<String, HashMap<i32, i64>>,
+    floors: Offsets,
     /// With `resume = "scan"`: partitions kept through a rebalance, to read
     /// again from their start (see [`Proc::keep`]), each with its first
     /// offset not taken in. Until then, what they deliver from there on is
     /// dropped.
-    rescan: BTreeMap<(String, i32), i64>,
+    rescan: Offsets,
     buffer: Vec<Record>,
     producer: ThreadedProducer<Delivery>,
     /// Taken at shutdown.
@@ -1007,36 +1010,41 @@ impl Proc {
         if self.kafka.resume != Resume::Scan {
             return;
         }
-        let changed: BTreeSet<(String, i32)> = changed
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
         // The first offset not taken in: past what was processed and what
         // waits in the buffer (taken before the rebalance, processed after).
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for (p, &n) in &self.sources {
-            next.insert((self.topics.events.clone(), *p), n.max(0));
-        }
+        let mut next: Offsets = HashMap::new();
+        let events = next.entry(self.topics.events.clone()).or_default();
+        events.extend(self.sources.iter().map(|(p, n)| (*p, (*n).max(0))));
         for ((stage, p), t) in &self.tasks {
-            next.insert((self.stages[*stage].topic.clone(), *p), t.next_offset);
+            let topic = &self.stages[*stage].topic;
+            next.entry(topic.clone())
+                .or_default()
+                .insert(*p, t.next_offset);
         }
         for r in &self.buffer {
-            if let Some(n) = next.get_mut(&(r.topic.clone(), r.partition)) {
+            if let Some(n) = next.get_mut(&r.topic).and_then(|f| f.get_mut(&r.partition)) {
                 *n = (*n).max(r.offset + 1);
             }
         }
-        for (key, n) in next {
-            if changed.contains(&key) {
-                continue;
+        for e in changed.elements() {
+            if let Some(f) = next.get_mut(e.topic()) {
+                f.remove(&e.partition());
             }
-            if key.0 == self.topics.events {
-                // Its queue is made anew (its head, not taken in, dropped).
-                self.epochs += 1;
-                self.source_epochs.insert(key.1, self.epochs);
+        }
+        for (topic, parts) in next {
+            for (p, n) in parts {
+                if topic == self.topics.events {
+                    // Its queue is made anew (its head, not taken in, dropped).
+                    self.epochs += 1;
+                    self.source_epochs.insert(p, self.epochs);
+                }
+                // A second rebalance before the seek: the first one's offset holds.
+                self.rescan
+                    .entry(topic.clone())
+                    .or_default()
+                    .entry(p)
+                    .or_insert(n);
             }
-            // A second rebalance before the seek: the first one's offset holds.
-            self.rescan.entry(key).or_insert(n);
         }
     }
 
@@ -1048,19 +1056,20 @@ impl Proc {
         }
         let mut tpl = TopicPartitionList::new();
         // Those revoked since are left out: their next owner reads them.
-        let pending: BTreeMap<(String, i32), i64> = std::mem::take(&mut self.rescan)
-            .into_iter()
-            .filter(|((topic, p), _)| {
-                if *topic == self.topics.events {
-                    self.sources.contains_key(p)
+        let mut pending: Vec<(String, i32, i64)> = Vec::new();
+        for (topic, parts) in std::mem::take(&mut self.rescan) {
+            let stage = self.stage_of(&topic);
+            for (p, next) in parts {
+                let owned = if topic == self.topics.events {
+                    self.sources.contains_key(&p)
                 } else {
-                    self.stage_of(topic)
-                        .is_some_and(|s| self.tasks.contains_key(&(s, *p)))
+                    stage.is_some_and(|s| self.tasks.contains_key(&(s, p)))
+                };
+                if owned {
+                    let _ = tpl.add_partition_offset(&topic, p, Offset::Beginning);
+                    pending.push((topic.clone(), p, next));
                 }
-            })
-            .collect();
-        for (topic, p) in pending.keys() {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
+            }
         }
         if tpl.count() == 0 {
             return;
@@ -1077,17 +1086,18 @@ impl Proc {
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "seeking the kept partitions failed; trying again");
-                pending.keys().cloned().collect()
+                pending.iter().map(|(t, p, _)| (t.clone(), *p)).collect()
             }
         };
         let mut sought = Vec::new();
-        for ((topic, p), next) in pending {
-            if failed.contains(&(topic.clone(), p)) {
-                self.rescan.insert((topic, p), next);
+        for (topic, p, next) in pending {
+            let to = if failed.contains(&(topic.clone(), p)) {
+                &mut self.rescan
             } else {
                 sought.push(format!("{topic}/{p}@{next}"));
-                self.floors.entry(topic).or_default().insert(p, next);
-            }
+                &mut self.floors
+            };
+            to.entry(topic).or_default().insert(p, next);
         }
         tracing::info!(partitions = ?sought, "kept partitions read again from their start, skipping what was taken in");
     }
@@ -1097,20 +1107,13 @@ impl Proc {
             return;
         }
         let mut records = std::mem::take(&mut self.buffer);
-        if !self.rescan.is_empty() {
-            let rescan = &self.rescan;
+        if !self.floors.is_empty() || !self.rescan.is_empty() {
+            // Below its floor: processed before. At or past a pending
+            // rescan's offset: read again once the partition is sought.
+            let at = |m: &Offsets, r: &Record| m.get(&r.topic)?.get(&r.partition).copied();
             records.retain(|r| {
-                rescan
-                    .get(&(r.topic.clone(), r.partition))
-                    .is_none_or(|&next| r.offset < next)
-            });
-        }
-        if !self.floors.is_empty() {
-            records.retain(|r| {
-                self.floors
-                    .get(&r.topic)
-                    .and_then(|f| f.get(&r.partition))
-                    .is_none_or(|&floor| r.offset >= floor)
+                at(&self.floors, r).is_none_or(|floor| r.offset >= floor)
+                    && at(&self.rescan, r).is_none_or(|next| r.offset < next)
             });
         }
         let (source, keyed): (Vec<Record>, Vec<Record>) = records
@@ -1402,26 +1405,33 @@ impl Proc {
             let mut p = self.preparing.take().expect("checked above");
             let (name, change) = (p.plugin.name().to_string(), p.change.clone());
             let r = match p.join() {
-                Ok(copies) if !self.close_enough(&p, &copies) => {
-                    // Another round, off the event path, on what the tasks
-                    // processed during this one.
-                    let tasks = &self.tasks;
-                    let more = copies.into_iter().filter_map(|(key, copy, since)| {
-                        Some((key, Ok(copy), tasks.get(&key)?.plugin.catchup(Some(since))))
-                    });
-                    match p.start(more) {
-                        Ok(()) => {
-                            self.preparing = Some(p);
-                            return;
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
                 Ok(copies) => {
-                    let started = Instant::now();
-                    let r = self.finish(p, copies);
-                    self.paused = started.elapsed();
-                    r
+                    // What each copy has still to replay: what its task
+                    // processed during the round (a task revoked since drops
+                    // its copy).
+                    let rests: Vec<Rest> = copies
+                        .into_iter()
+                        .filter_map(|(key, copy, since)| {
+                            let rest = self.tasks.get(&key)?.plugin.catchup(Some(since));
+                            Some((key, copy, rest))
+                        })
+                        .collect();
+                    if p.close_enough(&rests) {
+                        let started = Instant::now();
+                        let r = self.finish(p, rests);
+                        self.paused = started.elapsed();
+                        r
+                    } else {
+                        // Another round, off the event path.
+                        let more = rests.into_iter().map(|(key, copy, c)| (key, Ok(copy), c));
+                        match p.start(more) {
+                            Ok(()) => {
+                                self.preparing = Some(p);
+                                return;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -1570,36 +1580,19 @@ impl Proc {
         Ok(())
     }
 
-    /// Whether what the tasks processed since the copies' last round is
-    /// little enough to replay in the pause (or enough rounds were run).
-    fn close_enough(&self, p: &Preparing, copies: &[Copy]) -> bool {
-        // Each round replays what came during the previous one, much faster
-        // than it came, so a few rounds leave little (as on one host).
-        const ROUNDS: u32 = 8;
-        const CLOSE_ENOUGH: usize = 256;
-        p.rounds >= ROUNDS
-            || copies.iter().all(|(key, _, since)| {
-                self.tasks.get(key).is_none_or(|t| {
-                    let rest = t.plugin.catchup(Some(*since));
-                    !rest.from_base && rest.events() <= CLOSE_ENOUGH
-                })
-            })
-    }
-
     /// Swaps in a new version that caught up (see [`Proc::prepare`]): each
     /// task's copy replays what the task processed since, then replaces it;
     /// a task assigned since gets its state by snapshot and restore. All
     /// tasks or none: a refusal leaves every task as it was.
-    fn finish(&mut self, p: Preparing, copies: Vec<Copy>) -> Result<Handover, String> {
-        let mut ready: BTreeMap<(usize, i32), (Plugin, u64)> = copies
+    fn finish(&mut self, p: Preparing, rests: Vec<Rest>) -> Result<Handover, String> {
+        let mut ready: BTreeMap<(usize, i32), (Plugin, Catchup)> = rests
             .into_iter()
-            .map(|(key, copy, since)| (key, (copy, since)))
+            .map(|(key, copy, rest)| (key, (copy, rest)))
             .collect();
         let mut next = Vec::new();
         for (key, task) in self.tasks.iter_mut().filter(|(k, _)| k.0 == p.stage) {
             let new = match ready.remove(key) {
-                Some((mut new, since)) => {
-                    let rest = task.plugin.catchup(Some(since));
+                Some((mut new, rest)) => {
                     new.catch_up(&rest)
                         .map_err(|e| format!("partition {}: {}", key.1, refusal(e)))?;
                     new.carry_over(&task.plugin);
@@ -1812,14 +1805,11 @@ impl Proc {
             .group
             .as_ref()
             .and_then(|g| g.minimum(&owned, now_ms().max(0) as u64));
-        let least = match (lo, group) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let known_least = match (known_lo, group.filter(|g| *g != i64::MIN)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let least = lo.into_iter().chain(group).min();
+        let known_least = known_lo
+            .into_iter()
+            .chain(group.filter(|g| *g != i64::MIN))
+            .min();
         let skew = match (known_least, hi) {
             (Some(l), Some(h)) if h > l => h - l,
             _ => 0,
@@ -2078,9 +2068,25 @@ struct Preparing {
 /// the first batch it has not replayed.
 type Copy = ((usize, i32), Plugin, u64);
 
+/// A task's copy of the new version, and what it has still to replay.
+type Rest = ((usize, i32), Plugin, Catchup);
+
 impl Preparing {
     fn ready(&self) -> bool {
         self.threads.iter().all(|(_, t)| t.is_finished())
+    }
+
+    /// Whether what is left is little enough to replay in the pause (or
+    /// enough rounds were run).
+    fn close_enough(&self, rests: &[Rest]) -> bool {
+        // Each round replays what came during the previous one, much faster
+        // than it came, so a few rounds leave little (as on one host).
+        const ROUNDS: u32 = 8;
+        const CLOSE_ENOUGH: usize = 256;
+        self.rounds >= ROUNDS
+            || rests
+                .iter()
+                .all(|(_, _, c)| !c.from_base && c.events() <= CLOSE_ENOUGH)
     }
 
     /// Starts a round: per task, a thread replays `c` into its copy.
