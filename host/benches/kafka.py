@@ -106,15 +106,15 @@ def collector_case(servers, i, batch, duration, connections):
         p.wait()
 
 
-def processor_case(servers, i, topic, events, processors=1):
+def processor_case(servers, i, topic, events, processors=1, bin=BIN):
     """Consumes `topic` (holding `events` events) with a new group of
     `processors` processes. Throughput: events over the seconds from the
     first event read to the last one through every stage; `drain_seconds`
     goes on to the last point delivered to InfluxDB (the sink flushes every
     second, so a short run's tail weighs on it)."""
-    config = (servers.kafka_config(topic, f"bench-{i}-{processors}")
+    config = (servers.kafka_config(topic, f"bench-{i}-{processors}-{'this' if bin == BIN else 'previous'}")
               + f'[influxdb]\nurl = "http://127.0.0.1:{servers.influx}"\napi = "v1"\ndatabase = "np"\n')
-    started_procs = [start_server(f"processor-{i}-{processors}-{n}", config=config, role="processor")
+    started_procs = [start_server(f"processor-{i}-{processors}-{n}", config=config, role="processor", bin=bin)
                      for n in range(processors)]
     try:
         cpu0 = [process_cpu(p.pid) for p, _, _ in started_procs]
@@ -178,6 +178,8 @@ def main():
     ap.add_argument("--only", choices=["collector", "processor"], help="run one side (and its baseline)")
     ap.add_argument("--two-processors", action="store_true",
                     help="also two processors in one group on the same machine")
+    ap.add_argument("--previous", metavar="BIN",
+                    help="also a processor of this build (say, main's), side by side with this one")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
@@ -185,7 +187,7 @@ def main():
     try:
         runs = {"collector_batch_100": [], "collector_batch_100_many_clients": [], "collector_single": [],
                 "producer_baseline_many_clients": [], "producer_baseline_batch_100": [],
-                "processor": [], "two_processors": [], "embedded_batch_100": []}
+                "processor": [], "processor_previous": [], "two_processors": [], "embedded_batch_100": []}
         for i in range(args.repeat if args.only != "processor" else 0):
             runs["collector_batch_100"].append(collector_case(servers, i, 100, args.duration, 4))
             # Each post waits for its acks (about 2 ms), so 4 clients
@@ -209,6 +211,9 @@ def main():
                                  rate=args.events // seconds, extra=("--event-rate", "1000"))
         for i in range(args.repeat if args.only != "collector" else 0):
             runs["processor"].append(processor_case(servers, i, "input", filled["events_accepted"]))
+            if args.previous:
+                runs["processor_previous"].append(
+                    processor_case(servers, i, "input", filled["events_accepted"], bin=args.previous))
             if args.two_processors:
                 runs["two_processors"].append(
                     processor_case(servers, i, "input", filled["events_accepted"], 2))
@@ -238,6 +243,7 @@ def main():
         "processor_events_per_second": rate("processor", "events_per_second"),
         "processor_drain_seconds": statistics.median(r["drain_seconds"] for r in runs["processor"])
         if runs["processor"] else None,
+        "processor_previous_events_per_second": rate("processor_previous", "events_per_second"),
         "two_processors_events_per_second": rate("two_processors", "events_per_second"),
         "embedded_events_per_second": rate("embedded_batch_100", "accepted_per_second"),
     }
@@ -248,6 +254,8 @@ def main():
         summary["producer_baseline_many_clients_events_per_second"])
     summary["processor_vs_embedded"] = ratio(
         summary["processor_events_per_second"], summary["embedded_events_per_second"])
+    summary["processor_vs_previous"] = ratio(
+        summary["processor_events_per_second"], summary["processor_previous_events_per_second"])
     summary["two_processors_vs_one"] = ratio(
         summary["two_processors_events_per_second"], summary["processor_events_per_second"])
     print(json.dumps({"runs": runs, "median": summary}, indent=2))

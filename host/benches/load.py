@@ -71,7 +71,7 @@ def scalar(text, name):
     return 0.0
 
 
-def start_server(name, http_extra="", env=None, config="", role="all"):
+def start_server(name, http_extra="", env=None, config="", role="all", bin=BIN):
     """A release `nexuspipe run --role <role>` on a free port with its own data
     dir (default pipeline, plus `config` tables), once /readyz answers.
     Returns (process, port, data dir)."""
@@ -81,7 +81,7 @@ def start_server(name, http_extra="", env=None, config="", role="all"):
     with open(cfg, "w") as f:
         f.write(f'[http]\nlisten = "127.0.0.1:{port}"\n{http_extra}[engine]\ndata_dir = "{data}/data"\n{config}')
     log = os.path.join(data, "server.log")
-    server = subprocess.Popen([BIN, "run", "--role", role, "--config", cfg], stderr=open(log, "w"), env=env)
+    server = subprocess.Popen([bin, "run", "--role", role, "--config", cfg], stderr=open(log, "w"), env=env)
     for _ in range(1200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")

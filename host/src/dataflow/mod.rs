@@ -1,9 +1,10 @@
 //! The dataflow core both drivers run: the embedded engine (`engine`, fed by
 //! the HTTP queue) and the Kafka processor (`kafka`, fed by source
-//! partitions and keyed tasks). Event time over one input or many, event-id
-//! de-duplication and plugin swaps live here once.
+//! partitions and keyed tasks). The assembly line, event time over one
+//! input or many, event-id de-duplication and plugin swaps live here once.
 
 pub mod dedupe;
+pub mod line;
 pub mod swap;
 pub mod watermark;
 

@@ -7,11 +7,12 @@
 //! changes apply between rounds. Within a round of several batches the
 //! pipeline's stages (the enrichers, then each stateful plugin) run on
 //! threads of their own, each a batch ahead of the next (see
-//! [`run_pipeline`]). The HTTP side only parses and enqueues.
+//! [`line`]). The HTTP side only parses and enqueues.
 
 use super::checkpoint::Checkpoints;
 use super::shadow::{self, Shadow};
 use crate::dataflow::dedupe::Dedupe;
+use crate::dataflow::line::{self, ROUND_CHUNKS};
 use crate::dataflow::watermark::batches;
 use crate::dataflow::{Handover, Outcome, SwapError, Watermark, handover, insert_position};
 use crate::hub::{Hub, Sampler};
@@ -172,155 +173,6 @@ impl EngineHandle {
     /// Asks the engine to drain, checkpoint and stop.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
-    }
-}
-
-/// A round takes up to this many batches of what is queued, so that the
-/// pipeline's stages can work on different ones at once (see [`run_pipeline`]).
-const ROUND_CHUNKS: usize = 8;
-
-/// Where the pipeline splits into stages: the plugins from one stateful
-/// plugin up to the next (the leading enrichers are a stage of their own).
-fn stages(plugins: &[Plugin]) -> Vec<usize> {
-    let mut starts = vec![0];
-    for (i, p) in plugins.iter().enumerate().skip(1) {
-        if p.world().is_stateful() {
-            starts.push(i);
-        }
-    }
-    starts
-}
-
-/// Runs chunks (with their watermarks) through the pipeline, in order.
-///
-/// With two or more chunks, each stage (see [`stages`]) runs on a thread of
-/// its own, the last on this one, passing chunks along like an assembly
-/// line: the enrichers work on one chunk while the aggregator works on the
-/// previous one and the alerter on the one before. Every plugin still sees
-/// the chunks in the same order with the same contents, so the outputs are
-/// those of running them one after the other; a round uses every core.
-///
-/// `tap` sees each chunk as the pipeline leaves it (the live event sample).
-fn run_pipeline(
-    plugins: &mut [Plugin],
-    chunks: Vec<(Vec<Event>, i64)>,
-    out: &mut PluginOutput,
-    tap: &mut dyn FnMut(&[Event]),
-) {
-    let starts = stages(plugins);
-    if chunks.len() < 2 || starts.len() < 2 {
-        sequential(plugins, chunks, out, tap);
-        return;
-    }
-    // Each stage's plugins, locked by whichever thread runs them, so they
-    // stay reachable from here if a stage thread cannot start.
-    let mut groups = Vec::with_capacity(starts.len());
-    let mut rest = plugins;
-    for w in starts.windows(2).rev() {
-        let (head, tail) = rest.split_at_mut(w[1]);
-        groups.push(Group::new(tail));
-        rest = head;
-    }
-    groups.push(Group::new(rest));
-    groups.reverse();
-    std::thread::scope(|s| {
-        type Chunk = (Vec<Event>, i64);
-        let (feed, mut input) = std::sync::mpsc::channel::<Chunk>();
-        let mut threads = Vec::new();
-        let mut spawn_error = None;
-        let (last, before) = groups.split_last().expect("two stages or more");
-        for g in before {
-            // Bounded: a stage runs at most two chunks ahead of the next.
-            let (tx, next) = std::sync::mpsc::sync_channel::<Chunk>(1);
-            let rx = std::mem::replace(&mut input, next);
-            let name = format!("np-{}", lock(g)[0].name());
-            let stage = move || {
-                let mut out = PluginOutput::default();
-                let mut group = lock(g);
-                for (mut batch, wm) in rx {
-                    for p in group.iter_mut() {
-                        p.process(&mut batch, wm, &mut out);
-                    }
-                    if tx.send((batch, wm)).is_err() {
-                        break;
-                    }
-                }
-                out
-            };
-            match std::thread::Builder::new()
-                .name(name.chars().take(15).collect())
-                .spawn_scoped(s, stage)
-            {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    spawn_error = Some(e);
-                    break;
-                }
-            }
-        }
-        let outputs: Vec<PluginOutput> = match spawn_error {
-            None => {
-                for c in chunks {
-                    feed.send(c)
-                        .expect("the first stage holds its input until it is closed");
-                }
-                drop(feed);
-                let mut group = lock(last);
-                for (mut batch, wm) in input {
-                    for p in group.iter_mut() {
-                        p.process(&mut batch, wm, out);
-                    }
-                    tap(&batch);
-                }
-                join(threads)
-            }
-            Some(e) => {
-                tracing::warn!(error = %e, "could not start a pipeline stage thread; running the round on this one");
-                // Nothing was fed yet: closing the input stops the started stages.
-                drop((feed, input));
-                let outputs = join(threads);
-                let mut all: Vec<_> = groups.iter().map(lock).collect();
-                for (mut batch, wm) in chunks {
-                    for p in all.iter_mut().flat_map(|g| g.iter_mut()) {
-                        p.process(&mut batch, wm, out);
-                    }
-                    tap(&batch);
-                }
-                outputs
-            }
-        };
-        for o in outputs {
-            out.append(o);
-        }
-    });
-}
-
-type Group<'a> = std::sync::Mutex<&'a mut [Plugin]>;
-
-fn lock<'g, 'a>(g: &'g Group<'a>) -> std::sync::MutexGuard<'g, &'a mut [Plugin]> {
-    g.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Waits for the stage threads and collects what they reported.
-fn join(threads: Vec<std::thread::ScopedJoinHandle<'_, PluginOutput>>) -> Vec<PluginOutput> {
-    threads
-        .into_iter()
-        // Plugin failures are caught inside `process`; a panic is a host bug.
-        .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-        .collect()
-}
-
-fn sequential(
-    plugins: &mut [Plugin],
-    chunks: Vec<(Vec<Event>, i64)>,
-    out: &mut PluginOutput,
-    tap: &mut dyn FnMut(&[Event]),
-) {
-    for (mut batch, wm) in chunks {
-        for p in plugins.iter_mut() {
-            p.process(&mut batch, wm, out);
-        }
-        tap(&batch);
     }
 }
 
@@ -567,12 +419,17 @@ impl Engine {
         match (&self.hub, &mut self.sampler) {
             (Some(hub), sampler) if sampling => {
                 let sampler = sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate));
-                let mut tap = |batch: &[Event]| {
-                    sampled.extend(sampler.sample(batch).into_iter().map(crate::event::to_json));
+                let mut tap = |(batch, _): (Vec<Event>, i64)| {
+                    sampled.extend(
+                        sampler
+                            .sample(&batch)
+                            .into_iter()
+                            .map(crate::event::to_json),
+                    );
                 };
-                run_pipeline(&mut self.plugins, chunks, &mut out, &mut tap);
+                line::run(&mut self.plugins, chunks, &mut out, &mut tap);
             }
-            _ => run_pipeline(&mut self.plugins, chunks, &mut out, &mut |_| {}),
+            _ => line::run(&mut self.plugins, chunks, &mut out, &mut |_| {}),
         }
         if let Some(hub) = &self.hub {
             hub.publish_events(sampled);
@@ -828,9 +685,12 @@ impl Engine {
         }
         let wm = self.watermark.advance_to(target);
         let mut out = PluginOutput::default();
-        for p in &mut self.plugins {
-            p.process(&mut Vec::new(), wm, &mut out);
-        }
+        line::run(
+            &mut self.plugins,
+            vec![(Vec::new(), wm)],
+            &mut out,
+            &mut |_| {},
+        );
         self.write(out);
         self.publish();
     }

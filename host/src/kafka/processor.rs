@@ -35,6 +35,7 @@ use super::plugins::{self as live, Apply, GroupClock, PluginStatus, Status};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
+use crate::dataflow::line::{self, ROUND_CHUNKS};
 use crate::dataflow::watermark::{Clock, Inputs, batches};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
@@ -55,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// At most this many payload bytes are taken per wake-up (with at most
-/// `batch_size` records), so memory stays bounded however big records are.
+/// `batch_size` records of each kind, times [`ROUND_CHUNKS`] from sources), so memory stays bounded however big records are.
 const MAX_POLL_BYTES: usize = 16 << 20;
 
 /// Checkpoints waiting for their outputs, per task, at most: beyond, a task
@@ -325,6 +326,8 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
         consumer.context().lock().seek_kept(&consumer);
         let held = consumer.context().lock().held.clone();
         let now = Instant::now();
+        // Chunks enough for the source side's assembly line, as a round of
+        // the embedded engine takes.
         let taken = sources.take(batch, MAX_POLL_BYTES, now, &held);
         let from_sources = !taken.is_empty();
         {
@@ -610,11 +613,14 @@ impl SourceQueues {
             .collect()
     }
 
-    /// Up to `max` records (and about `max_bytes`), oldest first, none of
-    /// the `held` partitions.
+    /// Up to `batch` records times [`ROUND_CHUNKS`] (and about
+    /// `max_bytes`), oldest first, none of the `held` partitions: a round
+    /// for the source side's assembly line while every partition has
+    /// records waiting, one batch once one has run dry (else the others
+    /// would run a round ahead of it, and its records would come late).
     fn take(
         &mut self,
-        max: usize,
+        batch: usize,
         max_bytes: usize,
         now: Instant,
         held: &BTreeSet<i32>,
@@ -623,7 +629,8 @@ impl SourceQueues {
         let mut bytes = 0;
         // A queue found empty is not asked again within one call.
         let mut empty: Vec<i32> = Vec::new();
-        while out.len() < max && bytes < max_bytes {
+        let max = batch * ROUND_CHUNKS;
+        while out.len() < max && bytes < max_bytes && (out.len() < batch || empty.is_empty()) {
             for (p, q) in self.queues.iter_mut() {
                 let Some(queue) = &q.queue else { continue };
                 if q.head.is_some() || empty.contains(p) {
@@ -721,11 +728,7 @@ struct Stage {
     partitions: i32,
 }
 
-/// Whether a stage's plugin takes events of this type.
-fn wants(s: &Stage, e: &Event) -> bool {
-    interested(s.template.interest(), e)
-}
-
+/// Whether a plugin of this interest takes this event.
 fn interested(i: &Interest, e: &Event) -> bool {
     i.event_types.is_empty() || i.event_types.contains(&e.event_type)
 }
@@ -1933,79 +1936,56 @@ struct SourceDone {
 
 impl SourceSide<'_> {
     /// Parses a batch of the events topic and walks the pipeline in config
-    /// order: an enricher changes the batch, a keyed stage is sent the
+    /// order on the assembly line (see [`line`]), in chunks of `batch_size`
+    /// records: an enricher changes a chunk, a keyed stage is sent the
     /// events it wants as they are at that point.
     fn run(&mut self, records: Vec<Record>) -> SourceDone {
-        let mut events = Vec::with_capacity(records.len());
-        let mut origins = Vec::with_capacity(records.len());
-        let mut dead = Vec::new();
-        let mut times: BTreeMap<i32, i64> = BTreeMap::new();
-        let now = Instant::now();
-        let max_future = self.settings.max_future.as_millis() as i64;
-        for r in &records {
-            if let Some(next) = self.sources.get_mut(&r.partition) {
-                *next = (*next).max(r.offset + 1);
-            }
-            if let Some(c) = self.clocks.get_mut(&r.partition) {
-                c.last_record = now;
-                c.last_idle_marker = None;
-            }
-            match parse(r.payload.as_deref(), r.timestamp, Some(max_future)) {
-                Ok(e) => {
-                    origins.push((r.partition, r.offset));
-                    let t = times.entry(r.partition).or_insert(i64::MIN);
-                    *t = (*t).max(e.timestamp);
-                    events.push(e);
-                }
-                Err((why, reason)) => {
-                    // Counted as ingest counts refusals, by reason.
-                    self.metrics.reject(why, 1);
-                    dead.push(bad_record(r, &reason));
-                }
-            }
+        let received = records.len() as u64;
+        let size = self.settings.batch_size.max(1);
+        let mut chunks = Vec::with_capacity(records.len().div_ceil(size));
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            chunks.push(SourceChunk {
+                records: records.by_ref().take(size).collect(),
+                ..SourceChunk::default()
+            });
+        }
+        let stages = self.stages;
+        let mut steps = Vec::with_capacity(self.flow.len() + 1);
+        steps.push(SourceStep::Parse(Parser {
+            sources: self.sources,
+            clocks: self.clocks,
+            metrics: self.metrics,
+            max_future: self.settings.max_future.as_millis() as i64,
+            now: Instant::now(),
+            times: BTreeMap::new(),
+            dead: Vec::new(),
+        }));
+        for f in self.flow.iter_mut() {
+            steps.push(match f {
+                Flow::Enrich(p) => SourceStep::Enrich(p),
+                Flow::Stage(s) => SourceStep::Route(Router {
+                    stage: *s,
+                    interest: stages[*s].template.interest(),
+                    partition_by: stages[*s].partition_by.as_deref(),
+                    partitions: stages[*s].partitions,
+                    writers: BTreeMap::new(),
+                    full: Vec::new(),
+                }),
+            });
         }
         let mut out = PluginOutput::default();
+        line::run(&mut steps, chunks, &mut out, &mut drop);
+        let (mut times, mut dead) = (BTreeMap::new(), Vec::new());
         let mut writers: BTreeMap<(usize, i32), Writer> = BTreeMap::new();
         let mut full: Vec<(usize, i32, Vec<u8>)> = Vec::new();
-        // The batch's events encoded once per point of the pipeline (until the next enricher).
-        let mut encoded: Option<(Vec<u8>, Vec<usize>)> = None;
-        let stages = self.stages;
-        for step in self.flow.iter_mut() {
+        for step in steps {
             match step {
-                Flow::Enrich(p) => {
-                    let n = events.len();
-                    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-                    p.process(&mut events, i64::MIN, &mut out);
-                    encoded = None;
-                    origins = reorigin(&events, n, &ids, origins);
-                    // Without an origin (nothing came in) an event cannot be placed.
-                    events.truncate(origins.len());
-                }
-                Flow::Stage(s) => {
-                    let stage = &stages[*s];
-                    // Per source record, the index of each event it became here.
-                    let mut index: HashMap<(i32, i64), u32> = HashMap::new();
-                    let (bytes, ends) =
-                        encoded.get_or_insert_with(|| internal::encode_each(&events));
-                    for (i, (e, &(src, off))) in events.iter().zip(&origins).enumerate() {
-                        if !wants(stage, e) {
-                            continue;
-                        }
-                        let k = index.entry((src, off)).or_insert(0);
-                        let idx = *k;
-                        *k += 1;
-                        let key = stage
-                            .partition_by
-                            .as_deref()
-                            .map_or_else(String::new, |f| field_value(e, f));
-                        let p = internal::partition_for(&key, stage.partitions);
-                        let start = if i == 0 { 0 } else { ends[i - 1] };
-                        let w = writers.entry((*s, p)).or_default();
-                        w.event(src, off, idx, e, &key, &bytes[start..ends[i]]);
-                        if w.len_bytes() >= internal::MAX_RECORD_BYTES {
-                            full.push((*s, p, w.finish()));
-                        }
-                    }
+                SourceStep::Parse(p) => (times, dead) = (p.times, p.dead),
+                SourceStep::Enrich(_) => {}
+                SourceStep::Route(r) => {
+                    full.extend(r.full.into_iter().map(|(p, b)| (r.stage, p, b)));
+                    writers.extend(r.writers.into_iter().map(|(p, w)| ((r.stage, p), w)));
                 }
             }
         }
@@ -2034,7 +2014,144 @@ impl SourceSide<'_> {
             records: full.into_iter().chain(rest).collect(),
             out,
             dead,
-            received: records.len() as u64,
+            received,
+        }
+    }
+}
+
+/// Source records on their way along the source side's line.
+#[derive(Default)]
+struct SourceChunk {
+    /// Until parsed.
+    records: Vec<Record>,
+    events: Vec<Event>,
+    /// Each event's source record (partition, offset).
+    origins: Vec<(i32, i64)>,
+    /// The events encoded for the repartition topics, and where each ends:
+    /// once per point of the pipeline (until the next enricher).
+    encoded: Option<(Vec<u8>, Vec<usize>)>,
+}
+
+/// The source side's steps: parsing, then the pipeline in config order.
+enum SourceStep<'a> {
+    Parse(Parser<'a>),
+    Enrich(&'a mut Plugin),
+    Route(Router<'a>),
+}
+
+impl line::Step for SourceStep<'_> {
+    type Chunk = SourceChunk;
+
+    fn run(&mut self, c: &mut SourceChunk, out: &mut PluginOutput) {
+        match self {
+            SourceStep::Parse(p) => p.parse(c),
+            SourceStep::Enrich(p) => {
+                let n = c.events.len();
+                let ids: Vec<String> = c.events.iter().map(|e| e.id.clone()).collect();
+                p.process(&mut c.events, i64::MIN, out);
+                c.encoded = None;
+                c.origins = reorigin(&c.events, n, &ids, std::mem::take(&mut c.origins));
+                // Without an origin (nothing came in) an event cannot be placed.
+                c.events.truncate(c.origins.len());
+            }
+            SourceStep::Route(r) => r.route(c),
+        }
+    }
+
+    /// Parsing, enriching and encoding for the keyed stages each on a
+    /// thread: the source side's three kinds of work, about equal in cost.
+    fn splits(&self, before: &Self) -> bool {
+        std::mem::discriminant(self) != std::mem::discriminant(before)
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            SourceStep::Parse(_) => "parse",
+            SourceStep::Enrich(p) => p.name(),
+            SourceStep::Route(_) => "route",
+        }
+    }
+}
+
+/// Parses source records into events, noting where each came from.
+struct Parser<'a> {
+    sources: &'a mut BTreeMap<i32, i64>,
+    clocks: &'a mut HashMap<i32, SourceClock>,
+    metrics: &'a Metrics,
+    max_future: i64,
+    now: Instant,
+    /// Per source partition, the highest event time parsed.
+    times: BTreeMap<i32, i64>,
+    dead: Vec<serde_json::Value>,
+}
+
+impl Parser<'_> {
+    fn parse(&mut self, c: &mut SourceChunk) {
+        let records = std::mem::take(&mut c.records);
+        c.events.reserve_exact(records.len());
+        c.origins.reserve_exact(records.len());
+        for r in &records {
+            if let Some(next) = self.sources.get_mut(&r.partition) {
+                *next = (*next).max(r.offset + 1);
+            }
+            if let Some(clock) = self.clocks.get_mut(&r.partition) {
+                clock.last_record = self.now;
+                clock.last_idle_marker = None;
+            }
+            match parse(r.payload.as_deref(), r.timestamp, Some(self.max_future)) {
+                Ok(e) => {
+                    c.origins.push((r.partition, r.offset));
+                    let t = self.times.entry(r.partition).or_insert(i64::MIN);
+                    *t = (*t).max(e.timestamp);
+                    c.events.push(e);
+                }
+                Err((why, reason)) => {
+                    // Counted as ingest counts refusals, by reason.
+                    self.metrics.reject(why, 1);
+                    self.dead.push(bad_record(r, &reason));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the events a keyed stage wants to its repartition topic's
+/// partitions, keyed by its `partition_by` field.
+struct Router<'a> {
+    stage: usize,
+    interest: &'a Interest,
+    partition_by: Option<&'a str>,
+    partitions: i32,
+    writers: BTreeMap<i32, Writer>,
+    /// Records completed along the way, in order.
+    full: Vec<(i32, Vec<u8>)>,
+}
+
+impl Router<'_> {
+    fn route(&mut self, c: &mut SourceChunk) {
+        // Per source record, the index of each event it became here (a
+        // record's events are all in one chunk).
+        let mut index: HashMap<(i32, i64), u32> = HashMap::new();
+        let (bytes, ends) = c
+            .encoded
+            .get_or_insert_with(|| internal::encode_each(&c.events));
+        for (i, (e, &(src, off))) in c.events.iter().zip(&c.origins).enumerate() {
+            if !interested(self.interest, e) {
+                continue;
+            }
+            let k = index.entry((src, off)).or_insert(0);
+            let idx = *k;
+            *k += 1;
+            let key = self
+                .partition_by
+                .map_or_else(String::new, |f| field_value(e, f));
+            let p = internal::partition_for(&key, self.partitions);
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            let w = self.writers.entry(p).or_default();
+            w.event(src, off, idx, e, &key, &bytes[start..ends[i]]);
+            if w.len_bytes() >= internal::MAX_RECORD_BYTES {
+                self.full.push((p, w.finish()));
+            }
         }
     }
 }
