@@ -36,6 +36,16 @@ impl Watermark {
         self.current
     }
 
+    /// The one input quiet for `quiet_for`: once that is `idle` or more,
+    /// event time advances with processing time (see [`idle_time`]).
+    /// Returns the watermark.
+    pub fn idle_advance(&mut self, quiet_for: Duration, idle: Duration) -> i64 {
+        if quiet_for >= idle && self.max_ts != i64::MIN {
+            self.advance_to(idle_time(self.max_ts, self.bound, quiet_for));
+        }
+        self.current
+    }
+
     pub fn current(&self) -> i64 {
         self.current
     }
@@ -43,6 +53,15 @@ impl Watermark {
     pub fn max_event_time(&self) -> i64 {
         self.max_ts
     }
+}
+
+/// Event time on a quiet stream, for one input or many: the highest event
+/// time seen, minus the bound, plus the time since the last event (so a
+/// window closes `idle_timeout` after it would have with traffic, and
+/// absence rules fire).
+pub fn idle_time(max: i64, bound: i64, quiet_for: Duration) -> i64 {
+    max.saturating_sub(bound)
+        .saturating_add(quiet_for.as_millis() as i64)
 }
 
 /// Event-time progress that a batch of `T` is cut against (see [`split_at_late`]).
@@ -179,7 +198,7 @@ impl Inputs {
     }
 
     /// Every input idle: event time advances with processing time from the
-    /// highest time seen, as on one host (`max - bound + idle time`).
+    /// highest time seen, as on one host (see [`idle_time`]).
     pub fn idle_advance(&mut self, now: Instant) -> i64 {
         let max = self
             .inputs
@@ -190,11 +209,8 @@ impl Inputs {
         if let Some(since) = self.all_idle_since
             && max != i64::MIN
         {
-            let idle_for = self.idle + now.duration_since(since);
-            let to = max
-                .saturating_sub(self.bound)
-                .saturating_add(idle_for.as_millis() as i64);
-            self.current = self.current.max(to);
+            let quiet_for = self.idle + now.duration_since(since);
+            self.current = self.current.max(idle_time(max, self.bound, quiet_for));
         }
         self.current
     }
@@ -284,5 +300,31 @@ mod tests {
         assert_eq!(w.advance_to(20_000), 20_000);
         assert_eq!(w.observe(21_000), 20_000);
         assert_eq!(w.observe(30_000), 25_000);
+    }
+
+    /// Quiet for 3 s with a 2 s idle timeout and a 5 s bound, after events
+    /// up to 60 s: by hand, 60 - 5 + 3 = 58 s, whether one input or two
+    /// (both said idle 1 s ago, having been quiet 2 s before that).
+    #[test]
+    fn a_quiet_stream_advances_alike_on_one_input_and_many() {
+        let (idle, bound) = (Duration::from_secs(2), 5_000);
+        let mut one = Watermark::new(bound);
+        one.observe(60_000);
+        assert_eq!(
+            one.idle_advance(Duration::from_secs(1), idle),
+            55_000,
+            "not idle yet"
+        );
+        assert_eq!(one.idle_advance(Duration::from_secs(3), idle), 58_000);
+        let mut many = Inputs::new(bound, idle, 2);
+        many.observe_source(0, Some(60_000));
+        many.observe_source(1, Some(41_000));
+        many.observe_source(0, None);
+        many.observe_source(1, None);
+        let said = Instant::now();
+        let at = said + Duration::from_secs(1);
+        // All idle since a hair before `said`: 58 s, or a few ms past.
+        let wm = many.idle_advance(at);
+        assert!((58_000..58_010).contains(&wm), "{wm}");
     }
 }

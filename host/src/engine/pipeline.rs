@@ -671,19 +671,13 @@ impl Engine {
         let Some(last) = self.last_arrival else {
             return;
         };
-        let idle = last.elapsed();
-        if idle < self.settings.idle_timeout || self.watermark.max_event_time() == i64::MIN {
-            return;
-        }
-        let target = self
+        let before = self.watermark.current();
+        let wm = self
             .watermark
-            .max_event_time()
-            .saturating_sub(self.settings.out_of_orderness.as_millis() as i64)
-            .saturating_add(idle.as_millis() as i64);
-        if target <= self.watermark.current() {
+            .idle_advance(last.elapsed(), self.settings.idle_timeout);
+        if wm <= before {
             return;
         }
-        let wm = self.watermark.advance_to(target);
         let mut out = PluginOutput::default();
         line::run(
             &mut self.plugins,
