@@ -4,5 +4,6 @@ pub mod checkpoint;
 pub mod offline;
 pub mod pipeline;
 mod shadow;
+pub mod wal;
 
 pub use pipeline::{ControlOp, Engine, EngineHandle, EngineSettings, SubmitError, Swapped};
