@@ -1,0 +1,344 @@
+//! The HTTP server loop, hardened against clients that hold connections:
+//! a request's head and body must arrive within `read_timeout`, a keep-alive
+//! connection idle for `idle_timeout` is closed, and past `max_connections`
+//! a new connection is answered `503` and closed at once, so the clients
+//! already connected are served as before.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Unsent bytes a connection may leave in the kernel: what a stalled
+/// live-push client cannot take waits in its bounded queue (where the oldest
+/// are dropped and it is told), not in megabytes of socket buffer it would
+/// read minutes later.
+const NOTSENT_LOWAT: u32 = 256 << 10;
+
+/// Serves `app` on `listener` until `shutdown` completes, then waits for the
+/// requests in progress.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    // Told to every connection at shutdown; `running` counts the connection
+    // tasks (an upgraded live-push socket has left its task).
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let running = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
+            tokio::spawn(refuse(tcp, limits.max_connections));
+            continue;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+            tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT");
+        }
+        let conn = Connection::new(open.clone());
+        let io = hyper_util::rt::TokioIo::new(Activity {
+            inner: tcp,
+            conn: conn.clone(),
+        });
+        let service = {
+            let (app, conn) = (app.clone(), conn.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                handle(app.clone(), conn.clone(), remote, limits.read_timeout, req)
+            })
+        };
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.read_timeout)
+            .serve_connection(io, service)
+            .with_upgrades();
+        let mut stopping = stopping.clone();
+        let running = running.clone();
+        running.0.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let mut served = std::pin::pin!(served);
+            let idle = conn.idle_watch(limits.idle_timeout);
+            let r = tokio::select! {
+                r = served.as_mut() => Some(r),
+                () = idle => {
+                    tracing::debug!(peer = %remote, "idle connection closed");
+                    None
+                }
+                _ = stopping.changed() => {
+                    // Finish the request in progress, take no more.
+                    served.as_mut().graceful_shutdown();
+                    Some(served.await)
+                }
+            };
+            if let Some(Err(e)) = r {
+                tracing::debug!(error = %e, peer = %remote, "connection ended");
+            }
+            if running.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                running.1.notify_waiters();
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    loop {
+        let mut done = std::pin::pin!(running.1.notified());
+        // Registered before the count is read, so the last task's notice is not missed.
+        done.as_mut().enable();
+        if running.0.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        done.await;
+    }
+}
+
+/// Answers a connection past `max_connections` and closes it.
+async fn refuse(mut tcp: tokio::net::TcpStream, max: usize) {
+    tracing::warn!(
+        max_connections = max,
+        "connection refused: http.max_connections are open"
+    );
+    let body = format!(
+        "{{\"error\":\"too_many_connections\",\"message\":\"{max} connections are open (http.max_connections); retry later\"}}"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Then a lingering close: what the client sends meanwhile is read and
+    // dropped, so its kernel does not reset the connection before it has
+    // read the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// One request through the app, its body bound by the read deadline.
+async fn handle(
+    mut app: Router,
+    conn: Arc<Connection>,
+    remote: SocketAddr,
+    read_timeout: Duration,
+    req: Request<Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    let _busy = conn.busy();
+    let late = Arc::new(AtomicBool::new(false));
+    let mut req = req.map(|body| {
+        axum::body::Body::new(Deadline {
+            inner: body,
+            sleep: Box::pin(tokio::time::sleep(read_timeout)),
+            late: late.clone(),
+        })
+    });
+    req.extensions_mut().insert(ConnectInfo(remote));
+    let response = tower_service::Service::call(&mut app, req).await?;
+    if late.load(Ordering::Acquire) {
+        // Whatever the handler made of the cut body, the client hears why,
+        // and the connection goes with the rest of that body.
+        let mut r = (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({
+                "error": "read_timeout",
+                "message": format!("the request did not arrive within {read_timeout:?} (http.read_timeout)"),
+            })),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        tracing::warn!(peer = %remote, "request body too slow: cut off after http.read_timeout");
+        return Ok(r);
+    }
+    Ok(response)
+}
+
+/// A request body that fails once its deadline has passed.
+struct Deadline {
+    inner: Incoming,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    late: Arc<AtomicBool>,
+}
+
+impl Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.inner.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.late.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(
+                "the request body did not arrive within http.read_timeout".into(),
+            )));
+        }
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(axum::BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's activity, for the idle watch.
+struct Connection {
+    open: Arc<AtomicUsize>,
+    started: Instant,
+    /// Milliseconds since `started` of the last byte read or written.
+    last: AtomicU64,
+    /// Requests being handled (a slow handler is not idleness).
+    busy: AtomicUsize,
+}
+
+impl Connection {
+    fn new(open: Arc<AtomicUsize>) -> Arc<Self> {
+        Arc::new(Connection {
+            open,
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Completes once the connection has had no request in progress and no
+    /// bytes either way for `idle`.
+    async fn idle_watch(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let quiet = self.started.elapsed().saturating_sub(last);
+            if quiet >= idle && self.busy.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            // Check again when it could first be idle long enough.
+            tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(10))).await;
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Busy(Arc<Connection>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The socket, noting when bytes move.
+struct Activity {
+    inner: tokio::net::TcpStream,
+    conn: Arc<Connection>,
+}
+
+impl AsyncRead for Activity {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Activity {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

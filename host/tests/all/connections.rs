@@ -1,0 +1,153 @@
+//! Clients that hold connections: slow bodies, idle keep-alives, floods
+//! (`[http] read_timeout`, `idle_timeout`, `max_connections`), over raw TCP.
+
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn connect(s: &Server) -> TcpStream {
+    let t = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // A bound on every read: a test that waits for a close cannot hang.
+    t.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    t
+}
+
+/// Reads one response (head, then `content-length` bytes): status and head.
+fn response(t: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(t.read(&mut byte).unwrap(), 1, "closed mid-head: {buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    t.read_exact(&mut body).unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head + &String::from_utf8_lossy(&body))
+}
+
+fn get(t: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(t, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    response(t)
+}
+
+/// Whether the server closed the connection: a read gives end of file (or a reset).
+fn closed(t: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match t.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// A body trickling in (a byte every 300 ms against a 2 s `read_timeout`)
+/// is answered 408 and its connection closed; a head trickling in is cut
+/// off too; the server goes on serving others.
+#[test]
+fn a_request_trickling_in_is_cut_off_after_read_timeout() {
+    let s = Server::start("[http]\nread_timeout = \"2s\"\n");
+    let mut t = connect(&s);
+    let started = Instant::now();
+    write!(
+        t,
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    .unwrap();
+    let mut writer = t.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (status, text) = response(&mut t);
+    let took = started.elapsed();
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("read_timeout"), "{text}");
+    assert!(closed(&mut t), "the connection stayed open");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "cut off after {took:?}"
+    );
+    trickle.join().unwrap();
+
+    let mut head = connect(&s);
+    let started = Instant::now();
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    assert!(
+        closed(&mut head),
+        "a head left unfinished kept its connection"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    assert_eq!(get(&mut connect(&s), "/healthz").0, 200);
+    assert!(s.log().contains("read_timeout"), "{}", s.log());
+}
+
+/// A keep-alive connection serves one request after another, then, left
+/// idle for `idle_timeout`, is closed by the server.
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let s = Server::start("[http]\nidle_timeout = \"1s\"\n");
+    let mut t = connect(&s);
+    assert_eq!(get(&mut t, "/healthz").0, 200);
+    assert_eq!(get(&mut t, "/readyz").0, 200, "not kept alive");
+    let idle_from = Instant::now();
+    assert!(closed(&mut t), "an idle connection stayed open");
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(15),
+        "closed after {idle:?} idle"
+    );
+}
+
+/// With `max_connections = 3`, connections past three are answered 503 and
+/// closed, while those already open go on being served; once one closes,
+/// a new one is taken.
+#[test]
+fn connections_past_max_connections_are_refused_and_the_others_served() {
+    let s = Server::start("[http]\nmax_connections = 3\n");
+    // Some of the three may be taken already (the readiness probe's pooled
+    // connection): open until one is refused.
+    let mut open = Vec::new();
+    let refused = loop {
+        let mut t = connect(&s);
+        let (status, text) = get(&mut t, "/healthz");
+        if status == 503 {
+            break (t, text);
+        }
+        assert_eq!(status, 200, "{text}");
+        open.push(t);
+        assert!(open.len() <= 3, "a fourth connection was served");
+    };
+    let (mut t, text) = refused;
+    assert!(!open.is_empty(), "no connection was served");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    assert!(text.contains("max_connections"), "{text}");
+    assert!(closed(&mut t), "a refused connection stayed open");
+    // The open ones are still served.
+    for t in &mut open {
+        assert_eq!(get(t, "/healthz").0, 200);
+    }
+    drop(open.pop());
+    wait_until(10, "a connection taken once another closed", || {
+        get(&mut connect(&s), "/healthz").0 == 200
+    });
+}
