@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,12 +32,39 @@ pub struct Limits {
 /// read minutes later.
 const NOTSENT_LOWAT: u32 = 256 << 10;
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits for the
-/// requests in progress.
+/// The TLS side of `[http] tls_cert` and `tls_key`: TLS 1.2 and 1.3, HTTP/1.1.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("http.tls_cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "http.tls_cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("http.tls_key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("http.tls_cert and http.tls_key do not make a certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown`
+/// completes, then waits for the requests in progress.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
@@ -60,7 +88,15 @@ pub async fn serve(
         };
         if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
-            tokio::spawn(refuse(tcp, limits.max_connections));
+            if tls.is_none() {
+                tokio::spawn(refuse(tcp, limits.max_connections));
+            } else {
+                // No answer without a handshake, and none is spent on it.
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection refused: http.max_connections are open"
+                );
+            }
             continue;
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -68,44 +104,22 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT");
         }
         let conn = Connection::new(open.clone());
-        let io = hyper_util::rt::TokioIo::new(Activity {
-            inner: tcp,
-            conn: conn.clone(),
-        });
-        let service = {
-            let (app, conn) = (app.clone(), conn.clone());
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                handle(app.clone(), conn.clone(), remote, limits.read_timeout, req)
-            })
-        };
-        let served = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.read_timeout)
-            .serve_connection(io, service)
-            .with_upgrades();
-        let mut stopping = stopping.clone();
-        let running = running.clone();
-        running.0.fetch_add(1, Ordering::AcqRel);
+        let (app, stopping, tls) = (app.clone(), stopping.clone(), tls.clone());
+        let task = Running::start(running.clone());
         tokio::spawn(async move {
-            let mut served = std::pin::pin!(served);
-            let idle = conn.idle_watch(limits.idle_timeout);
-            let r = tokio::select! {
-                r = served.as_mut() => Some(r),
-                () = idle => {
-                    tracing::debug!(peer = %remote, "idle connection closed");
-                    None
-                }
-                _ = stopping.changed() => {
-                    // Finish the request in progress, take no more.
-                    served.as_mut().graceful_shutdown();
-                    Some(served.await)
-                }
-            };
-            if let Some(Err(e)) = r {
-                tracing::debug!(error = %e, peer = %remote, "connection ended");
-            }
-            if running.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                running.1.notify_waiters();
+            let _task = task;
+            match tls {
+                None => serve_connection(tcp, conn, app, limits, remote, stopping).await,
+                Some(tls) => match tokio::time::timeout(limits.read_timeout, tls.accept(tcp)).await
+                {
+                    Ok(Ok(tcp)) => serve_connection(tcp, conn, app, limits, remote, stopping).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, peer = %remote, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %remote, "TLS handshake cut off after http.read_timeout")
+                    }
+                },
             }
         });
     }
@@ -119,6 +133,69 @@ pub async fn serve(
             break;
         }
         done.await;
+    }
+}
+
+/// Counts a connection task while it runs (see [`serve`]'s shutdown).
+struct Running(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+impl Running {
+    fn start(r: Arc<(AtomicUsize, tokio::sync::Notify)>) -> Self {
+        r.0.fetch_add(1, Ordering::AcqRel);
+        Running(r)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.1.notify_waiters();
+        }
+    }
+}
+
+/// One connection's requests, until it closes, idles out or the server stops.
+async fn serve_connection<S>(
+    io: S,
+    conn: Arc<Connection>,
+    app: Router,
+    limits: Limits,
+    remote: SocketAddr,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(Activity {
+        inner: io,
+        conn: conn.clone(),
+    });
+    let service = {
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            handle(app.clone(), conn.clone(), remote, limits.read_timeout, req)
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut served = std::pin::pin!(served);
+    let idle = conn.idle_watch(limits.idle_timeout);
+    let r = tokio::select! {
+        r = served.as_mut() => Some(r),
+        () = idle => {
+            tracing::debug!(peer = %remote, "idle connection closed");
+            None
+        }
+        _ = stopping.changed() => {
+            // Finish the request in progress, take no more.
+            served.as_mut().graceful_shutdown();
+            Some(served.await)
+        }
+    };
+    if let Some(Err(e)) = r {
+        tracing::debug!(error = %e, peer = %remote, "connection ended");
     }
 }
 
@@ -285,12 +362,12 @@ impl Drop for Busy {
 }
 
 /// The socket, noting when bytes move.
-struct Activity {
-    inner: tokio::net::TcpStream,
+struct Activity<S> {
+    inner: S,
     conn: Arc<Connection>,
 }
 
-impl AsyncRead for Activity {
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -305,7 +382,7 @@ impl AsyncRead for Activity {
     }
 }
 
-impl AsyncWrite for Activity {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

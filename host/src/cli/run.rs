@@ -327,6 +327,12 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
 /// Serves the HTTP API until SIGINT/SIGTERM.
 fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Result<()> {
     let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(api::server::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexuspipe-http")
@@ -341,6 +347,7 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
         let local = listener.local_addr()?;
         tracing::info!(
             listen = %local,
+            tls = tls.is_some(),
             role,
             data_dir = %config.engine.data_dir.display(),
             plugins = %plugin_list,
@@ -356,7 +363,14 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
             idle_timeout: config.http.idle_timeout,
             max_connections: config.http.max_connections,
         };
-        api::server::serve(listener, app, limits, shutdown_signal(ready.clone(), metrics)).await;
+        api::server::serve(
+            listener,
+            app,
+            limits,
+            tls,
+            shutdown_signal(ready.clone(), metrics),
+        )
+        .await;
         Ok(())
     })
 }

@@ -513,6 +513,10 @@ pub struct HttpConfig {
     /// Connections open at once (live-push clients included); the next is
     /// answered 503 and closed.
     pub max_connections: usize,
+    /// PEM certificate chain and private key: the API speaks HTTPS (TLS 1.2
+    /// and 1.3, rustls) instead of plain HTTP. Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -528,6 +532,8 @@ impl Default for HttpConfig {
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -707,6 +713,9 @@ impl Config {
                 "http.read_timeout, http.idle_timeout and http.max_connections must be positive"
                     .into(),
             );
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err("http.tls_cert and http.tls_key go together: set both or neither".into());
         }
         if self.engine.queue_capacity == 0 || self.engine.batch_size == 0 {
             return Err("engine.queue_capacity and engine.batch_size must be positive".into());

@@ -1,5 +1,6 @@
 //! Clients that hold connections: slow bodies, idle keep-alives, floods
-//! (`[http] read_timeout`, `idle_timeout`, `max_connections`), over raw TCP.
+//! (`[http] read_timeout`, `idle_timeout`, `max_connections`), over raw TCP;
+//! and the API over TLS (`tls_cert`, `tls_key`).
 
 use crate::support::*;
 use std::io::{Read, Write};
@@ -14,7 +15,7 @@ fn connect(s: &Server) -> TcpStream {
 }
 
 /// Reads one response (head, then `content-length` bytes): status and head.
-fn response(t: &mut TcpStream) -> (u16, String) {
+fn response(t: &mut impl Read) -> (u16, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -36,7 +37,7 @@ fn response(t: &mut TcpStream) -> (u16, String) {
     (status, head + &String::from_utf8_lossy(&body))
 }
 
-fn get(t: &mut TcpStream, path: &str) -> (u16, String) {
+fn get(t: &mut (impl Read + Write), path: &str) -> (u16, String) {
     write!(t, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     response(t)
 }
@@ -150,4 +151,76 @@ fn connections_past_max_connections_are_refused_and_the_others_served() {
     wait_until(10, "a connection taken once another closed", || {
         get(&mut connect(&s), "/healthz").0 == 200
     });
+}
+
+/// With `tls_cert` and `tls_key` (a certificate made here for 127.0.0.1),
+/// the API speaks HTTPS: a client trusting that certificate posts an event
+/// and sees it processed; plain HTTP on the port gets no HTTP answer.
+#[test]
+fn the_api_speaks_tls_with_the_configured_certificate() {
+    use std::sync::Arc;
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let s = Server::launch_role(
+        &format!("[http]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
+        "all",
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let tls = || {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        rustls::StreamOwned::new(conn, connect(&s))
+    };
+    wait_until(60, "the API over TLS", || {
+        // Not listening yet: refused, and the next try comes.
+        if TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            return false;
+        }
+        let mut t = tls();
+        write!(t, "GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n").is_ok() && t.flush().is_ok() && {
+            let mut first = [0u8; 12];
+            t.read_exact(&mut first).is_ok() && &first == b"HTTP/1.1 200"
+        }
+    });
+    let event = r#"{"event_type":"page_view","user_id":"u1"}"#;
+    let mut t = tls();
+    write!(
+        t,
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{event}",
+        event.len()
+    )
+    .unwrap();
+    let (status, text) = response(&mut t);
+    assert_eq!(status, 202, "{text}");
+    wait_until(30, "the event processed", || {
+        let (_, text) = get(&mut tls(), "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("nexuspipe_events_processed_total "))
+            .is_some_and(|v| v.trim() == "1")
+    });
+    // Plain HTTP on the TLS port.
+    let mut plain = connect(&s);
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }
