@@ -135,9 +135,17 @@ impl Outputs {
             self.alerts.write_json(&record);
             records.push(record);
         }
-        self.hub.publish(&out.points, &records);
-        if let Some(store) = &self.store {
-            store.push(out.points.clone(), records);
+        match &self.store {
+            // Pushed live once a query can see them (see `StoreWriter::push`).
+            Some(store) => {
+                let hub = self.hub.clone();
+                store.push(
+                    out.points.clone(),
+                    records,
+                    Some(Box::new(move |points, alerts| hub.publish(points, alerts))),
+                );
+            }
+            None => self.hub.publish(&out.points, &records),
         }
         m.alerts_written
             .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);

@@ -84,10 +84,14 @@ impl Store {
 
 pub use data::Data as StoreData;
 
+/// Called with a write's points and alerts once a query can see them.
+pub type Queryable = Box<dyn FnOnce(&[MetricPoint], &[Arc<serde_json::Value>]) + Send>;
+
 enum Msg {
     Write {
         points: Vec<MetricPoint>,
         alerts: Vec<Arc<serde_json::Value>>,
+        then: Option<Queryable>,
     },
     /// Make what was written durable (at the engine's checkpoints).
     Sync,
@@ -173,15 +177,26 @@ impl StoreWriter {
         &self.stats
     }
 
-    /// Hands a round's points and alerts over; waits only while the queue is full.
-    pub fn push(&self, points: Vec<MetricPoint>, alerts: Vec<Arc<serde_json::Value>>) {
+    /// Hands a round's points and alerts over; waits only while the queue
+    /// is full. `then` runs once a query can see them (live push goes then,
+    /// so a client that asks on a push finds what it was told about).
+    pub fn push(
+        &self,
+        points: Vec<MetricPoint>,
+        alerts: Vec<Arc<serde_json::Value>>,
+        then: Option<Queryable>,
+    ) {
         if points.is_empty() && alerts.is_empty() {
             return;
         }
         let n = (points.len() + alerts.len()) as u64;
         self.stats.handed.fetch_add(n, Ordering::Relaxed);
         self.stats.backlog.fetch_add(n, Ordering::Relaxed);
-        self.send(Msg::Write { points, alerts });
+        self.send(Msg::Write {
+            points,
+            alerts,
+            then,
+        });
     }
 
     fn send(&self, msg: Msg) {
@@ -242,10 +257,15 @@ fn run(
     };
     for msg in rx {
         match msg {
-            Msg::Write { points, alerts } => {
+            Msg::Write {
+                points,
+                alerts,
+                then,
+            } => {
                 let n = (points.len() + alerts.len()) as u64;
                 buf.clear();
                 let mut refused = 0u64;
+                let told = then.map(|f| (f, alerts.clone()));
                 {
                     let mut d = store.data.write().expect("store lock");
                     for p in &points {
@@ -258,6 +278,9 @@ fn run(
                         file::encode_alert(&mut buf, &a);
                         d.put_alert(a);
                     }
+                }
+                if let Some((f, alerts)) = told {
+                    f(&points, &alerts);
                 }
                 if refused > 0 {
                     store

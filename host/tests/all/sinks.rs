@@ -1015,12 +1015,12 @@ fn unix_now() -> u64 {
 
 /// A small filesystem of its own for a data dir (a tmpfs with a size limit;
 /// the tests run as root), unmounted on drop.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     path: std::path::PathBuf,
 }
 
 impl SmallDisk {
-    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+    pub(crate) fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
         std::fs::create_dir_all(&path).unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -1036,7 +1036,7 @@ impl SmallDisk {
     }
 
     /// Fills what is free with one file; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
+    pub(crate) fn fill(&self) -> std::path::PathBuf {
         let filler = self.path.join("filler");
         let mut f = std::fs::File::create(&filler).unwrap();
         let block = vec![0u8; 64 << 10];
