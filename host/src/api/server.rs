@@ -233,7 +233,7 @@ async fn handle(
     read_timeout: Duration,
     req: Request<Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
-    let _busy = conn.busy();
+    let busy = conn.busy();
     let late = Arc::new(AtomicBool::new(false));
     let mut req = req.map(|body| {
         axum::body::Body::new(Deadline {
@@ -260,7 +260,39 @@ async fn handle(
         tracing::warn!(peer = %remote, "request body too slow: cut off after http.read_timeout");
         return Ok(r);
     }
-    Ok(response)
+    // Busy until the answer is sent: a live stream (SSE) is never idle.
+    Ok(response.map(|body| {
+        axum::body::Body::new(Held {
+            inner: body,
+            _busy: busy,
+        })
+    }))
+}
+
+/// A response body that keeps its connection busy while it is sent.
+struct Held {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+impl Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body that fails once its deadline has passed.

@@ -224,3 +224,42 @@ fn the_api_speaks_tls_with_the_configured_certificate() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// A live stream being sent is not idle: an SSE client quiet for longer than
+/// `idle_timeout` (pings every 30 s) still gets what comes next.
+#[test]
+fn a_live_stream_outlasts_idle_timeout() {
+    let s = Server::start("[http]\nidle_timeout = \"1s\"\n[stream]\nping_interval = \"30s\"\n");
+    let mut sse = connect(&s);
+    sse.write_all(
+        b"GET /v1/stream?subscribe=events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(sse.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Quiet for more than idle_timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _) =
+        s.post(&serde_json::json!({"event_type": "page_view", "event_id": "after-quiet"}));
+    assert_eq!(status, 202);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("after-quiet") {
+        let n = sse.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the stream was closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
