@@ -369,11 +369,15 @@ impl Connection {
         loop {
             let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
             let quiet = self.started.elapsed().saturating_sub(last);
-            if quiet >= idle && self.busy.load(Ordering::Acquire) == 0 {
+            let busy = self.busy.load(Ordering::Acquire) > 0;
+            if quiet >= idle && !busy {
                 return;
             }
-            // Check again when it could first be idle long enough.
-            tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(10))).await;
+            // Check again when it could first be idle long enough; while a
+            // request or a stream is at work, that is an idle period away
+            // at the soonest (not every few milliseconds of a quiet stream).
+            let wait = if busy { idle } else { idle - quiet };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
         }
     }
 }
