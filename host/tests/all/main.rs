@@ -4,7 +4,6 @@
 mod support;
 
 mod cli;
-mod connections;
 mod dashboard;
 mod golden;
 mod grafana;
