@@ -33,10 +33,12 @@ pub enum RejectReason {
     TimestampTooFarAhead,
     /// A timestamp before 1970 or beyond what RFC 3339 can write.
     TimestampOutOfRange,
+    /// The write-ahead log could not take the events (503).
+    Storage,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 8] = [
+    const ALL: [RejectReason; 9] = [
         RejectReason::MalformedJson,
         RejectReason::InvalidEvent,
         RejectReason::TimestampTooFarAhead,
@@ -45,6 +47,7 @@ impl RejectReason {
         RejectReason::QueueFull,
         RejectReason::BadEncoding,
         RejectReason::Broker,
+        RejectReason::Storage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl RejectReason {
             RejectReason::Broker => "broker_unavailable",
             RejectReason::TimestampTooFarAhead => "timestamp_too_far_ahead",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::Storage => "log_unavailable",
         }
     }
 
@@ -212,6 +216,8 @@ pub struct Metrics {
     pub storage: Mutex<std::collections::BTreeMap<String, StorageFault>>,
     /// The metric store's figures (zero without a store).
     pub store: Arc<StoreFigures>,
+    /// The embedded engine's write-ahead log (zero with `durability = "memory"`).
+    pub wal: Arc<WalFigures>,
     /// A Kafka processor's figures (empty on other roles).
     pub processor: ProcessorFigures,
     /// Why the process can no longer do its work (a processor whose consumer
@@ -301,6 +307,23 @@ impl ProcessorFigures {
             "# HELP nexuspipe_kafka_source_skew_seconds Event time between the most and the least advanced active source partition of this processor (the keyed tasks wait for the least).\n# TYPE nexuspipe_kafka_source_skew_seconds gauge\nnexuspipe_kafka_source_skew_seconds {skew}"
         );
     }
+}
+
+/// Figures of the write-ahead log, for `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub struct WalFigures {
+    /// Batches appended (each answered once durable).
+    pub appends: AtomicU64,
+    /// `fdatasync` calls: fewer than appends when commits are grouped.
+    pub syncs: AtomicU64,
+    /// Events replayed from the log at start (not yet in a checkpoint).
+    pub replayed: AtomicU64,
+    /// Bytes of a torn write cut off the log's end at start.
+    pub torn_bytes: AtomicU64,
+    /// The engine is replaying the log at start (`/readyz` says so, 503).
+    pub replaying: std::sync::atomic::AtomicBool,
+    /// The last append failed (the log's dir is a storage fault until one succeeds).
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 /// Figures of the metric store, for `/metrics`.
@@ -636,6 +659,31 @@ impl Metrics {
             "Checkpoints of plugin state committed.",
             get(&self.checkpoints),
         );
+        let wal = &self.wal;
+        for (name, help, v) in [
+            (
+                "nexuspipe_wal_appends_total",
+                "Batches appended to the write-ahead log.",
+                &wal.appends,
+            ),
+            (
+                "nexuspipe_wal_syncs_total",
+                "fdatasync calls on the write-ahead log (one per group commit).",
+                &wal.syncs,
+            ),
+            (
+                "nexuspipe_wal_replayed_events_total",
+                "Events replayed from the write-ahead log at start.",
+                &wal.replayed,
+            ),
+            (
+                "nexuspipe_wal_torn_bytes_total",
+                "Bytes of a torn write cut off the write-ahead log at start.",
+                &wal.torn_bytes,
+            ),
+        ] {
+            counter(&mut o, name, help, get(v));
+        }
         counter(
             &mut o,
             "nexuspipe_plugin_swaps_failed_total",

@@ -271,9 +271,9 @@ async fn admit(
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
-/// 429 with `Retry-After`: back-pressure, the client retries later.
-fn busy(message: String) -> Response {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message, json!({}));
+/// 429 (or `status`) with `Retry-After`: the client retries later.
+fn retry_later(status: StatusCode, message: String) -> Response {
+    let mut r = error(status, message, json!({}));
     r.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     r
@@ -285,23 +285,37 @@ async fn deliver(state: &ApiState, events: Vec<Event>, received: Instant) -> Res
     let m = &state.metrics;
     let n = events.len() as u64;
     match &state.ingest {
-        Ingest::Engine(engine) => match engine.submit(events, received) {
+        Ingest::Engine(engine) => match engine.submit(events, received).await {
             Ok(()) => Ok(()),
             Err(e @ SubmitError::QueueFull { .. }) => {
                 m.reject(RejectReason::QueueFull, n);
-                Err(busy(format!("{e}; retry later")))
+                Err(retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{e}; retry later"),
+                ))
             }
             Err(e @ SubmitError::Stopped) => Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{e}; nothing was accepted"),
                 json!({}),
             )),
+            Err(e @ SubmitError::Log(_)) => {
+                m.reject(RejectReason::Storage, n);
+                tracing::warn!(error = %e, events = n, "answering 503: the write-ahead log did not take the events");
+                Err(retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}; nothing was accepted, retry later"),
+                ))
+            }
         },
         Ingest::Kafka(collector) => match collector.send(&events).await {
             Ok(()) => Ok(()),
             Err(e @ SendError::QueueFull) => {
                 m.reject(RejectReason::QueueFull, n);
-                Err(busy(format!("{e}; retry later")))
+                Err(retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{e}; retry later"),
+                ))
             }
             Err(e @ SendError::Broker(_)) => {
                 m.reject(RejectReason::Broker, n);

@@ -135,7 +135,10 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     let flowing = !s.metrics.sink_full() && storage.is_empty();
     // A processor whose consumer loop died does no work, whatever else holds.
     let fatal = s.metrics.fatal();
-    let ready = accepting && room && flowing && fatal.is_none();
+    // Replaying the write-ahead log at start: new events are taken (into the
+    // log) but wait behind the replay.
+    let replaying = s.metrics.wal.replaying.load(Ordering::Relaxed);
+    let ready = accepting && room && flowing && fatal.is_none() && !replaying;
     let sinks: Vec<serde_json::Value> = s
         .metrics
         .sinks
@@ -149,6 +152,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         "accepting": accepting,
         "queue_has_room": room,
         "queue_depth": s.metrics.queue_depth.load(Ordering::Relaxed),
+        "replaying_log": replaying,
         "plugins": *s.metrics.plugins.lock().expect("metrics lock"),
         "sinks": sinks,
         "storage": storage,

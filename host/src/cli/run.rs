@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use nexuspipe::api::{self, ApiState, Ingest};
-use nexuspipe::config::{Config, PluginConfig};
+use nexuspipe::config::{Config, Durability, FsyncMode, PluginConfig};
+use nexuspipe::engine::wal::Fsync;
 use nexuspipe::engine::{Engine, EngineSettings};
 use nexuspipe::kafka::Collector;
 use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings, Step};
@@ -147,6 +148,11 @@ fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
         data_dir: e.data_dir.clone(),
         dedupe_max_ids: e.dedupe_max_ids,
         allowed_lateness: e.allowed_lateness,
+        wal: match (e.durability, e.fsync) {
+            (Durability::Memory, _) => None,
+            (Durability::Wal, FsyncMode::Always) => Some(Fsync::Always),
+            (Durability::Wal, FsyncMode::Interval) => Some(Fsync::Interval(e.fsync_interval)),
+        },
     }
 }
 
@@ -177,7 +183,7 @@ fn run_embedded(config: Config) -> Result<()> {
     let engine = Engine::new(engine_settings(e), plugins, metrics.clone(), outputs)
         .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
     let plugin_list = describe(engine.plugins());
-    let (handle, engine_thread) = engine.spawn();
+    let (handle, engine_thread) = engine.spawn().context("starting the engine")?;
     manager.attach(handle.clone());
     if let Some(folder) = &config.plugin_folder {
         folder::watch(manager.clone(), folder.clone())?;

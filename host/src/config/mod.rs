@@ -566,6 +566,31 @@ pub struct EngineConfig {
     /// Event ids remembered to recognise a retried event (0: off). About
     /// 60 bytes each in memory and 24 in each checkpoint.
     pub dedupe_max_ids: usize,
+    /// What `202` promises: `wal`, the events are in the write-ahead log
+    /// under `data_dir/wal` (as durable as `fsync` says); `memory`, they are
+    /// in the engine's queue (a crash loses what was queued).
+    pub durability: Durability,
+    /// When the write-ahead log is synced to the device: `always` before
+    /// each answer (group commit), or `interval`, every `fsync_interval`.
+    pub fsync: FsyncMode,
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Wal,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    Always,
+    #[default]
+    Interval,
 }
 
 impl Default for EngineConfig {
@@ -580,6 +605,9 @@ impl Default for EngineConfig {
             batch_size: 1024,
             max_future: Duration::from_secs(3600),
             dedupe_max_ids: 100_000,
+            durability: Durability::Wal,
+            fsync: FsyncMode::Interval,
+            fsync_interval: Duration::from_millis(200),
         }
     }
 }

@@ -21,6 +21,28 @@ struct Manifest {
     /// The event ids taken (see [`crate::dataflow::dedupe`]), relative to the checkpoint dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event_ids: Option<String>,
+    /// The last write-ahead log record the state includes (0: none); a
+    /// restart replays the log after it.
+    #[serde(default)]
+    wal_seq: u64,
+}
+
+/// What a checkpoint restored besides plugin state.
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    pub max_event_time: i64,
+    pub watermark: i64,
+    pub wal_seq: u64,
+}
+
+/// A checkpoint taken and not yet committed: it waits in memory until the
+/// sinks have settled what the engine emitted before it.
+pub struct Snapshot {
+    states: Vec<(String, String, Vec<u8>)>,
+    event_ids: Option<Vec<u8>>,
+    max_event_time: i64,
+    watermark: i64,
+    pub wal_seq: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +77,7 @@ impl Checkpoints {
         &mut self,
         plugins: &mut [Plugin],
         dedupe: &mut Dedupe,
-    ) -> Result<Option<(i64, i64)>> {
+    ) -> Result<Option<Restored>> {
         let path = self.manifest_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -112,41 +134,69 @@ impl Checkpoints {
             .max()
             .unwrap_or(0);
         self.committed = manifest.plugins;
-        Ok(Some((manifest.max_event_time, manifest.watermark)))
+        Ok(Some(Restored {
+            max_event_time: manifest.max_event_time,
+            watermark: manifest.watermark,
+            wal_seq: manifest.wal_seq,
+        }))
     }
 
-    /// Snapshots every stateful plugin and commits a new manifest.
+    /// Snapshots every stateful plugin and commits a new manifest at once.
     pub fn save(
         &mut self,
         plugins: &mut [Plugin],
         watermark: &Watermark,
         dedupe: &Dedupe,
+        wal_seq: u64,
     ) -> Result<()> {
+        let snap = Self::take(plugins, watermark, dedupe, wal_seq);
+        self.commit(snap, plugins)
+    }
+
+    /// Snapshots every stateful plugin, the event time and ids, in memory.
+    pub fn take(
+        plugins: &mut [Plugin],
+        watermark: &Watermark,
+        dedupe: &Dedupe,
+        wal_seq: u64,
+    ) -> Snapshot {
+        let mut states = Vec::new();
+        for p in plugins.iter_mut() {
+            match p.checkpoint() {
+                Ok(Some(s)) => states.push((p.name().to_string(), p.component().hash.clone(), s)),
+                Ok(None) => {}
+                // Its previous state file stays: the old checkpoint stays valid for it.
+                Err(f) => {
+                    tracing::error!(plugin = p.name(), error = %f, "snapshot failed; keeping its previous checkpoint")
+                }
+            }
+        }
+        Snapshot {
+            states,
+            event_ids: (!dedupe.is_empty()).then(|| dedupe.snapshot()),
+            max_event_time: watermark.max_event_time(),
+            watermark: watermark.current(),
+            wal_seq,
+        }
+    }
+
+    /// Writes a snapshot's files and then its manifest, atomically: from
+    /// here on a start restores it. `plugins` is the pipeline now (a plugin
+    /// removed since is left out).
+    pub fn commit(&mut self, snap: Snapshot, plugins: &[Plugin]) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         self.generation += 1;
         let g = self.generation;
         let mut entries = BTreeMap::new();
-        for p in plugins.iter_mut() {
-            let state = match p.checkpoint() {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(f) => {
-                    // Keep its previous state file: the old checkpoint stays valid for it.
-                    tracing::error!(plugin = p.name(), error = %f, "snapshot failed; keeping its previous checkpoint");
-                    continue;
-                }
-            };
-            let file = format!("{}.{g}.state", p.name());
+        for (name, version, state) in snap.states {
+            if !plugins.iter().any(|p| p.name() == name) {
+                continue;
+            }
+            let file = format!("{name}.{g}.state");
             write_atomic(&self.dir.join(&file), &state)
                 .with_context(|| format!("writing {}", file))?;
-            entries.insert(
-                p.name().to_string(),
-                Entry {
-                    file,
-                    version: p.component().hash.clone(),
-                },
-            );
+            entries.insert(name, Entry { file, version });
         }
         // Plugins whose snapshot failed keep their last good entry.
         for (name, e) in &self.committed {
@@ -154,16 +204,21 @@ impl Checkpoints {
                 entries.entry(name.clone()).or_insert_with(|| e.clone());
             }
         }
-        let event_ids = (!dedupe.is_empty()).then(|| format!("event-ids.{g}.state"));
-        if let Some(file) = &event_ids {
-            write_atomic(&self.dir.join(file), &dedupe.snapshot())
-                .with_context(|| format!("writing {file}"))?;
-        }
+        let event_ids = match snap.event_ids {
+            Some(bytes) => {
+                let file = format!("event-ids.{g}.state");
+                write_atomic(&self.dir.join(&file), &bytes)
+                    .with_context(|| format!("writing {file}"))?;
+                Some(file)
+            }
+            None => None,
+        };
         let manifest = Manifest {
-            max_event_time: watermark.max_event_time(),
-            watermark: watermark.current(),
+            max_event_time: snap.max_event_time,
+            watermark: snap.watermark,
             plugins: entries,
             event_ids,
+            wal_seq: snap.wal_seq,
         };
         write_atomic(
             &self.manifest_path(),

@@ -9,16 +9,18 @@
 //! threads of their own, each a batch ahead of the next (see
 //! [`line`]). The HTTP side only parses and enqueues.
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{Checkpoints, Snapshot};
 use super::shadow::{self, Shadow};
+use super::wal::{self, Fsync, Seq, Wal};
 use crate::dataflow::dedupe::Dedupe;
 use crate::dataflow::line::{self, ROUND_CHUNKS};
 use crate::dataflow::watermark::batches;
 use crate::dataflow::{Handover, Outcome, SwapError, Watermark, handover, insert_position};
 use crate::hub::{Hub, Sampler};
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, refresh_downstream};
-use crate::sinks::Outputs;
+use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, PluginFigures};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -37,12 +39,30 @@ pub struct EngineSettings {
     pub dedupe_max_ids: usize,
     /// How long late events still count (for the ids' horizon).
     pub allowed_lateness: Duration,
+    /// The write-ahead log's sync policy; `None`: no log (`durability = "memory"`).
+    pub wal: Option<Fsync>,
 }
+
+/// Segments of the write-ahead log are closed at this size, so the ones a
+/// checkpoint covers can be removed whole.
+const WAL_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Checkpoints taken and waiting for the sinks to settle, at most: each
+/// holds every plugin's state in memory.
+const MAX_PENDING: usize = 4;
+
+/// How long a shutdown waits for the sinks to settle the last checkpoint
+/// (else the next start replays the log from the one before).
+const SETTLE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A batch accepted over HTTP, with its place in the write-ahead log (0 without one).
+type Accepted = (Vec<Event>, Instant, Seq);
 
 enum Msg {
     Batch {
         events: Vec<Event>,
         received: Instant,
+        seq: Seq,
     },
     Control(Control),
     /// A new version asks what it needs to catch up with the running one.
@@ -105,12 +125,18 @@ pub enum SubmitError {
     /// The engine has stopped (shutting down): nothing can be accepted.
     #[error("the engine has stopped")]
     Stopped,
+    /// The write-ahead log could not take the batch (a full or failing disk).
+    #[error(transparent)]
+    Log(#[from] wal::WalError),
 }
 
 /// The HTTP side's handle on the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<Msg>,
+    /// Accepted batches go through the log, which hands them to the engine.
+    wal: Option<Wal<(Vec<Event>, Instant)>>,
+    wal_dir: std::path::PathBuf,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Arc<Metrics>,
@@ -118,8 +144,9 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Hands a batch to the engine, or refuses it if that would exceed the
-    /// queue's capacity (memory stays bounded; the client retries).
-    pub fn submit(&self, events: Vec<Event>, received: Instant) -> Result<(), SubmitError> {
+    /// queue's capacity (memory stays bounded; the client retries). With a
+    /// write-ahead log, returns once the batch is in it.
+    pub async fn submit(&self, events: Vec<Event>, received: Instant) -> Result<(), SubmitError> {
         let n = events.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity && before > 0 {
@@ -131,7 +158,38 @@ impl EngineHandle {
         self.metrics
             .queue_depth
             .store((before + n) as u64, Ordering::Relaxed);
-        if self.tx.send(Msg::Batch { events, received }).is_err() {
+        if let Some(wal) = &self.wal {
+            let mut payload = Vec::with_capacity(crate::runtime::replay::encoded_len(&events));
+            crate::runtime::replay::encode(&events, &mut payload);
+            // The writer hands the batch to the engine, in log order.
+            let appended = wal.append(n as u32, payload, (events, received)).await;
+            let m = &self.metrics;
+            return match appended {
+                Ok(_) => {
+                    if m.wal.failing.swap(false, Ordering::Relaxed) {
+                        m.storage_result(&self.wal_dir, Ok(()), 0);
+                    }
+                    Ok(())
+                }
+                Err(wal::WalError::Stopped) => {
+                    self.queued.fetch_sub(n, Ordering::AcqRel);
+                    Err(SubmitError::Stopped)
+                }
+                Err(e) => {
+                    self.queued.fetch_sub(n, Ordering::AcqRel);
+                    // `/readyz` names the log until an append succeeds again.
+                    m.wal.failing.store(true, Ordering::Relaxed);
+                    m.storage_result(&self.wal_dir, Err(std::io::Error::other(e.to_string())), 0);
+                    Err(SubmitError::Log(e))
+                }
+            };
+        }
+        let batch = Msg::Batch {
+            events,
+            received,
+            seq: 0,
+        };
+        if self.tx.send(batch).is_err() {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(SubmitError::Stopped);
         }
@@ -198,6 +256,12 @@ pub struct Engine {
     sampling: bool,
     /// Event ids already taken: a retried event is not processed again.
     dedupe: Dedupe,
+    /// The opened log, until the writer starts (see [`Engine::spawn`]).
+    opened: Option<wal::Opened>,
+    /// The last log record processed (in the plugins' state from here on).
+    wal_seq: Seq,
+    /// Checkpoints waiting for the sinks to settle what came before them.
+    pending: VecDeque<(Mark, Snapshot)>,
 }
 
 /// Sets what every enricher's downstream reads, with `[stream]
@@ -242,10 +306,25 @@ impl Engine {
         let horizon = (settings.out_of_orderness + settings.allowed_lateness).as_millis() as i64
             + crate::dataflow::dedupe::EXTRA_HORIZON_MS;
         let mut dedupe = Dedupe::new(settings.dedupe_max_ids, horizon);
-        if let Some((max_ts, wm)) = checkpoints.restore(&mut plugins, &mut dedupe)? {
-            watermark.observe(max_ts);
-            watermark.advance_to(wm);
+        let mut wal_seq = 0;
+        if let Some(r) = checkpoints.restore(&mut plugins, &mut dedupe)? {
+            watermark.observe(r.max_event_time);
+            watermark.advance_to(r.watermark);
+            wal_seq = r.wal_seq;
         }
+        let opened = match settings.wal {
+            Some(_) => {
+                let mut opened = wal::open(&dir.join("wal"))?;
+                metrics.wal.replaying.store(true, Ordering::Relaxed);
+                if let Some(t) = &opened.torn {
+                    metrics.wal.torn_bytes.fetch_add(t.bytes, Ordering::Relaxed);
+                }
+                // Numbering goes on after the checkpoint even if the log was moved away.
+                opened.next = opened.next.max(wal_seq + 1);
+                Some(opened)
+            }
+            None => None,
+        };
         refresh_downstream(&mut plugins, &[]);
         Ok(Engine {
             outputs,
@@ -262,6 +341,9 @@ impl Engine {
             sampler: None,
             sampling: false,
             dedupe,
+            opened,
+            wal_seq,
+            pending: VecDeque::new(),
         })
     }
 
@@ -269,24 +351,101 @@ impl Engine {
         &self.plugins
     }
 
-    /// Starts the engine thread; returns the handle and the thread to join.
-    pub fn spawn(self) -> (EngineHandle, std::thread::JoinHandle<()>) {
+    /// Starts the engine thread (and the log's writer); returns the handle
+    /// and the thread to join.
+    pub fn spawn(mut self) -> anyhow::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = std::sync::mpsc::channel();
+        let wal = match (self.opened.take(), self.settings.wal) {
+            (Some(opened), Some(fsync)) => {
+                let to_engine = tx.clone();
+                Some(Wal::start(
+                    opened,
+                    fsync,
+                    WAL_SEGMENT_BYTES,
+                    self.metrics.wal.clone(),
+                    move |seq, (events, received)| {
+                        // A stopped engine leaves it in the log: the next start replays it.
+                        let _ = to_engine.send(Msg::Batch {
+                            events,
+                            received,
+                            seq,
+                        });
+                    },
+                )?)
+            }
+            _ => None,
+        };
         let handle = EngineHandle {
             tx,
+            wal,
+            wal_dir: self.settings.data_dir.join("wal"),
             queued: self.queued.clone(),
             capacity: self.settings.queue_capacity,
             metrics: self.metrics.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("nexuspipe-engine".into())
-            .spawn(move || self.run(rx))
-            .expect("spawning the engine thread");
-        (handle, thread)
+            .spawn(move || self.run(rx))?;
+        Ok((handle, thread))
+    }
+
+    /// Replays what the log holds after the restored checkpoint, in rounds,
+    /// before anything accepted since the start.
+    fn recover(&mut self) -> Result<(), wal::WalError> {
+        if self.settings.wal.is_none() {
+            return Ok(());
+        }
+        let dir = self.settings.data_dir.join("wal");
+        let limit = self.settings.batch_size * ROUND_CHUNKS;
+        let mut round = Vec::new();
+        let mut n = 0;
+        let mut events = 0u64;
+        let started = Instant::now();
+        wal::replay_each(&dir, self.wal_seq, |r| {
+            match crate::runtime::replay::decode(&r.payload, r.events as usize) {
+                Ok(batch) => {
+                    n += batch.len();
+                    round.push((batch, Instant::now(), r.seq));
+                }
+                // The checksum held, so this is a bug, not a torn write: say so, go on.
+                Err(e) => {
+                    tracing::error!(seq = r.seq, error = %e, "a write-ahead log record does not decode; skipped")
+                }
+            }
+            if n >= limit {
+                events += n as u64;
+                self.queued.fetch_add(n, Ordering::AcqRel);
+                self.round(std::mem::take(&mut round));
+                n = 0;
+            }
+        })?;
+        if !round.is_empty() {
+            events += n as u64;
+            self.queued.fetch_add(n, Ordering::AcqRel);
+            self.round(round);
+        }
+        if events > 0 {
+            self.metrics
+                .wal
+                .replayed
+                .fetch_add(events, Ordering::Relaxed);
+            tracing::info!(
+                events,
+                after = self.wal_seq,
+                secs = started.elapsed().as_secs_f64(),
+                "replayed the write-ahead log after the last checkpoint"
+            );
+        }
+        Ok(())
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
         self.publish();
+        if let Err(e) = self.recover() {
+            // Nothing replayed is lost: the log stays until a checkpoint covers it.
+            tracing::error!(error = %e, "replaying the write-ahead log failed; events after the last checkpoint are not processed in this run");
+        }
+        self.metrics.wal.replaying.store(false, Ordering::Relaxed);
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         // How often a quiet engine wakes up to advance idle time and checkpoint.
         let tick =
@@ -295,17 +454,25 @@ impl Engine {
             let msg = rx.recv_timeout(tick);
             let mut stop = false;
             match msg {
-                Ok(Msg::Batch { events, received }) => {
-                    let mut pending = vec![(events, received)];
+                Ok(Msg::Batch {
+                    events,
+                    received,
+                    seq,
+                }) => {
+                    let mut pending = vec![(events, received, seq)];
                     let mut n = pending[0].0.len();
                     let mut control = None;
                     // Coalesce what is already queued into one round of calls;
                     // a control message ends the round, so it applies between rounds.
                     while n < self.settings.batch_size * ROUND_CHUNKS {
                         match rx.try_recv() {
-                            Ok(Msg::Batch { events, received }) => {
+                            Ok(Msg::Batch {
+                                events,
+                                received,
+                                seq,
+                            }) => {
                                 n += events.len();
-                                pending.push((events, received));
+                                pending.push((events, received, seq));
                             }
                             Ok(Msg::Control(c)) => {
                                 control = Some(c);
@@ -337,7 +504,11 @@ impl Engine {
                 let mut rest = Vec::new();
                 while let Ok(m) = rx.try_recv() {
                     match m {
-                        Msg::Batch { events, received } => rest.push((events, received)),
+                        Msg::Batch {
+                            events,
+                            received,
+                            seq,
+                        } => rest.push((events, received, seq)),
                         Msg::Control(c) => {
                             if !rest.is_empty() {
                                 self.round(std::mem::take(&mut rest));
@@ -352,6 +523,7 @@ impl Engine {
                     self.round(rest);
                 }
                 self.checkpoint();
+                self.settle_before_exit();
                 tracing::info!("engine drained and checkpointed");
                 let backlog = self.outputs.influx_backlog();
                 if backlog > 0 {
@@ -364,6 +536,7 @@ impl Engine {
                 return;
             }
             self.idle_advance();
+            self.complete_checkpoints();
             if Instant::now() >= next_checkpoint {
                 self.checkpoint();
                 next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
@@ -380,15 +553,16 @@ impl Engine {
     }
 
     /// One round: the pending batches through the whole pipeline, outputs written.
-    fn round(&mut self, pending: Vec<(Vec<Event>, Instant)>) {
+    fn round(&mut self, pending: Vec<Accepted>) {
         let now = Instant::now();
         self.last_arrival = Some(now);
-        let total: usize = pending.iter().map(|(e, _)| e.len()).sum();
+        let total: usize = pending.iter().map(|(e, _, _)| e.len()).sum();
         let size = self.settings.batch_size;
         let mut received = Vec::with_capacity(pending.len());
         let mut duplicates = 0;
         let mut kept = Vec::with_capacity(pending.len());
-        for (mut batch, at) in pending {
+        for (mut batch, at, seq) in pending {
+            self.wal_seq = self.wal_seq.max(seq);
             received.push((at, batch.len()));
             let before = batch.len();
             batch.retain(|e| self.dedupe.first(&e.id, e.timestamp));
@@ -698,17 +872,90 @@ impl Engine {
         // The checkpoint folds the replay log into a snapshot: a shadow gets
         // its batches first (else it would restart from the snapshot).
         self.feed_shadow();
-        let saved = self
-            .checkpoints
-            .save(&mut self.plugins, &self.watermark, &self.dedupe);
+        if self.settings.wal.is_none() {
+            // Nothing to replay after a crash: waiting for the sinks gains nothing.
+            let saved = self.checkpoints.save(
+                &mut self.plugins,
+                &self.watermark,
+                &self.dedupe,
+                self.wal_seq,
+            );
+            self.committed(saved);
+            self.outputs.sync();
+            return;
+        }
+        // With the log, a checkpoint is complete only once the sinks have
+        // settled what was emitted before it: until then a restart restores
+        // the one before and replays the log, emitting it again.
+        self.outputs.sync();
+        self.complete_checkpoints();
+        if self.pending.len() >= MAX_PENDING {
+            return;
+        }
+        let mark = self.outputs.mark();
+        self.outputs.hurry(&mark);
+        let snap = Checkpoints::take(
+            &mut self.plugins,
+            &self.watermark,
+            &self.dedupe,
+            self.wal_seq,
+        );
+        self.pending.push_back((mark, snap));
+        self.complete_checkpoints();
+    }
+
+    /// Commits the newest pending checkpoint the sinks have settled (older
+    /// ones are superseded), then removes the log segments it covers.
+    fn complete_checkpoints(&mut self) {
+        let Some(i) = self
+            .pending
+            .iter()
+            .rposition(|(mark, _)| self.outputs.settled(mark))
+        else {
+            return;
+        };
+        let (_, snap) = self.pending.drain(..=i).next_back().expect("non-empty");
+        let covered = snap.wal_seq;
+        let saved = self.checkpoints.commit(snap, &self.plugins);
+        if self.committed(saved) {
+            let dir = self.settings.data_dir.join("wal");
+            if let Err(e) = wal::remove_covered(&dir, covered) {
+                tracing::warn!(error = %e, "removing write-ahead log segments a checkpoint covers");
+            }
+        }
+    }
+
+    /// Counts a committed checkpoint, or reports why it failed (the previous
+    /// one stays in force).
+    fn committed(&self, saved: anyhow::Result<()>) -> bool {
         let dir = self.settings.data_dir.join("checkpoints");
-        if saved.is_ok() {
+        let ok = saved.is_ok();
+        if ok {
             self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
-        // A failed checkpoint leaves the previous one in force.
         let io = saved.map_err(|e| std::io::Error::other(format!("checkpoint failed: {e:#}")));
         self.metrics.storage_result(&dir, io, 0);
-        self.outputs.sync();
+        ok
+    }
+
+    /// At shutdown: waits (a while) for the sinks to settle the last
+    /// checkpoint, so the next start need not replay the log.
+    fn settle_before_exit(&mut self) {
+        let Some((mark, _)) = self.pending.back() else {
+            return;
+        };
+        let mark = mark.clone();
+        self.outputs.hurry(&mark);
+        let deadline = Instant::now() + SETTLE_PATIENCE;
+        while !self.outputs.settled(&mark) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.complete_checkpoints();
+        if !self.pending.is_empty() {
+            tracing::warn!(
+                "the sinks did not settle the last checkpoint in {SETTLE_PATIENCE:?}; the next start replays the write-ahead log from the one before"
+            );
+        }
     }
 
     fn publish(&self) {

@@ -218,17 +218,26 @@ pub fn open(dir: &Path) -> Result<Opened, WalError> {
 
 /// Every record after `after`, in order (what a restart replays).
 pub fn replay(dir: &Path, after: Seq) -> Result<Vec<Record>, WalError> {
-    let segs = segments(dir)?;
     let mut out = Vec::new();
+    replay_each(dir, after, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// [`replay`] a segment at a time, so a long log is never all in memory.
+pub fn replay_each(dir: &Path, after: Seq, mut f: impl FnMut(Record)) -> Result<(), WalError> {
+    let segs = segments(dir)?;
     for (i, (_, path)) in segs.iter().enumerate() {
         // A segment whose successor starts at or before `after + 1` holds nothing newer.
         if segs.get(i + 1).is_some_and(|(next, _)| *next <= after + 1) {
             continue;
         }
         let (records, _) = read_segment(path)?;
-        out.extend(records.into_iter().filter(|r| r.seq > after));
+        records
+            .into_iter()
+            .filter(|r| r.seq > after)
+            .for_each(&mut f);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Removes the segments whose every record is at or before `covered` (a
@@ -267,11 +276,7 @@ impl<T> Clone for Wal<T> {
 }
 
 /// What the writer did, for the tests and the metrics.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub appends: std::sync::atomic::AtomicU64,
-    pub syncs: std::sync::atomic::AtomicU64,
-}
+pub type Counts = crate::telemetry::WalFigures;
 
 impl<T: Send + 'static> Wal<T> {
     /// Starts the writer on an opened log. `hand_on` gets each batch once

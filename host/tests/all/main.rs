@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod dashboard;
+mod durability;
 mod golden;
 mod grafana;
 mod isolation;

@@ -326,9 +326,10 @@ fn a_point_pushed_live_can_be_queried_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let disk = crate::sinks::SmallDisk::mount(dir.path().join("data"), "8m");
     // The funnel alone, its points bound for an InfluxDB that is not there
-    // (held in memory): the store is what writes to the small disk.
+    // (held in memory): the store is what writes to the small disk (no
+    // write-ahead log, which would refuse the events instead).
     let config = format!(
-        "[engine]\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"funnel\"\npath = {:?}\n\
+        "[engine]\nidle_timeout = \"1h\"\ndurability = \"memory\"\n[[plugins]]\nname = \"funnel\"\npath = {:?}\n\
          [influxdb]\nurl = \"http://127.0.0.1:9\"\napi = \"v1\"\ndatabase = \"np\"\n",
         crate::support::plugin_dir()
             .join("funnel.wasm")
