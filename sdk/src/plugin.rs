@@ -65,9 +65,26 @@ pub trait Alerter: Sized + 'static {
 
 #[doc(hidden)]
 pub fn snapshot_state<S: Serialize>(state: &S) -> Vec<u8> {
-    // Serializing plain data into a Vec cannot fail short of a bug in a
-    // hand-written Serialize impl; a trap is the right answer then.
-    serde_json::to_vec(state).expect("plugin state must serialize")
+    /// Counts what would be written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Serializing plain data cannot fail short of a bug in a hand-written
+    // Serialize impl; a trap is the right answer then.
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, state).expect("plugin state must serialize");
+    // Sized first: a Vec grown by doubling would hold up to three times the
+    // snapshot at once, in a memory capped per plugin.
+    let mut out = Vec::with_capacity(n.0);
+    serde_json::to_writer(&mut out, state).expect("plugin state must serialize");
+    out
 }
 
 #[doc(hidden)]

@@ -49,7 +49,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline_ms: 200,
-            memory_mib: 64,
+            // The bundled aggregator and alerter hold what waits for the
+            // watermark (rate x out_of_orderness) and a snapshot of it: at
+            // 80 000 events/s, alerts needed more than 64 MiB.
+            memory_mib: 256,
             breaker_failures: 5,
             breaker_window_secs: 60,
             replay_limit: 100_000,

@@ -63,6 +63,8 @@ pub struct StoreConfig {
     /// Past this, the oldest raw points are rolled up before their retention.
     #[serde(deserialize_with = "de_size")]
     pub memory_budget: usize,
+    /// Alerts kept at most (they stay in `alerts.jsonl`); the oldest go first.
+    pub max_alerts: usize,
 }
 
 impl Default for StoreConfig {
@@ -74,6 +76,7 @@ impl Default for StoreConfig {
             rollup_retention: Duration::from_secs(90 * 86_400),
             max_series: 100_000,
             memory_budget: 512 << 20,
+            max_alerts: 100_000,
         }
     }
 }

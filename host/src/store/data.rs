@@ -415,7 +415,11 @@ impl Data {
         }
         self.weight = (self.weight as isize - freed).max(0) as usize;
         let alerts_before = self.newest.saturating_sub(s.retention);
-        while self.alerts.front().is_some_and(|a| a.at < alerts_before) {
+        // A flood of alerts (thousands a second from a noisy rule) is bounded
+        // by count too: retention alone would keep a week of them in memory.
+        while self.alerts.front().is_some_and(|a| a.at < alerts_before)
+            || self.alerts.len() > s.max_alerts
+        {
             self.alerts.pop_front();
             self.weight = self.weight.saturating_sub(256);
         }
@@ -488,7 +492,29 @@ mod tests {
             rollup_retention: 100_000,
             max_series: 2,
             memory_budget: usize::MAX,
+            max_alerts: 3,
         }
+    }
+
+    /// Past `max_alerts`, the oldest alerts are forgotten, whatever their age.
+    #[test]
+    fn alerts_are_bounded_by_count() {
+        let mut d = Data::new();
+        d.put(&point("m", &[("a", "1")], 9_000, Value::Int(1)), 2)
+            .unwrap();
+        for i in 0..5 {
+            d.put_alert(Arc::new(serde_json::json!({
+                "fingerprint": format!("f{i}"), "status": "resolved",
+                "starts_at": "1970-01-01T00:00:08Z",
+            })));
+        }
+        d.maintain(&settings());
+        let kept: Vec<_> = d
+            .alerts
+            .iter()
+            .map(|a| a.record["fingerprint"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kept, ["f2", "f3", "f4"]);
     }
 
     #[test]

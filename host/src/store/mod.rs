@@ -43,6 +43,8 @@ pub struct StoreSettings {
     pub max_series: usize,
     /// Past this, the oldest raw points are rolled up before their retention.
     pub memory_budget: usize,
+    /// Alerts kept at most; the oldest are forgotten first.
+    pub max_alerts: usize,
 }
 
 /// The bounds `[store]` sets, durations in milliseconds.
@@ -55,6 +57,7 @@ impl From<&crate::config::StoreConfig> for StoreSettings {
             rollup_retention: ms(c.rollup_retention),
             max_series: c.max_series,
             memory_budget: c.memory_budget,
+            max_alerts: c.max_alerts,
         }
     }
 }

@@ -6,6 +6,7 @@ use nexuspipe_sdk::filter::field_value;
 use nexuspipe_sdk::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The values of one window and group.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -69,6 +70,7 @@ enum Taken1 {
 }
 
 impl Taken {
+    #[cfg(test)]
     fn of(m: &Metric, e: &Event, group: Vec<String>) -> Taken {
         Taken {
             group,
@@ -196,10 +198,57 @@ pub struct MetricState {
     /// looking up an existing group allocates nothing.
     #[serde(skip)]
     scratch: Vec<String>,
-    /// Early results only: what was taken of events the watermark has not
-    /// passed yet, applied in event-time order as it does.
+    /// Early results only, as states before this version kept them: one
+    /// item per event ahead of the watermark. Read from an old snapshot and
+    /// folded into `ahead` at once.
     #[serde(default, skip_serializing_if = "EventTimeBuffer::is_empty")]
     pending: EventTimeBuffer<Taken>,
+    /// Early results only: what arrived ahead of the watermark, folded per
+    /// (instant, group). An event's instant is the next early tick or window
+    /// edge after it: the events between two instants go to the same
+    /// windows and every aggregate commutes, so a fold applied at its instant
+    /// gives each early result exactly the events before it, as applying
+    /// them one by one in event-time order does. It holds a group's minute,
+    /// not each event: a day's unique users at 80 000 events/s kept 400 000
+    /// events (36 MB of snapshot) one by one.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "ahead_pairs"
+    )]
+    ahead: BTreeMap<i64, BTreeMap<Vec<String>, Ahead>>,
+}
+
+/// The events of one (instant, group) ahead of the watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ahead {
+    /// The earliest event time among them (it picks the windows).
+    first: i64,
+    acc: Acc,
+}
+
+/// `ahead` as a list of (instant, group, fold): JSON keys are strings.
+mod ahead_pairs {
+    use super::{Ahead, BTreeMap};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    type Map = BTreeMap<i64, BTreeMap<Vec<String>, Ahead>>;
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            map.iter()
+                .flat_map(|(at, groups)| groups.iter().map(move |(g, a)| (at, g, a))),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        let items: Vec<(i64, Vec<String>, Ahead)> = Vec::deserialize(d)?;
+        let mut map = Map::new();
+        for (at, group, a) in items {
+            map.entry(at).or_default().insert(group, a);
+        }
+        Ok(map)
+    }
 }
 
 impl MetricState {
@@ -209,6 +258,7 @@ impl MetricState {
             sessions: Vec::new(),
             scratch: Vec::new(),
             pending: EventTimeBuffer::default(),
+            ahead: BTreeMap::new(),
         }
     }
 }
@@ -269,9 +319,10 @@ pub fn add(m: &Metric, st: &mut MetricState, e: &Event) -> bool {
     // Early results are cut at instants of event time: an event waits until
     // the watermark passes it, so what each early result holds does not
     // depend on how events were batched.
-    if m.early.is_some() && e.timestamp >= st.store.watermark() {
-        let taken = Taken::of(m, e, group.clone());
-        st.pending.push(e.timestamp, taken);
+    if let Some(every) = m.early
+        && e.timestamp >= st.store.watermark()
+    {
+        fold_ahead(m, every, st, e.timestamp, e, &group);
         st.scratch = group;
         return true;
     }
@@ -353,35 +404,128 @@ fn add_at(m: &Metric, st: &mut MetricState, ts: i64, e: &impl Source, group: &Ve
     }
 }
 
+/// The smallest point of the grid `step`, `offset` after `ts`.
+fn next_on_grid(ts: i64, step: i64, offset: i64) -> i64 {
+    (ts - (ts - offset).rem_euclid(step)).saturating_add(step)
+}
+
+/// The next instant after `ts` at which a result can be emitted: an early
+/// tick, or the edge of a window (where the windows an event falls in change).
+fn instant_after(m: &Metric, every: i64, ts: i64) -> i64 {
+    let tick = next_on_grid(ts, every, 0);
+    let edge = match m.window {
+        WindowSpec::Tumbling { size, offset } => next_on_grid(ts, size, offset),
+        WindowSpec::Sliding {
+            size,
+            slide,
+            offset,
+        } => next_on_grid(ts, slide, offset).min(next_on_grid(ts, slide, offset + size)),
+        // Session windows have no early results (config check).
+        WindowSpec::Session { .. } => i64::MAX,
+    };
+    tick.min(edge)
+}
+
+/// Folds an event ahead of the watermark into its (instant, group).
+#[allow(clippy::ptr_arg)]
+fn fold_ahead(
+    m: &Metric,
+    every: i64,
+    st: &mut MetricState,
+    ts: i64,
+    e: &impl Source,
+    group: &Vec<String>,
+) {
+    let groups = st.ahead.entry(instant_after(m, every, ts)).or_default();
+    // A lookup by reference first: the group is cloned once per instant.
+    let slot = match groups.get_mut(group) {
+        Some(slot) => slot,
+        None => groups.entry(group.clone()).or_insert(Ahead {
+            first: ts,
+            acc: Acc::default(),
+        }),
+    };
+    slot.first = slot.first.min(ts);
+    slot.acc.add(m, e);
+}
+
+/// Applies the folds whose instant is at or before `until` to their windows.
+fn apply_ahead(m: &Metric, st: &mut MetricState, until: i64) {
+    let later = match until.checked_add(1) {
+        Some(u) => st.ahead.split_off(&u),
+        None => BTreeMap::new(),
+    };
+    let due = std::mem::replace(&mut st.ahead, later);
+    for (group, a) in due.into_values().flatten() {
+        match m.window {
+            WindowSpec::Tumbling { size, offset } => {
+                let w = Tumbling { size, offset }.assign(a.first);
+                if let Some(acc) = st.store.get_mut(w, &group) {
+                    acc.merge(a.acc);
+                }
+            }
+            WindowSpec::Sliding {
+                size,
+                slide,
+                offset,
+            } => {
+                for w in (Sliding {
+                    size,
+                    slide,
+                    offset,
+                })
+                .assign(a.first)
+                {
+                    if let Some(acc) = st.store.get_mut(w, &group) {
+                        acc.merge(a.acc.clone());
+                    }
+                }
+            }
+            WindowSpec::Session { .. } => {}
+        }
+    }
+}
+
 /// Emits every window the watermark closed.
 pub fn advance(m: &Metric, st: &mut MetricState, watermark: i64, points: &mut Vec<MetricPoint>) {
     if let Some(every) = m.early {
+        // A snapshot of an earlier version: its events, folded.
+        for (ts, taken) in st.pending.release(i64::MAX) {
+            let group = taken.group.clone();
+            fold_ahead(m, every, st, ts, &taken, &group);
+        }
         // Apply what the watermark passed, oldest first, stopping at each
         // multiple of `every` it passed to emit the windows still open there.
         let next = |t: i64| (t.div_euclid(every) + 1).saturating_mul(every);
+        // The earliest event waiting: in the first instant's folds.
+        let first = |st: &MetricState| {
+            st.ahead
+                .values()
+                .next()
+                .and_then(|groups| groups.values().map(|a| a.first).min())
+        };
         let prev = st.store.watermark();
-        let mut boundary = match (prev, st.pending.first_time()) {
+        let mut boundary = match (prev, first(st)) {
             (i64::MIN, Some(t)) => next(t),
             (i64::MIN, None) => i64::MAX,
             (p, _) => next(p),
         };
         while boundary <= watermark {
-            for (ts, taken) in st.pending.release(boundary - 1) {
-                let group = taken.group.clone();
-                add_at(m, st, ts, &taken, &group);
-            }
+            // The events before `boundary` are exactly those folded at an
+            // instant at or before it (each event's instant is at most the
+            // next tick after it).
+            apply_ahead(m, st, boundary);
             st.store
                 .emit_open(boundary, |w, group, acc| emit(m, w, group, acc, points));
             // Nothing is left to emit until the next waiting event is applied.
-            boundary = match st.pending.first_time() {
+            boundary = match first(st) {
                 Some(t) if t <= watermark => next(t).max(boundary.saturating_add(every)),
                 _ => break,
             };
         }
-        for (ts, taken) in st.pending.release(watermark) {
-            let group = taken.group.clone();
-            add_at(m, st, ts, &taken, &group);
-        }
+        // What the watermark passed whole; a fold whose instant is still
+        // ahead changes no result before that instant.
+        apply_ahead(m, st, watermark);
     }
     st.store
         .advance(watermark, |w, group, acc| emit(m, w, group, acc, points));
@@ -436,7 +580,46 @@ fn emit(m: &Metric, w: Window, group: &[String], acc: &Acc, points: &mut Vec<Met
 
 #[cfg(test)]
 mod tests {
-    use super::url_part;
+    use super::*;
+    use crate::config::Config;
+
+    /// A snapshot of the version before the folds holds one item per event
+    /// ahead of the watermark: restored, those events give the results the
+    /// folds give (early ones included).
+    #[test]
+    fn an_old_snapshots_waiting_events_give_the_same_results() {
+        let config = Config::parse(
+            r#"{"metrics": [{"measurement": "m", "window": {"type": "sliding", "size": "3m", "slide": "1m"},
+              "early": "30s", "group_by": [{"tag": "t", "from": "event_type"}],
+              "aggregates": [{"fn": "unique", "field": "user_id", "as": "users"}, {"fn": "sum", "field": "x", "as": "x"}]}]}"#,
+        )
+        .unwrap();
+        let m = &config.metrics[0];
+        let events: Vec<Event> = (0..400i64)
+            .map(|i| {
+                // Out of order within 20 s, two types, 37 users.
+                Event::new(["a", "b"][(i % 2) as usize], i * 997 - (i * 7919) % 20_000)
+                    .with_user(&format!("u{}", i % 37))
+                    .with_property("x", (i % 5) as f64)
+            })
+            .collect();
+        let mut folded = MetricState::new(0);
+        let mut old = MetricState::new(0);
+        for e in &events {
+            assert!(add(m, &mut folded, e));
+            let mut group = Vec::new();
+            group_into(m, e, &mut group);
+            old.pending.push(e.timestamp, Taken::of(m, e, group));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for wm in [90_000, 200_000, 330_000, 500_000] {
+            advance(m, &mut folded, wm, &mut a);
+            advance(m, &mut old, wm, &mut b);
+        }
+        assert!(a.len() > 10, "{a:?}");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(old.pending.is_empty() && old.ahead.is_empty());
+    }
 
     #[test]
     fn url_parts() {
