@@ -76,7 +76,7 @@ impl Default for StoreConfig {
             rollup_retention: Duration::from_secs(90 * 86_400),
             max_series: 100_000,
             memory_budget: 512 << 20,
-            max_alerts: 100_000,
+            max_alerts: 10_000,
         }
     }
 }
