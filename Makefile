@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers browser tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers browser tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query bench-overload soak fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -78,6 +78,17 @@ bench-swap: plugins
 ## Sink benchmark: points/s into InfluxDB 1.x and VictoriaMetrics, webhook alert latency
 bench-sinks: servers
 	$(CARGO) bench -p nexuspipe --bench sinks
+
+## Overload: twice the saturation rate for 60 s (429s with Retry-After, RSS, p99 of accepted requests)
+bench-overload: plugins
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/overload.py
+
+## Soak: half the saturation rate for SOAK_DURATION (30m); CSV and plot in docs/soak.{csv,png}
+SOAK_DURATION ?= 30m
+soak: plugins
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/soak.py --duration $(SOAK_DURATION)
 
 ## Kafka benchmark: collector events/s with acks, processor events/s from Kafka to InfluxDB (tansu, InfluxDB 1.x)
 bench-kafka: plugins servers

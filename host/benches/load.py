@@ -6,6 +6,11 @@ ingest-to-output latency histogram from /metrics, and where the CPU time went
 
 Usage: make bench-load   (or python3 host/benches/load.py [--duration 20s] [--runs 3])
        python3 host/benches/load.py --dedupe   (the duplicate check on and off, alternated, at saturation)
+       python3 host/benches/load.py --durability   (only the write-ahead log against memory, at saturation)
+
+Every run also compares, at saturation and with runs alternated, `durability =
+"memory"` with the write-ahead log at its default fsync interval and at
+`fsync = "always"`.
 """
 import argparse, json, os, re, socket, subprocess, sys, tempfile, time, urllib.request
 
@@ -151,11 +156,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="runs per case; the median run is reported")
     ap.add_argument("--dedupe", action="store_true",
                     help="only: saturation with the duplicate check on (default) and off, runs alternated")
+    ap.add_argument("--durability", action="store_true",
+                    help="only: saturation with the write-ahead log (interval, always) and in memory, runs alternated")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
     if args.dedupe:
-        return compare_dedupe(args)
+        return print(json.dumps(compare_dedupe(args), indent=2))
+    if args.durability:
+        return print(json.dumps(compare_durability(args), indent=2))
     cases = [
         # Saturation: as fast as the server accepts (429s are retried).
         (100, 0),
@@ -170,23 +179,51 @@ def main():
         median = runs[len(runs) // 2]
         median["accepted_per_second_all_runs"] = [r["generator"]["accepted_per_second"] for r in runs]
         results.append(median)
-    print(json.dumps(results, indent=2))
+    print(json.dumps({"cases": results, "durability": compare_durability(args)}, indent=2))
+
+
+def compare(args, variants):
+    """Saturation (100-event posts) under each config of `variants`, runs
+    alternated so the machine's drift hits every variant alike; medians."""
+    got = {name: [] for name, _ in variants}
+    for _ in range(args.runs):
+        for name, config in variants:
+            r = run_case(100, args.duration, 0, args.connections, config)
+            got[name].append({
+                "accepted_per_second": r["generator"]["accepted_per_second"],
+                "server_cpu_us_per_event": r["server_cpu_us_per_event"],
+                "request_p99_ms": r["generator"].get("request_latency_ms", {}).get("p99"),
+            })
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    return {name: {"accepted_per_second": med([r["accepted_per_second"] for r in runs]),
+                   "server_cpu_us_per_event": med([r["server_cpu_us_per_event"] for r in runs]),
+                   "runs": runs} for name, runs in got.items()}
+
+
+def ratio(out, a, b, key="accepted_per_second"):
+    return round(out[a][key] / out[b][key], 3)
 
 
 def compare_dedupe(args):
     """The cost of idempotent ingest: gen's ids (text, so hashed) at
     saturation, with `dedupe_max_ids` at its default and at 0 (off)."""
-    got = {"on": [], "off": []}
-    for _ in range(args.runs):
-        for case, config in (("on", ""), ("off", "dedupe_max_ids = 0\n")):
-            r = run_case(100, args.duration, 0, args.connections, config)
-            got[case].append((r["generator"]["accepted_per_second"], r["server_cpu_us_per_event"]))
-    med = lambda xs: sorted(xs)[len(xs) // 2]
-    out = {case: {"accepted_per_second": med([a for a, _ in runs]), "server_cpu_us_per_event": med([c for _, c in runs]),
-                  "runs": runs} for case, runs in got.items()}
-    out["throughput_on_over_off"] = round(out["on"]["accepted_per_second"] / out["off"]["accepted_per_second"], 3)
-    out["cpu_per_event_on_over_off"] = round(out["on"]["server_cpu_us_per_event"] / out["off"]["server_cpu_us_per_event"], 3)
-    print(json.dumps(out, indent=2))
+    out = compare(args, [("on", ""), ("off", "dedupe_max_ids = 0\n")])
+    out["throughput_on_over_off"] = ratio(out, "on", "off")
+    out["cpu_per_event_on_over_off"] = ratio(out, "on", "off", "server_cpu_us_per_event")
+    return out
+
+
+def compare_durability(args):
+    """What `202` on disk costs: the write-ahead log at the default fsync
+    interval and with `fsync = "always"`, against the in-memory queue."""
+    out = compare(args, [
+        ("memory", 'durability = "memory"\n'),
+        ("wal_interval", 'durability = "wal"\nfsync = "interval"\n'),
+        ("wal_always", 'durability = "wal"\nfsync = "always"\n'),
+    ])
+    out["wal_interval_over_memory"] = ratio(out, "wal_interval", "memory")
+    out["wal_always_over_memory"] = ratio(out, "wal_always", "memory")
+    return out
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ pub struct GenArgs {
     /// Sites the traffic comes from (`properties.site_id` = `site-1`...); 0: none.
     #[arg(long, default_value_t = 0)]
     pub sites: u32,
+    /// Count a `429` as refused instead of sending the batch again (an
+    /// overload test: the offered rate stays the rate asked for).
+    #[arg(long)]
+    pub no_retry: bool,
 }
 
 const PAGES: [&str; 8] = [
@@ -570,6 +574,10 @@ struct Tally {
     sent: u64,
     accepted: u64,
     throttled: u64,
+    /// With `--no-retry`: events answered `429`, and how many of those
+    /// answers carried `Retry-After`.
+    refused: u64,
+    refused_with_retry_after: u64,
     failed: u64,
     latencies: Vec<Duration>,
 }
@@ -603,6 +611,7 @@ async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
         let rx = rx.clone();
         let client = client.clone();
         let url = url.clone();
+        let no_retry = args.no_retry;
         workers.push(tokio::spawn(async move {
             let mut t = Tally::default();
             while let Ok((body, n)) = rx.recv().await {
@@ -615,7 +624,14 @@ async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
                     match client.request(req).await {
                         Ok(resp) => {
                             let status = resp.status();
+                            let retry_after = resp.headers().contains_key("retry-after");
                             let _ = resp.into_body().collect().await;
+                            if status == hyper::StatusCode::TOO_MANY_REQUESTS && no_retry {
+                                t.sent += n;
+                                t.refused += n;
+                                t.refused_with_retry_after += n * u64::from(retry_after);
+                                break;
+                            }
                             if status == hyper::StatusCode::TOO_MANY_REQUESTS {
                                 // Back-pressure: wait and resend, nothing is dropped.
                                 t.throttled += n;
@@ -646,6 +662,8 @@ async fn send(args: GenArgs, url: String, mut traffic: Traffic) -> Result<()> {
         total.sent += t.sent;
         total.accepted += t.accepted;
         total.throttled += t.throttled;
+        total.refused += t.refused;
+        total.refused_with_retry_after += t.refused_with_retry_after;
         total.failed += t.failed;
         total.latencies.extend(t.latencies);
     }
@@ -669,8 +687,11 @@ fn report(mut total: Tally, secs: f64, batch: usize) -> Result<()> {
         "events_accepted": total.accepted,
         "events_failed": total.failed,
         "retries_after_429": total.throttled,
+        "refused_429": total.refused,
+        "refused_429_with_retry_after": total.refused_with_retry_after,
         "seconds": (secs * 1000.0).round() / 1000.0,
         "accepted_per_second": (total.accepted as f64 / secs).round(),
+        // Of the requests answered (accepted, or failed); a refused one is not waited on.
         "request_latency_ms": {"p50": q(0.5), "p99": q(0.99)},
         "batch": batch,
     });
