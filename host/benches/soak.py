@@ -16,6 +16,7 @@ from load import BIN, ROOT, metrics, process_cpu, run_case, scalar, start_server
 
 INTERVAL = 10
 WARMUP = 60
+EVENT_RATE = 10_000
 
 
 def rss_mb(pid):
@@ -123,8 +124,13 @@ def main():
     rows = []
     try:
         gen = subprocess.Popen(
-            [BIN, "gen", "--target", f"http://127.0.0.1:{port}", "--rate", str(rate), "--duration", f"{seconds}s",
-             "--batch", "100", "--connections", "4", "--seed", "7"],
+            # Event time as in the saturation run (gen's nominal 10 000 events
+            # per second of event time), so half its rate is half the load. It
+            # runs faster than the clock, so it starts as far in the past as
+            # the run will carry it (never past max_future ahead of now).
+            [BIN, "gen", "--target", f"http://127.0.0.1:{port}", "--rate", str(rate), "--event-rate", str(EVENT_RATE),
+             "--start-ms", str(int(time.time() * 1000) - seconds * rate * 1000 // EVENT_RATE - 60_000),
+             "--duration", f"{seconds}s", "--batch", "100", "--connections", "4", "--seed", "7"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.time()
         m = metrics(port)

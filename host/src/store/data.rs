@@ -423,6 +423,20 @@ impl Data {
             self.alerts.pop_front();
             self.weight = self.weight.saturating_sub(256);
         }
+        // Firing alerts too: a rule that never resolves (a sequence, say
+        // credential stuffing) adds one per key and time, thousands a minute
+        // under attack. Past retention they go; past the cap, the oldest.
+        self.firing.retain(|_, a| a.at >= alerts_before);
+        if self.firing.len() > s.max_alerts {
+            let mut by_age: Vec<(i64, String)> =
+                self.firing.iter().map(|(f, a)| (a.at, f.clone())).collect();
+            // Down to 90% of the cap, so this runs now and then, not each second.
+            let drop = self.firing.len() - s.max_alerts * 9 / 10;
+            by_age.select_nth_unstable(drop - 1);
+            for (_, f) in &by_age[..drop] {
+                self.firing.remove(f);
+            }
+        }
         self.drop_empty_series();
     }
 
@@ -515,6 +529,16 @@ mod tests {
             .map(|a| a.record["fingerprint"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(kept, ["f2", "f3", "f4"]);
+        // Firing ones that never resolve: the newest stay, within the cap.
+        for i in 0..5 {
+            d.put_alert(Arc::new(serde_json::json!({
+                "fingerprint": format!("g{i}"), "status": "firing",
+                "starts_at": format!("1970-01-01T00:00:0{}Z", 5 + i % 5),
+            })));
+        }
+        d.maintain(&settings());
+        let firing: BTreeSet<_> = d.firing.keys().cloned().collect();
+        assert_eq!(firing, BTreeSet::from(["g3".to_string(), "g4".to_string()]));
     }
 
     #[test]
