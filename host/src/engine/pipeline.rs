@@ -523,7 +523,7 @@ impl Engine {
                     self.round(rest);
                 }
                 self.checkpoint();
-                self.settle_before_exit();
+                self.settle_pending();
                 tracing::info!("engine drained and checkpointed");
                 let backlog = self.outputs.influx_backlog();
                 if backlog > 0 {
@@ -771,8 +771,12 @@ impl Engine {
         });
         if matches!(&result, Ok(s) if s.handover == Handover::Reset) {
             // The last checkpoint holds the old version's state, which this
-            // version may not understand: replace it before a restart needs it.
+            // version may not understand: replace it before a restart needs it
+            // (with the log, once the sinks have settled it; the snapshots
+            // waiting for that hold the old state too).
+            self.pending.clear();
             self.checkpoint();
+            self.settle_pending();
         }
         self.publish();
         let _ = reply.send(result);
@@ -938,9 +942,9 @@ impl Engine {
         ok
     }
 
-    /// At shutdown: waits (a while) for the sinks to settle the last
-    /// checkpoint, so the next start need not replay the log.
-    fn settle_before_exit(&mut self) {
+    /// Waits (a while) for the sinks to settle the last checkpoint taken and
+    /// commits it (at shutdown, so the next start need not replay the log).
+    fn settle_pending(&mut self) {
         let Some((mark, _)) = self.pending.back() else {
             return;
         };
