@@ -37,7 +37,13 @@ pub struct Outputs {
     metrics: Arc<Metrics>,
     /// Set at shutdown: see [`Stopper`].
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Alerts logged this second, and those left out of the log.
+    alert_log: (std::time::Instant, u32, u64),
 }
+
+/// Alerts logged a second, at most: a noisy rule (thousands a second under
+/// attack) would fill the log; every alert is in `alerts.jsonl` anyway.
+const ALERT_LOG_PER_SECOND: u32 = 20;
 
 impl Outputs {
     /// Opens the files in the data dir and starts the configured sinks.
@@ -98,6 +104,7 @@ impl Outputs {
             late: AppendFile::new(dir.join("late.jsonl")),
             metrics,
             stopping: Arc::default(),
+            alert_log: (std::time::Instant::now(), 0, 0),
         })
     }
 
@@ -124,7 +131,7 @@ impl Outputs {
         }
         let mut records = Vec::with_capacity(out.alerts.len());
         for a in &out.alerts {
-            tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
+            log_alert(&mut self.alert_log, a);
             let record = Arc::new(alert_to_json(a));
             if !self.webhooks.is_empty() {
                 let id = webhook::message_id(a);
@@ -328,6 +335,28 @@ impl Outputs {
         for c in closing {
             let _ = c.join();
         }
+    }
+}
+
+/// Logs an alert, at most `ALERT_LOG_PER_SECOND` a second; then how many
+/// were left out.
+fn log_alert(state: &mut (std::time::Instant, u32, u64), a: &Alert) {
+    let (since, logged, left_out) = state;
+    if since.elapsed() >= std::time::Duration::from_secs(1) {
+        if *left_out > 0 {
+            tracing::warn!(
+                alerts = *left_out,
+                "alerts not logged in the last second (too many; all are in alerts.jsonl)"
+            );
+        }
+        *since = std::time::Instant::now();
+        (*logged, *left_out) = (0, 0);
+    }
+    if *logged < ALERT_LOG_PER_SECOND {
+        *logged += 1;
+        tracing::warn!(rule = %a.rule_id, key = %a.key, status = status_name(a.status), severity = severity_name(a.severity), "alert: {}", a.summary);
+    } else {
+        *left_out += 1;
     }
 }
 
