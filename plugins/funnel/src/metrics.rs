@@ -599,7 +599,7 @@ mod tests {
             .map(|i| {
                 // Out of order within 20 s, two types, 37 users.
                 Event::new(["a", "b"][(i % 2) as usize], i * 997 - (i * 7919) % 20_000)
-                    .with_user(&format!("u{}", i % 37))
+                    .with_user(format!("u{}", i % 37))
                     .with_property("x", (i % 5) as f64)
             })
             .collect();
