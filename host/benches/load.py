@@ -12,7 +12,7 @@ Every run also compares, at saturation and with runs alternated, `durability =
 "memory"` with the write-ahead log at its default fsync interval and at
 `fsync = "always"`.
 """
-import argparse, json, os, re, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "nexuspipe")
@@ -97,6 +97,15 @@ def start_server(name, http_extra="", env=None, config="", role="all", bin=BIN):
     sys.exit(f"{name}: not ready after 60 s (see {log})")
 
 
+def stop_server(server, data):
+    """Stops a server and removes its data dir (its log and write-ahead log
+    run to gigabytes); KEEP_DATA=1 keeps it."""
+    server.terminate()
+    server.wait()
+    if not os.environ.get("KEEP_DATA"):
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def run_case(batch, duration, rate, connections, config=""):
     server, port, data = start_server("load", config=config)
     try:
@@ -145,8 +154,7 @@ def run_case(batch, duration, rate, connections, config=""):
             "wall_seconds": round(wall, 2),
         }
     finally:
-        server.terminate()
-        server.wait()
+        stop_server(server, data)
 
 
 def main():

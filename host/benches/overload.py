@@ -13,7 +13,7 @@ Usage: make bench-overload   (or python3 host/benches/overload.py [--duration 60
 import argparse, json, os, re, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import BIN, ROOT, metrics, run_case, scalar, start_server  # noqa: E402
+from load import BIN, ROOT, metrics, stop_server, run_case, scalar, start_server  # noqa: E402
 
 
 def errors(text):
@@ -99,8 +99,7 @@ def main():
         }
         print(json.dumps(out, indent=2))
     finally:
-        server.terminate()
-        server.wait()
+        stop_server(server, data)
 
 
 if __name__ == "__main__":

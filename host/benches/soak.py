@@ -12,7 +12,7 @@ Usage: make soak   (SOAK_DURATION=30m by default)
 import argparse, csv, json, os, re, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import BIN, ROOT, metrics, process_cpu, run_case, scalar, start_server  # noqa: E402
+from load import BIN, ROOT, metrics, stop_server, process_cpu, run_case, scalar, start_server  # noqa: E402
 
 INTERVAL = 10
 WARMUP = 60
@@ -159,8 +159,7 @@ def main():
         out, err = gen.communicate()
         report = json.loads(out[out.index("{"):]) if "{" in out else {"stderr": err}
     finally:
-        server.terminate()
-        server.wait()
+        stop_server(server, data)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
