@@ -720,6 +720,15 @@ impl Config {
         if self.engine.queue_capacity == 0 || self.engine.batch_size == 0 {
             return Err("engine.queue_capacity and engine.batch_size must be positive".into());
         }
+        if self.engine.durability == Durability::Wal
+            && self.engine.fsync == FsyncMode::Interval
+            && self.engine.fsync_interval.is_zero()
+        {
+            return Err(
+                "engine.fsync_interval must be positive (for a sync before every answer, fsync = \"always\")"
+                    .into(),
+            );
+        }
         if self.engine.checkpoint_interval.is_zero() {
             return Err("engine.checkpoint_interval must be positive".into());
         }
@@ -879,6 +888,35 @@ mod tests {
                 .unwrap();
         assert_eq!(c.http.max_body, 2 << 20);
         assert_eq!(c.engine.idle_timeout, Duration::from_millis(250));
+    }
+
+    /// The log is the default; its keys parse, and an interval of 0 (a writer
+    /// that would sync in a loop) is refused with the key and the way out.
+    #[test]
+    fn durability_keys() {
+        let c = Config::default();
+        assert_eq!(c.engine.durability, Durability::Wal);
+        assert_eq!(c.engine.fsync, FsyncMode::Interval);
+        let c: Config = toml::from_str(
+            "[engine]\ndurability = \"memory\"\nfsync = \"always\"\nfsync_interval = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.engine.durability, c.engine.fsync, c.engine.fsync_interval),
+            (
+                Durability::Memory,
+                FsyncMode::Always,
+                Duration::from_secs(1)
+            )
+        );
+        let c: Config = toml::from_str("[engine]\nfsync_interval = \"0s\"\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("engine.fsync_interval"), "{err}");
+        let err = toml::from_str::<Config>("[engine]\ndurability = \"disk\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("expected `wal` or `memory`"),
+            "{err}"
+        );
     }
 
     #[test]
