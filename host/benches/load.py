@@ -97,6 +97,34 @@ def start_server(name, http_extra="", env=None, config="", role="all", bin=BIN):
     sys.exit(f"{name}: not ready after 60 s (see {log})")
 
 
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def errors(text, queue_full=True):
+    """Refused or failed events (a full queue's 429s too, unless
+    `queue_full` is false), plugin failures, dead letters, sink dead letters."""
+    total = 0.0
+    for line in text.splitlines():
+        if re.match(r"nexuspipe_(events_rejected_total|events_dead_lettered_total|plugin_failures_total|"
+                    r"sink_dead_lettered_total)[{ ]", line) \
+                and (queue_full or 'reason="queue_full"' not in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_processed(port, tries=400):
+    """Waits (50 ms a try) until the engine has processed what it accepted."""
+    for _ in range(tries):
+        m = metrics(port)
+        if scalar(m, "nexuspipe_events_processed_total") >= scalar(m, "nexuspipe_events_accepted_total"):
+            return
+        time.sleep(0.05)
+
+
 def stop_server(server, data):
     """Stops a server and removes its data dir (its log and write-ahead log
     run to gigabytes); KEEP_DATA=1 keeps it."""
@@ -120,12 +148,7 @@ def run_case(batch, duration, rate, connections, config=""):
         if gen.returncode != 0:
             print(gen.stderr, file=sys.stderr)
         report = json.loads(gen.stdout[gen.stdout.index("{"):])
-        # Wait for the engine to finish what was accepted.
-        for _ in range(400):
-            m = metrics(port)
-            if scalar(m, "nexuspipe_events_processed_total") >= scalar(m, "nexuspipe_events_accepted_total"):
-                break
-            time.sleep(0.05)
+        wait_processed(port)
         wall = time.time() - t0
         after = thread_cpu(server.pid)
         server_cpu = process_cpu(server.pid) - before_total

@@ -10,27 +10,11 @@ the queue fills and the allocator settles.
 
 Usage: make bench-overload   (or python3 host/benches/overload.py [--duration 60s] [--saturation N])
 """
-import argparse, json, os, re, statistics, subprocess, sys, threading, time
+import argparse, json, os, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import BIN, ROOT, metrics, stop_server, run_case, scalar, start_server  # noqa: E402
-
-
-def errors(text):
-    """Plugin failures, dead letters, and events refused for another reason than a full queue."""
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(r"nexuspipe_(events_dead_lettered_total|plugin_failures_total|sink_dead_lettered_total)[{ ]", line) \
-                or (line.startswith("nexuspipe_events_rejected_total{") and 'reason="queue_full"' not in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def rss_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from load import (BIN, ROOT, errors, metrics, rss_mb, run_case, scalar, start_server,  # noqa: E402
+                  stop_server, wait_processed)
 
 
 def main():
@@ -64,12 +48,7 @@ def main():
              "--seed", "7", "--no-retry"],
             capture_output=True, text=True)
         report = json.loads(gen.stdout[gen.stdout.index("{"):])
-        # Every accepted event processed: wait on the engine's counters.
-        for _ in range(1200):
-            m = metrics(port)
-            if scalar(m, "nexuspipe_events_processed_total") >= scalar(m, "nexuspipe_events_accepted_total"):
-                break
-            time.sleep(0.05)
+        wait_processed(port, tries=1200)
         done.set()
         sampler.join()
         m = metrics(port)
@@ -88,7 +67,7 @@ def main():
             "every_refusal_has_retry_after": report["refused_429"] == report["refused_429_with_retry_after"],
             "accepted_request_p99_ms": report["request_latency_ms"]["p99"],
             # Plugin failures, dead letters and refusals other than 429.
-            "errors": errors(m),
+            "errors": errors(m, queue_full=False),
             "rss_plateau_mb": plateau,
             "warmup_s": args.warmup,
             "rss_max_after_warmup_mb": max(after_warmup),

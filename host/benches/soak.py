@@ -12,18 +12,12 @@ Usage: make soak   (SOAK_DURATION=30m by default)
 import argparse, csv, json, os, re, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import BIN, ROOT, metrics, stop_server, process_cpu, run_case, scalar, start_server  # noqa: E402
+from load import (BIN, ROOT, errors, metrics, process_cpu, rss_mb, run_case, scalar,  # noqa: E402
+                  start_server, stop_server)
 
 INTERVAL = 10
 WARMUP = 60
 EVENT_RATE = 10_000
-
-
-def rss_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def buckets(text, name):
@@ -42,17 +36,6 @@ def p99_between(before, after):
     if total == 0:
         return None
     return next(le * 1000 for le, c in delta if c >= 0.99 * total)
-
-
-def errors(text):
-    """Everything that counts as an error: refused or failed events, plugin
-    failures, dead letters, sink dead letters."""
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(r"nexuspipe_(events_rejected_total|events_dead_lettered_total|plugin_failures_total|"
-                    r"sink_dead_lettered_total)[{ ]", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def parse_duration(s):
