@@ -413,17 +413,11 @@ impl Engine {
                 }
             }
             if n >= limit {
-                events += n as u64;
-                self.queued.fetch_add(n, Ordering::AcqRel);
-                self.round(std::mem::take(&mut round));
+                events += self.replay_round(std::mem::take(&mut round));
                 n = 0;
             }
         })?;
-        if !round.is_empty() {
-            events += n as u64;
-            self.queued.fetch_add(n, Ordering::AcqRel);
-            self.round(round);
-        }
+        events += self.replay_round(round);
         if events > 0 {
             self.metrics
                 .wal
@@ -437,6 +431,17 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Runs replayed batches as a round (counted as queued, as accepted
+    /// ones are); returns how many events they held.
+    fn replay_round(&mut self, round: Vec<Accepted>) -> u64 {
+        let n: usize = round.iter().map(|(e, _, _)| e.len()).sum();
+        if n > 0 {
+            self.queued.fetch_add(n, Ordering::AcqRel);
+            self.round(round);
+        }
+        n as u64
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
