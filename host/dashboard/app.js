@@ -116,10 +116,11 @@ class TimeChart {
     this.merge(r, true);
   }
 
-  // Asks again for the buckets from `from` on (a live point arrived there).
-  async refresh(from) {
+  // Asks again for the buckets from `from` to `to` (live points arrived
+  // there); the range grows to take the newest.
+  async refresh(from, to) {
     const start = Math.max(range.start, Math.floor(from / MINUTE) * MINUTE);
-    if (from >= range.end) range.end = Math.ceil((from + 1) / MINUTE) * MINUTE;
+    if (to >= range.end) range.end = Math.ceil((to + 1) / MINUTE) * MINUTE;
     if (!this.known()) await refreshCatalog();
     if (!this.known()) return;
     const r = await query(this.params(start, range.end));
@@ -294,16 +295,21 @@ function onPoint(p) {
   const ids = [...(byMeasurement[p.measurement] || [])];
   if (charts.generic && charts.generic.spec.metric === p.measurement) ids.push('generic');
   const ts = toMs(p.timestamp);
+  // Points that arrive together (old windows and a new one) make one
+  // refresh, over all of them: the oldest to the newest.
   for (const id of ids) {
-    const from = pendingRefresh.get(id);
-    if (from === undefined) {
-      pendingRefresh.set(id, ts);
+    const span = pendingRefresh.get(id);
+    if (span === undefined) {
+      pendingRefresh.set(id, { from: ts, to: ts });
       setTimeout(() => {
-        const f = pendingRefresh.get(id);
+        const s = pendingRefresh.get(id);
         pendingRefresh.delete(id);
-        if (charts[id]) charts[id].refresh(f);
+        if (charts[id]) charts[id].refresh(s.from, s.to);
       }, 250);
-    } else if (ts < from) pendingRefresh.set(id, ts);
+    } else {
+      span.from = Math.min(span.from, ts);
+      span.to = Math.max(span.to, ts);
+    }
   }
 }
 
