@@ -6,6 +6,7 @@ pub(crate) mod ingest;
 pub(crate) mod legacy;
 mod prom;
 mod query;
+pub mod server;
 mod stream;
 
 use crate::engine::EngineHandle;

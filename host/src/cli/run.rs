@@ -332,9 +332,13 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
 
 /// Serves the HTTP API until SIGINT/SIGTERM.
 fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Result<()> {
-    /// Unsent bytes a connection may leave in the kernel (see below).
-    const NOTSENT_LOWAT: u32 = 256 << 10;
     let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(api::server::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexuspipe-http")
@@ -349,6 +353,7 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
         let local = listener.local_addr()?;
         tracing::info!(
             listen = %local,
+            tls = tls.is_some(),
             role,
             data_dir = %config.engine.data_dir.display(),
             plugins = %plugin_list,
@@ -358,22 +363,20 @@ fn serve(config: &Config, state: ApiState, plugin_list: &str, role: &str) -> Res
             "nexuspipe running"
         );
         ready.store(true, Ordering::Relaxed);
-        let app = api::router(state, &config.http.cors_origins)
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // A connection keeps at most NOTSENT_LOWAT of unsent bytes in the
-        // kernel: what a stalled live-push client cannot take waits in its
-        // bounded queue (where the oldest are dropped and it is told), not in
-        // megabytes of socket buffer it would read minutes later.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            if let Err(e) = socket2::SockRef::from(&*tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
-                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT");
-            }
-            let _ = tcp;
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(ready.clone(), metrics))
-            .await?;
+        let app = api::router(state, &config.http.cors_origins);
+        let limits = api::server::Limits {
+            read_timeout: config.http.read_timeout,
+            idle_timeout: config.http.idle_timeout,
+            max_connections: config.http.max_connections,
+        };
+        api::server::serve(
+            listener,
+            app,
+            limits,
+            tls,
+            shutdown_signal(ready.clone(), metrics),
+        )
+        .await;
         Ok(())
     })
 }

@@ -506,6 +506,20 @@ pub struct HttpConfig {
     /// Bearer token the query API (and live push) asks for; the admin token
     /// works too. `NEXUSPIPE_READ_TOKEN` overrides it. Unset: reads are open.
     pub read_token: Option<String>,
+    /// A request's head and body must arrive within this; a slower one is
+    /// answered 408 and its connection closed.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// A keep-alive connection with nothing going on for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once (live-push clients included); the next is
+    /// answered 503 and closed.
+    pub max_connections: usize,
+    /// PEM certificate chain and private key: the API speaks HTTPS (TLS 1.2
+    /// and 1.3, rustls) instead of plain HTTP. Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -518,6 +532,11 @@ impl Default for HttpConfig {
             // Components that embed an interpreter (Python, JavaScript) weigh tens of MiB.
             max_plugin_size: 64 << 20,
             read_token: None,
+            read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -716,6 +735,18 @@ impl Config {
                 "http.listen: `{}` is not an address like 127.0.0.1:8000",
                 self.http.listen
             ));
+        }
+        if self.http.read_timeout.is_zero()
+            || self.http.idle_timeout.is_zero()
+            || self.http.max_connections == 0
+        {
+            return Err(
+                "http.read_timeout, http.idle_timeout and http.max_connections must be positive"
+                    .into(),
+            );
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err("http.tls_cert and http.tls_key go together: set both or neither".into());
         }
         if self.engine.queue_capacity == 0 || self.engine.batch_size == 0 {
             return Err("engine.queue_capacity and engine.batch_size must be positive".into());
