@@ -7,6 +7,8 @@ ingest-to-output latency histogram from /metrics, and where the CPU time went
 Usage: make bench-load   (or python3 host/benches/load.py [--duration 20s] [--runs 3])
        python3 host/benches/load.py --dedupe   (the duplicate check on and off, alternated, at saturation)
        python3 host/benches/load.py --durability   (only the write-ahead log against memory, at saturation)
+       python3 host/benches/load.py --previous BIN   (only this build's server against BIN's, say main's,
+                                                      at saturation with 100-event and 1-event posts)
 
 Every run also compares, at saturation and with runs alternated, `durability =
 "memory"` with the write-ahead log at its default fsync interval and at
@@ -134,8 +136,8 @@ def stop_server(server, data):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def run_case(batch, duration, rate, connections, config=""):
-    server, port, data = start_server("load", config=config)
+def run_case(batch, duration, rate, connections, config="", bin=BIN):
+    server, port, data = start_server("load", config=config, bin=bin)
     try:
         before = thread_cpu(server.pid)
         before_total = process_cpu(server.pid)
@@ -189,6 +191,8 @@ def main():
                     help="only: saturation with the duplicate check on (default) and off, runs alternated")
     ap.add_argument("--durability", action="store_true",
                     help="only: saturation with the write-ahead log (interval, always) and in memory, runs alternated")
+    ap.add_argument("--previous", metavar="BIN",
+                    help="only: this build's server against BIN's (say, main's), 100-event and 1-event posts, alternated")
     args = ap.parse_args()
     subprocess.run(["make", "-C", ROOT, "plugins"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cargo", "build", "--release", "-p", "nexuspipe"], cwd=ROOT, check=True)
@@ -196,6 +200,8 @@ def main():
         return print(json.dumps(compare_dedupe(args), indent=2))
     if args.durability:
         return print(json.dumps(compare_durability(args), indent=2))
+    if args.previous:
+        return print(json.dumps(compare_previous(args), indent=2))
     cases = [
         # Saturation: as fast as the server accepts (429s are retried).
         (100, 0),
@@ -213,13 +219,14 @@ def main():
     print(json.dumps({"cases": results, "durability": compare_durability(args)}, indent=2))
 
 
-def compare(args, variants):
-    """Saturation (100-event posts) under each config of `variants`, runs
-    alternated so the machine's drift hits every variant alike; medians."""
-    got = {name: [] for name, _ in variants}
+def compare(args, variants, batch=100):
+    """Saturation (`batch`-event posts) under each (name, config[, server
+    binary]) of `variants`, runs alternated so the machine's drift hits
+    every variant alike; medians."""
+    got = {v[0]: [] for v in variants}
     for _ in range(args.runs):
-        for name, config in variants:
-            r = run_case(100, args.duration, 0, args.connections, config)
+        for name, config, *bin in variants:
+            r = run_case(batch, args.duration, 0, args.connections, config, *bin)
             got[name].append({
                 "accepted_per_second": r["generator"]["accepted_per_second"],
                 "server_cpu_us_per_event": r["server_cpu_us_per_event"],
@@ -254,6 +261,18 @@ def compare_durability(args):
     ])
     out["wal_interval_over_memory"] = ratio(out, "wal_interval", "memory")
     out["wal_always_over_memory"] = ratio(out, "wal_always", "memory")
+    return out
+
+
+def compare_previous(args):
+    """This build's server side by side with another build's (the same
+    generator drives both): 100-event posts, then 1-event posts, where the
+    cost of each request shows."""
+    out = {}
+    for batch in (100, 1):
+        o = compare(args, [("this", "", BIN), ("previous", "", args.previous)], batch)
+        o["this_over_previous"] = ratio(o, "this", "previous")
+        out[f"batch_{batch}"] = o
     return out
 
 
