@@ -260,6 +260,11 @@ pub struct Engine {
     opened: Option<wal::Opened>,
     /// The last log record processed (in the plugins' state from here on).
     wal_seq: Seq,
+    /// Whether a log is to be replayed at the start.
+    replay_log: bool,
+    /// A log found by a start with `durability = "memory"`: replayed, then
+    /// removed once a checkpoint covers it (nothing appends to it).
+    log_found: bool,
     /// Checkpoints waiting for the sinks to settle what came before them.
     pending: VecDeque<(Mark, Snapshot)>,
 }
@@ -312,19 +317,28 @@ impl Engine {
             watermark.advance_to(r.watermark);
             wal_seq = r.wal_seq;
         }
-        let opened = match settings.wal {
-            Some(_) => {
-                let mut opened = wal::open(&dir.join("wal"))?;
-                metrics.wal.replaying.store(true, Ordering::Relaxed);
-                if let Some(t) = &opened.torn {
-                    metrics.wal.torn_bytes.fetch_add(t.bytes, Ordering::Relaxed);
-                }
-                // Numbering goes on after the checkpoint even if the log was moved away.
-                opened.next = opened.next.max(wal_seq + 1);
-                Some(opened)
+        // A log left by a run with the log is replayed whatever the setting
+        // now: its events were answered 202.
+        let log_found = settings.wal.is_none() && wal::exists(&dir.join("wal"))?;
+        if log_found {
+            tracing::info!(
+                dir = %dir.join("wal").display(),
+                "durability = \"memory\", and the data dir holds a write-ahead log: replaying it, then removing it once a checkpoint covers it"
+            );
+        }
+        let opened = if settings.wal.is_some() || log_found {
+            let mut opened = wal::open(&dir.join("wal"))?;
+            metrics.wal.replaying.store(true, Ordering::Relaxed);
+            if let Some(t) = &opened.torn {
+                metrics.wal.torn_bytes.fetch_add(t.bytes, Ordering::Relaxed);
             }
-            None => None,
+            // Numbering goes on after the checkpoint even if the log was moved away.
+            opened.next = opened.next.max(wal_seq + 1);
+            Some(opened)
+        } else {
+            None
         };
+        let replay_log = opened.is_some();
         refresh_downstream(&mut plugins, &[]);
         Ok(Engine {
             outputs,
@@ -343,6 +357,8 @@ impl Engine {
             dedupe,
             opened,
             wal_seq,
+            replay_log,
+            log_found,
             pending: VecDeque::new(),
         })
     }
@@ -392,7 +408,7 @@ impl Engine {
     /// Replays what the log holds after the restored checkpoint, in rounds,
     /// before anything accepted since the start.
     fn recover(&mut self) -> Result<(), wal::WalError> {
-        if self.settings.wal.is_none() {
+        if !self.replay_log {
             return Ok(());
         }
         let dir = self.settings.data_dir.join("wal");
@@ -448,6 +464,7 @@ impl Engine {
         self.publish();
         if let Err(e) = self.recover() {
             // Nothing replayed is lost: the log stays until a checkpoint covers it.
+            self.log_found = false;
             tracing::error!(error = %e, "replaying the write-ahead log failed; events after the last checkpoint are not processed in this run");
         }
         self.metrics.wal.replaying.store(false, Ordering::Relaxed);
@@ -889,7 +906,17 @@ impl Engine {
                 &self.dedupe,
                 self.wal_seq,
             );
-            self.committed(saved);
+            if self.committed(saved) && self.log_found {
+                // Everything the found log held is in this checkpoint.
+                let dir = self.settings.data_dir.join("wal");
+                match wal::remove_all(&dir) {
+                    Ok(n) => {
+                        self.log_found = false;
+                        tracing::info!(segments = n, dir = %dir.display(), "the write-ahead log found at the start is replayed and checkpointed: removed");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "removing the replayed write-ahead log"),
+                }
+            }
             self.outputs.sync();
             return;
         }

@@ -240,6 +240,22 @@ pub fn replay_each(dir: &Path, after: Seq, mut f: impl FnMut(Record)) -> Result<
     Ok(())
 }
 
+/// Whether `dir` holds any segment (a start without the log configured
+/// still replays one it finds).
+pub fn exists(dir: &Path) -> Result<bool, WalError> {
+    Ok(!segments(dir)?.is_empty())
+}
+
+/// Removes every segment (once a checkpoint covers a log that no writer
+/// appends to).
+pub fn remove_all(dir: &Path) -> Result<usize, WalError> {
+    let segs = segments(dir)?;
+    for (_, path) in &segs {
+        std::fs::remove_file(path).map_err(io(path))?;
+    }
+    Ok(segs.len())
+}
+
 /// Removes the segments whose every record is at or before `covered` (a
 /// checkpoint holds them); never the one being written.
 pub fn remove_covered(dir: &Path, covered: Seq) -> Result<usize, WalError> {

@@ -189,6 +189,57 @@ fn kill_9_at_ten_moments_loses_and_doubles_nothing() {
     assert!(s.stop().success());
 }
 
+/// A start with `durability = "memory"` on a data dir whose log still
+/// holds events (a crash with the log on) replays them, so switching the
+/// setting strands no accepted event; the log goes once a checkpoint covers
+/// it.
+#[test]
+fn a_start_without_the_log_replays_one_it_finds() {
+    let events = known_stream(23);
+    let memory = "[engine]\nidle_timeout = \"1h\"\ndurability = \"memory\"\n";
+    let reference = Server::start(memory);
+    post_all(&reference, &events, 500, Duration::ZERO);
+    wait_processed(&reference, events.len());
+    let want = expected_points(&reference.read("metrics.lp"));
+
+    // No checkpoint in this run: what it took is only in the log.
+    let mut s = Server::start(
+        "[engine]\nidle_timeout = \"1h\"\ndurability = \"wal\"\ncheckpoint_interval = \"1h\"\n",
+    );
+    post_all(&s, &events, 500, Duration::ZERO);
+    wait_processed(&s, events.len());
+    kill_9(&mut s);
+    let segments = |s: &Server| {
+        std::fs::read_dir(s.data("wal"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    };
+    assert!(segments(&s) > 0, "the log holds the events");
+    s.set_config(&format!("{memory}checkpoint_interval = \"100ms\"\n"));
+    s.start_again();
+    // Ready once the replay is done.
+    assert_eq!(
+        s.metric("nexuspipe_wal_replayed_events_total"),
+        events.len() as f64,
+        "{}",
+        s.log()
+    );
+    wait_until(30, "the points of the uninterrupted run", || {
+        expected_points(&s.read("metrics.lp")) == want
+    });
+    wait_until(30, "the log removed once a checkpoint covered it", || {
+        segments(&s) == 0
+    });
+    assert!(s.stop().success());
+}
+
 /// A full disk under the log: ingest answers `503` with `Retry-After`
 /// naming the log and the cause, `/readyz` names it, and once space returns
 /// the refused events are taken; each accepted event is counted once.

@@ -299,6 +299,11 @@ impl Server {
         terminate(&mut self.child)
     }
 
+    /// The config the next start uses (the same data dir).
+    pub fn set_config(&mut self, config: &str) {
+        self.config = config.to_string();
+    }
+
     /// Starts a stopped server again on the same data dir and config.
     pub fn start_again(&mut self) {
         self.port = free_port();
