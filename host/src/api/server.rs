@@ -32,6 +32,11 @@ pub struct Limits {
 /// read minutes later.
 const NOTSENT_LOWAT: u32 = 256 << 10;
 
+/// Refused connections answered at once (each for at most a second); past
+/// this, a flood's connections are closed without an answer, so refusing
+/// costs bounded tasks and descriptors.
+const MAX_ANSWERING: usize = 64;
+
 /// The TLS side of `[http] tls_cert` and `tls_key`: TLS 1.2 and 1.3, HTTP/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject;
@@ -73,6 +78,9 @@ pub async fn serve(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let running = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
     let mut shutdown = std::pin::pin!(shutdown);
+    // Refused connections: being answered, and since the last log line.
+    let answering = Arc::new(AtomicUsize::new(0));
+    let (mut refused, mut last_warned) = (0u64, None);
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -88,14 +96,26 @@ pub async fn serve(
         };
         if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
-            if tls.is_none() {
-                tokio::spawn(refuse(tcp, limits.max_connections));
-            } else {
-                // No answer without a handshake, and none is spent on it.
+            refused += 1;
+            if last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                // At most a line a second through a flood.
                 tracing::warn!(
                     max_connections = limits.max_connections,
-                    "connection refused: http.max_connections are open"
+                    refused,
+                    "connections refused: http.max_connections are open"
                 );
+                last_warned = Some(Instant::now());
+                refused = 0;
+            }
+            // Plain HTTP gets an answer, while few are being answered; over
+            // TLS none without a handshake, and none is spent on it.
+            if tls.is_none() && answering.load(Ordering::Acquire) < MAX_ANSWERING {
+                answering.fetch_add(1, Ordering::AcqRel);
+                let answering = answering.clone();
+                tokio::spawn(async move {
+                    refuse(tcp, limits.max_connections).await;
+                    answering.fetch_sub(1, Ordering::AcqRel);
+                });
             }
             continue;
         }
@@ -207,10 +227,6 @@ async fn serve_connection<S>(
 
 /// Answers a connection past `max_connections` and closes it.
 async fn refuse(mut tcp: tokio::net::TcpStream, max: usize) {
-    tracing::warn!(
-        max_connections = max,
-        "connection refused: http.max_connections are open"
-    );
     let body = format!(
         "{{\"error\":\"too_many_connections\",\"message\":\"{max} connections are open (http.max_connections); retry later\"}}"
     );
