@@ -263,6 +263,8 @@ async fn handle(
         axum::body::Body::new(Deadline {
             inner: body,
             sleep: Box::pin(tokio::time::sleep(read_timeout)),
+            until: tokio::time::Instant::now() + read_timeout,
+            received: 0,
             late: late.clone(),
         })
     });
@@ -319,10 +321,18 @@ impl Body for Held {
     }
 }
 
-/// A request body that fails once its deadline has passed.
+/// The pace a large body may keep beyond `read_timeout`: a plugin upload of
+/// tens of MiB on a slow link is not a slow client, one trickling bytes is.
+const MIN_BODY_RATE: u64 = 64 << 10;
+
+/// A request body that fails once its deadline has passed: `read_timeout`
+/// from the head, plus a second per `MIN_BODY_RATE` bytes received.
 struct Deadline {
     inner: Incoming,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When `read_timeout` from the head runs out.
+    until: tokio::time::Instant,
+    received: u64,
     late: Arc<AtomicBool>,
 }
 
@@ -338,14 +348,25 @@ impl Body for Deadline {
             return Poll::Ready(None);
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
-            self.late.store(true, Ordering::Release);
-            return Poll::Ready(Some(Err(
-                "the request body did not arrive within http.read_timeout".into(),
-            )));
+            let earned = Duration::from_millis(self.received * 1000 / MIN_BODY_RATE);
+            let deadline = self.until + earned;
+            if deadline <= tokio::time::Instant::now() {
+                self.late.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(
+                    "the request body did not arrive within http.read_timeout".into(),
+                )));
+            }
+            // What came meanwhile bought time: wait on.
+            self.sleep.as_mut().reset(deadline);
+            let _ = self.sleep.as_mut().poll(cx);
         }
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(axum::BoxError::from)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            self.received += data.len() as u64;
+        }
+        frame.map_err(axum::BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -506,8 +506,9 @@ pub struct HttpConfig {
     /// Bearer token the query API (and live push) asks for; the admin token
     /// works too. `NEXUSPIPE_READ_TOKEN` overrides it. Unset: reads are open.
     pub read_token: Option<String>,
-    /// A request's head and body must arrive within this; a slower one is
-    /// answered 408 and its connection closed.
+    /// A request's head and body must arrive within this (a body gets a
+    /// second more per 64 KiB received); a slower one is answered 408 and
+    /// its connection closed.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// A keep-alive connection with nothing going on for this long is closed.

@@ -107,6 +107,38 @@ fn a_request_trickling_in_is_cut_off_after_read_timeout() {
     assert!(s.log().contains("read_timeout"), "{}", s.log());
 }
 
+/// A large body arriving at a steady pace (256 KiB/s, for about 3 s against
+/// a 2 s `read_timeout`) is not a slow client: each 64 KiB received buys a
+/// second, and the events are taken.
+#[test]
+fn a_large_body_at_a_steady_pace_outlasts_read_timeout() {
+    let s = Server::start("[http]\nread_timeout = \"2s\"\n");
+    let pad = "x".repeat(900);
+    let body: String = (0..800)
+        .map(|i| format!("{{\"event_type\":\"page_view\",\"event_id\":\"big-{i}\",\"properties\":{{\"pad\":\"{pad}\"}}}}\n"))
+        .collect();
+    let mut t = connect(&s);
+    let started = Instant::now();
+    write!(
+        t,
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    for chunk in body.as_bytes().chunks(32 << 10) {
+        t.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(125));
+    }
+    let (status, text) = response(&mut t);
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the body took {:?}, not longer than read_timeout",
+        started.elapsed()
+    );
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains("\"accepted\":800"), "{text}");
+}
+
 /// A keep-alive connection serves one request after another, then, left
 /// idle for `idle_timeout`, is closed by the server.
 #[test]
