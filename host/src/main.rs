@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "all")]
         role: cli::run::Role,
     },
+    /// Run the pipeline over events from a file, as fast as it goes (reprocessing, backfill).
+    Replay(cli::replay::ReplayArgs),
     /// Generate reproducible website traffic (load tests, demos).
     Gen(cli::loadgen::GenArgs),
     /// Validate configuration.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, role } => cli::run::run(config.as_deref(), role),
         Command::Config(ConfigCommand::Check { file }) => cli::run::check(&file),
+        Command::Replay(args) => cli::replay::run(args),
         Command::Gen(args) => cli::loadgen::run(args),
         Command::Plugin(cmd) => cli::plugin::run(cmd),
     };

@@ -3,4 +3,5 @@
 
 pub mod loadgen;
 pub mod plugin;
+pub mod replay;
 pub mod run;

@@ -60,7 +60,10 @@ pub fn pipeline(config: &Config) -> Vec<PluginConfig> {
 /// Loads and initialises the pipeline the server runs: the configured (or
 /// default) plugins, with the versions deployed since recorded in the data
 /// dir. Errors name the plugin and file.
-fn start_pipeline(config: &Config, metrics: Arc<Metrics>) -> Result<(Arc<Manager>, Vec<Plugin>)> {
+pub(super) fn start_pipeline(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Manager>, Vec<Plugin>)> {
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
     Manager::start(
         runtime,
@@ -138,7 +141,7 @@ pub fn run(config_path: Option<&Path>, role: Role) -> Result<()> {
     }
 }
 
-fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
+pub(super) fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
     EngineSettings {
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,
@@ -156,7 +159,7 @@ fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
     }
 }
 
-fn describe(plugins: &[Plugin]) -> String {
+pub(super) fn describe(plugins: &[Plugin]) -> String {
     plugins
         .iter()
         .map(|p| {

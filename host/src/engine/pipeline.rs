@@ -196,6 +196,13 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Events the queue takes before it refuses (what a lone submitter,
+    /// such as a replay, waits for instead of being refused).
+    pub fn room(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.queued.load(Ordering::Acquire))
+    }
+
     /// Whether the queue has room (for `/readyz`).
     pub fn has_room(&self) -> bool {
         self.queued.load(Ordering::Relaxed) < self.capacity

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Every (fingerprint, status) of an alerts file: a repeat after a replay
 /// carries the same fingerprint, so the set is what was alerted.
-fn alert_set(text: &str) -> BTreeSet<(String, String)> {
+pub(crate) fn alert_set(text: &str) -> BTreeSet<(String, String)> {
     parse_ndjson(text)
         .iter()
         .map(|a| {

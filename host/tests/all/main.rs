@@ -15,6 +15,7 @@ mod languages;
 mod live;
 mod prom;
 mod query;
+mod replay;
 mod server;
 mod sinks;
 mod stream;

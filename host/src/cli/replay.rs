@@ -1,0 +1,282 @@
+//! `nexuspipe replay`: the configured pipeline over events from a file, as
+//! fast as the engine takes them, then a summary. For reprocessing history
+//! after a rule changed, or a backfill into a data dir of its own.
+
+use super::run::{describe, engine_settings, load_config, pipeline, start_pipeline};
+use anyhow::{Context, Result, bail};
+use nexuspipe::config::Durability;
+use nexuspipe::engine::Engine;
+use nexuspipe::event::{EventDefaults, from_json, parse_events, parse_timestamp};
+use nexuspipe::runtime::Event;
+use nexuspipe::sinks::Outputs;
+use nexuspipe::telemetry::Metrics;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Events to replay: an NDJSON file of canonical events (`.gz` for gzip),
+    /// as `nexuspipe gen --output` writes or an export holds.
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// Only events at or after this event time (RFC 3339 or epoch ms).
+    #[arg(long, value_name = "TIME")]
+    start: Option<String>,
+    /// Only events before this event time (RFC 3339 or epoch ms).
+    #[arg(long, value_name = "TIME")]
+    end: Option<String>,
+    /// Config file (TOML): the pipeline, its plugins' configs and the sinks;
+    /// without it, the default pipeline.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write the outputs (metrics.lp, alerts.jsonl, checkpoints) here only:
+    /// the configured InfluxDB, webhooks and Kafka are left out. Without it,
+    /// a new `replay-<time>` dir inside the configured data dir, and the
+    /// configured sinks.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Only these plugins of the pipeline, in its order (comma-separated
+    /// names): say, `alerts` to try a changed rule over last week.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    plugins: Vec<String>,
+}
+
+fn time_arg(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
+    v.as_ref()
+        .map(|s| {
+            parse_timestamp(&serde_json::Value::String(s.clone()))
+                .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))
+        })
+        .transpose()
+}
+
+/// Counts the bytes read from the file (for the progress line's share).
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+pub fn run(args: ReplayArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    let start = time_arg("start", &args.start)?;
+    let end = time_arg("end", &args.end)?;
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        bail!("--start must be before --end");
+    }
+    if !args.plugins.is_empty() {
+        let all = pipeline(&config);
+        for name in &args.plugins {
+            if !all.iter().any(|p| &p.name == name) {
+                bail!(
+                    "--plugins: no plugin {name:?} in the pipeline (it has {})",
+                    all.iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        config.plugins = all
+            .into_iter()
+            .filter(|p| args.plugins.contains(&p.name))
+            .collect();
+    }
+    match &args.data_dir {
+        Some(dir) => {
+            config.engine.data_dir = dir.clone();
+            config.influxdb = None;
+            config.webhooks.clear();
+        }
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            config.engine.data_dir = config.engine.data_dir.join(format!("replay-{stamp}"));
+        }
+    }
+    // The input is the file: a replay that stops is run again, so no log.
+    config.engine.durability = Durability::Memory;
+    config.kafka = None;
+    let data_dir = config.engine.data_dir.clone();
+
+    let file = std::fs::File::open(&args.from)
+        .with_context(|| format!("opening {}", args.from.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let read = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: file,
+        read: read.clone(),
+    };
+    let gz = args.from.extension().is_some_and(|x| x == "gz");
+    let reader: Box<dyn BufRead> = if gz {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
+            BufReader::new(counted),
+        )))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 20, counted))
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let (_manager, plugins) = start_pipeline(&config, metrics.clone())?;
+    let outputs = Outputs::open(&config, metrics.clone())?;
+    let stopper = outputs.stopper();
+    let batch_size = config.engine.batch_size;
+    let engine = Engine::new(
+        engine_settings(&config.engine),
+        plugins,
+        metrics.clone(),
+        outputs,
+    )
+    .with_context(|| format!("starting the engine in {}", data_dir.display()))?;
+    eprintln!(
+        "replaying {} through {} into {}",
+        args.from.display(),
+        describe(engine.plugins()),
+        data_dir.display()
+    );
+    let (handle, engine_thread) = engine.spawn().context("starting the engine")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let defaults = EventDefaults {
+        now_ms: nexuspipe::event::now_ms(),
+        ip_address: None,
+        user_agent: None,
+        // History: no bound ahead of now.
+        max_future_ms: None,
+    };
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now();
+    let (mut sent, mut outside, mut invalid) = (0u64, 0u64, 0u64);
+    let mut reached = i64::MIN;
+    let mut batch: Vec<Event> = Vec::with_capacity(batch_size);
+    let capacity = config.engine.queue_capacity;
+    let submit = |batch: Vec<Event>| -> Result<()> {
+        // Back-pressure: wait for room rather than be refused (the replay
+        // is the queue's only client, so the room stays).
+        while handle.room() < batch.len().min(capacity) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rt.block_on(handle.submit(batch, Instant::now()))
+            .map_err(|e| anyhow::anyhow!("the engine did not take the events: {e}"))
+    };
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", args.from.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = match parse_events(line.as_bytes(), false, &defaults) {
+            Some(mut one) if one.len() == 1 => one.pop().expect("one event"),
+            // The value path names what is wrong.
+            _ => match serde_json::from_str(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    from_json(v, &defaults).map_err(|e| format!("{}: {}", e.field, e.message))
+                }) {
+                Ok(e) => e,
+                Err(why) => {
+                    invalid += 1;
+                    if invalid <= 10 {
+                        eprintln!("{}: line {}: skipped: {why}", args.from.display(), i + 1);
+                    }
+                    continue;
+                }
+            },
+        };
+        if start.is_some_and(|s| event.timestamp < s) || end.is_some_and(|e| event.timestamp >= e) {
+            outside += 1;
+            continue;
+        }
+        reached = reached.max(event.timestamp);
+        batch.push(event);
+        if batch.len() >= batch_size {
+            sent += batch.len() as u64;
+            submit(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(batch_size),
+            ))?;
+        }
+        if tty && last_progress.elapsed() >= Duration::from_millis(250) {
+            last_progress = Instant::now();
+            progress(sent, started, reached, read.load(Ordering::Relaxed), size);
+        }
+    }
+    if !batch.is_empty() {
+        sent += batch.len() as u64;
+        submit(batch)?;
+    }
+    // Until the engine has run everything through the pipeline.
+    while metrics.events_processed.load(Ordering::Relaxed) < sent {
+        std::thread::sleep(Duration::from_millis(5));
+        if tty && last_progress.elapsed() >= Duration::from_millis(250) {
+            last_progress = Instant::now();
+            progress(sent, started, reached, size, size);
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    stopper.stop();
+    handle.shutdown();
+    drop(handle);
+    if engine_thread.join().is_err() {
+        bail!("the engine thread panicked");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "events": sent,
+        "outside_range": outside,
+        "invalid": invalid,
+        "duplicates": metrics.events_duplicate.load(Ordering::Relaxed),
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "events_per_second": (sent as f64 / secs.max(1e-9)).round(),
+        "event_time_reached": (reached != i64::MIN).then(|| nexuspipe::event::format_timestamp(reached)),
+        "points": metrics.points_written.load(Ordering::Relaxed),
+        "alerts": metrics.alerts_written.load(Ordering::Relaxed),
+        "data_dir": data_dir.display().to_string(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// One line, redrawn: events, rate, event time reached, share and ETA.
+fn progress(sent: u64, started: Instant, reached: i64, read: u64, size: u64) {
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let share = if size > 0 {
+        (read as f64 / size as f64).min(1.0)
+    } else {
+        0.0
+    };
+    let eta = if share > 0.0 {
+        format!("{:.0} s", secs * (1.0 - share) / share)
+    } else {
+        "?".into()
+    };
+    let time = if reached == i64::MIN {
+        "-".to_string()
+    } else {
+        nexuspipe::event::format_timestamp(reached)
+    };
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r{sent} events  {:.0}/s  event time {time}  {:.0} %  ETA {eta}   ",
+        sent as f64 / secs,
+        share * 100.0
+    );
+    let _ = err.flush();
+}
