@@ -32,6 +32,11 @@ enum Command {
         /// pipeline) or `all`; the first two need `[kafka]` in the config.
         #[arg(long, value_enum, default_value = "all")]
         role: cli::run::Role,
+        /// A one-shot job instead of a server: the pipeline over this file of
+        /// NDJSON events (`file://PATH`, `.gz` for gzip), every window closed
+        /// at its end, then exit.
+        #[arg(long, value_name = "file://PATH", conflicts_with = "role")]
+        source: Option<String>,
     },
     /// Run the pipeline over events from a file, as fast as it goes (reprocessing, backfill).
     Replay(cli::replay::ReplayArgs),
@@ -65,7 +70,13 @@ fn main() -> ExitCode {
         quiet_on_closed_pipe();
     }
     let result = match cli.command {
-        Command::Run { config, role } => cli::run::run(config.as_deref(), role),
+        Command::Run {
+            config,
+            source: Some(source),
+            ..
+        } => cli::run::load_config(config.as_deref())
+            .and_then(|c| cli::replay::run_source(c, &source)),
+        Command::Run { config, role, .. } => cli::run::run(config.as_deref(), role),
         Command::Config(ConfigCommand::Check { file }) => cli::run::check(&file),
         Command::Replay(args) => cli::replay::run(args),
         Command::Gen(args) => cli::loadgen::run(args),

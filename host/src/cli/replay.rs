@@ -110,17 +110,44 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     // The input is the file: a replay that stops is run again, so no log.
     config.engine.durability = Durability::Memory;
     config.kafka = None;
-    let data_dir = config.engine.data_dir.clone();
+    let summary = job(config, &args.from, (start, end), false)?;
+    println!("{summary}");
+    Ok(())
+}
 
-    let file = std::fs::File::open(&args.from)
-        .with_context(|| format!("opening {}", args.from.display()))?;
+/// `nexuspipe run --source file://…`: a one-shot job over a file with the
+/// config's data dir and sinks; when the file ends, event time runs to its
+/// end (every window closes), then the engine stops.
+pub fn run_source(mut config: nexuspipe::config::Config, source: &str) -> Result<()> {
+    let path = source.strip_prefix("file://").unwrap_or(source);
+    if config.kafka.is_some() {
+        bail!("--source runs the embedded engine: a config with [kafka] reads its topic instead");
+    }
+    // The input is the file: a job that stops is run again, so no log.
+    config.engine.durability = Durability::Memory;
+    let summary = job(config, std::path::Path::new(path), (None, None), true)?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Runs the pipeline of `config` over the events of `from` in `range`, then
+/// stops the engine (after running event time to its end if `to_the_end`);
+/// returns the summary.
+fn job(
+    config: nexuspipe::config::Config,
+    from: &std::path::Path,
+    (start, end): (Option<i64>, Option<i64>),
+    to_the_end: bool,
+) -> Result<serde_json::Value> {
+    let data_dir = config.engine.data_dir.clone();
+    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
     let counted = Counted {
         inner: file,
         read: read.clone(),
     };
-    let gz = args.from.extension().is_some_and(|x| x == "gz");
+    let gz = from.extension().is_some_and(|x| x == "gz");
     let reader: Box<dyn BufRead> = if gz {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
             BufReader::new(counted),
@@ -142,8 +169,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     )
     .with_context(|| format!("starting the engine in {}", data_dir.display()))?;
     eprintln!(
-        "replaying {} through {} into {}",
-        args.from.display(),
+        "running {} through {} into {}",
+        from.display(),
         describe(engine.plugins()),
         data_dir.display()
     );
@@ -175,7 +202,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("the engine did not take the events: {e}"))
     };
     for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", args.from.display()))?;
+        let line = line.with_context(|| format!("reading {}", from.display()))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -191,7 +218,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 Err(why) => {
                     invalid += 1;
                     if invalid <= 10 {
-                        eprintln!("{}: line {}: skipped: {why}", args.from.display(), i + 1);
+                        eprintln!("{}: line {}: skipped: {why}", from.display(), i + 1);
                     }
                     continue;
                 }
@@ -231,13 +258,17 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         eprintln!();
     }
     stopper.stop();
-    handle.shutdown();
+    if to_the_end {
+        handle.finish();
+    } else {
+        handle.shutdown();
+    }
     drop(handle);
     if engine_thread.join().is_err() {
         bail!("the engine thread panicked");
     }
     let secs = started.elapsed().as_secs_f64();
-    let summary = serde_json::json!({
+    Ok(serde_json::json!({
         "events": sent,
         "outside_range": outside,
         "invalid": invalid,
@@ -248,9 +279,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         "points": metrics.points_written.load(Ordering::Relaxed),
         "alerts": metrics.alerts_written.load(Ordering::Relaxed),
         "data_dir": data_dir.display().to_string(),
-    });
-    println!("{summary}");
-    Ok(())
+    }))
 }
 
 /// One line, redrawn: events, rate, event time reached, share and ETA.

@@ -71,7 +71,11 @@ enum Msg {
         since: Option<u64>,
         reply: tokio::sync::oneshot::Sender<Option<Catchup>>,
     },
-    Shutdown,
+    /// Drain, checkpoint and stop; with `end_of_input`, event time first
+    /// runs to its end (the input is over: every window and timer fires).
+    Shutdown {
+        end_of_input: bool,
+    },
 }
 
 /// A change to the pipeline. The engine applies it between two rounds, so
@@ -237,7 +241,16 @@ impl EngineHandle {
 
     /// Asks the engine to drain, checkpoint and stop.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Msg::Shutdown);
+        let _ = self.tx.send(Msg::Shutdown {
+            end_of_input: false,
+        });
+    }
+
+    /// The end of a one-shot job's input: the engine processes what it
+    /// holds, runs event time to its end (every open window closes, every
+    /// timer fires), then drains, checkpoints and stops.
+    pub fn finish(&self) {
+        let _ = self.tx.send(Msg::Shutdown { end_of_input: true });
     }
 }
 
@@ -274,6 +287,8 @@ pub struct Engine {
     log_found: bool,
     /// Checkpoints waiting for the sinks to settle what came before them.
     pending: VecDeque<(Mark, Snapshot)>,
+    /// A one-shot job's input is over (see [`EngineHandle::finish`]).
+    end_of_input: bool,
 }
 
 /// Sets what every enricher's downstream reads, with `[stream]
@@ -367,6 +382,7 @@ impl Engine {
             replay_log,
             log_found,
             pending: VecDeque::new(),
+            end_of_input: false,
         })
     }
 
@@ -510,8 +526,9 @@ impl Engine {
                             Ok(Msg::Catchup { name, since, reply }) => {
                                 self.catchup(&name, since, reply)
                             }
-                            Ok(Msg::Shutdown) => {
+                            Ok(Msg::Shutdown { end_of_input }) => {
                                 stop = true;
+                                self.end_of_input |= end_of_input;
                                 break;
                             }
                             Err(_) => break,
@@ -524,7 +541,11 @@ impl Engine {
                 }
                 Ok(Msg::Control(c)) => self.control(c),
                 Ok(Msg::Catchup { name, since, reply }) => self.catchup(&name, since, reply),
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
+                Ok(Msg::Shutdown { end_of_input }) => {
+                    stop = true;
+                    self.end_of_input |= end_of_input;
+                }
+                Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.advance_shadow(stop);
@@ -545,11 +566,14 @@ impl Engine {
                             self.control(c);
                         }
                         Msg::Catchup { name, since, reply } => self.catchup(&name, since, reply),
-                        Msg::Shutdown => {}
+                        Msg::Shutdown { end_of_input } => self.end_of_input |= end_of_input,
                     }
                 }
                 if !rest.is_empty() {
                     self.round(rest);
+                }
+                if self.end_of_input {
+                    self.run_to_end_of_time();
                 }
                 self.checkpoint();
                 self.settle_pending();
@@ -894,6 +918,21 @@ impl Engine {
         );
         self.write(out);
         self.publish();
+    }
+
+    /// The input is over: event time runs to its end through the pipeline.
+    fn run_to_end_of_time(&mut self) {
+        let wm = self.watermark.advance_to(i64::MAX);
+        let mut out = PluginOutput::default();
+        line::run(
+            &mut self.plugins,
+            vec![(Vec::new(), wm)],
+            &mut out,
+            &mut |_| {},
+        );
+        self.write(out);
+        self.publish();
+        tracing::info!("end of input: every window closed");
     }
 
     /// Writes a round's outputs (see [`Outputs::write`]).

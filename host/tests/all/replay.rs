@@ -115,3 +115,75 @@ fn a_replay_of_the_live_events_gives_the_live_points_and_alerts() {
         "{err}"
     );
 }
+
+/// `run --source`: a one-shot job over a file closes every window when the
+/// file ends, then exits. Counts worked out by hand: the last minute's
+/// window closes only because the input ended.
+#[test]
+fn a_job_over_a_file_closes_every_window_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    let at = |ms: i64, t: &str| serde_json::json!({"event_type": t, "timestamp": t0 + ms});
+    let events = [
+        at(1_000, "page_view"),
+        at(2_000, "page_view"),
+        at(3_000, "page_view"),
+        at(61_000, "click"),
+        at(62_000, "click"),
+        at(121_000, "purchase"),
+    ];
+    let file = dir.path().join("events.ndjson");
+    write_ndjson(&file, &events);
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[engine]\ndata_dir = {:?}\nout_of_orderness = \"0s\"\nidle_timeout = \"1h\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--source")
+        .arg(format!("file://{}", file.display()))
+        .env(
+            "NEXUSPIPE_CACHE_DIR",
+            workspace_root().join("target/test-cache"),
+        )
+        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The last value of each (event type, window) of the `events` measurement.
+    let mut got = std::collections::BTreeMap::new();
+    for line in read(&data, "metrics.lp").lines() {
+        let Some(rest) = line.strip_prefix("events,event_type=") else {
+            continue;
+        };
+        let mut parts = rest.split(' ');
+        let (t, count, ts) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let count: i64 = count
+            .strip_prefix("count=")
+            .unwrap()
+            .trim_end_matches('i')
+            .parse()
+            .unwrap();
+        got.insert((t.to_string(), ts.parse::<i64>().unwrap() - t0), count);
+    }
+    let want: std::collections::BTreeMap<(String, i64), i64> = [
+        (("page_view".to_string(), 0), 3),
+        (("click".to_string(), 60_000), 2),
+        (("purchase".to_string(), 120_000), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want, "{stderr}");
+}
