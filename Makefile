@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers browser tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query bench-overload soak fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers browser readers tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query bench-overload soak fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -47,6 +47,10 @@ screenshot: plugins browser
 servers:
 	.ci/install-servers.sh
 
+## pyarrow and DuckDB in target/venv-readers: the archive's tests read it with them
+readers:
+	.ci/install-readers.sh
+
 ## Build the example plugins (Python, JavaScript, C, and their Rust twins) to target/examples/
 examples: toolchains wasm-target
 	examples/plugins/build.sh
@@ -58,7 +62,7 @@ run: plugins
 ## The whole test suite (tests build the Wasm artifacts they need, in every
 ## example language, and start the real servers the sinks write to: the
 ## toolchains and servers are installed first if missing)
-test: plugins toolchains servers browser
+test: plugins toolchains servers browser readers
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 

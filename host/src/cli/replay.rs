@@ -161,13 +161,8 @@ fn job(
     let outputs = Outputs::open(&config, metrics.clone())?;
     let stopper = outputs.stopper();
     let batch_size = config.engine.batch_size;
-    let engine = Engine::new(
-        engine_settings(&config.engine),
-        plugins,
-        metrics.clone(),
-        outputs,
-    )
-    .with_context(|| format!("starting the engine in {}", data_dir.display()))?;
+    let engine = Engine::new(engine_settings(&config), plugins, metrics.clone(), outputs)
+        .with_context(|| format!("starting the engine in {}", data_dir.display()))?;
     eprintln!(
         "running {} through {} into {}",
         from.display(),

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use nexuspipe::api::{self, ApiState, Ingest};
-use nexuspipe::config::{Config, Durability, FsyncMode, PluginConfig};
+use nexuspipe::config::{ArchiveStage, Config, Durability, FsyncMode, PluginConfig};
 use nexuspipe::engine::wal::Fsync;
 use nexuspipe::engine::{Engine, EngineSettings};
 use nexuspipe::kafka::Collector;
@@ -10,6 +10,7 @@ use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings, Step};
 use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
 use nexuspipe::sinks::Outputs;
+use nexuspipe::sinks::archive::ArchiveSettings;
 use nexuspipe::telemetry::Metrics;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,8 +142,16 @@ pub fn run(config_path: Option<&Path>, role: Role) -> Result<()> {
     }
 }
 
-pub(super) fn engine_settings(e: &nexuspipe::config::EngineConfig) -> EngineSettings {
+pub(super) fn engine_settings(config: &Config) -> EngineSettings {
+    let e = &config.engine;
     EngineSettings {
+        archive: config.archive.as_ref().map(|a| ArchiveSettings {
+            dir: e.data_dir.join(&a.path),
+            raw: a.stage == ArchiveStage::Raw,
+            max_file_size: a.max_file_size as u64,
+            flush_interval: a.flush_interval,
+            keep: a.keep,
+        }),
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,
         checkpoint_interval: e.checkpoint_interval,
@@ -183,7 +192,7 @@ fn run_embedded(config: Config) -> Result<()> {
     let store = outputs.store();
     let hub = outputs.hub();
     let stopper = outputs.stopper();
-    let engine = Engine::new(engine_settings(e), plugins, metrics.clone(), outputs)
+    let engine = Engine::new(engine_settings(&config), plugins, metrics.clone(), outputs)
         .with_context(|| format!("starting the engine in {}", e.data_dir.display()))?;
     let plugin_list = describe(engine.plugins());
     let (handle, engine_thread) = engine.spawn().context("starting the engine")?;

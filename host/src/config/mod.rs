@@ -41,6 +41,47 @@ pub struct Config {
     pub store: StoreConfig,
     /// Live push (`/v1/stream`).
     pub stream: StreamConfig,
+    /// The event archive: every event as Parquet files by event-time hour.
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// `[archive]`: every event the pipeline took, as Parquet files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// The archive's folder; relative paths are under `engine.data_dir`.
+    pub path: PathBuf,
+    /// `"enriched"`: the events as the pipeline's enrichers left them (geo,
+    /// device, campaign properties there); `"raw"`: as received.
+    pub stage: ArchiveStage,
+    /// A part closes once this many bytes are written (bytes, or text like "128MiB").
+    #[serde(deserialize_with = "de_size")]
+    pub max_file_size: usize,
+    /// A part closes once it is this old (and at every checkpoint).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Partitions whose hour ended longer ago than this are removed.
+    #[serde(with = "humantime_serde")]
+    pub keep: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveStage {
+    Enriched,
+    Raw,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            path: PathBuf::from("archive"),
+            stage: ArchiveStage::Enriched,
+            max_file_size: 128 << 20,
+            flush_interval: Duration::from_secs(600),
+            keep: None,
+        }
+    }
 }
 
 /// `[store]`: every point and alert is kept here for the query API.
@@ -751,6 +792,16 @@ impl Config {
         }
         if self.engine.queue_capacity == 0 || self.engine.batch_size == 0 {
             return Err("engine.queue_capacity and engine.batch_size must be positive".into());
+        }
+        if let Some(a) = &self.archive {
+            if a.max_file_size == 0 || a.flush_interval.is_zero() {
+                return Err(
+                    "archive.max_file_size and archive.flush_interval must be positive".into(),
+                );
+            }
+            if self.kafka.is_some() {
+                return Err("[archive] is for the embedded engine for now: a processor does not write it yet".into());
+            }
         }
         if self.engine.durability == Durability::Wal
             && self.engine.fsync == FsyncMode::Interval

@@ -18,8 +18,10 @@ use crate::dataflow::watermark::batches;
 use crate::dataflow::{Handover, Outcome, SwapError, Watermark, handover, insert_position};
 use crate::hub::{Hub, Sampler};
 use crate::runtime::{Catchup, Event, Plugin, PluginOutput, refresh_downstream};
+use crate::sinks::archive::Archive;
 use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, PluginFigures};
+use anyhow::Context as _;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +43,8 @@ pub struct EngineSettings {
     pub allowed_lateness: Duration,
     /// The write-ahead log's sync policy; `None`: no log (`durability = "memory"`).
     pub wal: Option<Fsync>,
+    /// `[archive]`: every event to Parquet files.
+    pub archive: Option<crate::sinks::archive::ArchiveSettings>,
 }
 
 /// Segments of the write-ahead log are closed at this size, so the ones a
@@ -289,18 +293,27 @@ pub struct Engine {
     pending: VecDeque<(Mark, Snapshot)>,
     /// A one-shot job's input is over (see [`EngineHandle::finish`]).
     end_of_input: bool,
+    /// `[archive]`: where every event goes, as Parquet.
+    archive: Option<Archive>,
 }
 
 /// Sets what every enricher's downstream reads, with `[stream]
 /// sample_properties` while some client watches the event sample.
-fn refresh_reads(plugins: &mut [Plugin], sample: &[String]) {
-    let sample = (!sample.is_empty()).then(|| crate::runtime::Interest {
+/// With `archive_all`, every property: the archive keeps the events as the
+/// enrichers leave them, whole.
+fn refresh_reads(plugins: &mut [Plugin], sample: &[String], archive_all: bool) {
+    let reads = |properties| crate::runtime::Interest {
         event_types: Vec::new(),
-        properties: Some(sample.to_vec()),
+        properties,
         metadata: crate::runtime::MetadataFields::empty(),
         fields: crate::runtime::EventFields::empty(),
-    });
-    refresh_downstream(plugins, &sample.iter().collect::<Vec<_>>());
+    };
+    let sample = (!sample.is_empty()).then(|| reads(Some(sample.to_vec())));
+    let archive = archive_all.then(|| reads(None));
+    refresh_downstream(
+        plugins,
+        &sample.iter().chain(archive.iter()).collect::<Vec<_>>(),
+    );
 }
 
 /// A thread that drops the plugin instances it is sent.
@@ -361,7 +374,12 @@ impl Engine {
             None
         };
         let replay_log = opened.is_some();
-        refresh_downstream(&mut plugins, &[]);
+        let archive_all = settings.archive.as_ref().is_some_and(|a| !a.raw);
+        refresh_reads(&mut plugins, &[], archive_all);
+        let archive = match settings.archive.clone() {
+            Some(a) => Some(Archive::open(a, wal_seq, replay_log).context("opening the archive")?),
+            None => None,
+        };
         Ok(Engine {
             outputs,
             settings,
@@ -383,6 +401,7 @@ impl Engine {
             log_found,
             pending: VecDeque::new(),
             end_of_input: false,
+            archive,
         })
     }
 
@@ -597,6 +616,11 @@ impl Engine {
         }
     }
 
+    /// Whether the archive keeps the events as the enrichers leave them.
+    fn archive_all(&self) -> bool {
+        self.settings.archive.as_ref().is_some_and(|a| !a.raw)
+    }
+
     /// What enrichers keep for the event sample now (nothing when no client watches).
     fn sample_properties(&self) -> &[String] {
         match &self.hub {
@@ -641,22 +665,39 @@ impl Engine {
         if sampling != self.sampling {
             self.sampling = sampling;
             let sample = self.sample_properties().to_vec();
-            refresh_reads(&mut self.plugins, &sample);
+            let all = self.archive_all();
+            refresh_reads(&mut self.plugins, &sample, all);
         }
-        match (&self.hub, &mut self.sampler) {
+        // The archive takes the events as received (`raw`), or as they leave
+        // the line, moved rather than copied.
+        let archive = self.archive.as_ref().map(|a| (a, self.archive_all()));
+        let mut archived: Vec<Event> = match archive {
+            Some((_, false)) => chunks.iter().flat_map(|(b, _)| b.iter().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        let enriched = matches!(archive, Some((_, true)));
+        let mut sampler = match (&self.hub, &mut self.sampler) {
             (Some(hub), sampler) if sampling => {
-                let sampler = sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate));
-                let mut tap = |(batch, _): (Vec<Event>, i64)| {
-                    sampled.extend(
-                        sampler
-                            .sample(&batch)
-                            .into_iter()
-                            .map(crate::event::to_json),
-                    );
-                };
-                line::run(&mut self.plugins, chunks, &mut out, &mut tap);
+                Some(sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate)))
             }
-            _ => line::run(&mut self.plugins, chunks, &mut out, &mut |_| {}),
+            _ => None,
+        };
+        let mut tap = |(batch, _): (Vec<Event>, i64)| {
+            if let Some(sampler) = sampler.as_mut() {
+                sampled.extend(
+                    sampler
+                        .sample(&batch)
+                        .into_iter()
+                        .map(crate::event::to_json),
+                );
+            }
+            if enriched {
+                archived.extend(batch);
+            }
+        };
+        line::run(&mut self.plugins, chunks, &mut out, &mut tap);
+        if let Some((a, _)) = archive {
+            a.write(archived, self.wal_seq);
         }
         if let Some(hub) = &self.hub {
             hub.publish_events(sampled);
@@ -805,7 +846,8 @@ impl Engine {
             // What the pipeline reads may have changed: enrichers adapt now,
             // between rounds, so every event sees one consistent pipeline.
             let sample = self.sample_properties().to_vec();
-            refresh_reads(&mut self.plugins, &sample);
+            let all = self.archive_all();
+            refresh_reads(&mut self.plugins, &sample, all);
         }
         let pause = started.elapsed();
         let result = result.map(|o| {
@@ -944,6 +986,14 @@ impl Engine {
         // The checkpoint folds the replay log into a snapshot: a shadow gets
         // its batches first (else it would restart from the snapshot).
         self.feed_shadow();
+        // The archive's parts up to here go in place first; if they cannot,
+        // no checkpoint counts them (a restart writes them again).
+        if let Some(a) = &self.archive
+            && let Err(e) = a.seal(self.wal_seq)
+        {
+            tracing::error!(error = %e, "archive: checkpoint skipped, its parts are not in place");
+            return;
+        }
         if self.settings.wal.is_none() {
             // Nothing to replay after a crash: waiting for the sinks gains nothing.
             let saved = self.checkpoints.save(

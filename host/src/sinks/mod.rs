@@ -2,6 +2,7 @@
 //! alerts to `alerts.jsonl`, the log and webhook receivers, late events and
 //! dead letters to their files.
 
+pub mod archive;
 pub mod files;
 pub mod influx;
 pub mod retry;

@@ -35,7 +35,7 @@ fn try_post(url: &str, chunk: &[Value]) -> Option<u16> {
     }
 }
 
-fn kill_9(s: &mut Server) {
+pub(crate) fn kill_9(s: &mut Server) {
     s.child.kill().unwrap();
     s.child.wait().unwrap();
 }

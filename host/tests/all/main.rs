@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive;
 mod cli;
 mod connections;
 mod dashboard;

@@ -1,0 +1,552 @@
+//! The event archive: every event the pipeline took, as Apache Parquet files
+//! partitioned by event-time hour (`date=2026-12-01/hour=10/part-….parquet`),
+//! zstd-compressed, for DuckDB, pandas/pyarrow or Spark to read as one table.
+//!
+//! A part is written aside (`.part-….tmp`) and renamed when complete, so a
+//! reader never sees half a file. Parts close at every checkpoint (as
+//! Flink's file sink does with bulk formats), and also by size and age in
+//! between. Each part's name carries the write-ahead-log position of its
+//! last event: a part never spans a checkpoint, so on recovery the parts
+//! after the restored checkpoint are removed and the replayed log writes
+//! their events again, once.
+
+use crate::runtime::{Event, Value};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    StructBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Settings of `[archive]`.
+#[derive(Debug, Clone)]
+pub struct ArchiveSettings {
+    pub dir: PathBuf,
+    /// The events as received, not as the enrichers left them.
+    pub raw: bool,
+    /// A part closes once this many bytes are written.
+    pub max_file_size: u64,
+    /// A part closes once it is this old.
+    pub flush_interval: Duration,
+    /// Partitions whose hour ended longer ago than this are removed.
+    pub keep: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("archive {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("the archive writer stopped")]
+    Stopped,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The columns: the core fields and metadata typed, properties as a map
+/// from name to a value of one of four types (the others null).
+pub fn schema() -> SchemaRef {
+    let text = |name: &str| Field::new(name, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        text("user_id"),
+        text("session_id"),
+        Field::new(
+            "properties",
+            DataType::Map(
+                Arc::new(Field::new(
+                    "entries",
+                    DataType::Struct(Fields::from(vec![
+                        Field::new("key", DataType::Utf8, false),
+                        Field::new("value", DataType::Struct(value_fields()), true),
+                    ])),
+                    false,
+                )),
+                false,
+            ),
+            false,
+        ),
+        text("ip_address"),
+        text("user_agent"),
+        text("platform"),
+        text("url"),
+        text("referrer"),
+    ]))
+}
+
+fn value_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("string", DataType::Utf8, true),
+        Field::new("int", DataType::Int64, true),
+        Field::new("float", DataType::Float64, true),
+        Field::new("bool", DataType::Boolean, true),
+    ])
+}
+
+/// Events as one record batch of [`schema`].
+pub fn to_batch(events: &[&Event]) -> RecordBatch {
+    let n = events.len();
+    let mut id = StringBuilder::with_capacity(n, n * 36);
+    let mut ty = StringBuilder::with_capacity(n, n * 12);
+    let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut text: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::new()).collect();
+    let values = StructBuilder::new(
+        value_fields(),
+        vec![
+            Box::new(StringBuilder::new()),
+            Box::new(Int64Builder::new()),
+            Box::new(Float64Builder::new()),
+            Box::new(BooleanBuilder::new()),
+        ],
+    );
+    let names = MapFieldNames {
+        entry: "entries".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    let mut props = MapBuilder::new(Some(names), StringBuilder::new(), values);
+    for e in events {
+        id.append_value(&e.id);
+        ty.append_value(&e.event_type);
+        ts.append_value(e.timestamp);
+        let m = &e.metadata;
+        for (b, v) in text.iter_mut().zip([
+            &e.user_id,
+            &e.session_id,
+            &m.ip_address,
+            &m.user_agent,
+            &m.platform,
+            &m.url,
+            &m.referrer,
+        ]) {
+            b.append_option(v.as_deref());
+        }
+        for p in &e.properties {
+            props.keys().append_value(&p.key);
+            let v = props.values();
+            let (s, i, f, b) = match &p.value {
+                Value::Str(s) => (Some(s.as_str()), None, None, None),
+                Value::Int(i) => (None, Some(*i), None, None),
+                Value::Float(f) => (None, None, Some(*f), None),
+                Value::Boolean(b) => (None, None, None, Some(*b)),
+            };
+            v.field_builder::<StringBuilder>(0)
+                .expect("string field")
+                .append_option(s);
+            v.field_builder::<Int64Builder>(1)
+                .expect("int field")
+                .append_option(i);
+            v.field_builder::<Float64Builder>(2)
+                .expect("float field")
+                .append_option(f);
+            v.field_builder::<BooleanBuilder>(3)
+                .expect("bool field")
+                .append_option(b);
+            v.append(true);
+        }
+        props.append(true).expect("keys and values in step");
+    }
+    let mut text = text
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let mut next = || text.next().expect("seven text columns");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(ty.finish()),
+        Arc::new(ts.finish()),
+        next(),
+        next(),
+        Arc::new(props.finish()),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+    ];
+    RecordBatch::try_new(schema(), columns).expect("columns match the schema")
+}
+
+/// The partition of an event time: `date=YYYY-MM-DD/hour=HH`.
+pub fn partition(ts: i64) -> String {
+    let hour = ts.div_euclid(3_600_000);
+    let t = time::OffsetDateTime::from_unix_timestamp(hour * 3600)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "date={:04}-{:02}-{:02}/hour={:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour()
+    )
+}
+
+/// A part being written.
+struct Part {
+    tmp: PathBuf,
+    writer: ArrowWriter<std::fs::File>,
+    opened: Instant,
+}
+
+/// What the engine tells the writer.
+enum Msg {
+    /// Events after the pipeline, the last of them at log position `seq`.
+    Events { events: Vec<Event>, seq: u64 },
+    /// Close every part (a checkpoint at log position `seq`); answered once
+    /// they are renamed and synced.
+    Seal {
+        seq: u64,
+        reply: SyncSender<Result<(), String>>,
+    },
+}
+
+/// The engine's side: sends events and seals to the writer thread over a
+/// bounded channel, so a slow disk holds the pipeline back.
+pub struct Archive {
+    tx: SyncSender<Msg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Archive {
+    /// Opens the archive: removes parts left half-written and, after a
+    /// restore at log position `restored` with the log on (`replays`), the
+    /// parts past it (the log writes their events again); then starts the
+    /// writer.
+    pub fn open(
+        settings: ArchiveSettings,
+        restored: u64,
+        replays: bool,
+    ) -> Result<Archive, ArchiveError> {
+        std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+        let removed = clean(&settings.dir, replays.then_some(restored))?;
+        if removed > 0 {
+            tracing::info!(
+                parts = removed,
+                dir = %settings.dir.display(),
+                "archive: removed parts after the restored checkpoint (the log replays their events)"
+            );
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let thread = std::thread::Builder::new()
+            .name("nexuspipe-archive".into())
+            .spawn(move || writer(settings, rx))
+            .map_err(|e| ArchiveError::Io {
+                path: PathBuf::new(),
+                source: e,
+            })?;
+        Ok(Archive {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands events on (blocks while the writer is behind).
+    pub fn write(&self, events: Vec<Event>, seq: u64) {
+        if events.is_empty() {
+            return;
+        }
+        let _ = self.tx.send(Msg::Events { events, seq });
+    }
+
+    /// Closes every part (a checkpoint): returns once they are in place.
+    pub fn seal(&self, seq: u64) -> Result<(), ArchiveError> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Seal { seq, reply })
+            .map_err(|_| ArchiveError::Stopped)?;
+        rx.recv()
+            .map_err(|_| ArchiveError::Stopped)?
+            .map_err(|e| ArchiveError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })
+    }
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        // The writer ends with the channel; what it held is sealed by the
+        // last checkpoint, or written again from the log.
+        let (tx, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The log position in a part's name, if it is one.
+fn part_seq(name: &str) -> Option<u64> {
+    name.strip_prefix("part-")?.split('-').next()?.parse().ok()
+}
+
+/// Removes `.tmp` files, and parts past `after`; returns how many.
+fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
+            let entry = entry.map_err(io(&d))?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.ends_with(".tmp")
+                || after.is_some_and(|a| part_seq(&name).is_some_and(|s| s > a));
+            if stale {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
+    let mut parts: HashMap<String, Part> = HashMap::new();
+    let mut seq = 0u64;
+    let mut counter = 0u64;
+    // A write that failed left events out of a part: no seal may count
+    // them as archived, so checkpoints wait and a restart replays the log.
+    let mut failed: Option<String> = None;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let tick = settings.flush_interval.min(Duration::from_secs(1));
+    loop {
+        let msg = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        match msg {
+            Some(Msg::Events { events, seq: s }) => {
+                seq = seq.max(s);
+                let mut by_partition: HashMap<String, Vec<&Event>> = HashMap::new();
+                for e in &events {
+                    by_partition
+                        .entry(partition(e.timestamp))
+                        .or_default()
+                        .push(e);
+                }
+                for (p, rows) in by_partition {
+                    if let Err(e) =
+                        append(&settings, &mut parts, &props, &p, &rows, seq, &mut counter)
+                    {
+                        tracing::error!(error = %e, partition = %p, "archive write failed: checkpoints wait until a restart writes the events again from the log");
+                        failed.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            Some(Msg::Seal { seq: s, reply }) => {
+                seq = seq.max(s);
+                let r = match &failed {
+                    Some(e) => Err(format!("an earlier write failed: {e}")),
+                    None => seal_all(&mut parts, seq)
+                        .and_then(|()| retain(&settings))
+                        .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            None => {}
+        }
+        // Age and size: close what is due.
+        let due: Vec<String> = parts
+            .iter()
+            .filter(|(_, p)| {
+                p.opened.elapsed() >= settings.flush_interval
+                    || p.writer.bytes_written() as u64 + p.writer.in_progress_size() as u64
+                        >= settings.max_file_size
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            let part = parts.remove(&k).expect("due part");
+            if let Err(e) = seal(part, seq) {
+                tracing::error!(error = %e, "archive: closing a part failed");
+                failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+fn append(
+    settings: &ArchiveSettings,
+    parts: &mut HashMap<String, Part>,
+    props: &WriterProperties,
+    partition: &str,
+    rows: &[&Event],
+    seq: u64,
+    counter: &mut u64,
+) -> Result<(), ArchiveError> {
+    if !parts.contains_key(partition) {
+        let dir = settings.dir.join(partition);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        *counter += 1;
+        let tmp = dir.join(format!(
+            ".part-{}-{}-{counter}.tmp",
+            seq,
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let writer =
+            ArrowWriter::try_new(file, schema(), Some(props.clone())).map_err(|source| {
+                ArchiveError::Parquet {
+                    path: tmp.clone(),
+                    source,
+                }
+            })?;
+        parts.insert(
+            partition.to_string(),
+            Part {
+                tmp,
+                writer,
+                opened: Instant::now(),
+            },
+        );
+    }
+    let part = parts.get_mut(partition).expect("open part");
+    part.writer
+        .write(&to_batch(rows))
+        .map_err(|source| ArchiveError::Parquet {
+            path: part.tmp.clone(),
+            source,
+        })
+}
+
+fn seal_all(parts: &mut HashMap<String, Part>, seq: u64) -> Result<(), ArchiveError> {
+    for (_, part) in parts.drain() {
+        seal(part, seq)?;
+    }
+    Ok(())
+}
+
+/// Finishes a part and moves it into place: `part-<seq>-<unique>.parquet`.
+fn seal(part: Part, seq: u64) -> Result<(), ArchiveError> {
+    let Part { tmp, writer, .. } = part;
+    let file = writer
+        .into_inner()
+        .map_err(|source| ArchiveError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+    file.sync_all().map_err(io(&tmp))?;
+    let name = tmp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(".part-"))
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .unwrap_or("x");
+    // The unique tail of the name stays; the position is the part's last.
+    let unique = name.split_once('-').map_or(name, |(_, rest)| rest);
+    let done = tmp.with_file_name(format!("part-{seq:020}-{unique}.parquet"));
+    std::fs::rename(&tmp, &done).map_err(io(&tmp))?;
+    if let Some(dir) = done.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Removes partitions whose hour ended more than `keep` ago.
+fn retain(settings: &ArchiveSettings) -> Result<(), ArchiveError> {
+    let Some(keep) = settings.keep else {
+        return Ok(());
+    };
+    let now = crate::event::now_ms();
+    let cutoff = now - keep.as_millis() as i64;
+    let Ok(dates) = std::fs::read_dir(&settings.dir) else {
+        return Ok(());
+    };
+    for date in dates.flatten() {
+        let date_name = date.file_name().to_string_lossy().into_owned();
+        let Some(day) = date_name.strip_prefix("date=") else {
+            continue;
+        };
+        let Ok(hours) = std::fs::read_dir(date.path()) else {
+            continue;
+        };
+        for hour in hours.flatten() {
+            let hour_name = hour.file_name().to_string_lossy().into_owned();
+            let Some(h) = hour_name.strip_prefix("hour=") else {
+                continue;
+            };
+            let start = crate::event::parse_timestamp(&serde_json::Value::String(format!(
+                "{day}T{h}:00:00Z"
+            )));
+            if let Ok(start) = start
+                && start + 3_600_000 <= cutoff
+            {
+                std::fs::remove_dir_all(hour.path()).map_err(io(&hour.path()))?;
+                tracing::info!(partition = %format!("{date_name}/{hour_name}"), "archive: partition past `keep` removed");
+            }
+        }
+        // An emptied day goes too.
+        let _ = std::fs::remove_dir(date.path());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_utc_hours_of_event_time() {
+        assert_eq!(partition(0), "date=1970-01-01/hour=00");
+        // 2026-12-01T10:59:59.999Z and the next millisecond.
+        assert_eq!(partition(1_796_122_799_999), "date=2026-12-01/hour=10");
+        assert_eq!(partition(1_796_122_800_000), "date=2026-12-01/hour=11");
+        assert_eq!(part_seq("part-00000000000000000042-7-1.parquet"), Some(42));
+        assert_eq!(part_seq(".part-1-2-3.tmp"), None);
+    }
+
+    #[test]
+    fn retention_removes_hours_that_ended_before_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::event::now_ms();
+        let old = dir.path().join(partition(now - 3 * 86_400_000));
+        let recent = dir.path().join(partition(now - 3_600_000));
+        for d in [&old, &recent] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("part-1-x.parquet"), b"").unwrap();
+        }
+        let settings = ArchiveSettings {
+            dir: dir.path().to_path_buf(),
+            raw: false,
+            max_file_size: 1 << 20,
+            flush_interval: Duration::from_secs(60),
+            keep: Some(Duration::from_secs(2 * 86_400)),
+        };
+        retain(&settings).unwrap();
+        assert!(!old.exists(), "a partition older than keep stayed");
+        assert!(!old.parent().unwrap().exists(), "its emptied day stayed");
+        assert!(recent.join("part-1-x.parquet").exists());
+    }
+}

@@ -1,0 +1,207 @@
+//! The event archive (`[archive]`): every event the pipeline took, once, as
+//! Parquet files by event-time hour, read back with nothing but the path by
+//! pyarrow and DuckDB (`make readers` puts them in target/venv-readers).
+
+use crate::durability::kill_9;
+use crate::sinks::{Db, influx_config, known_stream, post_all};
+use crate::support::{Server, wait_until, workspace_root};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What host/tests/archive_read.py makes of the archive.
+fn read_archive(dir: &Path) -> Value {
+    let py = workspace_root().join("target/venv-readers/bin/python");
+    assert!(
+        py.exists(),
+        "the archive's readers are missing: run `make readers`"
+    );
+    let out = Command::new(py)
+        .arg(workspace_root().join("host/tests/archive_read.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `date=YYYY-MM-DD/hour=HH` of an event time, worked out here.
+fn partition(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap();
+    format!(
+        "date={:04}-{:02}-{:02}/hour={:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour()
+    )
+}
+
+fn files_named(dir: &Path, suffix: &str) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// With the write-ahead log and checkpoints every 100 ms, a `kill -9`
+/// while InfluxDB is down: checkpoints are taken (and the archive's parts
+/// closed) but none completes, since the sink has not settled. After the
+/// restart, the archive holds every posted event exactly once (the parts
+/// past the restored checkpoint go, the replayed log writes them again), in
+/// the partitions of their hours, with their fields and typed properties,
+/// and pyarrow and DuckDB agree.
+#[test]
+fn every_event_is_archived_once_through_a_kill_9() {
+    let events = known_stream(41);
+    let mut influx = Db::influxdb();
+    let config = influx_config(influx.port, "v1", "[archive]\nflush_interval = \"1h\"\n").replacen(
+        "[engine]\n",
+        "[engine]\ncheckpoint_interval = \"100ms\"\n",
+        1,
+    );
+    let mut s = Server::start(&config);
+    let first = events.len() / 2;
+    post_all(&s, &events[..first], 500, Duration::ZERO);
+    s.wait_idle();
+    let committed = || s.metric("nexuspipe_checkpoints_total");
+    let before = committed();
+    wait_until(10, "a checkpoint with the sink up", || committed() > before);
+    influx.stop();
+    let retries =
+        |s: &Server| s.metric("nexuspipe_sink_retries_total{sink=\"influxdb\",kind=\"influxdb\"}");
+    let (retried, mut i) = (retries(&s), first);
+    // Until a window's points meet the outage (the sink now holds them).
+    while retries(&s) == retried && i < events.len() {
+        post_all(&s, &events[i..i + 100], 100, Duration::ZERO);
+        i += 100;
+        s.wait_idle();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(retries(&s) > retried, "the InfluxDB sink retried");
+    kill_9(&mut s);
+    influx.start_again();
+    s.start_again();
+    assert!(
+        s.metric("nexuspipe_wal_replayed_events_total") > 0.0,
+        "the crash left events after the last complete checkpoint"
+    );
+    post_all(&s, &events[i..], 500, Duration::ZERO);
+    wait_until(60, "every accepted event processed", || {
+        s.metric("nexuspipe_events_processed_total")
+            >= s.metric("nexuspipe_events_accepted_total")
+                + s.metric("nexuspipe_wal_replayed_events_total")
+    });
+    assert!(s.stop().success());
+
+    let dir = s.data("archive");
+    assert_eq!(files_named(&dir, ".tmp"), 0, "a half-written part is left");
+    let got = read_archive(&dir);
+    assert_eq!(got["rows"], events.len(), "rows: {}", got["rows"]);
+    assert_eq!(got["duckdb_rows"], events.len());
+    let ids: Vec<&str> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        ids.len(),
+        "an event archived twice"
+    );
+    let mut want_types = BTreeMap::new();
+    let mut want_partitions = BTreeSet::new();
+    for e in &events {
+        *want_types
+            .entry(e["event_type"].as_str().unwrap().to_string())
+            .or_insert(0u64) += 1;
+        want_partitions.insert(partition(e["timestamp"].as_i64().unwrap()));
+    }
+    let by_type: BTreeMap<String, u64> = serde_json::from_value(got["by_type"].clone()).unwrap();
+    assert_eq!(by_type, want_types);
+    let partitions: BTreeSet<String> = serde_json::from_value(got["partitions"].clone()).unwrap();
+    assert_eq!(partitions, want_partitions);
+    // Every posted event's fields, and its properties with their types.
+    let archived = &got["events"];
+    for e in events.iter().filter(|e| e.get("event_id").is_some()) {
+        let a = &archived[e["event_id"].as_str().unwrap()];
+        assert_eq!(a["event_type"], e["event_type"], "{e}");
+        assert_eq!(a["timestamp"], e["timestamp"], "{e}");
+        assert_eq!(
+            a["user_id"],
+            e.get("user_id").cloned().unwrap_or(Value::Null),
+            "{e}"
+        );
+        for (k, v) in e["properties"].as_object().into_iter().flatten() {
+            assert_eq!(&a["properties"][k], v, "property {k} of {e}");
+        }
+        // After the enrichers: the user agent's device is there.
+        if e["metadata"]["user_agent"].is_string() {
+            assert!(
+                a["properties"]["ua.device"].is_string(),
+                "not enriched: {a}"
+            );
+        }
+    }
+    let purchase = events
+        .iter()
+        .filter(|e| e["event_type"] == "purchase")
+        .min_by_key(|e| e["event_id"].as_str().unwrap().to_string())
+        .unwrap();
+    assert_eq!(
+        got["duckdb_purchase"],
+        serde_json::json!([
+            purchase["event_id"],
+            purchase["timestamp"],
+            purchase["properties"]["amount"].as_f64()
+        ])
+    );
+}
+
+/// `stage = "raw"`: the events as received, without what the enrichers add.
+#[test]
+fn the_raw_stage_archives_events_as_received() {
+    let s = Server::start("[archive]\nstage = \"raw\"\n");
+    let ua =
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148";
+    let events: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "event_id": format!("raw-{i}"), "event_type": "page_view",
+                "timestamp": 1_767_225_600_000i64 + i * 1000,
+                "properties": {"path": "/p", "n": i, "ok": true},
+                "metadata": {"user_agent": ua, "url": "https://shop.example/p?utm_source=x"}
+            })
+        })
+        .collect();
+    assert_eq!(s.post(&Value::Array(events.clone())).0, 202);
+    let mut s = s;
+    s.wait_idle();
+    assert!(s.stop().success());
+    let got = read_archive(&s.data("archive"));
+    assert_eq!(got["rows"], 3);
+    assert_eq!(
+        got["partitions"],
+        serde_json::json!(["date=2026-01-01/hour=00"])
+    );
+    for e in &events {
+        let a = &got["events"][e["event_id"].as_str().unwrap()];
+        assert_eq!(a["properties"], e["properties"], "{a}");
+    }
+}
