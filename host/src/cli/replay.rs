@@ -9,9 +9,10 @@ use nexuspipe::engine::Engine;
 use nexuspipe::event::{EventDefaults, from_json, parse_events, parse_timestamp};
 use nexuspipe::runtime::Event;
 use nexuspipe::sinks::Outputs;
+use nexuspipe::sinks::archive;
 use nexuspipe::telemetry::Metrics;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct ReplayArgs {
     /// Events to replay: an NDJSON file of canonical events (`.gz` for gzip),
-    /// as `nexuspipe gen --output` writes or an export holds.
+    /// as `nexuspipe gen --output` writes or an export holds; a Parquet
+    /// file of the archive's schema; or an archive folder (`[archive]`),
+    /// read hour by hour.
     #[arg(long, value_name = "FILE")]
     from: PathBuf,
     /// Only events at or after this event time (RFC 3339 or epoch ms).
@@ -140,21 +143,15 @@ fn job(
     to_the_end: bool,
 ) -> Result<serde_json::Value> {
     let data_dir = config.engine.data_dir.clone();
-    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
-    let counted = Counted {
-        inner: file,
-        read: read.clone(),
+    let defaults = EventDefaults {
+        now_ms: nexuspipe::event::now_ms(),
+        ip_address: None,
+        user_agent: None,
+        // History: no bound ahead of now.
+        max_future_ms: None,
     };
-    let gz = from.extension().is_some_and(|x| x == "gz");
-    let reader: Box<dyn BufRead> = if gz {
-        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
-            BufReader::new(counted),
-        )))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 20, counted))
-    };
+    let (items, size) = open_source(from, (start, end), defaults.clone(), read.clone())?;
 
     let metrics = Arc::new(Metrics::new());
     let (_manager, plugins) = start_pipeline(&config, metrics.clone())?;
@@ -173,13 +170,6 @@ fn job(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
-    let defaults = EventDefaults {
-        now_ms: nexuspipe::event::now_ms(),
-        ip_address: None,
-        user_agent: None,
-        // History: no bound ahead of now.
-        max_future_ms: None,
-    };
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
@@ -196,28 +186,16 @@ fn job(
         rt.block_on(handle.submit(batch, Instant::now()))
             .map_err(|e| anyhow::anyhow!("the engine did not take the events: {e}"))
     };
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", from.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event = match parse_events(line.as_bytes(), false, &defaults) {
-            Some(mut one) if one.len() == 1 => one.pop().expect("one event"),
-            // The value path names what is wrong.
-            _ => match serde_json::from_str(&line)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    from_json(v, &defaults).map_err(|e| format!("{}: {}", e.field, e.message))
-                }) {
-                Ok(e) => e,
-                Err(why) => {
-                    invalid += 1;
-                    if invalid <= 10 {
-                        eprintln!("{}: line {}: skipped: {why}", from.display(), i + 1);
-                    }
-                    continue;
+    for item in items {
+        let event = match item? {
+            Parsed::Event(e) => e,
+            Parsed::Invalid { at, why } => {
+                invalid += 1;
+                if invalid <= 10 {
+                    eprintln!("{}: {at}: skipped: {why}", from.display());
                 }
-            },
+                continue;
+            }
         };
         if start.is_some_and(|s| event.timestamp < s) || end.is_some_and(|e| event.timestamp >= e) {
             outside += 1;
@@ -275,6 +253,101 @@ fn job(
         "alerts": metrics.alerts_written.load(Ordering::Relaxed),
         "data_dir": data_dir.display().to_string(),
     }))
+}
+
+/// An event of the input, or a line that is not one.
+enum Parsed {
+    Event(Event),
+    Invalid { at: String, why: String },
+}
+
+type Items = Box<dyn Iterator<Item = Result<Parsed>>>;
+
+/// The events of `from`: an NDJSON file (gzipped if `.gz`), a Parquet file,
+/// or an archive folder (its parts by hour, only the hours `range` can
+/// hold). Also the input's size in bytes; `read` counts what is done.
+fn open_source(
+    from: &Path,
+    range: (Option<i64>, Option<i64>),
+    defaults: EventDefaults<'static>,
+    read: Arc<AtomicU64>,
+) -> Result<(Items, u64)> {
+    let parquet = from.extension().is_some_and(|x| x == "parquet");
+    if from.is_dir() || parquet {
+        let files = if parquet {
+            vec![from.to_path_buf()]
+        } else {
+            archive::parts(from, range)
+                .with_context(|| format!("reading the archive {}", from.display()))?
+        };
+        let size = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum();
+        let items = files.into_iter().flat_map(move |f| {
+            let events = read_parquet(&f);
+            read.fetch_add(
+                std::fs::metadata(&f).map_or(0, |m| m.len()),
+                Ordering::Relaxed,
+            );
+            let items: Vec<Result<Parsed>> = match events {
+                Ok(events) => events.into_iter().map(|e| Ok(Parsed::Event(e))).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            items
+        });
+        return Ok((Box::new(items), size));
+    }
+    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let counted = Counted { inner: file, read };
+    let reader: Box<dyn BufRead> = if from.extension().is_some_and(|x| x == "gz") {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
+            BufReader::new(counted),
+        )))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 20, counted))
+    };
+    let name = from.display().to_string();
+    let items = reader.lines().enumerate().filter_map(move |(i, line)| {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => return Some(Err(anyhow::anyhow!("reading {name}: {e}"))),
+        };
+        if line.trim().is_empty() {
+            return None;
+        }
+        let at = || format!("line {}", i + 1);
+        Some(Ok(match parse_events(line.as_bytes(), false, &defaults) {
+            Some(mut one) if one.len() == 1 => Parsed::Event(one.pop().expect("one event")),
+            // The value path names what is wrong.
+            _ => match serde_json::from_str(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    from_json(v, &defaults).map_err(|e| format!("{}: {}", e.field, e.message))
+                }) {
+                Ok(e) => Parsed::Event(e),
+                Err(why) => Parsed::Invalid { at: at(), why },
+            },
+        }))
+    });
+    Ok((Box::new(items), size))
+}
+
+/// Every event of one Parquet file of the archive's schema.
+fn read_parquet(path: &Path) -> Result<Vec<Event>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut events = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+        events.extend(
+            archive::from_batch(&batch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    Ok(events)
 }
 
 /// One line, redrawn: events, rate, event time reached, share and ETA.

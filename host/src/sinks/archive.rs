@@ -513,6 +513,138 @@ fn retain(settings: &ArchiveSettings) -> Result<(), ArchiveError> {
     Ok(())
 }
 
+/// The events of a record batch of [`schema`] (what [`to_batch`] wrote):
+/// the way back, for replays from the archive.
+pub fn from_batch(batch: &RecordBatch) -> Result<Vec<Event>, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_array::{Array, StringArray};
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| format!("no column `{name}`"))
+    };
+    let text = |name: &str| -> Result<&StringArray, String> {
+        col(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not a string column"))
+    };
+    let id = text("event_id")?;
+    let ty = text("event_type")?;
+    let ts = col("timestamp")?
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or("column `timestamp` is not a timestamp in milliseconds")?;
+    let [user, session, ip, ua, platform, url, referrer] = [
+        "user_id",
+        "session_id",
+        "ip_address",
+        "user_agent",
+        "platform",
+        "url",
+        "referrer",
+    ]
+    .map(text);
+    let (user, session, ip, ua, platform, url, referrer) =
+        (user?, session?, ip?, ua?, platform?, url?, referrer?);
+    let props = col("properties")?
+        .as_map_opt()
+        .ok_or("column `properties` is not a map")?;
+    let keys = props
+        .keys()
+        .as_string_opt::<i32>()
+        .ok_or("properties' keys are not strings")?;
+    let values = props.values().as_struct();
+    let (s, i, f, b) = (
+        values.column(0).as_string::<i32>(),
+        values.column(1).as_primitive::<Int64Type>(),
+        values.column(2).as_primitive::<Float64Type>(),
+        values.column(3).as_boolean(),
+    );
+    let opt = |a: &StringArray, row: usize| (!a.is_null(row)).then(|| a.value(row).to_string());
+    let offsets = props.value_offsets();
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut properties = Vec::new();
+        for k in offsets[row] as usize..offsets[row + 1] as usize {
+            let value = if !s.is_null(k) {
+                Value::Str(s.value(k).to_string())
+            } else if !i.is_null(k) {
+                Value::Int(i.value(k))
+            } else if !f.is_null(k) {
+                Value::Float(f.value(k))
+            } else if !b.is_null(k) {
+                Value::Boolean(b.value(k))
+            } else {
+                continue;
+            };
+            properties.push(crate::runtime::Property {
+                key: keys.value(k).to_string(),
+                value,
+            });
+        }
+        out.push(Event {
+            id: id.value(row).to_string(),
+            event_type: ty.value(row).to_string(),
+            timestamp: ts.value(row),
+            user_id: opt(user, row),
+            session_id: opt(session, row),
+            properties,
+            metadata: crate::runtime::Metadata {
+                ip_address: opt(ip, row),
+                user_agent: opt(ua, row),
+                platform: opt(platform, row),
+                url: opt(url, row),
+                referrer: opt(referrer, row),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The archive's parts in order: partitions by hour, then parts by log
+/// position. With `range`, only the hours that can hold events in it.
+pub fn parts(dir: &Path, range: (Option<i64>, Option<i64>)) -> std::io::Result<Vec<PathBuf>> {
+    let mut hours = Vec::new();
+    for date in std::fs::read_dir(dir)?.flatten() {
+        let d = date.file_name().to_string_lossy().into_owned();
+        let Some(day) = d.strip_prefix("date=") else {
+            continue;
+        };
+        for hour in std::fs::read_dir(date.path())?.flatten() {
+            let h = hour.file_name().to_string_lossy().into_owned();
+            let Some(hh) = h.strip_prefix("hour=") else {
+                continue;
+            };
+            let Ok(start) = crate::event::parse_timestamp(&serde_json::Value::String(format!(
+                "{day}T{hh}:00:00Z"
+            ))) else {
+                continue;
+            };
+            let (from, to) = range;
+            if from.is_some_and(|f| start + 3_600_000 <= f) || to.is_some_and(|t| start >= t) {
+                continue;
+            }
+            hours.push((start, hour.path()));
+        }
+    }
+    hours.sort();
+    let mut out = Vec::new();
+    for (_, h) in hours {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&h)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+            })
+            .collect();
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +680,25 @@ mod tests {
         assert!(!old.exists(), "a partition older than keep stayed");
         assert!(!old.parent().unwrap().exists(), "its emptied day stayed");
         assert!(recent.join("part-1-x.parquet").exists());
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_the_events_written() {
+        let e = crate::event::from_json(
+            serde_json::json!({
+                "event_id": "e1", "event_type": "purchase", "timestamp": 1_767_225_600_123i64,
+                "user_id": "u1", "properties": {"amount": 12.5, "n": 3, "ok": false, "s": "x"},
+                "metadata": {"ip_address": "10.0.0.1", "url": "https://x/y"}
+            }),
+            &crate::event::EventDefaults::default(),
+        )
+        .unwrap();
+        let bare = crate::event::from_json(
+            serde_json::json!({"event_id": "e2", "event_type": "tick", "timestamp": 5}),
+            &crate::event::EventDefaults::default(),
+        )
+        .unwrap();
+        let batch = to_batch(&[&e, &bare]);
+        assert_eq!(from_batch(&batch).unwrap(), vec![e, bare]);
     }
 }

@@ -2,9 +2,9 @@
 //! Parquet files by event-time hour, read back with nothing but the path by
 //! pyarrow and DuckDB (`make readers` puts them in target/venv-readers).
 
-use crate::durability::kill_9;
-use crate::sinks::{Db, influx_config, known_stream, post_all};
-use crate::support::{Server, wait_until, workspace_root};
+use crate::durability::{alert_set, kill_9};
+use crate::sinks::{Db, expected_points, influx_config, known_stream, post_all};
+use crate::support::{Server, plugin_dir, wait_until, workspace_root};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -204,4 +204,44 @@ fn the_raw_stage_archives_events_as_received() {
         let a = &got["events"][e["event_id"].as_str().unwrap()];
         assert_eq!(a["properties"], e["properties"], "{a}");
     }
+}
+
+/// A live run with the archive, then a replay of its archive into another
+/// data dir: the same points and alerts.
+#[test]
+fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
+    let events = known_stream(43);
+    let mut live = Server::start("[engine]\nidle_timeout = \"1h\"\n[archive]\n");
+    post_all(&live, &events, 500, Duration::ZERO);
+    live.wait_idle();
+    assert!(live.stop().success());
+    let want_points = expected_points(&live.read("metrics.lp"));
+    let want_alerts = alert_set(&live.read("alerts.jsonl"));
+    assert!(!want_points.is_empty() && !want_alerts.is_empty());
+
+    let out = tempfile::tempdir().unwrap();
+    let cfg = out.path().join("nexuspipe.toml");
+    std::fs::write(&cfg, "[engine]\nidle_timeout = \"1h\"\n").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["replay", "--from"])
+        .arg(live.data("archive"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(out.path().join("data"))
+        .env(
+            "NEXUSPIPE_CACHE_DIR",
+            workspace_root().join("target/test-cache"),
+        )
+        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: Value =
+        serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["events"], events.len(), "{summary}");
+    let read = |f: &str| std::fs::read_to_string(out.path().join("data").join(f)).unwrap();
+    assert_eq!(expected_points(&read("metrics.lp")), want_points);
+    assert_eq!(alert_set(&read("alerts.jsonl")), want_alerts);
 }
