@@ -332,7 +332,6 @@ fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
 fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
     let mut parts: HashMap<String, Part> = HashMap::new();
     let mut seq = 0u64;
-    let mut counter = 0u64;
     // A write that failed left events out of a part: no seal may count
     // them as archived, so checkpoints wait and a restart replays the log.
     let mut failed: Option<String> = None;
@@ -357,9 +356,7 @@ fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
                         .push(e);
                 }
                 for (p, rows) in by_partition {
-                    if let Err(e) =
-                        append(&settings, &mut parts, &props, &p, &rows, seq, &mut counter)
-                    {
+                    if let Err(e) = append(&settings, &mut parts, &props, &p, &rows, seq) {
                         tracing::error!(error = %e, partition = %p, "archive write failed: checkpoints wait until a restart writes the events again from the log");
                         failed.get_or_insert_with(|| e.to_string());
                     }
@@ -404,17 +401,13 @@ fn append(
     partition: &str,
     rows: &[&Event],
     seq: u64,
-    counter: &mut u64,
 ) -> Result<(), ArchiveError> {
     if !parts.contains_key(partition) {
         let dir = settings.dir.join(partition);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        *counter += 1;
-        let tmp = dir.join(format!(
-            ".part-{}-{}-{counter}.tmp",
-            seq,
-            std::process::id()
-        ));
+        // Unique across runs: a process id repeats (always 1 in a container),
+        // and a part of an earlier run must never be overwritten.
+        let tmp = dir.join(format!(".part-{seq}-{}.tmp", uuid::Uuid::now_v7().simple()));
         let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         let writer =
             ArrowWriter::try_new(file, schema(), Some(props.clone())).map_err(|source| {
