@@ -10,7 +10,7 @@ use nexuspipe::kafka::processor::{self, Keyed, ProcessorSettings, Step};
 use nexuspipe::live::{Manager, folder};
 use nexuspipe::runtime::{Capabilities, HostSettings, Limits, Plugin, Runtime};
 use nexuspipe::sinks::Outputs;
-use nexuspipe::sinks::archive::ArchiveSettings;
+use nexuspipe::sinks::archive::{ArchiveSettings, RemoteSettings};
 use nexuspipe::telemetry::Metrics;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,7 +146,14 @@ pub(super) fn engine_settings(config: &Config) -> EngineSettings {
     let e = &config.engine;
     EngineSettings {
         archive: config.archive.as_ref().map(|a| ArchiveSettings {
-            dir: e.data_dir.join(&a.path),
+            dir: match &a.url {
+                Some(_) => e.data_dir.join("archive-staging"),
+                None => e.data_dir.join(&a.path),
+            },
+            remote: a.url.as_ref().map(|url| RemoteSettings {
+                url: url.clone(),
+                options: a.options.clone().into_iter().collect(),
+            }),
             raw: a.stage == ArchiveStage::Raw,
             max_file_size: a.max_file_size as u64,
             flush_interval: a.flush_interval,

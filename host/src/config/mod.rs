@@ -51,6 +51,13 @@ pub struct Config {
 pub struct ArchiveConfig {
     /// The archive's folder; relative paths are under `engine.data_dir`.
     pub path: PathBuf,
+    /// Object storage instead: `"s3://bucket/prefix"` (S3 or S3-compatible).
+    /// Parts are staged in `engine.data_dir/archive-staging` and put there.
+    pub url: Option<String>,
+    /// The store's settings (object_store's keys: `aws_endpoint`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
+    /// `aws_allow_http`, …); unset ones come from the `AWS_*` environment.
+    pub options: std::collections::BTreeMap<String, String>,
     /// `"enriched"`: the events as the pipeline's enrichers left them (geo,
     /// device, campaign properties there); `"raw"`: as received.
     pub stage: ArchiveStage,
@@ -76,6 +83,8 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             path: PathBuf::from("archive"),
+            url: None,
+            options: Default::default(),
             stage: ArchiveStage::Enriched,
             max_file_size: 128 << 20,
             flush_interval: Duration::from_secs(600),
@@ -794,6 +803,13 @@ impl Config {
             return Err("engine.queue_capacity and engine.batch_size must be positive".into());
         }
         if let Some(a) = &self.archive {
+            if let Some(url) = &a.url
+                && !url.starts_with("s3://")
+            {
+                return Err(format!(
+                    "archive.url {url:?}: only s3://bucket/prefix (S3 or S3-compatible) for now"
+                ));
+            }
             if a.max_file_size == 0 || a.flush_interval.is_zero() {
                 return Err(
                     "archive.max_file_size and archive.flush_interval must be positive".into(),

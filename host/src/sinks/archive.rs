@@ -38,6 +38,117 @@ pub struct ArchiveSettings {
     pub flush_interval: Duration,
     /// Partitions whose hour ended longer ago than this are removed.
     pub keep: Option<Duration>,
+    /// Object storage: parts are written in `dir` (staging) and put there.
+    pub remote: Option<RemoteSettings>,
+}
+
+/// `url = "s3://bucket/prefix"` and the store's options (credentials,
+/// endpoint, region; the environment's `AWS_*` variables otherwise).
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub options: Vec<(String, String)>,
+}
+
+/// The bucket side of an archive on object storage. A put is atomic, so a
+/// reader never sees half a part there either.
+struct Remote {
+    store: Box<dyn object_store::ObjectStore>,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Remote {
+    fn open(s: &RemoteSettings) -> Result<Remote, ArchiveError> {
+        let store_error = |what: &str, e: object_store::Error| ArchiveError::Store {
+            what: format!("{what} ({})", s.url),
+            source: e,
+        };
+        let Some(rest) = s.url.strip_prefix("s3://") else {
+            return Err(ArchiveError::Config(format!(
+                "archive.url {:?}: only s3:// (and S3-compatible stores) for now",
+                s.url
+            )));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in &s.options {
+            let key = k
+                .parse()
+                .map_err(|e| store_error(&format!("archive.options.{k}"), e))?;
+            builder = builder.with_config(key, v);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| store_error("opening the bucket", e))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io(Path::new("tokio runtime")))?;
+        Ok(Remote {
+            store: Box::new(store),
+            prefix: prefix.trim_matches('/').to_string(),
+            rt,
+        })
+    }
+
+    fn path(&self, rel: &str) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            object_store::path::Path::from(rel)
+        } else {
+            object_store::path::Path::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn put(&self, rel: &str, file: &Path) -> Result<(), ArchiveError> {
+        use object_store::ObjectStoreExt;
+        let bytes = std::fs::read(file).map_err(io(file))?;
+        let at = self.path(rel);
+        self.rt
+            .block_on(self.store.put(&at, bytes.into()))
+            .map_err(|e| ArchiveError::Store {
+                what: format!("putting {at}"),
+                source: e,
+            })?;
+        Ok(())
+    }
+
+    /// Every part in the bucket, as (path below the prefix, object path).
+    fn parts(&self) -> Result<Vec<(String, object_store::path::Path)>, ArchiveError> {
+        use futures_util::TryStreamExt;
+        let prefix = (!self.prefix.is_empty()).then(|| self.path(""));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.store.list(prefix.as_ref()).try_collect())
+            .map_err(|e| ArchiveError::Store {
+                what: "listing the archive".into(),
+                source: e,
+            })?;
+        let skip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        Ok(listed
+            .into_iter()
+            .map(|m| {
+                (
+                    m.location.as_ref().get(skip..).unwrap_or("").to_string(),
+                    m.location,
+                )
+            })
+            .collect())
+    }
+
+    fn delete(&self, at: &object_store::path::Path) -> Result<(), ArchiveError> {
+        use object_store::ObjectStoreExt;
+        self.rt
+            .block_on(self.store.delete(at))
+            .map_err(|e| ArchiveError::Store {
+                what: format!("deleting {at}"),
+                source: e,
+            })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +163,13 @@ pub enum ArchiveError {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
+    #[error("archive: {what}: {source}")]
+    Store {
+        what: String,
+        source: object_store::Error,
+    },
+    #[error("{0}")]
+    Config(String),
     #[error("the archive writer stopped")]
     Stopped,
 }
@@ -209,6 +327,7 @@ pub fn partition(ts: i64) -> String {
 /// A part being written.
 struct Part {
     tmp: PathBuf,
+    partition: String,
     writer: ArrowWriter<std::fs::File>,
     opened: Instant,
 }
@@ -243,7 +362,18 @@ impl Archive {
         replays: bool,
     ) -> Result<Archive, ArchiveError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
-        let removed = clean(&settings.dir, replays.then_some(restored))?;
+        let remote = settings.remote.as_ref().map(Remote::open).transpose()?;
+        let after = replays.then_some(restored);
+        let mut removed = clean(&settings.dir, after)?;
+        if let (Some(r), Some(after)) = (&remote, after) {
+            for (rel, at) in r.parts()? {
+                let name = rel.rsplit('/').next().unwrap_or("");
+                if part_seq(name).is_some_and(|s| s > after) {
+                    r.delete(&at)?;
+                    removed += 1;
+                }
+            }
+        }
         if removed > 0 {
             tracing::info!(
                 parts = removed,
@@ -254,7 +384,7 @@ impl Archive {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let thread = std::thread::Builder::new()
             .name("nexuspipe-archive".into())
-            .spawn(move || writer(settings, rx))
+            .spawn(move || writer(settings, remote, rx))
             .map_err(|e| ArchiveError::Io {
                 path: PathBuf::new(),
                 source: e,
@@ -329,7 +459,8 @@ fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
     Ok(removed)
 }
 
-fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
+fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) {
+    let remote = remote.as_ref();
     let mut parts: HashMap<String, Part> = HashMap::new();
     let mut seq = 0u64;
     // A write that failed left events out of a part: no seal may count
@@ -366,8 +497,8 @@ fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
                 seq = seq.max(s);
                 let r = match &failed {
                     Some(e) => Err(format!("an earlier write failed: {e}")),
-                    None => seal_all(&mut parts, seq)
-                        .and_then(|()| retain(&settings))
+                    None => seal_all(&mut parts, seq, remote)
+                        .and_then(|()| retain(&settings, remote))
                         .map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
@@ -386,7 +517,7 @@ fn writer(settings: ArchiveSettings, rx: Receiver<Msg>) {
             .collect();
         for k in due {
             let part = parts.remove(&k).expect("due part");
-            if let Err(e) = seal(part, seq) {
+            if let Err(e) = seal(part, seq, remote) {
                 tracing::error!(error = %e, "archive: closing a part failed");
                 failed.get_or_insert_with(|| e.to_string());
             }
@@ -420,6 +551,7 @@ fn append(
             partition.to_string(),
             Part {
                 tmp,
+                partition: partition.to_string(),
                 writer,
                 opened: Instant::now(),
             },
@@ -434,16 +566,26 @@ fn append(
         })
 }
 
-fn seal_all(parts: &mut HashMap<String, Part>, seq: u64) -> Result<(), ArchiveError> {
+fn seal_all(
+    parts: &mut HashMap<String, Part>,
+    seq: u64,
+    remote: Option<&Remote>,
+) -> Result<(), ArchiveError> {
     for (_, part) in parts.drain() {
-        seal(part, seq)?;
+        seal(part, seq, remote)?;
     }
     Ok(())
 }
 
 /// Finishes a part and moves it into place: `part-<seq>-<unique>.parquet`.
-fn seal(part: Part, seq: u64) -> Result<(), ArchiveError> {
-    let Part { tmp, writer, .. } = part;
+/// On object storage the finished file is put there, then removed here.
+fn seal(part: Part, seq: u64, remote: Option<&Remote>) -> Result<(), ArchiveError> {
+    let Part {
+        tmp,
+        writer,
+        partition,
+        ..
+    } = part;
     let file = writer
         .into_inner()
         .map_err(|source| ArchiveError::Parquet {
@@ -459,7 +601,12 @@ fn seal(part: Part, seq: u64) -> Result<(), ArchiveError> {
         .unwrap_or("x");
     // The unique tail of the name stays; the position is the part's last.
     let unique = name.split_once('-').map_or(name, |(_, rest)| rest);
-    let done = tmp.with_file_name(format!("part-{seq:020}-{unique}.parquet"));
+    let done_name = format!("part-{seq:020}-{unique}.parquet");
+    if let Some(r) = remote {
+        r.put(&format!("{partition}/{done_name}"), &tmp)?;
+        return std::fs::remove_file(&tmp).map_err(io(&tmp));
+    }
+    let done = tmp.with_file_name(done_name);
     std::fs::rename(&tmp, &done).map_err(io(&tmp))?;
     if let Some(dir) = done.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -468,12 +615,30 @@ fn seal(part: Part, seq: u64) -> Result<(), ArchiveError> {
 }
 
 /// Removes partitions whose hour ended more than `keep` ago.
-fn retain(settings: &ArchiveSettings) -> Result<(), ArchiveError> {
+fn retain(settings: &ArchiveSettings, remote: Option<&Remote>) -> Result<(), ArchiveError> {
     let Some(keep) = settings.keep else {
         return Ok(());
     };
     let now = crate::event::now_ms();
     let cutoff = now - keep.as_millis() as i64;
+    let hour_start = |day: &str, h: &str| {
+        crate::event::parse_timestamp(&serde_json::Value::String(format!("{day}T{h}:00:00Z")))
+    };
+    if let Some(r) = remote {
+        for (rel, at) in r.parts()? {
+            let mut it = rel.split('/');
+            let (Some(day), Some(h)) = (
+                it.next().and_then(|d| d.strip_prefix("date=")),
+                it.next().and_then(|h| h.strip_prefix("hour=")),
+            ) else {
+                continue;
+            };
+            if hour_start(day, h).is_ok_and(|start| start + 3_600_000 <= cutoff) {
+                r.delete(&at)?;
+            }
+        }
+        return Ok(());
+    }
     let Ok(dates) = std::fs::read_dir(&settings.dir) else {
         return Ok(());
     };
@@ -668,8 +833,9 @@ mod tests {
             max_file_size: 1 << 20,
             flush_interval: Duration::from_secs(60),
             keep: Some(Duration::from_secs(2 * 86_400)),
+            remote: None,
         };
-        retain(&settings).unwrap();
+        retain(&settings, None).unwrap();
         assert!(!old.exists(), "a partition older than keep stayed");
         assert!(!old.parent().unwrap().exists(), "its emptied day stayed");
         assert!(recent.join("part-1-x.parquet").exists());

@@ -59,18 +59,15 @@ fn files_named(dir: &Path, suffix: &str) -> usize {
     n
 }
 
-/// With the write-ahead log and checkpoints every 100 ms, a `kill -9`
-/// while InfluxDB is down: checkpoints are taken (and the archive's parts
-/// closed) but none completes, since the sink has not settled. After the
-/// restart, the archive holds every posted event exactly once (the parts
-/// past the restored checkpoint go, the replayed log writes them again), in
-/// the partitions of their hours, with their fields and typed properties,
-/// and pyarrow and DuckDB agree.
-#[test]
-fn every_event_is_archived_once_through_a_kill_9() {
-    let events = known_stream(41);
+/// Posts a known stream through a server with `archive` (an `[archive]`
+/// table), the log and checkpoints every 100 ms, with a `kill -9` while
+/// InfluxDB is down: checkpoints are taken (and the archive's parts closed)
+/// but none completes, since the sink has not settled. Returns the stopped
+/// server and the events.
+fn crash_while_a_sink_holds_checkpoints(seed: u64, archive: &str) -> (Server, Vec<Value>) {
+    let events = known_stream(seed);
     let mut influx = Db::influxdb();
-    let config = influx_config(influx.port, "v1", "[archive]\nflush_interval = \"1h\"\n").replacen(
+    let config = influx_config(influx.port, "v1", archive).replacen(
         "[engine]\n",
         "[engine]\ncheckpoint_interval = \"100ms\"\n",
         1,
@@ -108,6 +105,20 @@ fn every_event_is_archived_once_through_a_kill_9() {
                 + s.metric("nexuspipe_wal_replayed_events_total")
     });
     assert!(s.stop().success());
+    (s, events)
+}
+
+/// With the write-ahead log and checkpoints every 100 ms, a `kill -9`
+/// while InfluxDB is down: checkpoints are taken (and the archive's parts
+/// closed) but none completes, since the sink has not settled. After the
+/// restart, the archive holds every posted event exactly once (the parts
+/// past the restored checkpoint go, the replayed log writes them again), in
+/// the partitions of their hours, with their fields and typed properties,
+/// and pyarrow and DuckDB agree.
+#[test]
+fn every_event_is_archived_once_through_a_kill_9() {
+    let (s, events) =
+        crash_while_a_sink_holds_checkpoints(41, "[archive]\nflush_interval = \"1h\"\n");
 
     let dir = s.data("archive");
     assert_eq!(files_named(&dir, ".tmp"), 0, "a half-written part is left");
@@ -244,4 +255,81 @@ fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
     let read = |f: &str| std::fs::read_to_string(out.path().join("data").join(f)).unwrap();
     assert_eq!(expected_points(&read("metrics.lp")), want_points);
     assert_eq!(alert_set(&read("alerts.jsonl")), want_alerts);
+}
+
+/// moto's S3 server on a free port, stopped when dropped.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = workspace_root().join("target/venv-readers/bin/moto_server");
+        assert!(bin.exists(), "moto is missing: run `make readers`");
+        let port = crate::support::free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        wait_until(30, "moto's S3 server", || ureq::get(&url).call().is_ok());
+        Moto { child, port }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `url = "s3://bucket/prefix"` against a real S3 API (moto, on loopback):
+/// through the same crash (the parts put after the restored checkpoint are
+/// deleted from the bucket), every posted event is in the bucket once,
+/// under the prefix and the hour partitions, and pyarrow reads it there.
+#[test]
+fn the_archive_on_s3_holds_every_event_once() {
+    let moto = Moto::start();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    // A bucket, made as any S3 client makes one.
+    ureq::put(&format!("{endpoint}/np-archive")).call().unwrap();
+    let archive = format!(
+        "[archive]\nurl = \"s3://np-archive/events\"\n\
+         [archive.options]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\n\
+         aws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\n"
+    );
+    let (s, events) = crash_while_a_sink_holds_checkpoints(47, &archive);
+    assert_eq!(files_named(&s.data("archive-staging"), ".tmp"), 0);
+
+    let py = workspace_root().join("target/venv-readers/bin/python");
+    let out = Command::new(py)
+        .arg(workspace_root().join("host/tests/archive_read.py"))
+        .arg("s3://np-archive/events")
+        .env("S3_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["rows"], events.len(), "rows: {}", got["rows"]);
+    let ids: BTreeSet<&str> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), events.len(), "an event archived twice");
+    let want: BTreeSet<String> = events
+        .iter()
+        .map(|e| partition(e["timestamp"].as_i64().unwrap()))
+        .collect();
+    let partitions: BTreeSet<String> = serde_json::from_value(got["partitions"].clone()).unwrap();
+    assert_eq!(partitions, want);
 }
