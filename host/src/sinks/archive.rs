@@ -344,6 +344,9 @@ enum Msg {
     },
 }
 
+/// How often retention (`keep`) runs, at most.
+const RETAIN_EVERY: Duration = Duration::from_secs(60);
+
 /// The engine's side: sends events and seals to the writer thread over a
 /// bounded channel, so a slow disk holds the pipeline back.
 pub struct Archive {
@@ -470,6 +473,9 @@ fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) 
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
     let tick = settings.flush_interval.min(Duration::from_secs(1));
+    // Retention walks (or lists) the whole archive: once a minute at most,
+    // not at every checkpoint.
+    let mut retained: Option<Instant> = None;
     loop {
         let msg = match rx.recv_timeout(tick) {
             Ok(m) => Some(m),
@@ -498,7 +504,13 @@ fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) 
                 let r = match &failed {
                     Some(e) => Err(format!("an earlier write failed: {e}")),
                     None => seal_all(&mut parts, seq, remote)
-                        .and_then(|()| retain(&settings, remote))
+                        .and_then(|()| {
+                            if retained.is_some_and(|t| t.elapsed() < RETAIN_EVERY) {
+                                return Ok(());
+                            }
+                            retained = Some(Instant::now());
+                            retain(&settings, remote)
+                        })
                         .map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
