@@ -113,6 +113,13 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     // The input is the file: a replay that stops is run again, so no log.
     config.engine.durability = Durability::Memory;
     config.kafka = None;
+    // A replay's archive goes in its own data dir, never into the live one
+    // (folder or bucket), which holds these events already.
+    if let Some(a) = &mut config.archive {
+        a.url = None;
+        a.options.clear();
+        a.path = PathBuf::from("archive");
+    }
     let summary = job(config, &args.from, (start, end), false)?;
     println!("{summary}");
     Ok(())

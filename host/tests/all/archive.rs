@@ -230,9 +230,19 @@ fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
     let want_alerts = alert_set(&live.read("alerts.jsonl"));
     assert!(!want_points.is_empty() && !want_alerts.is_empty());
 
+    // The live config's archive (the very folder replayed): the replay's
+    // own goes in its data dir instead.
+    let live_parts = files_named(&live.data("archive"), ".parquet");
     let out = tempfile::tempdir().unwrap();
     let cfg = out.path().join("nexuspipe.toml");
-    std::fs::write(&cfg, "[engine]\nidle_timeout = \"1h\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[engine]\nidle_timeout = \"1h\"\n[archive]\npath = {:?}\n",
+            live.data("archive").display().to_string()
+        ),
+    )
+    .unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
         .args(["replay", "--from"])
         .arg(live.data("archive"))
@@ -255,6 +265,11 @@ fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
     let read = |f: &str| std::fs::read_to_string(out.path().join("data").join(f)).unwrap();
     assert_eq!(expected_points(&read("metrics.lp")), want_points);
     assert_eq!(alert_set(&read("alerts.jsonl")), want_alerts);
+    assert_eq!(files_named(&live.data("archive"), ".parquet"), live_parts);
+    assert_eq!(
+        read_archive(&out.path().join("data/archive"))["rows"],
+        events.len()
+    );
 }
 
 /// moto's S3 server on a free port, stopped when dropped.
