@@ -948,23 +948,21 @@ impl Engine {
         let wm = self
             .watermark
             .idle_advance(last.elapsed(), self.settings.idle_timeout);
-        if wm <= before {
-            return;
+        if wm > before {
+            self.run_to(wm);
         }
-        let mut out = PluginOutput::default();
-        line::run(
-            &mut self.plugins,
-            vec![(Vec::new(), wm)],
-            &mut out,
-            &mut |_| {},
-        );
-        self.write(out);
-        self.publish();
     }
 
     /// The input is over: event time runs to its end through the pipeline.
     fn run_to_end_of_time(&mut self) {
         let wm = self.watermark.advance_to(i64::MAX);
+        self.run_to(wm);
+        tracing::info!("end of input: every window closed");
+    }
+
+    /// Takes the pipeline to watermark `wm` without events (windows close,
+    /// timers fire) and writes what that emits.
+    fn run_to(&mut self, wm: i64) {
         let mut out = PluginOutput::default();
         line::run(
             &mut self.plugins,
@@ -974,7 +972,6 @@ impl Engine {
         );
         self.write(out);
         self.publish();
-        tracing::info!("end of input: every window closed");
     }
 
     /// Writes a round's outputs (see [`Outputs::write`]).

@@ -4,7 +4,7 @@
 
 use crate::durability::{alert_set, kill_9};
 use crate::sinks::{Db, expected_points, influx_config, known_stream, post_all};
-use crate::support::{Server, plugin_dir, wait_until, workspace_root};
+use crate::support::{Server, wait_until, workspace_root};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,16 +13,25 @@ use std::time::Duration;
 
 /// What host/tests/archive_read.py makes of the archive.
 fn read_archive(dir: &Path) -> Value {
+    read_archive_at(dir.as_os_str(), None)
+}
+
+/// As [`read_archive`], for a folder or an `s3://` URL (with the S3
+/// endpoint it is at).
+fn read_archive_at(target: &std::ffi::OsStr, s3_endpoint: Option<&str>) -> Value {
     let py = workspace_root().join("target/venv-readers/bin/python");
     assert!(
         py.exists(),
         "the archive's readers are missing: run `make readers`"
     );
-    let out = Command::new(py)
+    let mut reader = Command::new(py);
+    reader
         .arg(workspace_root().join("host/tests/archive_read.py"))
-        .arg(dir)
-        .output()
-        .unwrap();
+        .arg(target);
+    if let Some(e) = s3_endpoint {
+        reader.env("S3_ENDPOINT", e);
+    }
+    let out = reader.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -243,24 +252,16 @@ fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
         ),
     )
     .unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["replay", "--from"])
-        .arg(live.data("archive"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(out.path().join("data"))
-        .env(
-            "NEXUSPIPE_CACHE_DIR",
-            workspace_root().join("target/test-cache"),
-        )
-        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
-    let summary: Value =
-        serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
+    let data = out.path().join("data");
+    let summary = crate::replay::summary(&[
+        "replay".as_ref(),
+        "--from".as_ref(),
+        live.data("archive").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     assert_eq!(summary["events"], events.len(), "{summary}");
     let read = |f: &str| std::fs::read_to_string(out.path().join("data").join(f)).unwrap();
     assert_eq!(expected_points(&read("metrics.lp")), want_points);
@@ -320,19 +321,7 @@ fn the_archive_on_s3_holds_every_event_once() {
     let (s, events) = crash_while_a_sink_holds_checkpoints(47, &archive);
     assert_eq!(files_named(&s.data("archive-staging"), ".tmp"), 0);
 
-    let py = workspace_root().join("target/venv-readers/bin/python");
-    let out = Command::new(py)
-        .arg(workspace_root().join("host/tests/archive_read.py"))
-        .arg("s3://np-archive/events")
-        .env("S3_ENDPOINT", &endpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = read_archive_at("s3://np-archive/events".as_ref(), Some(&endpoint));
     assert_eq!(got["rows"], events.len(), "rows: {}", got["rows"]);
     let ids: BTreeSet<&str> = got["ids"]
         .as_array()

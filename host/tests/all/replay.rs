@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `nexuspipe replay`; its summary (the JSON line on stdout).
-fn replay(args: &[&std::ffi::OsStr]) -> Value {
+/// Runs `nexuspipe <args>` (a replay or a one-shot job) to its end, which
+/// must be a success; its summary (the JSON line on stdout).
+pub(crate) fn summary(args: &[&std::ffi::OsStr]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .arg("replay")
         .args(args)
         .env(
             "NEXUSPIPE_CACHE_DIR",
@@ -24,10 +24,15 @@ fn replay(args: &[&std::ffi::OsStr]) -> Value {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "replay failed: {stderr}");
+    assert!(out.status.success(), "nexuspipe {args:?} failed: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("summary: {e}: {stdout} {stderr}"))
+}
+
+/// `nexuspipe replay <args>`: its summary.
+fn replay(args: &[&std::ffi::OsStr]) -> Value {
+    summary(&[&["replay".as_ref()], args].concat())
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -144,20 +149,14 @@ fn a_job_over_a_file_closes_every_window_and_ends() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .arg("--source")
-        .arg(format!("file://{}", file.display()))
-        .env(
-            "NEXUSPIPE_CACHE_DIR",
-            workspace_root().join("target/test-cache"),
-        )
-        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let source = format!("file://{}", file.display());
+    let job = summary(&[
+        "run".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--source".as_ref(),
+        source.as_ref(),
+    ]);
     // The last value of each (event type, window) of the `events` measurement.
     let mut got = std::collections::BTreeMap::new();
     for line in read(&data, "metrics.lp").lines() {
@@ -185,5 +184,5 @@ fn a_job_over_a_file_closes_every_window_and_ends() {
     ]
     .into_iter()
     .collect();
-    assert_eq!(got, want, "{stderr}");
+    assert_eq!(got, want, "{job}");
 }
