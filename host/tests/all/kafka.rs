@@ -105,7 +105,7 @@ fn kafka_config_with(broker: &Broker, db: &Db, group: &str, plugins: &str) -> St
     format!(
         "[engine]\nidle_timeout = \"20s\"\ncheckpoint_interval = \"1s\"\n\
          [kafka]\nbrokers = \"127.0.0.1:{}\"\ntopic = \"events\"\ngroup = \"{group}\"\npartitions = 4\nresume = \"scan\"\n\
-         [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
+         [kafka.options]\n\"session.timeout.ms\" = \"15000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
          {}{}",
         broker.port,
         influx(db.port),
