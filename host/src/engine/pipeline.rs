@@ -377,7 +377,10 @@ impl Engine {
         let archive_all = settings.archive.as_ref().is_some_and(|a| !a.raw);
         refresh_reads(&mut plugins, &[], archive_all);
         let archive = match settings.archive.clone() {
-            Some(a) => Some(Archive::open(a, wal_seq, replay_log).context("opening the archive")?),
+            Some(a) => Some(
+                Archive::open(a, wal_seq, replay_log, metrics.clone())
+                    .context("opening the archive")?,
+            ),
             None => None,
         };
         Ok(Engine {

@@ -11,6 +11,7 @@
 //! their events again, once.
 
 use crate::runtime::{Event, Value};
+use crate::telemetry::Metrics;
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
     StructBuilder, TimestampMillisecondBuilder,
@@ -21,8 +22,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -56,6 +59,8 @@ struct Remote {
     store: Box<dyn object_store::ObjectStore>,
     prefix: String,
     rt: tokio::runtime::Runtime,
+    /// `archive.url`, as `/readyz` names the bucket.
+    url: String,
 }
 
 impl Remote {
@@ -89,6 +94,7 @@ impl Remote {
             store: Box::new(store),
             prefix: prefix.trim_matches('/').to_string(),
             rt,
+            url: s.url.trim_end_matches('/').to_string(),
         })
     }
 
@@ -178,6 +184,67 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Retries what failed on a full disk or an unreachable bucket until it
+/// succeeds or the archive stops: the writer waits, the bounded channel to
+/// it fills, and the engine is held back (ingest answers 429 once its queue
+/// is full) instead of events being left out. `/readyz` names the file or
+/// bucket meanwhile. On stop the error is returned: what was not written is
+/// in the write-ahead log, which the next start replays.
+#[derive(Clone)]
+struct Patience {
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Patience {
+    fn retry<T>(
+        &self,
+        what: &Path,
+        mut op: impl FnMut() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut wait = Duration::from_millis(20);
+        let mut failing = false;
+        loop {
+            match op() {
+                Ok(v) => {
+                    if failing {
+                        self.metrics.storage_result(what, Ok(()), 0);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if self.stop.load(Ordering::Relaxed) => return Err(e),
+                Err(e) => {
+                    failing = true;
+                    self.metrics.storage_result(what, Err(e), 0);
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// A part's file, written with [`Patience`]. A `write` that fails wrote
+/// nothing (a regular file's `write(2)` either writes some bytes or fails),
+/// so trying the same bytes again is safe.
+struct PatientFile {
+    file: std::fs::File,
+    path: PathBuf,
+    patience: Patience,
+}
+
+impl Write for PatientFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let file = &mut self.file;
+        self.patience.retry(&self.path, || file.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let file = &mut self.file;
+        self.patience.retry(&self.path, || file.flush())
     }
 }
 
@@ -328,7 +395,7 @@ pub fn partition(ts: i64) -> String {
 struct Part {
     tmp: PathBuf,
     partition: String,
-    writer: ArrowWriter<std::fs::File>,
+    writer: ArrowWriter<PatientFile>,
     opened: Instant,
 }
 
@@ -352,6 +419,8 @@ const RETAIN_EVERY: Duration = Duration::from_secs(60);
 pub struct Archive {
     tx: SyncSender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Ends the writer's retries (see [`Patience`]).
+    stop: Arc<AtomicBool>,
 }
 
 impl Archive {
@@ -363,6 +432,7 @@ impl Archive {
         settings: ArchiveSettings,
         restored: u64,
         replays: bool,
+        metrics: Arc<Metrics>,
     ) -> Result<Archive, ArchiveError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
         let remote = settings.remote.as_ref().map(Remote::open).transpose()?;
@@ -385,9 +455,14 @@ impl Archive {
             );
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let patience = Patience {
+            metrics,
+            stop: stop.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("nexuspipe-archive".into())
-            .spawn(move || writer(settings, remote, rx))
+            .spawn(move || writer(settings, remote, rx, patience))
             .map_err(|e| ArchiveError::Io {
                 path: PathBuf::new(),
                 source: e,
@@ -395,6 +470,7 @@ impl Archive {
         Ok(Archive {
             tx,
             thread: Some(thread),
+            stop,
         })
     }
 
@@ -423,8 +499,9 @@ impl Archive {
 
 impl Drop for Archive {
     fn drop(&mut self) {
-        // The writer ends with the channel; what it held is sealed by the
-        // last checkpoint, or written again from the log.
+        // The writer ends with the channel (and stops retrying); what it
+        // held is sealed by the last checkpoint, or written again from the log.
+        self.stop.store(true, Ordering::Relaxed);
         let (tx, _) = std::sync::mpsc::sync_channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         if let Some(t) = self.thread.take() {
@@ -462,7 +539,12 @@ fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
     Ok(removed)
 }
 
-fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) {
+fn writer(
+    settings: ArchiveSettings,
+    remote: Option<Remote>,
+    rx: Receiver<Msg>,
+    patience: Patience,
+) {
     let remote = remote.as_ref();
     let mut parts: HashMap<String, Part> = HashMap::new();
     let mut seq = 0u64;
@@ -493,7 +575,8 @@ fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) 
                         .push(e);
                 }
                 for (p, rows) in by_partition {
-                    if let Err(e) = append(&settings, &mut parts, &props, &p, &rows, seq) {
+                    if let Err(e) = append(&settings, &mut parts, &props, &p, &rows, seq, &patience)
+                    {
                         tracing::error!(error = %e, partition = %p, "archive write failed: checkpoints wait until a restart writes the events again from the log");
                         failed.get_or_insert_with(|| e.to_string());
                     }
@@ -503,15 +586,18 @@ fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) 
                 seq = seq.max(s);
                 let r = match &failed {
                     Some(e) => Err(format!("an earlier write failed: {e}")),
-                    None => seal_all(&mut parts, seq, remote)
-                        .and_then(|()| {
-                            if retained.is_some_and(|t| t.elapsed() < RETAIN_EVERY) {
-                                return Ok(());
-                            }
+                    None => {
+                        let r = seal_all(&mut parts, seq, remote, &patience);
+                        if r.is_ok() && retained.is_none_or(|t| t.elapsed() >= RETAIN_EVERY) {
                             retained = Some(Instant::now());
-                            retain(&settings, remote)
-                        })
-                        .map_err(|e| e.to_string()),
+                            // Old hours left for a while are no reason to
+                            // hold checkpoints back: the next pass removes them.
+                            if let Err(e) = retain(&settings, remote) {
+                                tracing::warn!(error = %e, "archive: removing old hours failed; trying again in a minute");
+                            }
+                        }
+                        r.map_err(|e| e.to_string())
+                    }
                 };
                 let _ = reply.send(r);
             }
@@ -529,7 +615,7 @@ fn writer(settings: ArchiveSettings, remote: Option<Remote>, rx: Receiver<Msg>) 
             .collect();
         for k in due {
             let part = parts.remove(&k).expect("due part");
-            if let Err(e) = seal(part, seq, remote) {
+            if let Err(e) = seal(part, seq, remote, &patience) {
                 tracing::error!(error = %e, "archive: closing a part failed");
                 failed.get_or_insert_with(|| e.to_string());
             }
@@ -544,14 +630,24 @@ fn append(
     partition: &str,
     rows: &[&Event],
     seq: u64,
+    patience: &Patience,
 ) -> Result<(), ArchiveError> {
     if !parts.contains_key(partition) {
         let dir = settings.dir.join(partition);
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        patience
+            .retry(&dir, || std::fs::create_dir_all(&dir))
+            .map_err(io(&dir))?;
         // Unique across runs: a process id repeats (always 1 in a container),
         // and a part of an earlier run must never be overwritten.
         let tmp = dir.join(format!(".part-{seq}-{}.tmp", uuid::Uuid::now_v7().simple()));
-        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let file = patience
+            .retry(&tmp, || std::fs::File::create(&tmp))
+            .map_err(io(&tmp))?;
+        let file = PatientFile {
+            file,
+            path: tmp.clone(),
+            patience: patience.clone(),
+        };
         let writer =
             ArrowWriter::try_new(file, schema(), Some(props.clone())).map_err(|source| {
                 ArchiveError::Parquet {
@@ -582,16 +678,22 @@ fn seal_all(
     parts: &mut HashMap<String, Part>,
     seq: u64,
     remote: Option<&Remote>,
+    patience: &Patience,
 ) -> Result<(), ArchiveError> {
     for (_, part) in parts.drain() {
-        seal(part, seq, remote)?;
+        seal(part, seq, remote, patience)?;
     }
     Ok(())
 }
 
 /// Finishes a part and moves it into place: `part-<seq>-<unique>.parquet`.
 /// On object storage the finished file is put there, then removed here.
-fn seal(part: Part, seq: u64, remote: Option<&Remote>) -> Result<(), ArchiveError> {
+fn seal(
+    part: Part,
+    seq: u64,
+    remote: Option<&Remote>,
+    patience: &Patience,
+) -> Result<(), ArchiveError> {
     let Part {
         tmp,
         writer,
@@ -604,7 +706,8 @@ fn seal(part: Part, seq: u64, remote: Option<&Remote>) -> Result<(), ArchiveErro
             path: tmp.clone(),
             source,
         })?;
-    file.sync_all().map_err(io(&tmp))?;
+    let file = file.file;
+    patience.retry(&tmp, || file.sync_all()).map_err(io(&tmp))?;
     let name = tmp
         .file_name()
         .and_then(|n| n.to_str())
@@ -615,11 +718,21 @@ fn seal(part: Part, seq: u64, remote: Option<&Remote>) -> Result<(), ArchiveErro
     let unique = name.split_once('-').map_or(name, |(_, rest)| rest);
     let done_name = format!("part-{seq:020}-{unique}.parquet");
     if let Some(r) = remote {
-        r.put(&format!("{partition}/{done_name}"), &tmp)?;
+        // The finished part waits in staging while the bucket is out of reach.
+        let rel = format!("{partition}/{done_name}");
+        let url = PathBuf::from(format!("{}/{rel}", r.url));
+        patience
+            .retry(&url, || {
+                r.put(&rel, &tmp)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+            .map_err(io(&url))?;
         return std::fs::remove_file(&tmp).map_err(io(&tmp));
     }
     let done = tmp.with_file_name(done_name);
-    std::fs::rename(&tmp, &done).map_err(io(&tmp))?;
+    patience
+        .retry(&tmp, || std::fs::rename(&tmp, &done))
+        .map_err(io(&tmp))?;
     if let Some(dir) = done.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }

@@ -3,7 +3,9 @@
 //! pyarrow and DuckDB (`make readers` puts them in target/venv-readers).
 
 use crate::durability::{alert_set, kill_9};
-use crate::sinks::{Db, expected_points, influx_config, known_stream, post_all};
+use crate::sinks::{
+    Db, SmallDisk, expected_points, influx_config, known_stream, post_all, wait_processed,
+};
 use crate::support::{Server, wait_until, workspace_root};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -336,4 +338,105 @@ fn the_archive_on_s3_holds_every_event_once() {
         .collect();
     let partitions: BTreeSet<String> = serde_json::from_value(got["partitions"].clone()).unwrap();
     assert_eq!(partitions, want);
+}
+
+/// A full disk under the archive holds the pipeline back, and drops
+/// nothing: the writer waits with its part, the engine stops taking from its
+/// queue, ingest answers `429` once the queue is full, and `/readyz` names
+/// the archive. Once space returns, the refused events are sent again, and
+/// every accepted event is archived once.
+#[test]
+fn a_full_disk_under_the_archive_holds_the_pipeline_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("archive-disk"), "1m");
+    let archive = dir.path().join("archive-disk/archive");
+    let config = format!(
+        "[engine]\nqueue_capacity = 2000\ncheckpoint_interval = \"200ms\"\n\
+         [archive]\npath = {:?}\n",
+        archive.display().to_string()
+    );
+    let s = Server::start_in(dir, &config);
+    let clicks = |from: usize, n: usize| -> Value {
+        Value::Array(
+            (from..from + n)
+                .map(|i| {
+                    serde_json::json!({"event_id": format!("c-{i}"), "event_type": "click",
+                        "timestamp": 1_767_225_600_000i64 + i as i64 * 10, "user_id": format!("u{}", i % 50)})
+                })
+                .collect(),
+        )
+    };
+    assert_eq!(s.post(&clicks(0, 100)).0, 202);
+    wait_processed(&s, 100);
+    let filler = disk.fill();
+    // The engine goes on until the archive's next write finds the disk full,
+    // then its queue fills: post until refused.
+    let mut sent = 100;
+    loop {
+        let (status, resp) = s.post(&clicks(sent, 100));
+        match status {
+            202 => sent += 100,
+            429 => break,
+            _ => panic!("{status}: {resp}"),
+        }
+        assert!(sent < 200_000, "a full archive never held ingest back");
+    }
+    let ready = wait_for_readyz(&s, |r| {
+        r["storage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().contains("archive"))
+    });
+    assert_eq!(ready["ready"], false, "{ready}");
+    // Space returns: the refused batch and a few more are taken.
+    std::fs::remove_file(filler).unwrap();
+    for from in (sent..sent + 500).step_by(100) {
+        let mut tries = 0;
+        loop {
+            let (status, resp) = s.post(&clicks(from, 100));
+            if status == 202 {
+                break;
+            }
+            assert_eq!(status, 429, "{resp}");
+            tries += 1;
+            assert!(tries < 600, "still refused after space returned: {resp}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    sent += 500;
+    wait_processed(&s, sent);
+    wait_until(30, "every accepted event in the archive", || {
+        read_archive(&archive)["rows"] == sent
+    });
+    let got = read_archive(&archive);
+    let ids: BTreeSet<&str> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let want: BTreeSet<String> = (0..sent).map(|i| format!("c-{i}")).collect();
+    assert_eq!(ids.len(), sent, "an event archived twice");
+    assert!(ids.iter().all(|id| want.contains(*id)), "an event not sent");
+    wait_for_readyz(&s, |r| r["ready"] == true);
+}
+
+/// `/readyz`'s body, once `ok` holds of it.
+fn wait_for_readyz(s: &Server, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let done = (0..300).any(|_| {
+        let r = match ureq::get(&s.url("/readyz")).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        last = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+        ok(&last) || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(done, "/readyz never got there: {last}");
+    last
 }
