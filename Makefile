@@ -8,7 +8,7 @@ WASM_TARGET := wasm32-wasip2
 PLUGIN_TARGET_DIR := target/wasm
 PLUGIN_OUT := target/plugins
 
-.PHONY: all plugins wasm-target toolchains servers browser readers tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query bench-overload soak fuzz lint fmt clean
+.PHONY: all plugins wasm-target toolchains servers browser readers tracker screenshot examples run test bench bench-load bench-swap bench-sinks bench-kafka bench-query bench-flink bench-overload soak fuzz lint fmt clean
 
 # rust-toolchain.toml lists the target; older rustups do not add it by themselves.
 wasm-target:
@@ -102,6 +102,12 @@ bench-kafka: plugins servers
 ## Query benchmark: /v1/metrics latency, store on/off, 1 000 WebSocket clients, alert push latency
 bench-query: plugins browser
 	python3 host/benches/query.py
+
+## Side by side with Apache Flink (PyFlink from PyPI in target/venv-flink, Java 17):
+## the same jobs on the same 4 million events, outputs compared
+bench-flink: plugins
+	$(CARGO) build --release -p nexuspipe
+	python3 host/benches/flink.py
 
 ## Fuzz each target in fuzz/ for FUZZ_SECONDS (nightly + cargo-fuzz, installed if missing)
 FUZZ_SECONDS ?= 60

@@ -45,6 +45,12 @@ pub struct ReplayArgs {
     /// names): say, `alerts` to try a changed rule over last week.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     plugins: Vec<String>,
+    /// When the input ends, run event time to its end, as `run --source`
+    /// does: every open window is emitted and every timer fires, so the
+    /// outputs of a bounded input are complete. Without it they stay open,
+    /// as in the live run the events came from.
+    #[arg(long)]
+    close: bool,
 }
 
 fn time_arg(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
@@ -120,7 +126,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         a.options.clear();
         a.path = PathBuf::from("archive");
     }
-    let summary = job(config, &args.from, (start, end), false)?;
+    let summary = job(config, &args.from, (start, end), args.close)?;
     println!("{summary}");
     Ok(())
 }
