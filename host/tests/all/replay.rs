@@ -158,31 +158,55 @@ fn a_job_over_a_file_closes_every_window_and_ends() {
         source.as_ref(),
     ]);
     // The last value of each (event type, window) of the `events` measurement.
-    let mut got = std::collections::BTreeMap::new();
-    for line in read(&data, "metrics.lp").lines() {
-        let Some(rest) = line.strip_prefix("events,event_type=") else {
-            continue;
-        };
-        let mut parts = rest.split(' ');
-        let (t, count, ts) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        );
-        let count: i64 = count
-            .strip_prefix("count=")
-            .unwrap()
-            .trim_end_matches('i')
-            .parse()
-            .unwrap();
-        got.insert((t.to_string(), ts.parse::<i64>().unwrap() - t0), count);
-    }
-    let want: std::collections::BTreeMap<(String, i64), i64> = [
+    let counts = |data: &Path| {
+        let mut got = std::collections::BTreeMap::new();
+        for line in read(data, "metrics.lp").lines() {
+            let Some(rest) = line.strip_prefix("events,event_type=") else {
+                continue;
+            };
+            let mut parts = rest.split(' ');
+            let (t, count, ts) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            let count: i64 = count
+                .strip_prefix("count=")
+                .unwrap()
+                .trim_end_matches('i')
+                .parse()
+                .unwrap();
+            got.insert((t.to_string(), ts.parse::<i64>().unwrap() - t0), count);
+        }
+        got
+    };
+    let mut want: std::collections::BTreeMap<(String, i64), i64> = [
         (("page_view".to_string(), 0), 3),
         (("click".to_string(), 60_000), 2),
         (("purchase".to_string(), 120_000), 1),
     ]
     .into_iter()
     .collect();
-    assert_eq!(got, want, "{job}");
+    assert_eq!(counts(&data), want, "{job}");
+
+    // `replay --close` does the same; a replay without it leaves the last
+    // window open, as the live run the events came from would.
+    for (close, dir_name) in [(true, "closed"), (false, "open")] {
+        let out = dir.path().join(dir_name);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--from".as_ref(),
+            file.as_os_str(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--data-dir".as_ref(),
+            out.as_os_str(),
+        ];
+        if close {
+            args.push("--close".as_ref());
+        } else {
+            want.remove(&("purchase".to_string(), 120_000));
+        }
+        let summary = replay(&args);
+        assert_eq!(counts(&out), want, "close: {close}: {summary}");
+    }
 }
