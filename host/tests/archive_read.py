@@ -21,7 +21,12 @@ if path.startswith("s3://"):
     s3 = pyarrow.fs.S3FileSystem(
         access_key="test", secret_key="test", region="us-east-1", scheme="http",
         endpoint_override=os.environ["S3_ENDPOINT"].removeprefix("http://"))
-    table = pq.read_table(path.removeprefix("s3://"), filesystem=s3)
+    where = path.removeprefix("s3://")
+    if s3.get_file_info(where).type == pyarrow.fs.FileType.NotFound:
+        # Nothing put yet.
+        print(json.dumps({"rows": 0, "ids": [], "events": {}}))
+        sys.exit(0)
+    table = pq.read_table(where, filesystem=s3)
     rows = table.to_pylist()
     by_type = dict(Counter(r["event_type"] for r in rows))
     duck_rows = sample = None

@@ -142,23 +142,29 @@ pub fn run(config_path: Option<&Path>, role: Role) -> Result<()> {
     }
 }
 
+/// `[archive]`, for the engine or a processor.
+fn archive_settings(config: &Config) -> Option<ArchiveSettings> {
+    let e = &config.engine;
+    config.archive.as_ref().map(|a| ArchiveSettings {
+        dir: match &a.url {
+            Some(_) => e.data_dir.join("archive-staging"),
+            None => e.data_dir.join(&a.path),
+        },
+        remote: a.url.as_ref().map(|url| RemoteSettings {
+            url: url.clone(),
+            options: a.options.clone().into_iter().collect(),
+        }),
+        raw: a.stage == ArchiveStage::Raw,
+        max_file_size: a.max_file_size as u64,
+        flush_interval: a.flush_interval,
+        keep: a.keep,
+    })
+}
+
 pub(super) fn engine_settings(config: &Config) -> EngineSettings {
     let e = &config.engine;
     EngineSettings {
-        archive: config.archive.as_ref().map(|a| ArchiveSettings {
-            dir: match &a.url {
-                Some(_) => e.data_dir.join("archive-staging"),
-                None => e.data_dir.join(&a.path),
-            },
-            remote: a.url.as_ref().map(|url| RemoteSettings {
-                url: url.clone(),
-                options: a.options.clone().into_iter().collect(),
-            }),
-            raw: a.stage == ArchiveStage::Raw,
-            max_file_size: a.max_file_size as u64,
-            flush_interval: a.flush_interval,
-            keep: a.keep,
-        }),
+        archive: archive_settings(config),
         out_of_orderness: e.out_of_orderness,
         idle_timeout: e.idle_timeout,
         checkpoint_interval: e.checkpoint_interval,
@@ -290,6 +296,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             // As on one host.
             dedupe_horizon_ms: (e.out_of_orderness + e.allowed_lateness).as_millis() as i64
                 + nexuspipe::dataflow::dedupe::EXTRA_HORIZON_MS,
+            archive: archive_settings(&config),
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
         store = outputs.store();

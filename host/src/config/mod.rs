@@ -815,8 +815,11 @@ impl Config {
                     "archive.max_file_size and archive.flush_interval must be positive".into(),
                 );
             }
-            if self.kafka.is_some() {
-                return Err("[archive] is for the embedded engine for now: a processor does not write it yet".into());
+            // Processors write their source partitions' parts side by side,
+            // and whichever takes a partition over removes its parts past
+            // the committed offset: they need one place they all reach.
+            if self.kafka.is_some() && a.url.is_none() {
+                return Err("[archive] with [kafka] needs archive.url (s3://bucket/prefix): every processor writes there, and one that takes a partition over removes what was written past its commit".into());
             }
         }
         if self.engine.durability == Durability::Wal
@@ -1016,6 +1019,18 @@ mod tests {
             err.to_string().contains("expected `wal` or `memory`"),
             "{err}"
         );
+    }
+
+    /// With Kafka the archive must be where every processor reaches.
+    #[test]
+    fn an_archive_with_kafka_needs_a_bucket() {
+        let kafka = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n";
+        let c: Config = toml::from_str(&format!("{kafka}[archive]\n")).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("archive.url"), "{err}");
+        let c: Config =
+            toml::from_str(&format!("{kafka}[archive]\nurl = \"s3://b/events\"\n")).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

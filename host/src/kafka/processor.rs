@@ -42,6 +42,7 @@ use crate::event::{EventDefaults, from_json, now_ms, parse_events};
 use crate::runtime::{
     BreakerState, Catchup, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
 };
+use crate::sinks::archive::Archive;
 use crate::sinks::{Mark, Outputs};
 use crate::telemetry::{Metrics, PluginFigures, RejectReason};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -106,6 +107,9 @@ pub struct ProcessorSettings {
     pub dedupe_max_ids: usize,
     /// How far behind its watermark a task remembers an id, in event time.
     pub dedupe_horizon_ms: i64,
+    /// `[archive]`: the events of this processor's source partitions, after
+    /// its enrichers (or as received), in parts per source partition.
+    pub archive: Option<crate::sinks::archive::ArchiveSettings>,
 }
 
 /// The topics a pipeline needs: the events topic and, per stateful plugin,
@@ -175,7 +179,14 @@ pub fn start(
         }
     }
     let templates: Vec<&Plugin> = keyed.iter().map(|k| &k.template).collect();
-    refresh_enrichers(&mut flow, &templates);
+    let archive_all = settings.archive.as_ref().is_some_and(|a| !a.raw);
+    refresh_enrichers(&mut flow, &templates, archive_all);
+    let archive = settings
+        .archive
+        .clone()
+        .map(|a| Archive::open(a, 0, false, metrics.clone()))
+        .transpose()
+        .map_err(|e| KafkaError::Other(format!("opening the archive: {e}")))?;
     let topics = Topics::new(k);
     let names: Vec<(String, bool)> = keyed
         .iter()
@@ -249,6 +260,7 @@ pub fn start(
         metrics: metrics.clone(),
         fatal: None,
         next_checkpoint: Instant::now() + settings.checkpoint_interval,
+        archive,
     };
     let consumer: BaseConsumer<Ctx> = client_config(
         k,
@@ -831,6 +843,9 @@ struct Proc {
     metrics: Arc<Metrics>,
     fatal: Option<KafkaError>,
     next_checkpoint: Instant,
+    /// `[archive]`: sealed at every checkpoint before the source offsets
+    /// are committed.
+    archive: Option<Archive>,
 }
 
 impl Proc {
@@ -880,6 +895,13 @@ impl Proc {
                     _ => None,
                 };
                 self.sources.insert(e.partition(), at.unwrap_or(-1));
+                // Parts sealed past the commit (a crash between a seal and
+                // its commit, here or on another processor) go: this
+                // processor reads and archives those events again.
+                if let Some(a) = &self.archive {
+                    a.forget(e.partition(), at.unwrap_or(0).max(0) as u64)
+                        .map_err(|e| KafkaError::Other(format!("archive: {e}")))?;
+                }
                 self.epochs += 1;
                 self.source_epochs.insert(e.partition(), self.epochs);
                 self.clocks.insert(
@@ -1144,6 +1166,7 @@ impl Proc {
             settings,
             metrics,
         };
+
         let mut keyed_side = KeyedSide {
             tasks,
             stages: stages
@@ -1164,6 +1187,11 @@ impl Proc {
             }),
         };
         if let Some(d) = from_source {
+            if let Some(a) = &self.archive {
+                for (src, (events, next)) in d.archived {
+                    a.write_source(events, src, next.max(0) as u64);
+                }
+            }
             self.produce(d.records);
             self.outputs().write(&d.out);
             self.outputs().dead_records(&d.dead);
@@ -1288,6 +1316,14 @@ impl Proc {
         }
         if self.producer.context().failed.load(Ordering::Relaxed) > 0 {
             return; // fatal, reported by tick: nothing more is committed
+        }
+        // The archive's parts hold events up to the offsets about to be
+        // committed: in place first, or nothing is committed this time.
+        if let Some(a) = &self.archive
+            && let Err(e) = a.seal(0)
+        {
+            tracing::warn!(error = %e, "archive parts not closed; no commit this time");
+            return;
         }
         let mut tpl = TopicPartitionList::new();
         for (&p, &next) in &self.sources {
@@ -1771,9 +1807,10 @@ impl Proc {
 
     /// Enrichers compute only what the steps after them read.
     fn refresh(&mut self) {
+        let archive_all = self.settings.archive.as_ref().is_some_and(|a| !a.raw);
         let Proc { flow, stages, .. } = self;
         let templates: Vec<&Plugin> = stages.iter().map(|s| &s.template).collect();
-        refresh_enrichers(flow, &templates);
+        refresh_enrichers(flow, &templates, archive_all);
     }
 
     /// Subscribes to the events topic and the active stages' topics.
@@ -1929,6 +1966,9 @@ struct SourceSide<'a> {
 /// What a source batch gave: repartition records to produce, outputs.
 struct SourceDone {
     records: Vec<(usize, i32, Vec<u8>)>,
+    /// With `[archive]`: per source partition, its events (after the
+    /// enrichers, or as parsed) and the offset after the last of them.
+    archived: BTreeMap<i32, (Vec<Event>, i64)>,
     out: PluginOutput,
     dead: Vec<serde_json::Value>,
     received: u64,
@@ -1952,6 +1992,7 @@ impl SourceSide<'_> {
         }
         let stages = self.stages;
         let mut steps = Vec::with_capacity(self.flow.len() + 1);
+        let archive = self.settings.archive.as_ref().map(|a| a.raw);
         steps.push(SourceStep::Parse(Parser {
             sources: self.sources,
             clocks: self.clocks,
@@ -1960,6 +2001,7 @@ impl SourceSide<'_> {
             now: Instant::now(),
             times: BTreeMap::new(),
             dead: Vec::new(),
+            raw: (archive == Some(true)).then(Vec::new),
         }));
         for f in self.flow.iter_mut() {
             steps.push(match f {
@@ -1975,13 +2017,34 @@ impl SourceSide<'_> {
             });
         }
         let mut out = PluginOutput::default();
-        line::run(&mut steps, chunks, &mut out, &mut drop);
+        // The events at the end of the line, as the enrichers left them.
+        let mut archived: BTreeMap<i32, (Vec<Event>, i64)> = BTreeMap::new();
+        let mut keep = |events: Vec<Event>, origins: &[(i32, i64)]| {
+            for (e, &(src, off)) in events.into_iter().zip(origins) {
+                let (list, next) = archived.entry(src).or_insert_with(|| (Vec::new(), 0));
+                list.push(e);
+                *next = (*next).max(off + 1);
+            }
+        };
+        if archive == Some(false) {
+            line::run(&mut steps, chunks, &mut out, &mut |c: SourceChunk| {
+                keep(c.events, &c.origins)
+            });
+        } else {
+            line::run(&mut steps, chunks, &mut out, &mut drop);
+        }
         let (mut times, mut dead) = (BTreeMap::new(), Vec::new());
         let mut writers: BTreeMap<(usize, i32), Writer> = BTreeMap::new();
         let mut full: Vec<(usize, i32, Vec<u8>)> = Vec::new();
         for step in steps {
             match step {
-                SourceStep::Parse(p) => (times, dead) = (p.times, p.dead),
+                SourceStep::Parse(p) => {
+                    (times, dead) = (p.times, p.dead);
+                    if let Some(raw) = p.raw {
+                        let (origins, events): (Vec<_>, Vec<_>) = raw.into_iter().unzip();
+                        keep(events, &origins);
+                    }
+                }
                 SourceStep::Enrich(_) => {}
                 SourceStep::Route(r) => {
                     full.extend(r.full.into_iter().map(|(p, b)| (r.stage, p, b)));
@@ -2012,6 +2075,7 @@ impl SourceSide<'_> {
             .map(|((s, p), mut w)| (s, p, w.finish()));
         SourceDone {
             records: full.into_iter().chain(rest).collect(),
+            archived,
             out,
             dead,
             received,
@@ -2083,6 +2147,9 @@ struct Parser<'a> {
     /// Per source partition, the highest event time parsed.
     times: BTreeMap<i32, i64>,
     dead: Vec<serde_json::Value>,
+    /// With `[archive] stage = "raw"`: each event as parsed, with its
+    /// source record.
+    raw: Option<Vec<((i32, i64), Event)>>,
 }
 
 impl Parser<'_> {
@@ -2100,6 +2167,9 @@ impl Parser<'_> {
             }
             match parse(r.payload.as_deref(), r.timestamp, Some(self.max_future)) {
                 Ok(e) => {
+                    if let Some(raw) = &mut self.raw {
+                        raw.push(((r.partition, r.offset), e.clone()));
+                    }
                     c.origins.push((r.partition, r.offset));
                     let t = self.times.entry(r.partition).or_insert(i64::MIN);
                     *t = (*t).max(e.timestamp);
@@ -2406,7 +2476,15 @@ fn running(p: &Plugin) -> PluginStatus {
 
 /// Enriched events travel to the keyed stages through Kafka: only what the
 /// steps after an enricher read is computed and carried.
-fn refresh_enrichers(flow: &mut [Flow], stages: &[&Plugin]) {
+/// What each enricher must leave for the plugins after it; with the
+/// archive at its enriched stage (`archive_all`), every property.
+fn refresh_enrichers(flow: &mut [Flow], stages: &[&Plugin], archive_all: bool) {
+    let everything = archive_all.then(|| crate::runtime::Interest {
+        event_types: Vec::new(),
+        properties: None,
+        metadata: crate::runtime::MetadataFields::empty(),
+        fields: crate::runtime::EventFields::empty(),
+    });
     let interests: Vec<crate::runtime::Interest> = flow
         .iter()
         .map(|f| match f {
@@ -2416,7 +2494,8 @@ fn refresh_enrichers(flow: &mut [Flow], stages: &[&Plugin]) {
         .collect();
     for (i, f) in flow.iter_mut().enumerate() {
         if let Flow::Enrich(p) = f {
-            let after: Vec<&crate::runtime::Interest> = interests[i + 1..].iter().collect();
+            let after: Vec<&crate::runtime::Interest> =
+                interests[i + 1..].iter().chain(everything.iter()).collect();
             crate::runtime::refresh_downstream(std::slice::from_mut(p), &after);
         }
     }

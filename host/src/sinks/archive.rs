@@ -395,14 +395,31 @@ pub fn partition(ts: i64) -> String {
 struct Part {
     tmp: PathBuf,
     partition: String,
+    /// A Kafka processor's: the source partition of its events, and the
+    /// offset after the last of them (see [`Archive::write_source`]).
+    source: Option<(i32, u64)>,
     writer: ArrowWriter<PatientFile>,
     opened: Instant,
 }
 
 /// What the engine tells the writer.
 enum Msg {
-    /// Events after the pipeline, the last of them at log position `seq`.
-    Events { events: Vec<Event>, seq: u64 },
+    /// Events after the pipeline, the last of them at log position `seq`;
+    /// on a Kafka processor, from `source` partition, `seq` the offset
+    /// after the last of them.
+    Events {
+        events: Vec<Event>,
+        seq: u64,
+        source: Option<i32>,
+    },
+    /// A processor took `source` partition, committed at offset `next`:
+    /// its parts past that are removed (the partition is read again from
+    /// there, and those events archived again); answered with how many.
+    Forget {
+        source: i32,
+        next: u64,
+        reply: SyncSender<Result<usize, String>>,
+    },
     /// Close every part (a checkpoint at log position `seq`); answered once
     /// they are renamed and synced.
     Seal {
@@ -479,7 +496,47 @@ impl Archive {
         if events.is_empty() {
             return;
         }
-        let _ = self.tx.send(Msg::Events { events, seq });
+        let _ = self.tx.send(Msg::Events {
+            events,
+            seq,
+            source: None,
+        });
+    }
+
+    /// A Kafka processor's events from `source` partition, `next` the
+    /// offset after the last of them. Its parts hold one source partition
+    /// each, named `part-s<source>-<next>-<unique>.parquet`, so whichever
+    /// processor takes the partition over knows which are committed.
+    pub fn write_source(&self, events: Vec<Event>, source: i32, next: u64) {
+        if events.is_empty() {
+            return;
+        }
+        let _ = self.tx.send(Msg::Events {
+            events,
+            seq: next,
+            source: Some(source),
+        });
+    }
+
+    /// A processor took `source` partition, committed at offset `next`
+    /// (0: nothing committed): removes its parts past that, which were
+    /// written but never committed (a crash between a checkpoint's seal and
+    /// its commit); reading on from `next` archives those events again.
+    pub fn forget(&self, source: i32, next: u64) -> Result<usize, ArchiveError> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Forget {
+                source,
+                next,
+                reply,
+            })
+            .map_err(|_| ArchiveError::Stopped)?;
+        rx.recv()
+            .map_err(|_| ArchiveError::Stopped)?
+            .map_err(|e| ArchiveError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })
     }
 
     /// Closes every part (a checkpoint): returns once they are in place.
@@ -511,6 +568,47 @@ impl Drop for Archive {
 }
 
 /// The log position in a part's name, if it is one.
+/// A processor's part name: its source partition and the offset after its
+/// last event.
+fn source_part(name: &str) -> Option<(i32, u64)> {
+    let mut it = name.strip_prefix("part-s")?.split('-');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Removes a source partition's parts past offset `next`, here or in the
+/// bucket; returns how many.
+fn forget(
+    settings: &ArchiveSettings,
+    remote: Option<&Remote>,
+    source: i32,
+    next: u64,
+) -> Result<usize, ArchiveError> {
+    let past = |name: &str| source_part(name).is_some_and(|(s, n)| s == source && n > next);
+    let mut removed = 0;
+    if let Some(r) = remote {
+        for (rel, at) in r.parts()? {
+            if past(rel.rsplit('/').next().unwrap_or("")) {
+                r.delete(&at)?;
+                removed += 1;
+            }
+        }
+        return Ok(removed);
+    }
+    let mut stack = vec![settings.dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
+            let path = entry.map_err(io(&d))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if past(&path.file_name().unwrap_or_default().to_string_lossy()) {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn part_seq(name: &str) -> Option<u64> {
     name.strip_prefix("part-")?.split('-').next()?.parse().ok()
 }
@@ -546,7 +644,8 @@ fn writer(
     patience: Patience,
 ) {
     let remote = remote.as_ref();
-    let mut parts: HashMap<String, Part> = HashMap::new();
+    // By hour partition and, on a processor, source partition.
+    let mut parts: HashMap<(String, Option<i32>), Part> = HashMap::new();
     let mut seq = 0u64;
     // A write that failed left events out of a part: no seal may count
     // them as archived, so checkpoints wait and a restart replays the log.
@@ -565,8 +664,14 @@ fn writer(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         match msg {
-            Some(Msg::Events { events, seq: s }) => {
-                seq = seq.max(s);
+            Some(Msg::Events {
+                events,
+                seq: s,
+                source,
+            }) => {
+                if source.is_none() {
+                    seq = seq.max(s);
+                }
                 let mut by_partition: HashMap<String, Vec<&Event>> = HashMap::new();
                 for e in &events {
                     by_partition
@@ -575,8 +680,16 @@ fn writer(
                         .push(e);
                 }
                 for (p, rows) in by_partition {
-                    if let Err(e) = append(&settings, &mut parts, &props, &p, &rows, seq, &patience)
-                    {
+                    let at = source.map(|src| (src, s));
+                    if let Err(e) = append(
+                        &settings,
+                        &mut parts,
+                        &props,
+                        (&p, at),
+                        &rows,
+                        seq,
+                        &patience,
+                    ) {
                         tracing::error!(error = %e, partition = %p, "archive write failed: checkpoints wait until a restart writes the events again from the log");
                         failed.get_or_insert_with(|| e.to_string());
                     }
@@ -601,10 +714,40 @@ fn writer(
                 };
                 let _ = reply.send(r);
             }
+            Some(Msg::Forget {
+                source,
+                next,
+                reply,
+            }) => {
+                // Open parts of it (none, unless a seal failed) go too.
+                let open: Vec<_> = parts
+                    .keys()
+                    .filter(|(_, s)| *s == Some(source))
+                    .cloned()
+                    .collect();
+                for k in open {
+                    if let Some(p) = parts.remove(&k) {
+                        drop(p.writer);
+                        let _ = std::fs::remove_file(&p.tmp);
+                    }
+                }
+                let r = forget(&settings, remote, source, next);
+                if let Ok(n) = &r
+                    && *n > 0
+                {
+                    tracing::info!(
+                        partition = source,
+                        offset = next,
+                        parts = n,
+                        "archive: removed a partition's parts past its committed offset (they are read and archived again)"
+                    );
+                }
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
             None => {}
         }
         // Age and size: close what is due.
-        let due: Vec<String> = parts
+        let due: Vec<(String, Option<i32>)> = parts
             .iter()
             .filter(|(_, p)| {
                 p.opened.elapsed() >= settings.flush_interval
@@ -625,21 +768,23 @@ fn writer(
 
 fn append(
     settings: &ArchiveSettings,
-    parts: &mut HashMap<String, Part>,
+    parts: &mut HashMap<(String, Option<i32>), Part>,
     props: &WriterProperties,
-    partition: &str,
+    (partition, from): (&str, Option<(i32, u64)>),
     rows: &[&Event],
     seq: u64,
     patience: &Patience,
 ) -> Result<(), ArchiveError> {
-    if !parts.contains_key(partition) {
+    let key = (partition.to_string(), from.map(|(s, _)| s));
+    if !parts.contains_key(&key) {
         let dir = settings.dir.join(partition);
         patience
             .retry(&dir, || std::fs::create_dir_all(&dir))
             .map_err(io(&dir))?;
         // Unique across runs: a process id repeats (always 1 in a container),
         // and a part of an earlier run must never be overwritten.
-        let tmp = dir.join(format!(".part-{seq}-{}.tmp", uuid::Uuid::now_v7().simple()));
+        let tag = from.map_or_else(|| seq.to_string(), |(s, _)| format!("s{s}"));
+        let tmp = dir.join(format!(".part-{tag}-{}.tmp", uuid::Uuid::now_v7().simple()));
         let file = patience
             .retry(&tmp, || std::fs::File::create(&tmp))
             .map_err(io(&tmp))?;
@@ -656,16 +801,20 @@ fn append(
                 }
             })?;
         parts.insert(
-            partition.to_string(),
+            key.clone(),
             Part {
                 tmp,
                 partition: partition.to_string(),
+                source: from,
                 writer,
                 opened: Instant::now(),
             },
         );
     }
-    let part = parts.get_mut(partition).expect("open part");
+    let part = parts.get_mut(&key).expect("open part");
+    if let (Some(at), Some((_, next))) = (&mut part.source, from) {
+        at.1 = at.1.max(next);
+    }
     part.writer
         .write(&to_batch(rows))
         .map_err(|source| ArchiveError::Parquet {
@@ -675,7 +824,7 @@ fn append(
 }
 
 fn seal_all(
-    parts: &mut HashMap<String, Part>,
+    parts: &mut HashMap<(String, Option<i32>), Part>,
     seq: u64,
     remote: Option<&Remote>,
     patience: &Patience,
@@ -698,6 +847,7 @@ fn seal(
         tmp,
         writer,
         partition,
+        source,
         ..
     } = part;
     let file = writer
@@ -716,7 +866,10 @@ fn seal(
         .unwrap_or("x");
     // The unique tail of the name stays; the position is the part's last.
     let unique = name.split_once('-').map_or(name, |(_, rest)| rest);
-    let done_name = format!("part-{seq:020}-{unique}.parquet");
+    let done_name = match source {
+        None => format!("part-{seq:020}-{unique}.parquet"),
+        Some((src, next)) => format!("part-s{src}-{next:020}-{unique}.parquet"),
+    };
     if let Some(r) = remote {
         // The finished part waits in staging while the bucket is out of reach.
         let rel = format!("{partition}/{done_name}");

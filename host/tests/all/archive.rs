@@ -20,7 +20,7 @@ fn read_archive(dir: &Path) -> Value {
 
 /// As [`read_archive`], for a folder or an `s3://` URL (with the S3
 /// endpoint it is at).
-fn read_archive_at(target: &std::ffi::OsStr, s3_endpoint: Option<&str>) -> Value {
+pub(crate) fn read_archive_at(target: &std::ffi::OsStr, s3_endpoint: Option<&str>) -> Value {
     let py = workspace_root().join("target/venv-readers/bin/python");
     assert!(
         py.exists(),
@@ -276,13 +276,13 @@ fn a_replay_of_the_archive_gives_the_live_points_and_alerts() {
 }
 
 /// moto's S3 server on a free port, stopped when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: std::process::Child,
     port: u16,
 }
 
 impl Moto {
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let bin = workspace_root().join("target/venv-readers/bin/moto_server");
         assert!(bin.exists(), "moto is missing: run `make readers`");
         let port = crate::support::free_port();
@@ -295,6 +295,22 @@ impl Moto {
         let url = format!("http://127.0.0.1:{port}");
         wait_until(30, "moto's S3 server", || ureq::get(&url).call().is_ok());
         Moto { child, port }
+    }
+
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A new bucket, made as any S3 client makes one, and the `[archive]`
+    /// table that writes under `events/` in it.
+    pub(crate) fn archive_in(&self, bucket: &str) -> String {
+        let endpoint = self.endpoint();
+        ureq::put(&format!("{endpoint}/{bucket}")).call().unwrap();
+        format!(
+            "[archive]\nurl = \"s3://{bucket}/events\"\n\
+             [archive.options]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\n\
+             aws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\n"
+        )
     }
 }
 
@@ -312,14 +328,8 @@ impl Drop for Moto {
 #[test]
 fn the_archive_on_s3_holds_every_event_once() {
     let moto = Moto::start();
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    // A bucket, made as any S3 client makes one.
-    ureq::put(&format!("{endpoint}/np-archive")).call().unwrap();
-    let archive = format!(
-        "[archive]\nurl = \"s3://np-archive/events\"\n\
-         [archive.options]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\n\
-         aws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\n"
-    );
+    let endpoint = moto.endpoint();
+    let archive = moto.archive_in("np-archive");
     let (s, events) = crash_while_a_sink_holds_checkpoints(47, &archive);
     assert_eq!(files_named(&s.data("archive-staging"), ".tmp"), 0);
 

@@ -5,6 +5,7 @@
 //! The expected results come from the embedded engine (one host, no Kafka)
 //! running the same pipeline on the same stream.
 
+use crate::archive::{Moto, read_archive_at};
 use crate::live::{TOKEN, admin};
 use crate::sinks::{Db, expected_points, known_stream, post_all};
 use crate::support::{
@@ -503,6 +504,70 @@ fn a_processor_killed_mid_stream_resumes_exactly_on_another_disk() {
         second.log()
     );
     assert_alerts(&[&first, &second], want);
+}
+
+/// `[archive]` on processors (in a bucket: moto's S3 API on loopback):
+/// through a `kill -9` and a new processor taking over, every event is in
+/// the bucket once, as the enrichers left it. The first processor puts
+/// parts (they close every 200 ms) and never commits (checkpoints every
+/// hour): the second removes them all and archives those events again.
+#[test]
+fn a_processor_killed_with_parts_past_its_commit_archives_every_event_once() {
+    let moto = Moto::start();
+    let events = stream();
+    let want = expected(&events);
+    let broker = Broker::start();
+    let db = Db::influxdb();
+    let archive = moto.archive_in("np-kafka").replacen(
+        "[archive]\n",
+        "[archive]\nflush_interval = \"200ms\"\n",
+        1,
+    );
+    let config = format!("{}{archive}", kafka_config(&broker, &db, "archived")).replacen(
+        "checkpoint_interval = \"1s\"",
+        "checkpoint_interval = \"1h\"",
+        1,
+    );
+    let collector = Server::start_role(&config, "collector");
+    let mut first = Server::start_role(&config, "processor");
+    let half = events.len() / 2;
+    post_all(&collector, &events[..half], 250, Duration::from_millis(50));
+    let read = || read_archive_at("s3://np-kafka/events".as_ref(), Some(&moto.endpoint()));
+    wait_until(60, "the first half in the bucket", || {
+        read()["rows"].as_u64() >= Some(half as u64)
+    });
+    assert_eq!(first.metric("nexuspipe_checkpoints_total"), 0.0);
+    first.child.kill().unwrap(); // kill -9
+    first.child.wait().unwrap();
+    post_all(&collector, &events[half..], 250, Duration::ZERO);
+    let second = Server::start_role(&config, "processor");
+    wait_points(&db, want, "points after the crash", &[&second]);
+    let mut got = Value::Null;
+    wait_until(30, "every event in the bucket", || {
+        got = read();
+        got["rows"].as_u64() >= Some(events.len() as u64)
+    });
+    assert_eq!(got["rows"], events.len(), "an event archived twice");
+    assert!(
+        second.log().contains("past its committed offset"),
+        "{}",
+        second.log()
+    );
+    let ids: BTreeSet<&str> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), events.len(), "an event archived twice");
+    for e in &events {
+        if let Some(id) = e["event_id"].as_str() {
+            assert!(ids.contains(id), "{id} not archived");
+            // After enrich-geo: what it sets from the address is there.
+            let props = &got["events"][id]["properties"];
+            assert!(props.get("geo.ip_type").is_some(), "{id}: {props}");
+        }
+    }
 }
 
 #[test]
