@@ -76,7 +76,17 @@ impl Remote {
             )));
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // object_store's own retries stay short (its default waits up to 3
+        // minutes before it reports anything): the writer tries again for
+        // as long as it takes, and /readyz says so meanwhile.
+        let retry = object_store::RetryConfig {
+            backoff: Default::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+        };
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
         for (k, v) in &s.options {
             let key = k
                 .parse()

@@ -361,26 +361,74 @@ fn a_full_disk_under_the_archive_holds_the_pipeline_back() {
     let disk = SmallDisk::mount(dir.path().join("archive-disk"), "1m");
     let archive = dir.path().join("archive-disk/archive");
     let config = format!(
-        "[engine]\nqueue_capacity = 2000\ncheckpoint_interval = \"200ms\"\n\
-         [archive]\npath = {:?}\n",
+        "{HELD}[archive]\npath = {:?}\n",
         archive.display().to_string()
     );
     let s = Server::start_in(dir, &config);
-    let clicks = |from: usize, n: usize| -> Value {
-        Value::Array(
-            (from..from + n)
-                .map(|i| {
-                    serde_json::json!({"event_id": format!("c-{i}"), "event_type": "click",
-                        "timestamp": 1_767_225_600_000i64 + i as i64 * 10, "user_id": format!("u{}", i % 50)})
-                })
-                .collect(),
-        )
-    };
+    let filler = std::cell::RefCell::new(None);
+    let sent = held_back_then_resumed(
+        &s,
+        || *filler.borrow_mut() = Some(disk.fill()),
+        "archive-disk/archive",
+        || std::fs::remove_file(filler.take().unwrap()).unwrap(),
+    );
+    wait_until(30, "every accepted event in the archive", || {
+        read_archive(&archive)["rows"] == sent
+    });
+    assert_archived_once(&read_archive(&archive), sent);
+}
+
+/// A bucket out of reach (a proxy in front of moto, cut) holds the pipeline
+/// back as a full disk does: the finished part waits in staging, `/readyz`
+/// names the bucket, and once it is reachable every accepted event is put
+/// there once.
+#[test]
+fn an_unreachable_bucket_holds_the_pipeline_back() {
+    let moto = Moto::start();
+    let proxy = crate::support::Proxy::start(moto.port);
+    let archive = moto.archive_in("np-outage").replace(
+        &moto.endpoint(),
+        &format!("http://127.0.0.1:{}", proxy.port),
+    );
+    let s = Server::start(&format!("{HELD}{archive}"));
+    let sent = held_back_then_resumed(&s, || proxy.cut(), "s3://np-outage/events", || proxy.mend());
+    let read = || read_archive_at("s3://np-outage/events".as_ref(), Some(&moto.endpoint()));
+    wait_until(30, "every accepted event in the bucket", || {
+        read()["rows"] == sent
+    });
+    assert_archived_once(&read(), sent);
+}
+
+/// A small queue, and parts closed at checkpoints every 200 ms.
+const HELD: &str = "[engine]\nqueue_capacity = 2000\ncheckpoint_interval = \"200ms\"\n";
+
+/// Clicks `c-<from>` to `c-<from + n - 1>`, 10 ms apart.
+fn clicks(from: usize, n: usize) -> Value {
+    Value::Array(
+        (from..from + n)
+            .map(|i| {
+                serde_json::json!({"event_id": format!("c-{i}"), "event_type": "click",
+                    "timestamp": 1_767_225_600_000i64 + i as i64 * 10, "user_id": format!("u{}", i % 50)})
+            })
+            .collect(),
+    )
+}
+
+/// Posts clicks, breaks the archive's storage (`fail`), posts until ingest
+/// refuses (`429`) and `/readyz` names `fault`, mends it (`mend`), sends
+/// the refused batch again and a few more; returns how many were accepted,
+/// all processed.
+fn held_back_then_resumed(
+    s: &Server,
+    fail: impl FnOnce(),
+    fault: &str,
+    mend: impl FnOnce(),
+) -> usize {
     assert_eq!(s.post(&clicks(0, 100)).0, 202);
-    wait_processed(&s, 100);
-    let filler = disk.fill();
-    // The engine goes on until the archive's next write finds the disk full,
-    // then its queue fills: post until refused.
+    wait_processed(s, 100);
+    fail();
+    // The engine goes on until the archive's next write or put fails, then
+    // its queue fills: post until refused.
     let mut sent = 100;
     loop {
         let (status, resp) = s.post(&clicks(sent, 100));
@@ -389,18 +437,17 @@ fn a_full_disk_under_the_archive_holds_the_pipeline_back() {
             429 => break,
             _ => panic!("{status}: {resp}"),
         }
-        assert!(sent < 200_000, "a full archive never held ingest back");
+        assert!(sent < 200_000, "the archive never held ingest back");
     }
-    let ready = wait_for_readyz(&s, |r| {
+    let ready = wait_for_readyz(s, |r| {
         r["storage"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["path"].as_str().unwrap().contains("archive"))
+            .any(|f| f["path"].as_str().unwrap().contains(fault))
     });
     assert_eq!(ready["ready"], false, "{ready}");
-    // Space returns: the refused batch and a few more are taken.
-    std::fs::remove_file(filler).unwrap();
+    mend();
     for from in (sent..sent + 500).step_by(100) {
         let mut tries = 0;
         loop {
@@ -410,16 +457,19 @@ fn a_full_disk_under_the_archive_holds_the_pipeline_back() {
             }
             assert_eq!(status, 429, "{resp}");
             tries += 1;
-            assert!(tries < 600, "still refused after space returned: {resp}");
+            assert!(tries < 600, "still refused once mended: {resp}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     sent += 500;
-    wait_processed(&s, sent);
-    wait_until(30, "every accepted event in the archive", || {
-        read_archive(&archive)["rows"] == sent
-    });
-    let got = read_archive(&archive);
+    wait_processed(s, sent);
+    wait_for_readyz(s, |r| r["ready"] == true);
+    sent
+}
+
+/// The archive holds clicks `c-0` to `c-<sent - 1>`, each once.
+fn assert_archived_once(got: &Value, sent: usize) {
+    assert_eq!(got["rows"], sent, "rows");
     let ids: BTreeSet<&str> = got["ids"]
         .as_array()
         .unwrap()
@@ -429,7 +479,6 @@ fn a_full_disk_under_the_archive_holds_the_pipeline_back() {
     let want: BTreeSet<String> = (0..sent).map(|i| format!("c-{i}")).collect();
     assert_eq!(ids.len(), sent, "an event archived twice");
     assert!(ids.iter().all(|id| want.contains(*id)), "an event not sent");
-    wait_for_readyz(&s, |r| r["ready"] == true);
 }
 
 /// `/readyz`'s body, once `ok` holds of it.
