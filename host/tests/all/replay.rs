@@ -210,3 +210,53 @@ fn a_job_over_a_file_closes_every_window_and_ends() {
         assert_eq!(counts(&out), want, "close: {close}: {summary}");
     }
 }
+
+/// A file of 20 000 events (over 8 MiB) with two bad lines, one near its
+/// start and one far past it: every valid event is replayed, and each bad
+/// line is skipped and named by its number in the file.
+#[test]
+fn a_replay_names_bad_lines_and_reads_every_other_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("gen.ndjson");
+    let status = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["gen", "--rate", "2000", "--duration", "10s", "--seed", "5"])
+        .args(["--start-ms", "1767225600000", "--output"])
+        .arg(&generated)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut lines: Vec<String> = std::fs::read_to_string(&generated)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let valid = lines.len();
+    // Lines 2 and 15 000 of the file.
+    lines.insert(1, "{\"event_type\": 7}".to_string());
+    lines.insert(14_999, "not json".to_string());
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size > 8 << 20, "{size} bytes");
+    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
+        .args(["replay", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("out"))
+        .env(
+            "NEXUSPIPE_CACHE_DIR",
+            workspace_root().join("target/test-cache"),
+        )
+        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["events"], valid, "{summary}");
+    assert_eq!(summary["invalid"], 2, "{summary}");
+    assert!(stderr.contains("line 2: skipped: event_type"), "{stderr}");
+    assert!(stderr.contains("line 15000: skipped:"), "{stderr}");
+}
