@@ -1148,4 +1148,56 @@ mod tests {
         let batch = to_batch(&[&e, &bare]);
         assert_eq!(from_batch(&batch).unwrap(), vec![e, bare]);
     }
+
+    /// Parts close at `max_file_size`: with a size every write passes, each
+    /// batch is a part of its own, complete before any checkpoint; and a
+    /// processor's parts carry their source partition and next offset.
+    #[test]
+    fn parts_close_at_max_file_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ArchiveSettings {
+            dir: dir.path().to_path_buf(),
+            raw: false,
+            max_file_size: 1,
+            flush_interval: Duration::from_secs(3600),
+            keep: None,
+            remote: None,
+        };
+        let archive = Archive::open(settings, 0, false, Arc::new(Metrics::new())).unwrap();
+        let click = |i: i64| {
+            crate::event::from_json(
+                serde_json::json!({"event_id": format!("e{i}"), "event_type": "click",
+                    "timestamp": 1_767_225_600_000i64 + i}),
+                &crate::event::EventDefaults::default(),
+            )
+            .unwrap()
+        };
+        for i in 0..3 {
+            archive.write_source(vec![click(i)], 2, 10 + i as u64);
+        }
+        let hour = dir.path().join(partition(1_767_225_600_000));
+        let parts = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&hour)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".parquet"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while parts().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let got: Vec<Option<(i32, u64)>> = parts().iter().map(|n| source_part(n)).collect();
+        assert_eq!(got, vec![Some((2, 10)), Some((2, 11)), Some((2, 12))]);
+        // A processor taking partition 2 over, committed at offset 11: the
+        // parts whose events end before it stay, the last goes.
+        assert_eq!(archive.forget(2, 11).unwrap(), 1);
+        let kept: Vec<Option<(i32, u64)>> = parts().iter().map(|n| source_part(n)).collect();
+        assert_eq!(kept, vec![Some((2, 10)), Some((2, 11))]);
+    }
 }
