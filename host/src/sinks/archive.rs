@@ -577,7 +577,6 @@ impl Drop for Archive {
     }
 }
 
-/// The log position in a part's name, if it is one.
 /// A processor's part name: its source partition and the offset after its
 /// last event.
 fn source_part(name: &str) -> Option<(i32, u64)> {
@@ -619,6 +618,7 @@ fn forget(
     Ok(removed)
 }
 
+/// The log position in a part's name, if it is one.
 fn part_seq(name: &str) -> Option<u64> {
     name.strip_prefix("part-")?.split('-').next()?.parse().ok()
 }
