@@ -261,6 +261,7 @@ pub fn start(
         fatal: None,
         next_checkpoint: Instant::now() + settings.checkpoint_interval,
         archive,
+        archived_ids: HashMap::new(),
     };
     let consumer: BaseConsumer<Ctx> = client_config(
         k,
@@ -846,6 +847,10 @@ struct Proc {
     /// `[archive]`: sealed at every checkpoint before the source offsets
     /// are committed.
     archive: Option<Archive>,
+    /// With `[archive]`: per owned source partition, the event ids taken,
+    /// so a copy a client sent again is archived once, as on one host (the
+    /// keyed stages drop copies later, after the archive).
+    archived_ids: HashMap<i32, Dedupe>,
 }
 
 impl Proc {
@@ -1013,6 +1018,7 @@ impl Proc {
                 self.sources.remove(p);
                 self.source_epochs.remove(p);
                 self.clocks.remove(p);
+                self.archived_ids.remove(p);
             } else if let Some(stage) = self.stage_of(topic) {
                 self.tasks.remove(&(stage, *p));
             }
@@ -1156,6 +1162,7 @@ impl Proc {
             settings,
             metrics,
             tasks,
+            archived_ids,
             ..
         } = self;
         let mut source_side = SourceSide {
@@ -1165,6 +1172,7 @@ impl Proc {
             clocks,
             settings,
             metrics,
+            archived_ids,
         };
 
         let mut keyed_side = KeyedSide {
@@ -1961,6 +1969,7 @@ struct SourceSide<'a> {
     clocks: &'a mut HashMap<i32, SourceClock>,
     settings: &'a ProcessorSettings,
     metrics: &'a Metrics,
+    archived_ids: &'a mut HashMap<i32, Dedupe>,
 }
 
 /// What a source batch gave: repartition records to produce, outputs.
@@ -2019,11 +2028,22 @@ impl SourceSide<'_> {
         let mut out = PluginOutput::default();
         // The events at the end of the line, as the enrichers left them.
         let mut archived: BTreeMap<i32, (Vec<Event>, i64)> = BTreeMap::new();
+        let (max_ids, horizon) = (
+            self.settings.dedupe_max_ids,
+            self.settings.dedupe_horizon_ms,
+        );
+        let ids = &mut *self.archived_ids;
         let mut keep = |events: Vec<Event>, origins: &[(i32, i64)]| {
             for (e, &(src, off)) in events.into_iter().zip(origins) {
                 let (list, next) = archived.entry(src).or_insert_with(|| (Vec::new(), 0));
-                list.push(e);
+                // The offset counts even for a copy: it is taken.
                 *next = (*next).max(off + 1);
+                let seen = ids
+                    .entry(src)
+                    .or_insert_with(|| Dedupe::new(max_ids, horizon));
+                if seen.first(&e.id, e.timestamp) {
+                    list.push(e);
+                }
             }
         };
         if archive == Some(false) {
@@ -2050,6 +2070,14 @@ impl SourceSide<'_> {
                     full.extend(r.full.into_iter().map(|(p, b)| (r.stage, p, b)));
                     writers.extend(r.writers.into_iter().map(|(p, w)| ((r.stage, p), w)));
                 }
+            }
+        }
+        for (src, seen) in self.archived_ids.iter_mut() {
+            if let Some(c) = self.clocks.get(src) {
+                seen.expire(
+                    c.max
+                        .saturating_sub(self.settings.out_of_orderness.as_millis() as i64),
+                );
             }
         }
         // Event time of the source partitions: a marker after their events

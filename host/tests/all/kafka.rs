@@ -256,13 +256,19 @@ fn assert_alerts(processors: &[&Server], want: &Expected) {
     );
 }
 
+/// Also archived as received (`stage = "raw"`, in moto's S3): each event
+/// once, though the collector took every one twice.
 #[test]
 fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
     let events = stream();
     let want = expected(&events);
     let broker = Broker::start();
     let db = Db::influxdb();
-    let config = kafka_config(&broker, &db, "e2e");
+    let moto = Moto::start();
+    let archive =
+        moto.archive_in("np-e2e")
+            .replacen("[archive]\n", "[archive]\nstage = \"raw\"\n", 1);
+    let config = format!("{}{archive}", kafka_config(&broker, &db, "e2e"));
     let processor = Server::start_role(&config, "processor");
     let collector = Server::start_role(&config, "collector");
     // Every batch is sent twice, as by a client retrying after a lost
@@ -300,6 +306,21 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
     wait_until(30, "every copy counted as a duplicate", || {
         processor.metric("nexuspipe_events_duplicate_total") == body.len() as f64
     });
+    // Parts are put at each checkpoint (every second).
+    let read = || read_archive_at("s3://np-e2e/events".as_ref(), Some(&moto.endpoint()));
+    let mut got = Value::Null;
+    wait_until(30, "the stream in the bucket", || {
+        got = read();
+        got["rows"].as_u64() >= Some(events.len() as u64)
+    });
+    assert_eq!(got["rows"], events.len(), "a copy archived");
+    for e in body {
+        let id = e["event_id"].as_str().unwrap();
+        let props = &got["events"][id]["properties"];
+        assert!(props.is_object(), "{id} not archived");
+        // As received: nothing the enricher would add.
+        assert!(props.get("geo.ip_type").is_none(), "{id}: {props}");
+    }
     assert_alerts(&[&processor], want);
     let fired = alerts(&processor.read("alerts.jsonl"));
     assert_eq!(fired.len(), want.alerts.len(), "each alert fired once");
