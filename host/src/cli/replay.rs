@@ -119,6 +119,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     // The input is the file: a replay that stops is run again, so no log.
     config.engine.durability = Durability::Memory;
     config.kafka = None;
+    // `--from s3://…` reads with the config's archive options (credentials,
+    // endpoint), before they are cleared for the replay's own archive.
+    let bucket = bucket_options(&config);
     // A replay's archive goes in its own data dir, never into the live one
     // (folder or bucket), which holds these events already.
     if let Some(a) = &mut config.archive {
@@ -126,7 +129,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         a.options.clear();
         a.path = PathBuf::from("archive");
     }
-    let summary = job(config, &args.from, (start, end), args.close)?;
+    let summary = job(config, &args.from, (start, end), args.close, bucket)?;
     println!("{summary}");
     Ok(())
 }
@@ -141,7 +144,14 @@ pub fn run_source(mut config: nexuspipe::config::Config, source: &str) -> Result
     }
     // The input is the file: a job that stops is run again, so no log.
     config.engine.durability = Durability::Memory;
-    let summary = job(config, std::path::Path::new(path), (None, None), true)?;
+    let bucket = bucket_options(&config);
+    let summary = job(
+        config,
+        std::path::Path::new(path),
+        (None, None),
+        true,
+        bucket,
+    )?;
     println!("{summary}");
     Ok(())
 }
@@ -154,6 +164,7 @@ fn job(
     from: &std::path::Path,
     (start, end): (Option<i64>, Option<i64>),
     to_the_end: bool,
+    bucket: Vec<(String, String)>,
 ) -> Result<serde_json::Value> {
     let data_dir = config.engine.data_dir.clone();
     let read = Arc::new(AtomicU64::new(0));
@@ -164,7 +175,7 @@ fn job(
         // History: no bound ahead of now.
         max_future_ms: None,
     };
-    let (items, size) = open_source(from, (start, end), defaults.clone(), read.clone())?;
+    let (items, size) = open_source(from, (start, end), defaults.clone(), read.clone(), bucket)?;
 
     let metrics = Arc::new(Metrics::new());
     let (_manager, plugins) = start_pipeline(&config, metrics.clone())?;
@@ -284,7 +295,22 @@ fn open_source(
     range: (Option<i64>, Option<i64>),
     defaults: EventDefaults<'static>,
     read: Arc<AtomicU64>,
+    bucket: Vec<(String, String)>,
 ) -> Result<(Items, u64)> {
+    if let Some(url) = from.to_str().filter(|u| u.starts_with("s3://")) {
+        let reader = Arc::new(
+            archive::BucketReader::open(url, bucket)
+                .with_context(|| format!("opening the archive at {url}"))?,
+        );
+        let parts = reader
+            .parts(range)
+            .with_context(|| format!("listing the archive at {url}"))?
+            .into_iter()
+            .map(|rel| Part::Object(reader.clone(), rel))
+            .collect();
+        // Sizes are not listed: the progress line shows no share.
+        return Ok((archive_items(parts, read), 0));
+    }
     let parquet = from.extension().is_some_and(|x| x == "parquet");
     if from.is_dir() || parquet {
         let files = if parquet {
@@ -297,19 +323,8 @@ fn open_source(
             .iter()
             .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
             .sum();
-        let items = files.into_iter().flat_map(move |f| {
-            let events = read_parquet(&f);
-            read.fetch_add(
-                std::fs::metadata(&f).map_or(0, |m| m.len()),
-                Ordering::Relaxed,
-            );
-            let items: Vec<Result<Parsed>> = match events {
-                Ok(events) => events.into_iter().map(|e| Ok(Parsed::Event(e))).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            items
-        });
-        return Ok((Box::new(items), size));
+        let parts = files.into_iter().map(Part::File).collect();
+        return Ok((archive_items(parts, read), size));
     }
     let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -347,20 +362,151 @@ fn open_source(
     Ok((Box::new(items), size))
 }
 
+/// The config's `[archive.options]`, for reading a bucket.
+fn bucket_options(config: &nexuspipe::config::Config) -> Vec<(String, String)> {
+    config
+        .archive
+        .as_ref()
+        .map(|a| a.options.clone().into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// A part of the archive: a file, or an object in a bucket.
+enum Part {
+    File(PathBuf),
+    Object(Arc<archive::BucketReader>, String),
+}
+
+impl Part {
+    /// Its hour folder and its name.
+    fn place(&self) -> (String, String) {
+        let path = match self {
+            Part::File(p) => p.to_string_lossy().into_owned(),
+            Part::Object(_, rel) => rel.clone(),
+        };
+        match path.rsplit_once('/') {
+            Some((dir, name)) => (dir.to_string(), name.to_string()),
+            None => (String::new(), path),
+        }
+    }
+
+    /// Its events, and its size in bytes.
+    fn read(&self) -> Result<(Vec<Event>, u64)> {
+        match self {
+            Part::File(path) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let size = file.metadata().map_or(0, |m| m.len());
+                Ok((events_of(file, &path.display().to_string())?, size))
+            }
+            Part::Object(bucket, rel) => {
+                let bytes = bucket.get(rel).with_context(|| format!("reading {rel}"))?;
+                let size = bytes.len() as u64;
+                Ok((events_of(bytes, rel)?, size))
+            }
+        }
+    }
+}
+
 /// Every event of one Parquet file of the archive's schema.
-fn read_parquet(path: &Path) -> Result<Vec<Event>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+fn events_of<R: parquet::file::reader::ChunkReader + 'static>(
+    source: R,
+    what: &str,
+) -> Result<Vec<Event>> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(source)
         .and_then(|b| b.build())
-        .with_context(|| format!("reading {}", path.display()))?;
+        .with_context(|| format!("reading {what}"))?;
     let mut events = Vec::new();
     for batch in reader {
-        let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-        events.extend(
-            archive::from_batch(&batch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-        );
+        let batch = batch.with_context(|| format!("reading {what}"))?;
+        events.extend(archive::from_batch(&batch).map_err(|e| anyhow::anyhow!("{what}: {e}"))?);
     }
     Ok(events)
+}
+
+/// The events of the archive's parts, hour by hour. The parts of one
+/// source (the engine's log, or one source partition of a Kafka archive)
+/// follow each other; an hour with several sources has them merged by
+/// event time, as they were processed live, so a replay of a Kafka archive
+/// finds no event late that was not late there. Each source holds one part
+/// in memory at a time.
+fn archive_items(parts: Vec<Part>, read: Arc<AtomicU64>) -> Items {
+    let mut hours: Vec<(String, BySource)> = Vec::new();
+    for part in parts {
+        let (hour, name) = part.place();
+        if hours.last().is_none_or(|(h, _)| *h != hour) {
+            hours.push((hour, Default::default()));
+        }
+        let sources = &mut hours.last_mut().expect("pushed").1;
+        sources
+            .entry(archive::part_source(&name))
+            .or_default()
+            .push(part);
+    }
+    Box::new(hours.into_iter().flat_map(move |(_, sources)| {
+        let mut streams: Vec<Source> = sources
+            .into_values()
+            .map(|parts| Source {
+                parts: parts.into_iter(),
+                events: Vec::new().into_iter(),
+            })
+            .collect();
+        let read = read.clone();
+        let mut heads: Vec<Option<Event>> = Vec::new();
+        let mut started = false;
+        std::iter::from_fn(move || {
+            if !started {
+                started = true;
+                for s in &mut streams {
+                    match s.next(&read) {
+                        Some(Ok(e)) => heads.push(Some(e)),
+                        Some(Err(e)) => return Some(Err(e)),
+                        None => heads.push(None),
+                    }
+                }
+            }
+            // The oldest head; on a tie, the first source.
+            let i = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.as_ref().map(|e| (e.timestamp, i)))
+                .min()?
+                .1;
+            let event = heads[i].take().expect("a head");
+            match streams[i].next(&read) {
+                Some(Ok(e)) => heads[i] = Some(e),
+                Some(Err(e)) => return Some(Err(e)),
+                None => {}
+            }
+            Some(Ok(Parsed::Event(event)))
+        })
+    }))
+}
+
+/// An hour's parts by source (see [`archive::part_source`]).
+type BySource = std::collections::BTreeMap<Option<i32>, Vec<Part>>;
+
+/// One source's parts, read one at a time.
+struct Source {
+    parts: std::vec::IntoIter<Part>,
+    events: std::vec::IntoIter<Event>,
+}
+
+impl Source {
+    fn next(&mut self, read: &AtomicU64) -> Option<Result<Event>> {
+        loop {
+            if let Some(e) = self.events.next() {
+                return Some(Ok(e));
+            }
+            match self.parts.next()?.read() {
+                Ok((events, size)) => {
+                    read.fetch_add(size, Ordering::Relaxed);
+                    self.events = events.into_iter();
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 /// One line, redrawn: events, rate, event time reached, share and ETA.

@@ -1047,6 +1047,83 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<Event>, String> {
     Ok(out)
 }
 
+/// Where the parts of one source come from: a processor's source
+/// partition (`part-s<p>-…`), or `None` for the embedded engine's log.
+/// Parts of one source follow each other in order; parts of several
+/// sources in one hour overlap in event time.
+pub fn part_source(name: &str) -> Option<i32> {
+    source_part(name).map(|(s, _)| s)
+}
+
+/// The hour a partition folder (`date=YYYY-MM-DD/hour=HH`) starts at.
+fn hour_start(day: &str, hour: &str) -> Option<i64> {
+    crate::event::parse_timestamp(&serde_json::Value::String(format!("{day}T{hour}:00:00Z"))).ok()
+}
+
+/// Whether the hour starting at `start` can hold events in `range`.
+fn in_range(start: i64, (from, to): (Option<i64>, Option<i64>)) -> bool {
+    !(from.is_some_and(|f| start + 3_600_000 <= f) || to.is_some_and(|t| start >= t))
+}
+
+/// An archive in a bucket, read back (`nexuspipe replay --from s3://…`).
+pub struct BucketReader(Remote);
+
+impl BucketReader {
+    /// `url` is `s3://bucket/prefix`; `options` are object_store's keys (the
+    /// `AWS_*` environment otherwise).
+    pub fn open(url: &str, options: Vec<(String, String)>) -> Result<BucketReader, ArchiveError> {
+        Remote::open(&RemoteSettings {
+            url: url.to_string(),
+            options,
+        })
+        .map(BucketReader)
+    }
+
+    /// Its parts in order, as paths below the prefix: hours in order, then
+    /// parts by name. With `range`, only the hours that can hold events in it.
+    pub fn parts(&self, range: (Option<i64>, Option<i64>)) -> Result<Vec<String>, ArchiveError> {
+        let mut out: Vec<(i64, String)> = Vec::new();
+        for (rel, _) in self.0.parts()? {
+            let mut it = rel.split('/');
+            let (Some(day), Some(h), Some(name)) = (
+                it.next().and_then(|d| d.strip_prefix("date=")),
+                it.next().and_then(|h| h.strip_prefix("hour=")),
+                it.next(),
+            ) else {
+                continue;
+            };
+            if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+                continue;
+            }
+            if let Some(start) = hour_start(day, h).filter(|s| in_range(*s, range)) {
+                out.push((start, rel.clone()));
+            }
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, rel)| rel).collect())
+    }
+
+    /// One part's bytes.
+    pub fn get(&self, rel: &str) -> Result<bytes::Bytes, ArchiveError> {
+        use object_store::ObjectStoreExt;
+        let at = self.0.path(rel);
+        let store_error = |source| ArchiveError::Store {
+            what: format!("reading {at}"),
+            source,
+        };
+        self.0.rt.block_on(async {
+            self.0
+                .store
+                .get(&at)
+                .await
+                .map_err(store_error)?
+                .bytes()
+                .await
+                .map_err(store_error)
+        })
+    }
+}
+
 /// The archive's parts in order: partitions by hour, then parts by log
 /// position. With `range`, only the hours that can hold events in it.
 pub fn parts(dir: &Path, range: (Option<i64>, Option<i64>)) -> std::io::Result<Vec<PathBuf>> {
@@ -1061,15 +1138,9 @@ pub fn parts(dir: &Path, range: (Option<i64>, Option<i64>)) -> std::io::Result<V
             let Some(hh) = h.strip_prefix("hour=") else {
                 continue;
             };
-            let Ok(start) = crate::event::parse_timestamp(&serde_json::Value::String(format!(
-                "{day}T{hh}:00:00Z"
-            ))) else {
+            let Some(start) = hour_start(day, hh).filter(|s| in_range(*s, range)) else {
                 continue;
             };
-            let (from, to) = range;
-            if from.is_some_and(|f| start + 3_600_000 <= f) || to.is_some_and(|t| start >= t) {
-                continue;
-            }
             hours.push((start, hour.path()));
         }
     }

@@ -321,6 +321,38 @@ fn a_stream_through_the_collector_lands_exactly_in_influxdb() {
         // As received: nothing the enricher would add.
         assert!(props.get("geo.ip_type").is_none(), "{id}: {props}");
     }
+    // `replay --from s3://…` (credentials from the config's archive
+    // options) merges the source partitions' parts by event time: the same
+    // points and alerts as a replay of the stream's own file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("replay.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let file = dir.path().join("events.ndjson");
+    crate::support::write_ndjson(&file, &events);
+    let replay_into = |from: &std::ffi::OsStr, out: &str| {
+        let out = dir.path().join(out);
+        let summary = crate::replay::summary(&[
+            "replay".as_ref(),
+            "--from".as_ref(),
+            from,
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--data-dir".as_ref(),
+            out.as_os_str(),
+            "--close".as_ref(),
+        ]);
+        assert_eq!(summary["events"], events.len(), "{summary}");
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+        (
+            crate::sinks::expected_points(&read("metrics.lp")),
+            crate::durability::alert_set(&read("alerts.jsonl")),
+        )
+    };
+    let (points, fired_again) = replay_into("s3://np-e2e/events".as_ref(), "from-bucket");
+    let (want_points, want_alerts) = replay_into(file.as_os_str(), "from-file");
+    assert!(!want_points.is_empty());
+    assert_eq!(points, want_points, "points of the bucket's replay");
+    assert_eq!(fired_again, want_alerts, "alerts of the bucket's replay");
     assert_alerts(&[&processor], want);
     let fired = alerts(&processor.read("alerts.jsonl"));
     assert_eq!(fired.len(), want.alerts.len(), "each alert fired once");
