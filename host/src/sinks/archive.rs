@@ -156,6 +156,18 @@ impl Remote {
             .collect())
     }
 
+    /// Deletes the parts whose name `doomed` picks; returns how many.
+    fn delete_parts(&self, doomed: impl Fn(&str) -> bool) -> Result<usize, ArchiveError> {
+        let mut removed = 0;
+        for (rel, at) in self.parts()? {
+            if doomed(rel.rsplit('/').next().unwrap_or("")) {
+                self.delete(&at)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn delete(&self, at: &object_store::path::Path) -> Result<(), ArchiveError> {
         use object_store::ObjectStoreExt;
         self.rt
@@ -466,13 +478,7 @@ impl Archive {
         let after = replays.then_some(restored);
         let mut removed = clean(&settings.dir, after)?;
         if let (Some(r), Some(after)) = (&remote, after) {
-            for (rel, at) in r.parts()? {
-                let name = rel.rsplit('/').next().unwrap_or("");
-                if part_seq(name).is_some_and(|s| s > after) {
-                    r.delete(&at)?;
-                    removed += 1;
-                }
-            }
+            removed += r.delete_parts(|name| part_seq(name).is_some_and(|s| s > after))?;
         }
         if removed > 0 {
             tracing::info!(
@@ -593,29 +599,10 @@ fn forget(
     next: u64,
 ) -> Result<usize, ArchiveError> {
     let past = |name: &str| source_part(name).is_some_and(|(s, n)| s == source && n > next);
-    let mut removed = 0;
-    if let Some(r) = remote {
-        for (rel, at) in r.parts()? {
-            if past(rel.rsplit('/').next().unwrap_or("")) {
-                r.delete(&at)?;
-                removed += 1;
-            }
-        }
-        return Ok(removed);
+    match remote {
+        Some(r) => r.delete_parts(past),
+        None => remove_files(&settings.dir, past),
     }
-    let mut stack = vec![settings.dir.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
-            let path = entry.map_err(io(&d))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if past(&path.file_name().unwrap_or_default().to_string_lossy()) {
-                std::fs::remove_file(&path).map_err(io(&path))?;
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
 }
 
 /// The log position in a part's name, if it is one.
@@ -625,6 +612,13 @@ fn part_seq(name: &str) -> Option<u64> {
 
 /// Removes `.tmp` files, and parts past `after`; returns how many.
 fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
+    remove_files(dir, |name| {
+        name.ends_with(".tmp") || after.is_some_and(|a| part_seq(name).is_some_and(|s| s > a))
+    })
+}
+
+/// Removes the files under `dir` whose name `doomed` picks; returns how many.
+fn remove_files(dir: &Path, doomed: impl Fn(&str) -> bool) -> Result<usize, ArchiveError> {
     let mut removed = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -633,12 +627,7 @@ fn clean(dir: &Path, after: Option<u64>) -> Result<usize, ArchiveError> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = name.ends_with(".tmp")
-                || after.is_some_and(|a| part_seq(&name).is_some_and(|s| s > a));
-            if stale {
+            } else if doomed(&entry.file_name().to_string_lossy()) {
                 std::fs::remove_file(&path).map_err(io(&path))?;
                 removed += 1;
             }
@@ -909,9 +898,6 @@ fn retain(settings: &ArchiveSettings, remote: Option<&Remote>) -> Result<(), Arc
     };
     let now = crate::event::now_ms();
     let cutoff = now - keep.as_millis() as i64;
-    let hour_start = |day: &str, h: &str| {
-        crate::event::parse_timestamp(&serde_json::Value::String(format!("{day}T{h}:00:00Z")))
-    };
     if let Some(r) = remote {
         for (rel, at) in r.parts()? {
             let mut it = rel.split('/');
@@ -921,7 +907,7 @@ fn retain(settings: &ArchiveSettings, remote: Option<&Remote>) -> Result<(), Arc
             ) else {
                 continue;
             };
-            if hour_start(day, h).is_ok_and(|start| start + 3_600_000 <= cutoff) {
+            if hour_start(day, h).is_some_and(|start| start + 3_600_000 <= cutoff) {
                 r.delete(&at)?;
             }
         }
@@ -943,12 +929,7 @@ fn retain(settings: &ArchiveSettings, remote: Option<&Remote>) -> Result<(), Arc
             let Some(h) = hour_name.strip_prefix("hour=") else {
                 continue;
             };
-            let start = crate::event::parse_timestamp(&serde_json::Value::String(format!(
-                "{day}T{h}:00:00Z"
-            )));
-            if let Ok(start) = start
-                && start + 3_600_000 <= cutoff
-            {
+            if hour_start(day, h).is_some_and(|start| start + 3_600_000 <= cutoff) {
                 std::fs::remove_dir_all(hour.path()).map_err(io(&hour.path()))?;
                 tracing::info!(partition = %format!("{date_name}/{hour_name}"), "archive: partition past `keep` removed");
             }

@@ -42,6 +42,16 @@ pub(crate) fn read_archive_at(target: &std::ffi::OsStr, s3_endpoint: Option<&str
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The event ids [`read_archive_at`] found, as a set.
+pub(crate) fn archived_ids(got: &Value) -> BTreeSet<&str> {
+    got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 /// `date=YYYY-MM-DD/hour=HH` of an event time, worked out here.
 fn partition(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap();
@@ -335,12 +345,7 @@ fn the_archive_on_s3_holds_every_event_once() {
 
     let got = read_archive_at("s3://np-archive/events".as_ref(), Some(&endpoint));
     assert_eq!(got["rows"], events.len(), "rows: {}", got["rows"]);
-    let ids: BTreeSet<&str> = got["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let ids = archived_ids(&got);
     assert_eq!(ids.len(), events.len(), "an event archived twice");
     let want: BTreeSet<String> = events
         .iter()
@@ -470,12 +475,7 @@ fn held_back_then_resumed(
 /// The archive holds clicks `c-0` to `c-<sent - 1>`, each once.
 fn assert_archived_once(got: &Value, sent: usize) {
     assert_eq!(got["rows"], sent, "rows");
-    let ids: BTreeSet<&str> = got["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let ids = archived_ids(got);
     let want: BTreeSet<String> = (0..sent).map(|i| format!("c-{i}")).collect();
     assert_eq!(ids.len(), sent, "an event archived twice");
     assert!(ids.iter().all(|id| want.contains(*id)), "an event not sent");

@@ -5,7 +5,7 @@
 //! The expected results come from the embedded engine (one host, no Kafka)
 //! running the same pipeline on the same stream.
 
-use crate::archive::{Moto, read_archive_at};
+use crate::archive::{Moto, archived_ids, read_archive_at};
 use crate::live::{TOKEN, admin};
 use crate::sinks::{Db, expected_points, known_stream, post_all};
 use crate::support::{
@@ -606,12 +606,7 @@ fn a_processor_killed_with_parts_past_its_commit_archives_every_event_once() {
         "{}",
         second.log()
     );
-    let ids: BTreeSet<&str> = got["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let ids = archived_ids(&got);
     assert_eq!(ids.len(), events.len(), "an event archived twice");
     for e in &events {
         if let Some(id) = e["event_id"].as_str() {

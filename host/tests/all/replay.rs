@@ -14,6 +14,11 @@ use std::time::Duration;
 /// Runs `nexuspipe <args>` (a replay or a one-shot job) to its end, which
 /// must be a success; its summary (the JSON line on stdout).
 pub(crate) fn summary(args: &[&std::ffi::OsStr]) -> Value {
+    summary_and_stderr(args).0
+}
+
+/// As [`summary`], with what the command wrote on stderr.
+fn summary_and_stderr(args: &[&std::ffi::OsStr]) -> (Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
         .args(args)
         .env(
@@ -26,8 +31,9 @@ pub(crate) fn summary(args: &[&std::ffi::OsStr]) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nexuspipe {args:?} failed: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("summary: {e}: {stdout} {stderr}"))
+    let summary = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("summary: {e}: {stdout} {stderr}"));
+    (summary, stderr.into_owned())
 }
 
 /// `nexuspipe replay <args>`: its summary.
@@ -239,22 +245,14 @@ fn a_replay_names_bad_lines_and_reads_every_other_one() {
     std::fs::write(&file, lines.join("\n")).unwrap();
     let size = std::fs::metadata(&file).unwrap().len();
     assert!(size > 8 << 20, "{size} bytes");
-    let out = Command::new(env!("CARGO_BIN_EXE_nexuspipe"))
-        .args(["replay", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.path().join("out"))
-        .env(
-            "NEXUSPIPE_CACHE_DIR",
-            workspace_root().join("target/test-cache"),
-        )
-        .env("NEXUSPIPE_PLUGIN_DIR", plugin_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let (summary, stderr) = summary_and_stderr(&[
+        "replay".as_ref(),
+        "--from".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        out.as_os_str(),
+    ]);
     assert_eq!(summary["events"], valid, "{summary}");
     assert_eq!(summary["invalid"], 2, "{summary}");
     assert!(stderr.contains("line 2: skipped: event_type"), "{stderr}");
