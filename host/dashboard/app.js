@@ -494,6 +494,7 @@ function describe(r) {
   if (r.type === 'threshold') return (r.sum ? 'sum of ' + r.sum : 'count') + ' of ' + f(r.filter) + ' per ' + r.key + ' over ' + r.window + ' above ' + r.above;
   if (r.type === 'sequence') return (r.count || 1) + '× ' + f(r.first) + ' then ' + f(r.then) + ' per ' + r.key + ' within ' + r.within;
   if (r.type === 'absence') return f(r.first) + ' without ' + f(r.then) + ' per ' + r.key + ' within ' + r.within;
+  if (r.type === 'anomaly') return (r.sum ? 'sum of ' + r.sum : r.avg ? 'average of ' + r.avg : 'count') + ' of ' + f(r.filter) + ' per ' + r.key + ' each ' + r.window + ' ' + (r.direction || 'above') + ' its last ' + (r.baseline || 10) + ' windows by ' + (r.k || 3) + ' deviations';
   return JSON.stringify(r);
 }
 function renderRules() {

@@ -56,6 +56,11 @@ struct RawRule {
     count: Option<usize>,
     then: Option<Filter>,
     within: Option<Dur>,
+    avg: Option<String>,
+    k: Option<f64>,
+    direction: Option<String>,
+    baseline: Option<usize>,
+    min_deviation: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +89,28 @@ impl TryFrom<RawRule> for Rule {
         };
         let window = ms(r.window, "window")?;
         let within = ms(r.within, "within")?;
-        let for_ms = ms(r.for_, "for")?.unwrap_or(0);
+        // An anomaly's `for` counts windows; every other rule's is a duration.
+        let for_windows = match (&r.for_, r.kind.as_str()) {
+            (Some(Dur::Ms(n)), "anomaly") if *n >= 1 => Some(*n as u32),
+            (Some(_), "anomaly") => {
+                return Err(format!(
+                    "rule `{}` (anomaly): `for` counts windows: a whole number, at least 1",
+                    r.id
+                ));
+            }
+            _ => None,
+        };
+        let for_ms = match r.kind.as_str() {
+            "anomaly" => 0,
+            _ => ms(r.for_, "for")?.unwrap_or(0),
+        };
+        let anomaly_only = [
+            ("avg", r.avg.is_some()),
+            ("k", r.k.is_some()),
+            ("direction", r.direction.is_some()),
+            ("baseline", r.baseline.is_some()),
+            ("min_deviation", r.min_deviation.is_some()),
+        ];
         let unused = |names: &[(&str, bool)]| -> Result<(), String> {
             match names.iter().find(|(_, set)| *set) {
                 Some((n, _)) => Err(format!("rule `{}` ({}) does not use `{n}`", r.id, r.kind)),
@@ -99,6 +125,7 @@ impl TryFrom<RawRule> for Rule {
                     ("within", within.is_some()),
                     ("count", r.count.is_some()),
                 ])?;
+                unused(&anomaly_only)?;
                 RuleKind::Threshold {
                     filter: r.filter.clone().unwrap_or_default(),
                     window: need(window, "window")?,
@@ -117,6 +144,7 @@ impl TryFrom<RawRule> for Rule {
                     ("sum", r.sum.is_some()),
                     ("for", for_ms != 0),
                 ])?;
+                unused(&anomaly_only)?;
                 let first = r
                     .first
                     .clone()
@@ -142,9 +170,54 @@ impl TryFrom<RawRule> for Rule {
                     }
                 }
             }
+            "anomaly" => {
+                unused(&[
+                    ("first", r.first.is_some()),
+                    ("then", r.then.is_some()),
+                    ("within", within.is_some()),
+                    ("count", r.count.is_some()),
+                    ("above", r.above.is_some()),
+                ])?;
+                let aggregate = match (r.sum.clone(), r.avg.clone()) {
+                    (None, None) => Aggregate::Count,
+                    (Some(f), None) => Aggregate::Sum(f),
+                    (None, Some(f)) => Aggregate::Avg(f),
+                    (Some(_), Some(_)) => {
+                        return Err(format!(
+                            "rule `{}` (anomaly): `sum` or `avg`, not both",
+                            r.id
+                        ));
+                    }
+                };
+                let direction = match r.direction.as_deref().unwrap_or("above") {
+                    "above" => Direction::Above,
+                    "below" => Direction::Below,
+                    "both" => Direction::Both,
+                    other => {
+                        return Err(format!(
+                            "rule `{}` (anomaly): unknown direction `{other}` (above, below, both)",
+                            r.id
+                        ));
+                    }
+                };
+                RuleKind::Anomaly {
+                    min_deviation: r.min_deviation.unwrap_or(match aggregate {
+                        Aggregate::Count => 1.0,
+                        _ => 0.0,
+                    }),
+                    filter: r.filter.clone().unwrap_or_default(),
+                    window: need(window, "window")?,
+                    aggregate,
+                    k: r.k.unwrap_or(3.0),
+                    direction,
+                    baseline: r.baseline.unwrap_or(10),
+                    for_windows: for_windows.unwrap_or(1),
+                    lateness: 0,
+                }
+            }
             other => {
                 return Err(format!(
-                    "rule `{}`: unknown type `{other}` (threshold, sequence, absence)",
+                    "rule `{}`: unknown type `{other}` (threshold, sequence, absence, anomaly)",
                     r.id
                 ));
             }
@@ -205,6 +278,39 @@ pub enum RuleKind {
         then: Filter,
         within: i64,
     },
+    /// A per-key aggregate over tumbling windows of `window`, compared at each
+    /// window's close with the median and MAD of the key's last `baseline`
+    /// windows: beyond when `k` deviations off in `direction`.
+    Anomaly {
+        filter: Filter,
+        window: i64,
+        aggregate: Aggregate,
+        k: f64,
+        direction: Direction,
+        /// Windows in the baseline, and the warm-up before the rule can fire.
+        baseline: usize,
+        /// The deviation never counts as less than this (a flat baseline has a MAD of 0).
+        min_deviation: f64,
+        /// Consecutive windows beyond before it fires.
+        for_windows: u32,
+        /// The host's allowed lateness: a window is decided once the
+        /// watermark passes its end by that much (set by `init`).
+        lateness: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Aggregate {
+    Count,
+    Sum(String),
+    Avg(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Direction {
+    Above,
+    Below,
+    Both,
 }
 
 /// The rules used when no config is given (a file of its own: the host's
@@ -269,6 +375,34 @@ impl Config {
                         return Err(ConfigError::at(format!("{at}.within"), "must be positive"));
                     }
                 }
+                RuleKind::Anomaly {
+                    filter,
+                    window,
+                    k,
+                    baseline,
+                    min_deviation,
+                    ..
+                } => {
+                    filter.prepare(&format!("{at}.filter"))?;
+                    if *window <= 0 {
+                        return Err(ConfigError::at(format!("{at}.window"), "must be positive"));
+                    }
+                    if !(k.is_finite() && *k > 0.0) {
+                        return Err(ConfigError::at(format!("{at}.k"), "must be positive"));
+                    }
+                    if !(3..=10_000).contains(baseline) {
+                        return Err(ConfigError::at(
+                            format!("{at}.baseline"),
+                            "must be between 3 and 10000 windows",
+                        ));
+                    }
+                    if !(min_deviation.is_finite() && *min_deviation >= 0.0) {
+                        return Err(ConfigError::at(
+                            format!("{at}.min_deviation"),
+                            "must be 0 or more",
+                        ));
+                    }
+                }
             }
         }
         Ok(c)
@@ -283,6 +417,14 @@ impl Config {
                 RuleKind::Threshold { filter, sum, .. } => {
                     filter.declare(&mut b);
                     if let Some(f) = sum {
+                        b.field(f);
+                    }
+                }
+                RuleKind::Anomaly {
+                    filter, aggregate, ..
+                } => {
+                    filter.declare(&mut b);
+                    if let Aggregate::Sum(f) | Aggregate::Avg(f) = aggregate {
                         b.field(f);
                     }
                 }

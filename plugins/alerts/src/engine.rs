@@ -2,7 +2,7 @@
 //! events and watermarks give the same alerts, which is what makes replays
 //! and restores safe.
 
-use crate::config::{Config, Rule, RuleKind};
+use crate::config::{Aggregate, Config, Direction, Rule, RuleKind};
 use nexuspipe_sdk::filter::{alert_fingerprint, field_value, format_duration};
 use nexuspipe_sdk::prelude::*;
 use rustc_hash::FxHashMap;
@@ -145,6 +145,21 @@ struct KeyState {
     /// Start of the last alert that was sent (cooldown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_fired: Option<i64>,
+    /// Anomaly: the key's windows not yet decided, by start: (events, sum).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    buckets: BTreeMap<i64, (u64, f64)>,
+    /// Anomaly: the start of the key's oldest window not yet decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_window: Option<i64>,
+    /// Anomaly: the values of the key's last `baseline` windows, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    history: VecDeque<f64>,
+    /// Anomaly: consecutive windows beyond the baseline (their start is
+    /// `holding_since`), and consecutive windows without events.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    beyond: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    quiet: u32,
     /// Wake time of this key's live entry in `Timers`.
     #[serde(skip)]
     scheduled: Option<i64>,
@@ -159,6 +174,10 @@ struct Firing {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 impl KeyState {
@@ -195,6 +214,7 @@ impl KeyState {
             && self.firsts.is_empty()
             && self.open.is_none()
             && self.holding_since.is_none()
+            && self.next_window.is_none()
     }
 
     /// The next event time at which this key changes without new events.
@@ -214,6 +234,11 @@ impl KeyState {
             }
             RuleKind::Sequence { within, .. } => self.firsts.front().map(|t| t + within),
             RuleKind::Absence { within, .. } => self.open.map(|s| s + within),
+            RuleKind::Anomaly {
+                window, lateness, ..
+            } => self
+                .next_window
+                .map(|s| s.saturating_add(*window).saturating_add(*lateness)),
         }
     }
 
@@ -246,6 +271,13 @@ struct Emitter<'a> {
     out: &'a mut Vec<Alert>,
 }
 
+/// An anomaly's baseline when it was decided: median and deviation.
+#[derive(Clone, Copy)]
+struct Baseline {
+    median: f64,
+    deviation: f64,
+}
+
 impl Emitter<'_> {
     fn emit(
         &mut self,
@@ -255,11 +287,23 @@ impl Emitter<'_> {
         count: usize,
         value: f64,
     ) {
-        let (window, _) = match &self.rule.kind {
-            RuleKind::Threshold { window, .. } => (*window, ()),
-            RuleKind::Sequence { within, .. } | RuleKind::Absence { within, .. } => (*within, ()),
+        self.emit_with(status, starts_at, ends_at, count, value, None);
+    }
+
+    fn emit_with(
+        &mut self,
+        status: AlertStatus,
+        starts_at: i64,
+        ends_at: Option<i64>,
+        count: usize,
+        value: f64,
+        baseline: Option<Baseline>,
+    ) {
+        let window = match &self.rule.kind {
+            RuleKind::Threshold { window, .. } | RuleKind::Anomaly { window, .. } => *window,
+            RuleKind::Sequence { within, .. } | RuleKind::Absence { within, .. } => *within,
         };
-        let summary = self
+        let mut summary = self
             .rule
             .summary
             .replace("{rule}", &self.rule.id)
@@ -267,6 +311,11 @@ impl Emitter<'_> {
             .replace("{count}", &count.to_string())
             .replace("{value}", &fmt_num(value))
             .replace("{window}", &format_duration(window));
+        if let Some(b) = baseline {
+            summary = summary
+                .replace("{baseline}", &fmt_num(b.median))
+                .replace("{deviation}", &fmt_num(b.deviation));
+        }
         let mut labels: Vec<(String, String)> = vec![
             ("rule".into(), self.rule.id.clone()),
             ("key".into(), self.key.to_string()),
@@ -369,6 +418,51 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
                 ks.firsts.pop_front();
             }
         }
+        RuleKind::Anomaly {
+            window,
+            lateness,
+            baseline,
+            ..
+        } => {
+            // Every window of the key closes, with or without events (an
+            // empty one counts 0), once the watermark is `lateness` past it.
+            while let Some(s) = ks.next_window
+                && s.saturating_add(*window).saturating_add(*lateness) <= t
+            {
+                // The end of a bounded input (the final flush) is not
+                // silence: windows after the key's last events stay open.
+                if t == i64::MAX
+                    && ks
+                        .buckets
+                        .last_key_value()
+                        .is_none_or(|(&last, _)| s > last)
+                {
+                    *ks = KeyState {
+                        last_fired: ks.last_fired,
+                        ..KeyState::default()
+                    };
+                    break;
+                }
+                let (n, sum) = ks.buckets.remove(&s).unwrap_or((0, 0.0));
+                ks.next_window = Some(s.saturating_add(*window));
+                close_window(&mut em, ks, s, n, sum);
+                // A key quiet for a whole baseline is forgotten (an alert
+                // still open resolves), so keys do not pile up and a leap
+                // of the watermark costs at most `baseline` windows a key.
+                if ks.quiet as usize >= *baseline {
+                    if let Some(f) = ks.firing.take()
+                        && f.sent
+                    {
+                        em.emit(AlertStatus::Resolved, f.starts_at, Some(s + window), 0, 0.0);
+                    }
+                    *ks = KeyState {
+                        last_fired: ks.last_fired,
+                        ..KeyState::default()
+                    };
+                    break;
+                }
+            }
+        }
         RuleKind::Absence { within, .. } => {
             if let Some(s) = ks.open
                 && s + within <= t
@@ -378,6 +472,106 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
                     ks.last_fired = Some(s);
                     em.emit(AlertStatus::Firing, s, None, 1, 1.0);
                 }
+            }
+        }
+    }
+}
+
+/// The median and the median absolute deviation of `values`.
+fn median_mad(values: &VecDeque<f64>) -> (f64, f64) {
+    fn median(v: &mut [f64]) -> f64 {
+        v.sort_unstable_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    let m = median(&mut v);
+    for x in &mut v {
+        *x = (*x - m).abs();
+    }
+    (m, median(&mut v))
+}
+
+/// The scale that makes a MAD estimate the standard deviation of normally
+/// distributed values, so `k` reads as "standard deviations".
+const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// Decides an anomaly rule's window `[start, start + window)` that held `n`
+/// events summing to `sum`: against the baseline of the windows before it,
+/// then the window joins the baseline.
+fn close_window(em: &mut Emitter<'_>, ks: &mut KeyState, start: i64, n: u64, sum: f64) {
+    let RuleKind::Anomaly {
+        aggregate,
+        k,
+        direction,
+        baseline,
+        min_deviation,
+        for_windows,
+        ..
+    } = &em.rule.kind
+    else {
+        return;
+    };
+    ks.quiet = if n == 0 { ks.quiet + 1 } else { 0 };
+    let value = match aggregate {
+        Aggregate::Count => n as f64,
+        Aggregate::Sum(_) => sum,
+        // An average of nothing is no value: the window is skipped.
+        Aggregate::Avg(_) if n == 0 => return,
+        Aggregate::Avg(_) => sum / n as f64,
+    };
+    // Until the baseline is full (the warm-up), a window only joins it.
+    let verdict = (ks.history.len() >= *baseline).then(|| {
+        let (median, mad) = median_mad(&ks.history);
+        let deviation = (MAD_TO_SIGMA * mad).max(*min_deviation);
+        let off = value - median;
+        let beyond = match direction {
+            Direction::Above => off > k * deviation,
+            Direction::Below => -off > k * deviation,
+            Direction::Both => off.abs() > k * deviation,
+        };
+        (beyond, Baseline { median, deviation })
+    });
+    ks.history.push_back(value);
+    if ks.history.len() > *baseline {
+        ks.history.pop_front();
+    }
+    let cooldown = em.rule.cooldown;
+    match verdict {
+        Some((true, b)) => {
+            ks.beyond += 1;
+            let since = *ks.holding_since.get_or_insert(start);
+            if ks.beyond >= *for_windows && ks.firing.is_none() {
+                let sent = ks.last_fired.is_none_or(|l| since - l >= cooldown);
+                ks.firing = Some(Firing {
+                    starts_at: since,
+                    sent,
+                });
+                if sent {
+                    ks.last_fired = Some(since);
+                    em.emit_with(AlertStatus::Firing, since, None, n as usize, value, Some(b));
+                }
+            }
+        }
+        within => {
+            ks.beyond = 0;
+            ks.holding_since = None;
+            if let Some(f) = ks.firing.take()
+                && f.sent
+            {
+                let b = within.map(|(_, b)| b);
+                em.emit_with(
+                    AlertStatus::Resolved,
+                    f.starts_at,
+                    Some(start),
+                    n as usize,
+                    value,
+                    b,
+                );
             }
         }
     }
@@ -440,6 +634,17 @@ fn apply(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, role: Role, out: &mu
             // event behind an undecided instant is decided with it.
             ks.undecided = Some(ks.undecided.map_or(t, |u| u.max(t)));
         }
+        (RuleKind::Anomaly { window, .. }, Role::Count(v)) => {
+            let start = t - t.rem_euclid(*window);
+            let next = *ks.next_window.get_or_insert(start);
+            // Never before the oldest open window: later ones were decided
+            // (the host sends such an event to the late output first).
+            if start >= next {
+                let b = ks.buckets.entry(start).or_insert((0, 0.0));
+                b.0 += 1;
+                b.1 += v;
+            }
+        }
         (RuleKind::Sequence { count, .. }, role) => {
             if matches!(role, Role::Then | Role::FirstAndThen) && ks.firsts.len() >= *count {
                 let start = *ks.firsts.front().expect("count >= 1");
@@ -482,6 +687,20 @@ impl Alerts {
                         .and_then(|v| v.as_f64())
                         .filter(|v| v.is_finite())?,
                     None => 1.0,
+                };
+                Some(Role::Count(v))
+            }
+            RuleKind::Anomaly {
+                filter, aggregate, ..
+            } => {
+                if !filter.matches(e) {
+                    return None;
+                }
+                let v = match aggregate {
+                    Aggregate::Count => 1.0,
+                    Aggregate::Sum(f) | Aggregate::Avg(f) => field_value(e, f)
+                        .and_then(|v| v.as_f64())
+                        .filter(|v| v.is_finite())?,
                 };
                 Some(Role::Count(v))
             }
@@ -623,7 +842,12 @@ impl Alerter for Alerts {
     type State = State;
 
     fn init(config: &str, settings: &HostSettings) -> Result<(Self, Interest), ConfigError> {
-        let config = Config::parse(config)?;
+        let mut config = Config::parse(config)?;
+        for rule in &mut config.rules {
+            if let RuleKind::Anomaly { lateness, .. } = &mut rule.kind {
+                *lateness = settings.allowed_lateness.max(0);
+            }
+        }
         let interest = config.interest();
         let state = State {
             definitions: config.definitions.clone(),

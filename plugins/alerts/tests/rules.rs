@@ -934,3 +934,376 @@ fn sum_threshold_matches_the_reference_model_on_random_streams() {
         );
     }
 }
+
+// ---- anomaly rules ----
+
+const MINUTE: i64 = 60_000;
+
+/// An `anomaly` rule on `error` events per `service`, with one-minute windows.
+fn anomaly(extra: serde_json::Value) -> serde_json::Value {
+    let mut rule = json!({"id": "error_spike", "type": "anomaly", "summary": "{value} vs {baseline}",
+                          "key": "service", "filter": {"event_type": "error"}, "window": "1m"});
+    rule.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    rule
+}
+
+/// `counts[i]` errors of `service` spread over minute `i` (one batch per minute).
+fn per_minute(service: &str, counts: &[u32]) -> Vec<Vec<Event>> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| {
+                    let t = i as i64 * MINUTE + j as i64 * (MINUTE / n as i64);
+                    Event::new("error", t).with_property("service", service)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn run_batches(rules: &[serde_json::Value], batches: Vec<Vec<Event>>) -> Vec<Alert> {
+    harness(rules).run(batches).items
+}
+
+/// Worked out by hand. The baseline of 10 windows of [10, 11, 9, 10, 12] twice:
+/// median 10, absolute deviations [0,1,1,0,2] twice, so MAD 1 and a deviation
+/// of 1.4826: beyond above 10 + 3 × 1.4826 = 14.45. A spike of 50 then 55
+/// (each beyond its baseline, which the 50 moves little) fires with `for` 2
+/// at the second window, starting at the first; the next window of 10 resolves
+/// it, ending where the spike ended.
+#[test]
+fn anomaly_fires_on_a_spike_after_for_windows_and_resolves_when_back_within() {
+    let normal = [10, 11, 9, 10, 12];
+    let mut counts: Vec<u32> = normal.iter().cycle().take(20).copied().collect();
+    counts.extend([50, 55, 10, 11, 9]);
+    let rule = anomaly(json!({"for": 2}));
+    let alerts = run_batches(&[rule], per_minute("api", &counts));
+    assert_eq!(
+        seen(&alerts),
+        [
+            firing("api", 20 * MINUTE),
+            resolved("api", 20 * MINUTE, 22 * MINUTE)
+        ]
+    );
+    // Its baseline, windows 11 to 20, holds the 50: median (10 + 11) / 2.
+    let fired = alerts.iter().find(|a| a.ends_at.is_none()).unwrap();
+    assert_eq!(fired.summary, "55 vs 10.50");
+    // With `for` 1 it fires at the first window of the spike.
+    let alerts = run_batches(&[anomaly(json!({}))], per_minute("api", &counts));
+    assert_eq!(
+        seen(&alerts),
+        [
+            firing("api", 20 * MINUTE),
+            resolved("api", 20 * MINUTE, 22 * MINUTE)
+        ]
+    );
+    assert_eq!(alerts[0].summary, "50 vs 10", "fired at the first window");
+}
+
+/// A steady ramp (10, 12, 14, ...) without seasonality: the baseline of the
+/// last 10 values has its median 9 below the newest, and absolute deviations
+/// 9, 7, 5, 3, 1, 1, 3, 5, 7, 9 (MAD 5, deviation 7.41); the next value is 11
+/// above the median, under 3 × 7.41. It never fires, in either direction.
+#[test]
+fn anomaly_does_not_fire_on_a_ramp() {
+    let counts: Vec<u32> = (0..60).map(|i| 10 + 2 * i).collect();
+    let alerts = run_batches(
+        &[anomaly(json!({"direction": "both"}))],
+        per_minute("api", &counts),
+    );
+    assert_eq!(seen(&alerts), []);
+}
+
+/// No alert before `baseline` windows were seen (the warm-up), however wild
+/// the first windows are.
+#[test]
+fn anomaly_needs_a_warm_up() {
+    let counts = [1, 1, 1, 90, 1, 1, 1, 1, 1, 1];
+    let alerts = run_batches(&[anomaly(json!({}))], per_minute("api", &counts));
+    assert_eq!(seen(&alerts), []);
+    // One window more, with a baseline of 9 ones and the 90 (median 1, MAD 0,
+    // so the deviation is `min_deviation`, 1 for a count: beyond above 4).
+    let mut counts = counts.to_vec();
+    counts.extend([5, 1]);
+    let alerts = run_batches(&[anomaly(json!({}))], per_minute("api", &counts));
+    assert_eq!(
+        seen(&alerts),
+        [
+            firing("api", 10 * MINUTE),
+            resolved("api", 10 * MINUTE, 11 * MINUTE)
+        ]
+    );
+}
+
+/// A service that stops erring: windows without events count 0. Below a
+/// baseline of 10 ones (MAD 0, deviation 1, so beyond under 1 - 3 × 1 < 0)
+/// nothing is beyond; with `min_deviation` 0.2, a 0 is (1 - 0.6 = 0.4).
+#[test]
+fn anomaly_below_counts_empty_windows() {
+    let mut batches = per_minute("api", &[1; 10]);
+    // Minutes 10 and 11 are empty; minute 12 has one error again.
+    batches.push(vec![
+        Event::new("error", 12 * MINUTE).with_property("service", "api"),
+    ]);
+    let below = |extra: serde_json::Value| {
+        let rule = anomaly(extra);
+        seen(&run_batches(&[rule], batches.clone()))
+    };
+    assert_eq!(below(json!({"direction": "below"})), []);
+    assert_eq!(
+        below(json!({"direction": "below", "min_deviation": 0.2})),
+        [
+            firing("api", 10 * MINUTE),
+            resolved("api", 10 * MINUTE, 12 * MINUTE)
+        ]
+    );
+}
+
+/// Snapshot and restore keep the baseline: a restart in the middle of a
+/// stream (the same config) gives the alerts of an uninterrupted run; a
+/// changed rule starts over, with a warm-up.
+#[test]
+fn anomaly_baseline_survives_a_restart() {
+    let mut counts: Vec<u32> = [10, 11, 9, 10, 12]
+        .iter()
+        .cycle()
+        .take(20)
+        .copied()
+        .collect();
+    counts.extend([50, 10]);
+    let config = json!({"rules": [anomaly(json!({}))]}).to_string();
+    let batches = per_minute("api", &counts);
+    let uninterrupted = seen(&harness(&[anomaly(json!({}))]).run(batches.clone()).items);
+    assert_eq!(uninterrupted.len(), 2, "{uninterrupted:?}");
+    let (before, after) = batches.split_at(15);
+    let first_half = |h: &mut AlerterHarness<Alerts>| {
+        let mut alerts = Vec::new();
+        for batch in before {
+            alerts.extend(h.push(batch.clone()).items);
+        }
+        alerts
+    };
+    let mut h = harness(&[anomaly(json!({}))]);
+    let mut alerts = first_half(&mut h);
+    let report = h.restart(&config);
+    assert_eq!(report.kept, ["error_spike"]);
+    alerts.extend(h.run(after.to_vec()).items);
+    assert_eq!(seen(&alerts), uninterrupted);
+    // Another `k`: the rule's state is reset, and 7 windows after the
+    // restart are too few for a baseline of 10.
+    let mut h = harness(&[anomaly(json!({}))]);
+    first_half(&mut h);
+    let report = h.restart(&json!({"rules": [anomaly(json!({"k": 2.5}))]}).to_string());
+    assert_eq!(report.reset, ["error_spike"]);
+    assert_eq!(seen(&h.run(after.to_vec()).items), []);
+}
+
+#[test]
+fn anomaly_config_errors_name_the_rule_and_key() {
+    for (extra, message) in [
+        (json!({"for": "2m"}), "`for` counts windows"),
+        (json!({"direction": "up"}), "unknown direction `up`"),
+        (json!({"baseline": 2}), "rules[0].baseline"),
+        (json!({"sum": "a", "avg": "b"}), "`sum` or `avg`, not both"),
+        (json!({"above": 3}), "does not use `above`"),
+        (json!({"k": 0}), "rules[0].k"),
+    ] {
+        let config = json!({"rules": [anomaly(extra.clone())]}).to_string();
+        let err = match alerts::Config::parse(&config) {
+            Ok(_) => panic!("{extra} was accepted"),
+            Err(e) => format!("{:?}: {}", e.field, e.message),
+        };
+        assert!(err.contains(message), "{extra}: {err}");
+        assert!(
+            err.contains("error_spike") || err.contains("rules[0]"),
+            "{err}"
+        );
+    }
+}
+
+/// The anomaly rule by windows, written the simple way: each key's windows
+/// from its first event's on, values recomputed from lists, the baseline's
+/// median and MAD by sorting copies. `events` are (time, key, value) in time
+/// order; the watermark passed the windows ending at or before the last
+/// event; the final flush closes each key's windows up to its last event.
+#[allow(clippy::too_many_arguments)]
+fn anomaly_model(
+    events: &[(i64, String, f64)],
+    window: i64,
+    aggregate: &str,
+    k: f64,
+    direction: &str,
+    baseline: usize,
+    min_deviation: f64,
+    for_windows: u32,
+) -> Vec<Seen> {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let last_closed = events.last().map_or(-1, |e| e.0.div_euclid(window) - 1);
+    let mut keys: Vec<&String> = events.iter().map(|e| &e.1).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let mine: Vec<(i64, f64)> = events
+            .iter()
+            .filter(|e| &e.1 == key)
+            .map(|e| (e.0.div_euclid(window), e.2))
+            .collect();
+        let last = mine.last().unwrap().0.max(last_closed);
+        let mut w = mine[0].0;
+        let (mut history, mut quiet, mut streak) = (Vec::<f64>::new(), 0usize, 0u32);
+        // The first window of the streak (an average skips empty windows).
+        let mut since = 0;
+        let mut open: Option<i64> = None;
+        while w <= last {
+            let values: Vec<f64> = mine.iter().filter(|e| e.0 == w).map(|e| e.1).collect();
+            quiet = if values.is_empty() { quiet + 1 } else { 0 };
+            let value = match aggregate {
+                "count" => Some(values.len() as f64),
+                "sum" => Some(values.iter().sum()),
+                _ => (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64),
+            };
+            if let Some(x) = value {
+                let beyond = history.len() >= baseline && {
+                    let m = median(&history);
+                    let devs: Vec<f64> = history.iter().map(|h| (h - m).abs()).collect();
+                    let d = (1.4826 * median(&devs)).max(min_deviation);
+                    match direction {
+                        "above" => x - m > k * d,
+                        "below" => m - x > k * d,
+                        _ => (x - m).abs() > k * d,
+                    }
+                };
+                history.push(x);
+                if history.len() > baseline {
+                    history.remove(0);
+                }
+                if beyond {
+                    streak += 1;
+                    if streak == 1 {
+                        since = w * window;
+                    }
+                    if streak == for_windows {
+                        let start = since;
+                        open = Some(start);
+                        out.push((key.clone(), "firing", start, None));
+                    }
+                } else {
+                    streak = 0;
+                    if let Some(s) = open.take() {
+                        out.push((key.clone(), "resolved", s, Some(w * window)));
+                    }
+                }
+            }
+            if quiet >= baseline {
+                // Forgotten: an open alert resolves; the key starts over at
+                // its next event.
+                if let Some(s) = open.take() {
+                    out.push((key.clone(), "resolved", s, Some((w + 1) * window)));
+                }
+                history.clear();
+                streak = 0;
+                quiet = 0;
+                match mine.iter().find(|e| e.0 > w) {
+                    Some(e) => w = e.0,
+                    None => break,
+                }
+                continue;
+            }
+            w += 1;
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Random keys with noisy levels, spikes, drops and gaps longer than a
+/// baseline, for each aggregate and direction, against the model.
+#[test]
+fn anomaly_matches_the_reference_model_on_random_streams() {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let window = 1000;
+    let (mut fired, mut rounds_with_alerts) = (0, 0);
+    for round in 0..200 {
+        let aggregate = ["count", "sum", "avg"][rng.next(3) as usize];
+        let direction = ["above", "below", "both"][rng.next(3) as usize];
+        let baseline = 3 + rng.next(8) as usize;
+        let k = [1.0, 2.0, 3.0][rng.next(3) as usize];
+        let min_deviation = [0.0, 0.5, 1.0][rng.next(3) as usize];
+        let for_windows = 1 + rng.next(3) as u32;
+        let mut events: Vec<(i64, String, f64)> = Vec::new();
+        let mut level = [5u64, 5, 5];
+        // s0 is silent for longer than any baseline, then comes back.
+        let gone = 20 + rng.next(10) as i64;
+        let back = gone + 12 + rng.next(10) as i64;
+        for w in 0..60i64 {
+            for (i, level) in level.iter_mut().enumerate() {
+                if i == 0 && (gone..back).contains(&w) {
+                    continue;
+                }
+                match rng.next(20) {
+                    0 => *level = 1 + rng.next(20), // a new level
+                    1 => continue,                  // a quiet window
+                    _ => {}
+                }
+                let spike = if rng.next(15) == 0 { 4 } else { 1 };
+                let n = (*level + rng.next(3)) * spike;
+                for j in 0..n {
+                    let t = w * window + (j as i64 * 997 + i as i64 * 13) % window;
+                    events.push((t, format!("s{i}"), rng.next(50) as f64));
+                }
+            }
+        }
+        events.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut rule = json!({"k": k, "direction": direction, "baseline": baseline,
+                              "min_deviation": min_deviation, "for": for_windows, "window": window});
+        if aggregate != "count" {
+            rule[aggregate] = json!("amount");
+        }
+        let batches: Vec<Vec<Event>> = events
+            .chunk_by(|a, b| a.0.div_euclid(window) == b.0.div_euclid(window))
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(t, key, v)| {
+                        Event::new("error", *t)
+                            .with_property("service", key.as_str())
+                            .with_property("amount", *v)
+                    })
+                    .collect()
+            })
+            .collect();
+        let got = seen(&run_batches(&[anomaly(rule.clone())], batches));
+        let want = anomaly_model(
+            &events,
+            window,
+            aggregate,
+            k,
+            direction,
+            baseline,
+            min_deviation,
+            for_windows,
+        );
+        assert_eq!(got, want, "round {round}: {rule} ({aggregate})");
+        fired += got.iter().filter(|a| a.1 == "firing").count();
+        rounds_with_alerts += usize::from(!got.is_empty());
+    }
+    // The streams do make the rule fire (and not in every round).
+    assert!(
+        fired > 200 && (100..200).contains(&rounds_with_alerts),
+        "{fired} {rounds_with_alerts}"
+    );
+}
