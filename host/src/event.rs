@@ -97,6 +97,8 @@ pub enum ErrorKind {
     TooFarAhead,
     /// A timestamp before 1970 or beyond what RFC 3339 can write.
     TimeOutOfRange,
+    /// The event broke its type's schema.
+    Schema,
 }
 
 fn err(field: &str, message: impl Into<String>) -> EventError {

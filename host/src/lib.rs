@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod lineproto;
 pub mod live;
 pub mod runtime;
+pub mod schema;
 pub mod sinks;
 pub mod store;
 pub mod telemetry;
@@ -84,6 +85,7 @@ mod layering {
         "store",
         "hub",
         "sinks",
+        "schema",
         "dataflow",
         "engine",
         "kafka",

@@ -35,10 +35,12 @@ pub enum RejectReason {
     TimestampOutOfRange,
     /// The write-ahead log could not take the events (503).
     Storage,
+    /// The event broke its type's schema (`[schemas] on_invalid = "reject"`).
+    SchemaViolation,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 9] = [
+    const ALL: [RejectReason; 10] = [
         RejectReason::MalformedJson,
         RejectReason::InvalidEvent,
         RejectReason::TimestampTooFarAhead,
@@ -48,6 +50,7 @@ impl RejectReason {
         RejectReason::BadEncoding,
         RejectReason::Broker,
         RejectReason::Storage,
+        RejectReason::SchemaViolation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl RejectReason {
             RejectReason::TimestampTooFarAhead => "timestamp_too_far_ahead",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::Storage => "log_unavailable",
+            RejectReason::SchemaViolation => "schema_violation",
         }
     }
 
@@ -70,6 +74,7 @@ impl RejectReason {
             crate::event::ErrorKind::Invalid => RejectReason::InvalidEvent,
             crate::event::ErrorKind::TooFarAhead => RejectReason::TimestampTooFarAhead,
             crate::event::ErrorKind::TimeOutOfRange => RejectReason::TimestampOutOfRange,
+            crate::event::ErrorKind::Schema => RejectReason::SchemaViolation,
         }
     }
 }
@@ -223,6 +228,10 @@ pub struct Metrics {
     /// Why the process can no longer do its work (a processor whose consumer
     /// loop died): `/readyz` is 503 with it, and the process exits.
     fatal: Mutex<Option<String>>,
+    /// Events their type's schema refused, by (event type, the first rule
+    /// they broke, `rejected` or `dead_lettered`). Only types with a schema
+    /// and JSON Schema's keywords appear, so the label sets stay few.
+    pub schema_violations: Mutex<std::collections::BTreeMap<(String, String, &'static str), u64>>,
 }
 
 /// A Kafka processor's figures, for `/metrics`.
@@ -613,6 +622,20 @@ impl Metrics {
         }
         let _ = writeln!(
             o,
+            "# HELP nexuspipe_schema_violations_total Events their type's schema refused, by event type, the first rule broken and what became of them (rejected or dead_lettered).\n# TYPE nexuspipe_schema_violations_total counter"
+        );
+        for ((event_type, rule, outcome), n) in
+            self.schema_violations.lock().expect("metrics lock").iter()
+        {
+            let _ = writeln!(
+                o,
+                "nexuspipe_schema_violations_total{{event_type=\"{}\",rule=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label_value(event_type),
+                label_value(rule),
+            );
+        }
+        let _ = writeln!(
+            o,
             "# HELP nexuspipe_queue_depth Events accepted and not yet processed.\n# TYPE nexuspipe_queue_depth gauge\nnexuspipe_queue_depth {}",
             get(&self.queue_depth)
         );
@@ -797,4 +820,11 @@ impl Metrics {
         }
         o
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -44,14 +44,14 @@ pub(super) struct SwapParams {
     dry_run: bool,
 }
 
-fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+pub(super) fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
     error(status, message, json!({ "reason": reason }))
 }
 
 /// The refusal of an admin request, if any: no admin token configured, a
 /// missing or wrong bearer token (compared in constant time, as digests), or
 /// an invalid plugin name.
-fn gate(s: &ApiState, headers: &HeaderMap, name: Option<&str>) -> Option<Response> {
+pub(super) fn gate(s: &ApiState, headers: &HeaderMap, name: Option<&str>) -> Option<Response> {
     let Some(token) = &s.admin_token else {
         return Some(refuse(
             StatusCode::NOT_FOUND,
@@ -137,14 +137,14 @@ async fn blocking<T: Send + 'static>(
 /// dashboard shows it without the admin token; plugin configs (which may
 /// hold secrets) only come with the admin token, but for alerters: their
 /// rules are what the dashboard lists.
-enum Access {
+pub(super) enum Access {
     /// With the admin token: configs too.
     Admin,
     Read,
     Refused(Response),
 }
 
-fn access(s: &ApiState, headers: &HeaderMap) -> Access {
+pub(super) fn access(s: &ApiState, headers: &HeaderMap) -> Access {
     let admin = s
         .admin_token
         .as_ref()

@@ -35,8 +35,90 @@ pub(super) struct Rejected {
     pub line: Option<usize>,
     pub field: String,
     pub message: String,
+    /// The JSON Schema keyword that failed, for a schema violation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(skip)]
     pub kind: crate::event::ErrorKind,
+}
+
+/// Where an event was in its request: its index, and its NDJSON line.
+type Position = (usize, Option<usize>);
+
+/// Checks each event against its type's schema. An invalid one is rejected
+/// (`[schemas] on_invalid = "reject"`: listed, with its position) or, with
+/// `"dead_letter"`, written to the dead-letter file with its errors (it is
+/// accepted, but does not go through the pipeline). Returns the events
+/// that go on, the rejected ones and the number dead-lettered.
+fn check_schemas(
+    state: &ApiState,
+    events: Vec<Event>,
+    position: impl Fn(usize) -> Position,
+) -> (Vec<Event>, Vec<Rejected>, usize) {
+    let schemas = state.manager.schemas();
+    let checker = schemas.snapshot();
+    if checker.is_empty() {
+        return (events, Vec::new(), 0);
+    }
+    let dead_letter = schemas.on_invalid() == crate::config::OnInvalid::DeadLetter;
+    let outcome = if dead_letter {
+        "dead_lettered"
+    } else {
+        "rejected"
+    };
+    let (mut valid, mut rejected, mut dead) =
+        (Vec::with_capacity(events.len()), Vec::new(), Vec::new());
+    for (i, e) in events.into_iter().enumerate() {
+        let Some(verdict) = checker.check(&e) else {
+            valid.push(e);
+            continue;
+        };
+        let first = verdict.violations.first();
+        let rule = first.map_or_else(String::new, |v| v.rule.clone());
+        *state
+            .metrics
+            .schema_violations
+            .lock()
+            .expect("metrics lock")
+            .entry((verdict.event_type.clone(), rule, outcome))
+            .or_default() += 1;
+        if dead_letter {
+            dead.push(json!({
+                "at": crate::event::format_timestamp(now_ms()),
+                "kind": "schema_violation",
+                "schema": {"event_type": verdict.event_type, "version": verdict.version},
+                "errors": verdict.violations,
+                "events": [crate::event::to_json(&e)],
+            }));
+        } else {
+            let (index, line) = position(i);
+            rejected.push(Rejected {
+                index,
+                line,
+                field: first.map_or_else(String::new, |v| v.field.clone()),
+                message: first.map_or_else(String::new, |v| v.message.clone()),
+                rule: first.map(|v| v.rule.clone()),
+                kind: crate::event::ErrorKind::Schema,
+            });
+        }
+    }
+    if !dead.is_empty() {
+        crate::sinks::files::AppendFile::write_all_shared(schemas.dead_letters(), &dead);
+        state
+            .metrics
+            .events_dead_lettered
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    }
+    (valid, rejected, dead.len())
+}
+
+/// The NDJSON line of each event of a body, in order (blank lines hold none).
+fn ndjson_lines(body: &[u8]) -> Vec<usize> {
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 /// Counts rejected events by what was wrong with them.
@@ -202,19 +284,46 @@ pub(super) async fn accept(
     m.events_received
         .fetch_add(items.len() as u64, Ordering::Relaxed);
     let mut events = Vec::with_capacity(items.len());
+    let mut positions = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (index, line, v) in items {
         match convert(v) {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                events.push(e);
+                positions.push((index, line));
+            }
             Err(e) => rejected.push(Rejected {
                 index,
                 line,
                 field: e.field,
                 message: e.message,
+                rule: None,
                 kind: e.kind,
             }),
         }
     }
+    if !rejected.is_empty() && !partial {
+        // Refused whole: nothing is dead-lettered for a batch sent again.
+        return finish(state, received, events, rejected, partial, 0).await;
+    }
+    let (events, invalid, dead) = check_schemas(state, events, |i| positions[i]);
+    rejected.extend(invalid);
+    rejected.sort_by_key(|r| r.index);
+    finish(state, received, events, rejected, partial, dead).await
+}
+
+/// Answers a request whose events were checked: `400` naming the first
+/// rejected event (the whole batch refused, unless `partial`), else the
+/// valid ones go on (see [`admit`]).
+async fn finish(
+    state: &ApiState,
+    received: Instant,
+    events: Vec<Event>,
+    rejected: Vec<Rejected>,
+    partial: bool,
+    dead_lettered: usize,
+) -> Response {
+    let m = &state.metrics;
     if !rejected.is_empty() && (!partial || events.is_empty()) {
         // The valid events refused with the batch count as invalid too.
         m.reject(RejectReason::InvalidEvent, events.len() as u64);
@@ -243,30 +352,35 @@ pub(super) async fn accept(
             json!({ "rejected": rejected }),
         );
     }
-    admit(state, received, events, rejected).await
+    admit(state, received, events, rejected, dead_lettered).await
 }
 
 /// Hands the valid events of a request on and answers 202 with the count
-/// (and the rejected ones, with `?partial=true`).
+/// (and the rejected ones, with `?partial=true`; and the number written to
+/// the dead-letter file, which count as accepted).
 async fn admit(
     state: &ApiState,
     received: Instant,
     events: Vec<Event>,
     rejected: Vec<Rejected>,
+    dead_lettered: usize,
 ) -> Response {
     let m = &state.metrics;
-    if events.is_empty() {
-        return (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": 0 }))).into_response();
-    }
     count_rejected(m, &rejected);
     let n = events.len();
-    if let Err(r) = deliver(state, events, received).await {
+    if n > 0
+        && let Err(r) = deliver(state, events, received).await
+    {
         return r;
     }
-    m.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
-    let mut body = json!({ "accepted": n });
+    m.events_accepted
+        .fetch_add((n + dead_lettered) as u64, Ordering::Relaxed);
+    let mut body = json!({ "accepted": n + dead_lettered });
     if !rejected.is_empty() {
         body["rejected"] = json!(rejected);
+    }
+    if dead_lettered > 0 {
+        body["dead_lettered"] = json!(dead_lettered);
     }
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
@@ -363,7 +477,12 @@ pub(super) async fn ingest(
             .metrics
             .events_received
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        return admit(&state, received, events, Vec::new()).await;
+        let lines = std::cell::OnceCell::new();
+        let (events, rejected, dead) = check_schemas(&state, events, |i| {
+            let line = ndjson.then(|| lines.get_or_init(|| ndjson_lines(&bytes))[i]);
+            (i, line)
+        });
+        return finish(&state, received, events, rejected, params.partial, dead).await;
     }
     let items = match split_body(&bytes, ndjson) {
         Ok(items) => items,

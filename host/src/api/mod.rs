@@ -6,6 +6,7 @@ pub(crate) mod ingest;
 pub(crate) mod legacy;
 mod prom;
 mod query;
+mod schemas;
 pub mod server;
 mod stream;
 
@@ -104,6 +105,14 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
             get(admin::get_one).put(admin::put).delete(admin::delete),
         )
         .route("/v1/plugins/{name}/rollback", post(admin::rollback))
+        .route("/v1/schemas", get(schemas::list))
+        .route(
+            "/v1/schemas/{event_type}",
+            get(schemas::get_one)
+                .put(schemas::put)
+                .delete(schemas::delete),
+        )
+        .route("/v1/schemas/{event_type}/versions", get(schemas::versions))
         .layer(cors(cors_origins))
         .with_state(state)
 }

@@ -102,6 +102,11 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
 pub fn check(path: &Path) -> Result<()> {
     let config = load_config(Some(path))?;
     let (_, plugins) = start_pipeline(&config, Arc::new(Metrics::new()))?;
+    let schemas = nexuspipe::schema::Schemas::none();
+    for t in &config.schemas.types {
+        let schema = nexuspipe::schema::read_file(t)?;
+        schemas.put(&t.event_type, Some(schema), "config", None)?;
+    }
     println!("{}: ok", path.display());
     for p in &plugins {
         println!(
@@ -201,7 +206,11 @@ fn run_embedded(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let e = &config.engine;
     let (manager, plugins) = start_pipeline(&config, metrics.clone())?;
+    manager
+        .configure_schemas(&config.schemas)
+        .context("[schemas]")?;
     let outputs = Outputs::open(&config, metrics.clone())?;
+    manager.schemas().share_dead_letters(outputs.dead_letters());
     let store = outputs.store();
     let hub = outputs.hub();
     let stopper = outputs.stopper();
@@ -264,6 +273,11 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
         &k,
     )
     .context("loading the pipeline")?;
+    // After the plugins topic was read: a config file's schema that is the
+    // group's current one already adds no version.
+    manager
+        .configure_schemas(&config.schemas)
+        .context("[schemas]")?;
     let plugin_list = describe(&plugins);
     // A processor answers queries for the points of its own tasks.
     let mut store = None;
@@ -299,6 +313,7 @@ fn run_kafka(config: Config, role: Role) -> Result<()> {
             archive: archive_settings(&config),
         };
         let outputs = Outputs::open(&config, metrics.clone())?;
+        manager.schemas().share_dead_letters(outputs.dead_letters());
         store = outputs.store();
         hub = outputs.hub();
         let (tx, rx) = std::sync::mpsc::channel();

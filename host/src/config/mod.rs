@@ -43,6 +43,41 @@ pub struct Config {
     pub stream: StreamConfig,
     /// The event archive: every event as Parquet files by event-time hour.
     pub archive: Option<ArchiveConfig>,
+    /// Event schemas: a JSON Schema per event type, checked at ingest.
+    pub schemas: SchemasConfig,
+}
+
+/// `[schemas]`: what happens to an event its type's schema refuses, and
+/// schemas from files. The files are `[[schemas.types]]`, not `[[schemas]]`:
+/// TOML cannot have that list beside the `[schemas]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    pub on_invalid: OnInvalid,
+    pub types: Vec<SchemaFile>,
+}
+
+/// `[[schemas.types]]`: the schema of one event type, from a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaFile {
+    pub event_type: String,
+    /// A JSON Schema (draft 2020-12) for the event's `properties`; relative
+    /// to the config file.
+    pub file: PathBuf,
+}
+
+/// What ingest does with an event that breaks its type's schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalid {
+    /// `400` naming the event, the field and the rule (`?partial=true`
+    /// accepts the rest of the batch).
+    #[default]
+    Reject,
+    /// Accepted, and written to `dead-letter.jsonl` with the errors instead
+    /// of going through the pipeline.
+    DeadLetter,
 }
 
 /// `[archive]`: every event the pipeline took, as Parquet files.
@@ -771,6 +806,9 @@ impl Config {
         }
         if let Some(f) = &mut config.plugin_folder {
             f.dir = base.join(&f.dir);
+        }
+        for t in &mut config.schemas.types {
+            t.file = base.join(&t.file);
         }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -202,10 +202,18 @@ pub enum Record {
         bytes: Vec<u8>,
     },
     Change(Change),
+    /// Every version of an event type's schema (key `schema:<event type>`).
+    Schema {
+        event_type: String,
+        value: Vec<u8>,
+    },
     Status(Status),
     /// A processor left (its status' tombstone).
     Gone(String),
 }
+
+/// The key prefix of event schemas in the plugins topic.
+pub const SCHEMA_KEY: &str = "schema:";
 
 fn chunk_key(name: &str, hash: &str, index: usize, parts: usize) -> String {
     format!("{name}@{hash}/{index}/{parts}")
@@ -221,6 +229,13 @@ fn decode(topics: &Topics, topic: &str, key: &[u8], value: Option<&[u8]>) -> Opt
         });
     }
     let value = value?;
+    // Plugin names have no `:` (see `validate_plugin_name`).
+    if let Some(event_type) = key.strip_prefix(SCHEMA_KEY) {
+        return Some(Record::Schema {
+            event_type: event_type.to_string(),
+            value: value.to_vec(),
+        });
+    }
     match key.split_once('@') {
         Some((_, rest)) => {
             let mut it = rest.splitn(3, '/');
@@ -329,6 +344,36 @@ impl Publisher {
     /// Publishes `change` (and `bytes`, the new version's component, unless
     /// the topic has it already) and waits for the broker's acknowledgement.
     pub fn publish(&self, change: &Change, bytes: Option<&[u8]>) -> Result<(), KafkaError> {
+        let json = serde_json::to_vec(change).expect("a change serializes");
+        let chunks = match (bytes, &change.current) {
+            (Some(bytes), Some(v)) => {
+                let parts = bytes.len().div_ceil(CHUNK).max(1);
+                bytes
+                    .chunks(CHUNK)
+                    .enumerate()
+                    .map(|(i, chunk)| (chunk_key(&change.name, &v.hash, i, parts), chunk))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let records = chunks
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .chain([(change.name.as_str(), &json[..])]);
+        self.publish_records(records)
+    }
+
+    /// Publishes an event type's schema versions.
+    pub fn publish_schema(&self, event_type: &str, versions: &[u8]) -> Result<(), KafkaError> {
+        let key = format!("{SCHEMA_KEY}{event_type}");
+        self.publish_records([(key.as_str(), versions)])
+    }
+
+    /// Sends records in order and waits for the broker's acknowledgement.
+    fn publish_records<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<(), KafkaError> {
         let _one = self.lock.lock().expect("publisher lock");
         let topic = self.topics.plugins();
         let send = |key: &str, value: &[u8]| -> Result<(), KafkaError> {
@@ -344,14 +389,9 @@ impl Publisher {
                 }
             }
         };
-        if let (Some(bytes), Some(v)) = (bytes, &change.current) {
-            let parts = bytes.len().div_ceil(CHUNK).max(1);
-            for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-                send(&chunk_key(&change.name, &v.hash, i, parts), chunk)?;
-            }
+        for (key, value) in records {
+            send(key, value)?;
         }
-        let json = serde_json::to_vec(change).expect("a change serializes");
-        send(&change.name, &json)?;
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(client_error(format!("publishing to `{topic}`")))?;

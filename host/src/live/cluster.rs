@@ -13,6 +13,7 @@ use crate::kafka::plugins::{
     Version as Published,
 };
 use crate::runtime::PluginComponent;
+use crate::schema::{SchemaError, SchemaVersion};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::Sender;
@@ -264,6 +265,60 @@ impl Manager {
         cluster.changed.notify_all();
     }
 
+    /// The event schemas, which the admin API and ingest use.
+    pub fn schemas(&self) -> &Arc<crate::schema::Schemas> {
+        &self.schemas
+    }
+
+    /// Changes an event type's schema (`None`: removes it); with Kafka the
+    /// versions are published first, so every host takes them.
+    pub fn put_schema(
+        &self,
+        event_type: &str,
+        schema: Option<serde_json::Value>,
+        source: &str,
+    ) -> Result<(SchemaVersion, bool), SchemaError> {
+        match self.cluster.get() {
+            None => self.schemas.put(event_type, schema, source, None),
+            Some(c) => {
+                let publish = |t: &str, list: &[SchemaVersion]| {
+                    let bytes = serde_json::to_vec(list).expect("versions serialize");
+                    c.publisher
+                        .publish_schema(t, &bytes)
+                        .map_err(|e| e.to_string())
+                };
+                self.schemas.put(event_type, schema, source, Some(&publish))
+            }
+        }
+    }
+
+    /// Applies `[schemas]` (after joining the cluster, with Kafka).
+    pub fn configure_schemas(
+        &self,
+        config: &crate::config::SchemasConfig,
+    ) -> Result<(), SchemaError> {
+        self.schemas.set_on_invalid(config.on_invalid);
+        for t in &config.types {
+            let schema = crate::schema::read_file(t)?;
+            self.put_schema(&t.event_type, Some(schema), "config")?;
+        }
+        Ok(())
+    }
+
+    /// An event type's versions read from the plugins topic.
+    fn take_schema(&self, event_type: &str, value: &[u8]) {
+        let taken = serde_json::from_slice::<Vec<SchemaVersion>>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|list| {
+                self.schemas
+                    .adopt(event_type, list)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = taken {
+            tracing::warn!(event_type, error = %e, "a schema record of the plugins topic was not taken");
+        }
+    }
+
     fn note(&self, r: Record) {
         let cluster = self.cluster.get().expect("joined");
         let mut seen = cluster.seen.lock().expect("cluster lock");
@@ -280,6 +335,11 @@ impl Manager {
             }
             Record::Gone(id) => {
                 seen.statuses.remove(&id);
+            }
+            Record::Schema { event_type, value } => {
+                drop(seen);
+                self.take_schema(&event_type, &value);
+                return cluster.changed.notify_all();
             }
             Record::Change(_) => {}
         }

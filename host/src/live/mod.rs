@@ -220,6 +220,8 @@ pub struct Manager {
     changes: Mutex<()>,
     /// With Kafka: the plugins topic, which records and spreads every change.
     cluster: OnceLock<cluster::Cluster>,
+    /// Event schemas, spread through the plugins topic like plugins.
+    schemas: Arc<crate::schema::Schemas>,
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -286,6 +288,10 @@ impl Manager {
             registry: Mutex::new(Registry::default()),
             changes: Mutex::new(()),
             cluster: OnceLock::new(),
+            schemas: Arc::new(
+                crate::schema::Schemas::open(data_dir)
+                    .context("loading the event schemas kept in the data dir")?,
+            ),
         };
         let recorded = if kafka.is_some() {
             Deployments::default()

@@ -112,8 +112,15 @@ impl AppendFile {
     /// of what they hold). A failed write keeps the record pending; the
     /// engine's next flush of the file retries it.
     pub fn write_shared(file: &SharedFile, record: &serde_json::Value) {
+        Self::write_all_shared(file, std::slice::from_ref(record));
+    }
+
+    /// Appends records and syncs them to disk once (see [`Self::write_shared`]).
+    pub fn write_all_shared(file: &SharedFile, records: &[serde_json::Value]) {
         let mut f = file.lock().expect("dead-letter file lock");
-        f.write_json(record);
+        for record in records {
+            f.write_json(record);
+        }
         if let Err(e) = f.flush(true) {
             tracing::error!(error = %e, file = %f.path().display(), pending_bytes = f.pending(), "writing a dead letter failed; it is kept in memory and written when the disk takes it");
         }

@@ -270,6 +270,11 @@ impl Outputs {
     }
 
     /// Ends sink back-pressure at shutdown (call before asking the engine to stop).
+    /// The dead-letter file, for what ingest dead-letters (schemas).
+    pub fn dead_letters(&self) -> SharedFile {
+        self.dead.clone()
+    }
+
     pub fn stopper(&self) -> Stopper {
         Stopper {
             influx: self

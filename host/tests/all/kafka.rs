@@ -1140,3 +1140,55 @@ fn plugin_changes_on_any_host_reach_every_processor() {
         );
     }
 }
+
+/// An event schema put on any host reaches every host of the group through
+/// the plugins topic: a collector started later reads it at start, a running
+/// one takes the next version as it comes.
+#[test]
+fn a_schema_put_on_one_collector_checks_events_on_every_collector() {
+    let broker = Broker::start();
+    let config = format!(
+        "[http]\nadmin_token = \"{TOKEN}\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:{}\"\ntopic = \"events\"\ngroup = \"schemas\"\npartitions = 2\n",
+        broker.port
+    );
+    let a = Server::start_role(&config, "collector");
+    let schema = serde_json::json!({"type": "object", "required": ["amount"],
+        "properties": {"amount": {"type": "number", "minimum": 0}}});
+    let put = |host: &Server, schema: &Value| {
+        admin(
+            host,
+            "PUT",
+            "/v1/schemas/purchase",
+            Some(TOKEN),
+            Some(schema.to_string().as_bytes()),
+        )
+    };
+    let (status, v) = put(&a, &schema);
+    assert_eq!(status, 201, "{v}");
+    let purchase = |amount: i64| serde_json::json!({"event_type": "purchase", "properties": {"amount": amount}});
+    let b = Server::start_role(&config, "collector");
+    let (status, v) = b.post(&purchase(-1));
+    assert_eq!(status, 400, "a collector started later checks with it: {v}");
+    assert_eq!(v["rejected"][0]["rule"], "minimum");
+    let mut v2 = schema.clone();
+    v2["properties"]["amount"]["maximum"] = serde_json::json!(100);
+    let (status, v) = put(&b, &v2);
+    assert_eq!((status, v["version"].as_u64()), (201, Some(2)), "{v}");
+    wait_until(30, "the running collector to take version 2", || {
+        admin(&a, "GET", "/v1/schemas/purchase", None, None).1["version"] == 2
+    });
+    let (status, v) = a.post(&purchase(500));
+    assert_eq!(
+        (status, v["rejected"][0]["rule"].as_str()),
+        (400, Some("maximum")),
+        "{v}"
+    );
+    assert_eq!(
+        a.post(&purchase(50)).0,
+        202,
+        "valid events are still produced"
+    );
+    let (_, versions) = admin(&a, "GET", "/v1/schemas/purchase/versions", None, None);
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+}

@@ -17,6 +17,7 @@ mod live;
 mod prom;
 mod query;
 mod replay;
+mod schemas;
 mod server;
 mod sinks;
 mod stream;
