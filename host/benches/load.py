@@ -176,6 +176,8 @@ def run_case(batch, duration, rate, connections, config="", bin=BIN):
             "generator_cpu_us_per_event": round(gen_cpu * 1e6 / accepted, 2),
             "server_cpu_seconds_by_thread": {k: v for k, v in cpu.items() if v > 0},
             "plugin_call_seconds": plugins,
+            "schema_violations": sum(float(line.rsplit(" ", 1)[1]) for line in m.splitlines()
+                                     if line.startswith("nexuspipe_schema_violations_total{")),
             "wall_seconds": round(wall, 2),
         }
     finally:
@@ -191,6 +193,8 @@ def main():
                     help="only: saturation with the duplicate check on (default) and off, runs alternated")
     ap.add_argument("--durability", action="store_true",
                     help="only: saturation with the write-ahead log (interval, always) and in memory, runs alternated")
+    ap.add_argument("--schemas", action="store_true",
+                    help="only: saturation with a JSON Schema for each of gen's event types and without, runs alternated")
     ap.add_argument("--previous", metavar="BIN",
                     help="only: this build's server against BIN's (say, main's), 100-event and 1-event posts, alternated")
     args = ap.parse_args()
@@ -202,6 +206,8 @@ def main():
         return print(json.dumps(compare_durability(args), indent=2))
     if args.previous:
         return print(json.dumps(compare_previous(args), indent=2))
+    if args.schemas:
+        return print(json.dumps(compare_schemas(args), indent=2))
     cases = [
         # Saturation: as fast as the server accepts (429s are retried).
         (100, 0),
@@ -231,6 +237,7 @@ def compare(args, variants, batch=100):
                 "accepted_per_second": r["generator"]["accepted_per_second"],
                 "server_cpu_us_per_event": r["server_cpu_us_per_event"],
                 "request_p99_ms": r["generator"].get("request_latency_ms", {}).get("p99"),
+                "schema_violations": r["schema_violations"],
             })
     med = lambda xs: sorted(xs)[len(xs) // 2]
     return {name: {"accepted_per_second": med([r["accepted_per_second"] for r in runs]),
@@ -261,6 +268,50 @@ def compare_durability(args):
     ])
     out["wal_interval_over_memory"] = ratio(out, "wal_interval", "memory")
     out["wal_always_over_memory"] = ratio(out, "wal_always", "memory")
+    return out
+
+
+# A contract for each event type `nexuspipe gen` sends, as a team would
+# write it: required properties, types, patterns, ranges, enums.
+GEN_SCHEMAS = {
+    "page_view": {"type": "object", "required": ["path"],
+                  "properties": {"path": {"type": "string", "pattern": "^/", "maxLength": 2048}}},
+    "click": {"type": "object", "required": ["path", "element"],
+              "properties": {"path": {"type": "string", "pattern": "^/"},
+                             "element": {"type": "string", "pattern": "^btn-[0-9]+$"}}},
+    "product_view": {"type": "object", "required": ["product_id"],
+                     "properties": {"product_id": {"type": "string", "pattern": "^sku-[0-9]{4}$"}}},
+    "add_to_cart": {"type": "object", "required": ["product_id", "quantity"],
+                    "properties": {"product_id": {"type": "string", "pattern": "^sku-[0-9]{4}$"},
+                                   "quantity": {"type": "integer", "minimum": 1, "maximum": 100}}},
+    "purchase": {"type": "object", "required": ["amount", "currency", "product_id"],
+                 "properties": {"amount": {"type": "number", "minimum": 0},
+                                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                                "product_id": {"type": "string"}}},
+    "login_failed": {"type": "object", "required": ["reason"],
+                     "properties": {"reason": {"enum": ["bad_password", "unknown_user", "locked"]}}},
+    "login_success": {"type": "object", "maxProperties": 20},
+}
+
+
+def compare_schemas(args):
+    """What checking every event against its type's schema costs at
+    saturation: a schema for each event type gen sends (all its events
+    valid, which the violation counter confirms), against none."""
+    folder = tempfile.mkdtemp(prefix="nexuspipe-schemas-")
+    config = "[schemas]\non_invalid = \"reject\"\n"
+    for event_type, schema in GEN_SCHEMAS.items():
+        path = os.path.join(folder, f"{event_type}.json")
+        with open(path, "w") as f:
+            json.dump(schema, f)
+        config += f'[[schemas.types]]\nevent_type = "{event_type}"\nfile = "{path}"\n'
+    out = compare(args, [("with", config), ("without", "")])
+    refused = [r["schema_violations"] for r in out["with"]["runs"] if r["schema_violations"]]
+    if refused:
+        sys.exit(f"gen's events broke the bench's schemas: {refused}")
+    out["with_over_without"] = ratio(out, "with", "without")
+    out["cpu_per_event_with_over_without"] = ratio(out, "with", "without", "server_cpu_us_per_event")
+    out["schema_types"] = len(GEN_SCHEMAS)
     return out
 
 
