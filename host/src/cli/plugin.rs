@@ -1,4 +1,5 @@
-//! `nexuspipe plugin check|run`: the plugin author's tools; no server needed.
+//! `nexuspipe plugin check|run|deploy`: the plugin author's tools (and
+//! `new|build|test` in [`super::kit`]).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -23,11 +24,41 @@ pub enum PluginCommand {
     /// Upload a new version to a running server (`PUT /v1/plugins/{name}`);
     /// it swaps in between two batches, keeping the plugin's state.
     Deploy(DeployArgs),
+    /// Create a plugin project that builds as it is: the world's code, the
+    /// WIT, a sample input with its expected output, a README.
+    New {
+        /// The plugin's name (letters, digits, `-`, `_`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: super::kit::Lang,
+        #[arg(long, value_enum)]
+        world: super::kit::WorldArg,
+        /// Where to create it (default: `./<name>`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a project into `build/<name>.wasm` with its language's toolchain.
+    Build {
+        /// The project (default: here).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run each `tests/<case>.input.ndjson` through the built component and
+    /// compare the outputs with `<case>.expected.ndjson`.
+    Test {
+        /// The project (default: here).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Write the outputs as the expected files instead of comparing.
+        #[arg(long)]
+        bless: bool,
+    },
 }
 
 #[derive(Args)]
 pub struct DeployArgs {
-    /// The component (`.wasm`).
+    /// The component (`.wasm`), or a plugin project (its `build/<name>.wasm`).
+    #[arg(default_value = ".")]
     file: PathBuf,
     /// The server's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -108,10 +139,30 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Check { file, config } => check(&file, &config),
         PluginCommand::Run(args) => run_file(args),
         PluginCommand::Deploy(args) => deploy(args),
+        PluginCommand::New {
+            name,
+            lang,
+            world,
+            dir,
+        } => super::kit::new(&name, lang, world, dir.as_deref()),
+        PluginCommand::Build { dir } => super::kit::build(&dir).map(|_| ()),
+        PluginCommand::Test { dir, bless } => super::kit::test(&dir, bless),
     }
 }
 
-fn deploy(args: DeployArgs) -> Result<()> {
+fn deploy(mut args: DeployArgs) -> Result<()> {
+    if args.file.is_dir() {
+        let m = super::kit::Manifest::read(&args.file)?;
+        let built = m.component(&args.file);
+        if !built.is_file() {
+            bail!(
+                "{} is not built yet: run `nexuspipe plugin build` first",
+                built.display()
+            );
+        }
+        args.name.get_or_insert(m.name);
+        args.file = built;
+    }
     let component =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let name = match args.name {
@@ -268,12 +319,80 @@ pub fn read_events(path: &Path) -> Result<Vec<nexuspipe::runtime::Event>> {
     Ok(events)
 }
 
+/// How `plugin run` and `plugin test` drive a plugin: as the host would,
+/// offline.
+pub struct RunOptions {
+    pub batch: usize,
+    pub out_of_orderness: i64,
+    pub allowed_lateness: i64,
+    pub limits: Limits,
+    pub caps: Capabilities,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            batch: 1024,
+            out_of_orderness: 5_000,
+            allowed_lateness: 0,
+            limits: Limits::default(),
+            caps: Capabilities::default(),
+        }
+    }
+}
+
+/// Runs `events` through a new instance of `component`; its outputs
+/// (events, points or alerts, by world) as `plugin run` prints them, and
+/// what went to the dead-letter and late outputs.
+pub fn run_plugin(
+    name: &str,
+    component: nexuspipe::runtime::PluginComponent,
+    config: &str,
+    events: Vec<nexuspipe::runtime::Event>,
+    opts: &RunOptions,
+) -> Result<(Vec<serde_json::Value>, offline::OfflineRun)> {
+    let world = component.world;
+    let mut plugin = Plugin::new(
+        name,
+        component,
+        config,
+        // Run alone, its output is the events themselves: everything is read.
+        HostSettings {
+            allowed_lateness: opts.allowed_lateness,
+            downstream_properties: None,
+        },
+        opts.limits.clone(),
+        opts.caps.clone(),
+    )
+    .with_context(|| format!("plugin {name} failed to initialise"))?;
+    let n = events.len();
+    let result = offline::run(&mut plugin, events, opts.batch, opts.out_of_orderness);
+    let lines = match world {
+        World::Enricher => result.events.iter().map(to_json).collect(),
+        World::Aggregator => result.points.iter().map(sinks::point_to_json).collect(),
+        World::Alerter => result.alerts.iter().map(sinks::alert_to_json).collect(),
+    };
+    let stats = plugin.stats();
+    tracing::debug!(plugin = %name, %world, events = n, calls = stats.calls, failures = stats.failures, breaker = ?plugin.breaker(), "done");
+    Ok((lines, result))
+}
+
+/// [`run_plugin`]'s outputs only.
+pub fn outputs(
+    name: &str,
+    component: nexuspipe::runtime::PluginComponent,
+    config: &str,
+    events: Vec<nexuspipe::runtime::Event>,
+    opts: &RunOptions,
+) -> Result<Vec<serde_json::Value>> {
+    Ok(run_plugin(name, component, config, events, opts)?.0)
+}
+
 fn run_file(args: RunArgs) -> Result<()> {
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
     let component = runtime
         .load_file(&args.file)
         .with_context(|| format!("{} is not a usable plugin", args.file.display()))?;
-    let world = component.world;
     let config = args.config.text()?.unwrap_or_default();
     let mut caps = Capabilities::default();
     for d in &args.dirs {
@@ -286,58 +405,29 @@ fn run_file(args: RunArgs) -> Result<()> {
             writable: false,
         });
     }
-    let limits = Limits {
-        deadline_ms: args.deadline_ms,
-        memory_mib: args.memory_mib,
-        ..Limits::default()
+    let opts = RunOptions {
+        batch: args.batch,
+        out_of_orderness: args.out_of_orderness,
+        allowed_lateness: args.allowed_lateness,
+        limits: Limits {
+            deadline_ms: args.deadline_ms,
+            memory_mib: args.memory_mib,
+            ..Limits::default()
+        },
+        caps,
     };
     let name = args.file.file_stem().map_or_else(
         || "plugin".to_string(),
         |s| s.to_string_lossy().into_owned(),
     );
-    let mut plugin = Plugin::new(
-        &name,
-        component,
-        &config,
-        // Run alone, its output is the events themselves: everything is read.
-        HostSettings {
-            allowed_lateness: args.allowed_lateness,
-            downstream_properties: None,
-        },
-        limits,
-        caps,
-    )
-    .with_context(|| {
-        format!(
-            "plugin {name} ({}) failed to initialise",
-            args.file.display()
-        )
-    })?;
     let events = read_events(&args.input)?;
-    let n = events.len();
-    let result = offline::run(&mut plugin, events, args.batch, args.out_of_orderness);
-
+    let (lines, result) = run_plugin(&name, component, &config, events, &opts)
+        .with_context(|| format!("{}", args.file.display()))?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    match world {
-        World::Enricher => {
-            for e in &result.events {
-                serde_json::to_writer(&mut out, &to_json(e))?;
-                out.write_all(b"\n")?;
-            }
-        }
-        World::Aggregator => {
-            for p in &result.points {
-                serde_json::to_writer(&mut out, &sinks::point_to_json(p))?;
-                out.write_all(b"\n")?;
-            }
-        }
-        World::Alerter => {
-            for a in &result.alerts {
-                serde_json::to_writer(&mut out, &sinks::alert_to_json(a))?;
-                out.write_all(b"\n")?;
-            }
-        }
+    for line in &lines {
+        serde_json::to_writer(&mut out, line)?;
+        out.write_all(b"\n")?;
     }
     out.flush()?;
 
@@ -367,7 +457,5 @@ fn run_file(args: RunArgs) -> Result<()> {
             f.path().display()
         );
     }
-    let stats = plugin.stats();
-    tracing::debug!(plugin = %name, %world, events = n, calls = stats.calls, failures = stats.failures, breaker = ?plugin.breaker(), "done");
     Ok(())
 }

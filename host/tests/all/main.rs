@@ -12,6 +12,7 @@ mod golden;
 mod grafana;
 mod isolation;
 mod kafka;
+mod kit;
 mod languages;
 mod live;
 mod prom;

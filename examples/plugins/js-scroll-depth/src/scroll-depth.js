@@ -162,7 +162,9 @@ export const aggregate = {
 
     // Advance event time; never backwards. i64::MAX (the final flush) becomes
     // a Number near 9.2e18, still larger than any window end.
-    const next = Number(wm);
+    // componentize-js 0.22 hands a negative s64 argument over as unsigned
+    // (the first watermark of a run is negative): undo that.
+    const next = Number(BigInt.asIntN(64, wm));
     watermark = watermark === null ? next : Math.max(watermark, next);
 
     const fired = [];
