@@ -12,7 +12,6 @@ mod golden;
 mod grafana;
 mod isolation;
 mod kafka;
-mod kit;
 mod languages;
 mod live;
 mod prom;
