@@ -224,7 +224,7 @@ await until(page, 'the page reconnected after the restart', 15000,
   (c) => document.querySelector('#conn').textContent === 'live' && Number(document.querySelector('#conn').dataset.connects) > c, connects);
 restarting = false;
 await post(BASE, [{ event_id: 'after-restart', event_type: 'page_view', timestamp: T0 + MINUTE + 300, properties: { path: '/back' } }]);
-await until(page, 'events flow again after the restart', 5000, () => document.querySelector('#events tr[data-id="after-restart"]'));
+await until(page, 'events flow again after the restart', 15000, () => document.querySelector('#events tr[data-id="after-restart"]'));
 log('restart: reconnected, events flow');
 
 // 7. Phone width.
