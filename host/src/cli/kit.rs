@@ -262,9 +262,9 @@ fn readme(m: &Manifest) -> String {
          Needs: {tools}.\n\n\
          - `wit/plugin.wit` is the contract with the host, written by `nexuspipe plugin new` \
          from the nexuspipe binary; the bindings are generated from it at build time.\n\
-         - A test case is `tests/<case>.input.ndjson` (one canonical JSON event per line), \
-         with `tests/<case>.config` for a plugin config if it needs one; its outputs are \
-         compared with `tests/<case>.expected.ndjson` (events, points or alerts, as \
+         - A test case is `<case>.input.ndjson` in `tests/` or here (one canonical JSON event \
+         per line), with `<case>.config` beside it for a plugin config if it needs one; its \
+         outputs are compared with `<case>.expected.ndjson` (events, points or alerts, as \
          `nexuspipe plugin run` prints them).\n",
         name = m.name,
         world = m.world.name(),
@@ -518,14 +518,22 @@ pub fn test(dir: &Path, bless: bool) -> Result<()> {
             component.display()
         );
     }
-    let tests = dir.join("tests");
-    let mut cases: Vec<String> = std::fs::read_dir(&tests)
-        .with_context(|| format!("reading {}", tests.display()))?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            Some(name.strip_suffix(".input.ndjson")?.to_string())
-        })
-        .collect();
+    // Cases in `tests/` and in the project's own folder: (folder, case).
+    let mut cases: Vec<(PathBuf, String)> = Vec::new();
+    for folder in [dir.join("tests"), dir.to_path_buf()] {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Some(case) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".input.ndjson"))
+            {
+                cases.push((folder.clone(), case.to_string()));
+            }
+        }
+    }
     cases.sort();
     if cases.is_empty() {
         bail!("no test cases: add tests/<case>.input.ndjson");
@@ -535,7 +543,7 @@ pub fn test(dir: &Path, bless: bool) -> Result<()> {
         .load_file(&component)
         .with_context(|| format!("{} is not a usable plugin", component.display()))?;
     let mut failed = Vec::new();
-    for case in &cases {
+    for (tests, case) in &cases {
         let config_path = tests.join(format!("{case}.config"));
         let config = match std::fs::read_to_string(&config_path) {
             Ok(text) => text,
@@ -573,7 +581,7 @@ pub fn test(dir: &Path, bless: bool) -> Result<()> {
             expected_path.display()
         );
         print!("{}", diff(&expected, &got));
-        failed.push(case.clone());
+        failed.push(case.as_str());
     }
     if !failed.is_empty() {
         bail!(

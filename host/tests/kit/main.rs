@@ -127,6 +127,22 @@ fn every_world(lang: &str) {
             assert!(said.contains("- {") && said.contains("+ {"), "{said}");
             ok(&plugin(&["test", "--bless"], &dir), "plugin test --bless");
             ok(&plugin(&["test"], &dir), "plugin test after --bless");
+            // Cases in the project's own folder count too.
+            for ext in ["input", "expected"] {
+                std::fs::copy(
+                    dir.join(format!("tests/sample.{ext}.ndjson")),
+                    dir.join(format!("top.{ext}.ndjson")),
+                )
+                .unwrap();
+            }
+            let said = ok(
+                &plugin(&["test"], &dir),
+                "plugin test with a case beside the code",
+            );
+            assert!(
+                said.contains("ok   top") && said.contains("2 cases passed"),
+                "{said}"
+            );
         }
         let url = server.url("");
         let out = timed(lang, world, "deploy", || {
