@@ -24,6 +24,9 @@ pub enum SchemaError {
     Invalid { event_type: String, message: String },
     #[error("event type `{0}`: must be 1 to 256 characters")]
     BadEventType(String),
+    /// Larger than a record of the plugins topic may be, with room to spare.
+    #[error("the schema of `{event_type}` is {bytes} bytes; at most {MAX_SCHEMA_BYTES}")]
+    TooLarge { event_type: String, bytes: usize },
     #[error("reading the schema of `{event_type}` from {path}: {message}")]
     File {
         event_type: String,
@@ -73,25 +76,32 @@ pub struct Verdict {
 /// At most this many violations are reported per event.
 const MAX_VIOLATIONS: usize = 10;
 
+/// A schema's size at most, as JSON: each version is one record of the
+/// plugins topic with Kafka, and brokers take 1 MB by default.
+pub const MAX_SCHEMA_BYTES: usize = 256 << 10;
+
 struct Compiled {
     version: u32,
     validator: jsonschema::Validator,
 }
 
-/// Publishes an event type's versions to the other hosts (with Kafka);
-/// with none, a change is this host's alone.
-pub type Publish<'a> = Option<&'a dyn Fn(&str, &[SchemaVersion]) -> Result<(), String>>;
+/// Publishes a new version of an event type's schema to the other hosts
+/// (with Kafka); with none, a change is this host's alone.
+pub type Publish<'a> = Option<&'a dyn Fn(&str, &SchemaVersion) -> Result<(), String>>;
 
 /// The schemas of a host.
 pub struct Schemas {
     /// `<data_dir>/schemas.json`.
     file: PathBuf,
     on_invalid: RwLock<OnInvalid>,
-    /// Every version of every event type; one change at a time.
+    /// One change at a time (held while a change is published, which may
+    /// take seconds; `versions` is held only briefly, so reads go on).
+    changes: Mutex<()>,
+    /// Every version of every event type.
     versions: Mutex<BTreeMap<String, Vec<SchemaVersion>>>,
     /// The current validator of each checked type, swapped whole: a request
     /// takes one snapshot and checks all its events with it.
-    current: RwLock<Arc<HashMap<String, Compiled>>>,
+    current: RwLock<Arc<HashMap<String, Arc<Compiled>>>>,
     /// Where `on_invalid = "dead_letter"` puts events (the engine's file when
     /// this host runs one).
     dead_letters: std::sync::OnceLock<SharedFile>,
@@ -164,12 +174,16 @@ impl Schemas {
         let s = Schemas {
             file,
             on_invalid: RwLock::new(OnInvalid::default()),
+            changes: Mutex::new(()),
             versions: Mutex::new(BTreeMap::new()),
             current: RwLock::new(Arc::default()),
             dead_letters: Default::default(),
         };
-        for (event_type, list) in versions {
-            s.adopt(&event_type, list)?;
+        {
+            let mut all = s.versions.lock().expect("schemas lock");
+            for (event_type, list) in versions {
+                s.install(&mut all, &event_type, list)?;
+            }
         }
         Ok(s)
     }
@@ -179,6 +193,7 @@ impl Schemas {
         Schemas {
             file: PathBuf::new(),
             on_invalid: RwLock::new(OnInvalid::default()),
+            changes: Mutex::new(()),
             versions: Mutex::new(BTreeMap::new()),
             current: RwLock::new(Arc::default()),
             dead_letters: Default::default(),
@@ -221,39 +236,43 @@ impl Schemas {
             return Err(SchemaError::BadEventType(event_type.to_string()));
         }
         if let Some(s) = &schema {
+            let bytes = s.to_string().len();
+            if bytes > MAX_SCHEMA_BYTES {
+                return Err(SchemaError::TooLarge {
+                    event_type: event_type.to_string(),
+                    bytes,
+                });
+            }
             compile(event_type, s)?;
         }
-        let mut all = self.versions.lock().expect("schemas lock");
-        let list = all.get(event_type).cloned().unwrap_or_default();
+        let _one = self.changes.lock().expect("schemas lock");
+        let list = self.versions().remove(event_type).unwrap_or_default();
         if let Some(last) = list.last()
             && last.schema == schema
         {
             return Ok((last.clone(), false));
         }
-        if list.is_empty() && schema.is_none() {
+        if list.last().is_none_or(|l| l.schema.is_none()) && schema.is_none() {
             return Err(SchemaError::Invalid {
                 event_type: event_type.to_string(),
                 message: "it has no schema to remove".into(),
             });
         }
-        let mut list = list;
         let v = SchemaVersion {
             version: list.last().map_or(1, |l| l.version + 1),
             schema,
             at_ms: now_ms(),
             source: source.to_string(),
         };
-        list.push(v.clone());
         // With Kafka the topic is the record: published first, so no host
         // checks with a version the others never see.
         if let Some(publish) = publish {
-            publish(event_type, &list).map_err(|message| SchemaError::Publish {
+            publish(event_type, &v).map_err(|message| SchemaError::Publish {
                 event_type: event_type.to_string(),
                 message,
             })?;
         }
-        self.install(&mut all, event_type, list)?;
-        self.persist(&all)?;
+        self.adopt(event_type, v.clone())?;
         tracing::info!(
             event_type,
             version = v.version,
@@ -264,11 +283,27 @@ impl Schemas {
         Ok((v, true))
     }
 
-    /// Takes another host's versions of a type (read from the plugins topic).
-    pub fn adopt(&self, event_type: &str, list: Vec<SchemaVersion>) -> Result<(), SchemaError> {
+    /// The schema a config file last gave `event_type`, if any: a config
+    /// whose file is unchanged adds no version, even when the admin API
+    /// changed the schema since (as an uploaded plugin outlives a restart).
+    pub fn last_from_config(&self, event_type: &str) -> Option<Json> {
+        let all = self.versions.lock().expect("schemas lock");
+        all.get(event_type)?
+            .iter()
+            .rev()
+            .find(|v| v.source == "config")
+            .and_then(|v| v.schema.clone())
+    }
+
+    /// Takes a version (this host's, or another's read from the plugins
+    /// topic): added, or in place of the same version number.
+    pub fn adopt(&self, event_type: &str, v: SchemaVersion) -> Result<(), SchemaError> {
         let mut all = self.versions.lock().expect("schemas lock");
-        if all.get(event_type) == Some(&list) {
-            return Ok(());
+        let mut list = all.get(event_type).cloned().unwrap_or_default();
+        match list.binary_search_by_key(&v.version, |x| x.version) {
+            Ok(i) if list[i] == v => return Ok(()),
+            Ok(i) => list[i] = v,
+            Err(i) => list.insert(i, v),
         }
         self.install(&mut all, event_type, list)?;
         self.persist(&all)
@@ -281,34 +316,19 @@ impl Schemas {
         list: Vec<SchemaVersion>,
     ) -> Result<(), SchemaError> {
         let compiled = match latest(&list) {
-            Some((v, schema)) => Some(Compiled {
+            Some((v, schema)) => Some(Arc::new(Compiled {
                 version: v.version,
                 validator: compile(event_type, schema)?,
-            }),
+            })),
             None => None,
         };
         all.insert(event_type.to_string(), list);
         let mut current = self.current.write().expect("schemas lock");
-        let mut next: HashMap<String, Compiled> = HashMap::new();
-        // Validators are not `Clone`: the others are compiled again, which
-        // only a schema change pays for.
-        for (t, versions) in all.iter() {
-            if t == event_type {
-                continue;
-            }
-            if let Some((v, schema)) = latest(versions) {
-                next.insert(
-                    t.clone(),
-                    Compiled {
-                        version: v.version,
-                        validator: compile(t, schema)?,
-                    },
-                );
-            }
-        }
-        if let Some(c) = compiled {
-            next.insert(event_type.to_string(), c);
-        }
+        let mut next: HashMap<String, Arc<Compiled>> = (**current).clone();
+        match compiled {
+            Some(c) => next.insert(event_type.to_string(), c),
+            None => next.remove(event_type),
+        };
         *current = Arc::new(next);
         Ok(())
     }
@@ -340,7 +360,7 @@ impl Schemas {
 }
 
 /// The schemas as they were when a request came.
-pub struct Checker(Arc<HashMap<String, Compiled>>);
+pub struct Checker(Arc<HashMap<String, Arc<Compiled>>>);
 
 impl Checker {
     /// No event type is checked.

@@ -47,18 +47,18 @@ type Position = (usize, Option<usize>);
 
 /// Checks each event against its type's schema. An invalid one is rejected
 /// (`[schemas] on_invalid = "reject"`: listed, with its position) or, with
-/// `"dead_letter"`, written to the dead-letter file with its errors (it is
-/// accepted, but does not go through the pipeline). Returns the events
-/// that go on, the rejected ones and the number dead-lettered.
+/// `"dead_letter"`, becomes a dead letter with its errors (written once the
+/// request succeeds; it does not go through the pipeline). Returns the
+/// events that go on, the rejected ones and the dead letters.
 fn check_schemas(
     state: &ApiState,
     events: Vec<Event>,
     position: impl Fn(usize) -> Position,
-) -> (Vec<Event>, Vec<Rejected>, usize) {
+) -> (Vec<Event>, Vec<Rejected>, Vec<Json>) {
     let schemas = state.manager.schemas();
     let checker = schemas.snapshot();
     if checker.is_empty() {
-        return (events, Vec::new(), 0);
+        return (events, Vec::new(), Vec::new());
     }
     let dead_letter = schemas.on_invalid() == crate::config::OnInvalid::DeadLetter;
     let outcome = if dead_letter {
@@ -75,22 +75,24 @@ fn check_schemas(
         };
         let first = verdict.violations.first();
         let rule = first.map_or_else(String::new, |v| v.rule.clone());
-        *state
-            .metrics
-            .schema_violations
-            .lock()
-            .expect("metrics lock")
-            .entry((verdict.event_type.clone(), rule, outcome))
-            .or_default() += 1;
         if dead_letter {
             dead.push(json!({
                 "at": crate::event::format_timestamp(now_ms()),
                 "kind": "schema_violation",
                 "schema": {"event_type": verdict.event_type, "version": verdict.version},
+                "rule": rule,
                 "errors": verdict.violations,
                 "events": [crate::event::to_json(&e)],
             }));
         } else {
+            // Dead letters are counted when written (see `admit`).
+            *state
+                .metrics
+                .schema_violations
+                .lock()
+                .expect("metrics lock")
+                .entry((verdict.event_type.clone(), rule, outcome))
+                .or_default() += 1;
             let (index, line) = position(i);
             rejected.push(Rejected {
                 index,
@@ -102,14 +104,33 @@ fn check_schemas(
             });
         }
     }
-    if !dead.is_empty() {
-        crate::sinks::files::AppendFile::write_all_shared(schemas.dead_letters(), &dead);
-        state
-            .metrics
-            .events_dead_lettered
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    (valid, rejected, dead)
+}
+
+/// Writes the dead letters of a request that succeeded (off the async
+/// threads: the file is synced) and counts them.
+async fn write_dead_letters(state: &ApiState, dead: Vec<Json>) {
+    if dead.is_empty() {
+        return;
     }
-    (valid, rejected, dead.len())
+    let m = &state.metrics;
+    m.events_dead_lettered
+        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    {
+        let mut counts = m.schema_violations.lock().expect("metrics lock");
+        for d in &dead {
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+            let event_type = d["schema"]["event_type"].as_str().unwrap_or_default();
+            *counts
+                .entry((event_type.to_string(), s("rule"), "dead_lettered"))
+                .or_default() += 1;
+        }
+    }
+    let file = state.manager.schemas().dead_letters().clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::sinks::files::AppendFile::write_all_shared(&file, &dead);
+    })
+    .await;
 }
 
 /// The NDJSON line of each event of a body, in order (blank lines hold none).
@@ -304,7 +325,7 @@ pub(super) async fn accept(
     }
     if !rejected.is_empty() && !partial {
         // Refused whole: nothing is dead-lettered for a batch sent again.
-        return finish(state, received, events, rejected, partial, 0).await;
+        return finish(state, received, events, rejected, partial, Vec::new()).await;
     }
     let (events, invalid, dead) = check_schemas(state, events, |i| positions[i]);
     rejected.extend(invalid);
@@ -321,10 +342,10 @@ async fn finish(
     events: Vec<Event>,
     rejected: Vec<Rejected>,
     partial: bool,
-    dead_lettered: usize,
+    dead: Vec<Json>,
 ) -> Response {
     let m = &state.metrics;
-    if !rejected.is_empty() && (!partial || events.is_empty()) {
+    if !rejected.is_empty() && (!partial || (events.is_empty() && dead.is_empty())) {
         // The valid events refused with the batch count as invalid too.
         m.reject(RejectReason::InvalidEvent, events.len() as u64);
         count_rejected(m, &rejected);
@@ -352,35 +373,38 @@ async fn finish(
             json!({ "rejected": rejected }),
         );
     }
-    admit(state, received, events, rejected, dead_lettered).await
+    admit(state, received, events, rejected, dead).await
 }
 
 /// Hands the valid events of a request on and answers 202 with the count
-/// (and the rejected ones, with `?partial=true`; and the number written to
-/// the dead-letter file, which count as accepted).
+/// (and the rejected ones, with `?partial=true`). Schema dead letters are
+/// written once the valid events are taken, so a request refused (429, 503)
+/// and sent again leaves each once; they are not counted as accepted (they
+/// do not go through the pipeline).
 async fn admit(
     state: &ApiState,
     received: Instant,
     events: Vec<Event>,
     rejected: Vec<Rejected>,
-    dead_lettered: usize,
+    dead: Vec<Json>,
 ) -> Response {
     let m = &state.metrics;
     count_rejected(m, &rejected);
     let n = events.len();
-    if n > 0
+    // A host that takes no events refuses dead letters too.
+    if (n > 0 || matches!(state.ingest, super::Ingest::Disabled))
         && let Err(r) = deliver(state, events, received).await
     {
         return r;
     }
-    m.events_accepted
-        .fetch_add((n + dead_lettered) as u64, Ordering::Relaxed);
-    let mut body = json!({ "accepted": n + dead_lettered });
+    m.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
+    let mut body = json!({ "accepted": n });
     if !rejected.is_empty() {
         body["rejected"] = json!(rejected);
     }
-    if dead_lettered > 0 {
-        body["dead_lettered"] = json!(dead_lettered);
+    if !dead.is_empty() {
+        body["dead_lettered"] = json!(dead.len());
+        write_dead_letters(state, dead).await;
     }
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }

@@ -6,7 +6,8 @@
 //! |--------|------------------|-------------------------------------------------------|
 //! | 400    | `bad_request`    | the body is not JSON                                  |
 //! | 404    | `not_found`      | no schema for that event type                         |
-//! | 413    | `too_large`      | body over `http.max_body`                             |
+//! | 400    | `bad_event_type` | an event type of more than 256 characters             |
+//! | 413    | `too_large`      | a schema over 256 KiB (body over `http.max_body`)    |
 //! | 422    | `invalid_schema` | not a JSON Schema this host compiles (a wrong keyword value, a remote `$ref`) |
 //! | 500    | `store_failed`   | the data dir could not be written                     |
 //! | 503    | `publish_failed` | with Kafka: the plugins topic did not take it         |
@@ -184,7 +185,9 @@ async fn change(s: ApiState, event_type: String, schema: Option<Json>) -> Respon
     };
     match result {
         Ok((v, created)) => {
-            let status = if created {
+            // A new version is created (201), but a removal answers as
+            // DELETEs do.
+            let status = if created && v.schema.is_some() {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
@@ -195,9 +198,9 @@ async fn change(s: ApiState, event_type: String, schema: Option<Json>) -> Respon
         }
         Err(e) => {
             let (status, reason) = match &e {
-                SchemaError::Invalid { .. } | SchemaError::BadEventType(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema")
-                }
+                SchemaError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema"),
+                SchemaError::BadEventType(_) => (StatusCode::BAD_REQUEST, "bad_event_type"),
+                SchemaError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                 SchemaError::Publish { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
                 SchemaError::Store { .. } | SchemaError::File { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "store_failed")

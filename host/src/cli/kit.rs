@@ -331,17 +331,27 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
                     );
                 }
             }
+            // Named, so the component is where this looks for it.
+            let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+                Some(d) => std::path::absolute(d)?,
+                None => std::path::absolute(dir.join("target"))?,
+            };
             run(
                 "cargo build",
                 Command::new("cargo")
-                    .args(["build", "--release", "--target", "wasm32-wasip2"])
+                    .args([
+                        "build",
+                        "--release",
+                        "--target",
+                        "wasm32-wasip2",
+                        "--target-dir",
+                    ])
+                    .arg(&target_dir)
                     .current_dir(dir)
                     // Flags meant for this machine (target-cpu=native...) are not for Wasm.
                     .env_remove("RUSTFLAGS")
                     .env_remove("CARGO_ENCODED_RUSTFLAGS"),
             )?;
-            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| dir.join("target"), PathBuf::from);
             let built = target_dir
                 .join("wasm32-wasip2/release")
                 .join(format!("{}.wasm", m.name.replace('-', "_")));
@@ -552,7 +562,7 @@ pub fn test(dir: &Path, bless: bool) -> Result<()> {
         };
         let input = tests.join(format!("{case}.input.ndjson"));
         let events = super::plugin::read_events(&input)?;
-        let got = super::plugin::outputs(
+        let (got, run) = super::plugin::run_plugin(
             &m.name,
             loaded.clone(),
             &config,
@@ -561,17 +571,40 @@ pub fn test(dir: &Path, bless: bool) -> Result<()> {
         )
         .with_context(|| format!("case {case}"))?;
         let expected_path = tests.join(format!("{case}.expected.ndjson"));
+        // A batch the plugin failed (a trap, a deadline...) fails the case:
+        // its outputs would be missing without a word.
+        if let Some(d) = run.output.dead.first() {
+            let lost: usize = run.output.dead.iter().map(|d| d.events.len()).sum();
+            println!(
+                "FAIL {case}: the plugin failed {} batch(es) ({lost} events): {:?}: {}",
+                run.output.dead.len(),
+                d.kind,
+                d.error
+            );
+            failed.push(case.as_str());
+            continue;
+        }
+        if !run.output.late.is_empty() {
+            println!(
+                "note {case}: {} late event(s), not in the outputs",
+                run.output.late.len()
+            );
+        }
         if bless {
             let text: String = got.iter().map(|v| format!("{v}\n")).collect();
             std::fs::write(&expected_path, text)?;
             println!("blessed {case}: {} outputs", got.len());
             continue;
         }
-        let expected = if expected_path.exists() {
-            read_lines(&expected_path)?
-        } else {
-            Vec::new()
-        };
+        if !expected_path.exists() {
+            println!(
+                "FAIL {case}: no {} (`nexuspipe plugin test --bless` writes it from the outputs)",
+                expected_path.display()
+            );
+            failed.push(case.as_str());
+            continue;
+        }
+        let expected = read_lines(&expected_path)?;
         if got == expected {
             println!("ok   {case} ({} outputs)", got.len());
             continue;

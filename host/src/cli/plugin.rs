@@ -377,17 +377,6 @@ pub fn run_plugin(
     Ok((lines, result))
 }
 
-/// [`run_plugin`]'s outputs only.
-pub fn outputs(
-    name: &str,
-    component: nexuspipe::runtime::PluginComponent,
-    config: &str,
-    events: Vec<nexuspipe::runtime::Event>,
-    opts: &RunOptions,
-) -> Result<Vec<serde_json::Value>> {
-    Ok(run_plugin(name, component, config, events, opts)?.0)
-}
-
 fn run_file(args: RunArgs) -> Result<()> {
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
     let component = runtime

@@ -202,7 +202,8 @@ pub enum Record {
         bytes: Vec<u8>,
     },
     Change(Change),
-    /// Every version of an event type's schema (key `schema:<event type>`).
+    /// A version of an event type's schema (key `schema:<event type>/<version>`:
+    /// compaction keeps every version).
     Schema {
         event_type: String,
         value: Vec<u8>,
@@ -230,7 +231,8 @@ fn decode(topics: &Topics, topic: &str, key: &[u8], value: Option<&[u8]>) -> Opt
     }
     let value = value?;
     // Plugin names have no `:` (see `validate_plugin_name`).
-    if let Some(event_type) = key.strip_prefix(SCHEMA_KEY) {
+    if let Some(rest) = key.strip_prefix(SCHEMA_KEY) {
+        let (event_type, _version) = rest.rsplit_once('/')?;
         return Some(Record::Schema {
             event_type: event_type.to_string(),
             value: value.to_vec(),
@@ -363,10 +365,15 @@ impl Publisher {
         self.publish_records(records)
     }
 
-    /// Publishes an event type's schema versions.
-    pub fn publish_schema(&self, event_type: &str, versions: &[u8]) -> Result<(), KafkaError> {
-        let key = format!("{SCHEMA_KEY}{event_type}");
-        self.publish_records([(key.as_str(), versions)])
+    /// Publishes a version of an event type's schema (as JSON).
+    pub fn publish_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<(), KafkaError> {
+        let key = format!("{SCHEMA_KEY}{event_type}/{version}");
+        self.publish_records([(key.as_str(), json)])
     }
 
     /// Sends records in order and waits for the broker's acknowledgement.

@@ -281,10 +281,10 @@ impl Manager {
         match self.cluster.get() {
             None => self.schemas.put(event_type, schema, source, None),
             Some(c) => {
-                let publish = |t: &str, list: &[SchemaVersion]| {
-                    let bytes = serde_json::to_vec(list).expect("versions serialize");
+                let publish = |t: &str, v: &SchemaVersion| {
+                    let bytes = serde_json::to_vec(v).expect("a version serializes");
                     c.publisher
-                        .publish_schema(t, &bytes)
+                        .publish_schema(t, v.version, &bytes)
                         .map_err(|e| e.to_string())
                 };
                 self.schemas.put(event_type, schema, source, Some(&publish))
@@ -300,20 +300,18 @@ impl Manager {
         self.schemas.set_on_invalid(config.on_invalid);
         for t in &config.types {
             let schema = crate::schema::read_file(t)?;
-            self.put_schema(&t.event_type, Some(schema), "config")?;
+            if self.schemas.last_from_config(&t.event_type).as_ref() != Some(&schema) {
+                self.put_schema(&t.event_type, Some(schema), "config")?;
+            }
         }
         Ok(())
     }
 
-    /// An event type's versions read from the plugins topic.
+    /// A version of an event type's schema read from the plugins topic.
     fn take_schema(&self, event_type: &str, value: &[u8]) {
-        let taken = serde_json::from_slice::<Vec<SchemaVersion>>(value)
+        let taken = serde_json::from_slice::<SchemaVersion>(value)
             .map_err(|e| e.to_string())
-            .and_then(|list| {
-                self.schemas
-                    .adopt(event_type, list)
-                    .map_err(|e| e.to_string())
-            });
+            .and_then(|v| self.schemas.adopt(event_type, v).map_err(|e| e.to_string()));
         if let Err(e) = taken {
             tracing::warn!(event_type, error = %e, "a schema record of the plugins topic was not taken");
         }

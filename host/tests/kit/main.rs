@@ -125,8 +125,43 @@ fn every_world(lang: &str) {
                 "{said}"
             );
             assert!(said.contains("- {") && said.contains("+ {"), "{said}");
+            // No expected file: a failure that says how to make one.
+            std::fs::remove_file(&expected).unwrap();
+            let out = plugin(&["test"], &dir);
+            assert!(!out.status.success());
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                said.contains("FAIL sample: no ") && said.contains("--bless"),
+                "{said}"
+            );
             ok(&plugin(&["test", "--bless"], &dir), "plugin test --bless");
             ok(&plugin(&["test"], &dir), "plugin test after --bless");
+            assert_eq!(
+                std::fs::read_to_string(&expected).unwrap().lines().count(),
+                right.lines().count()
+            );
+            if *lang == *"rust" {
+                // A plugin that traps fails the case, naming the failure.
+                let lib = dir.join("src/lib.rs");
+                let code = std::fs::read_to_string(&lib).unwrap();
+                let broken = code.replacen("// Your logic here.", "panic!(\"boom\");", 1);
+                assert_ne!(broken, code);
+                std::fs::write(&lib, &broken).unwrap();
+                ok(
+                    &plugin(&["build"], &dir),
+                    "plugin build (a plugin that traps)",
+                );
+                let out = plugin(&["test"], &dir);
+                assert!(!out.status.success());
+                let said = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    said.contains("the plugin failed 1 batch(es) (5 events)")
+                        && said.contains("boom"),
+                    "{said}"
+                );
+                std::fs::write(&lib, &code).unwrap();
+                ok(&plugin(&["build"], &dir), "plugin build");
+            }
             // Cases in the project's own folder count too.
             for ext in ["input", "expected"] {
                 std::fs::copy(

@@ -91,7 +91,7 @@ impl TryFrom<RawRule> for Rule {
         let within = ms(r.within, "within")?;
         // An anomaly's `for` counts windows; every other rule's is a duration.
         let for_windows = match (&r.for_, r.kind.as_str()) {
-            (Some(Dur::Ms(n)), "anomaly") if *n >= 1 => Some(*n as u32),
+            (Some(Dur::Ms(n)), "anomaly") if *n >= 1 => Some(u32::try_from(*n).unwrap_or(u32::MAX)),
             (Some(_), "anomaly") => {
                 return Err(format!(
                     "rule `{}` (anomaly): `for` counts windows: a whole number, at least 1",

@@ -449,17 +449,32 @@ fn advance_key(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, at: At, out: &
                 // A key quiet for a whole baseline is forgotten (an alert
                 // still open resolves), so keys do not pile up and a leap
                 // of the watermark costs at most `baseline` windows a key.
+                // Events of later windows not decided yet (allowed
+                // lateness) stay: the key warms up again from the first.
                 if ks.quiet as usize >= *baseline {
                     if let Some(f) = ks.firing.take()
                         && f.sent
                     {
-                        em.emit(AlertStatus::Resolved, f.starts_at, Some(s + window), 0, 0.0);
+                        let b = (!ks.history.is_empty()).then(|| baseline_of(ks, rule));
+                        em.emit_with(
+                            AlertStatus::Resolved,
+                            f.starts_at,
+                            Some(s.saturating_add(*window)),
+                            0,
+                            0.0,
+                            b,
+                        );
                     }
+                    let buckets = std::mem::take(&mut ks.buckets);
                     *ks = KeyState {
                         last_fired: ks.last_fired,
+                        next_window: buckets.keys().next().copied(),
+                        buckets,
                         ..KeyState::default()
                     };
-                    break;
+                    if ks.next_window.is_none() {
+                        break;
+                    }
                 }
             }
         }
@@ -500,6 +515,20 @@ fn median_mad(values: &VecDeque<f64>) -> (f64, f64) {
 /// distributed values, so `k` reads as "standard deviations".
 const MAD_TO_SIGMA: f64 = 1.4826;
 
+/// The median of a key's baseline and its deviation (1.4826 × MAD, at least
+/// the rule's `min_deviation`).
+fn baseline_of(ks: &KeyState, rule: &Rule) -> Baseline {
+    let min_deviation = match &rule.kind {
+        RuleKind::Anomaly { min_deviation, .. } => *min_deviation,
+        _ => 0.0,
+    };
+    let (median, mad) = median_mad(&ks.history);
+    Baseline {
+        median,
+        deviation: (MAD_TO_SIGMA * mad).max(min_deviation),
+    }
+}
+
 /// Decides an anomaly rule's window `[start, start + window)` that held `n`
 /// events summing to `sum`: against the baseline of the windows before it,
 /// then the window joins the baseline.
@@ -509,7 +538,6 @@ fn close_window(em: &mut Emitter<'_>, ks: &mut KeyState, start: i64, n: u64, sum
         k,
         direction,
         baseline,
-        min_deviation,
         for_windows,
         ..
     } = &em.rule.kind
@@ -526,15 +554,15 @@ fn close_window(em: &mut Emitter<'_>, ks: &mut KeyState, start: i64, n: u64, sum
     };
     // Until the baseline is full (the warm-up), a window only joins it.
     let verdict = (ks.history.len() >= *baseline).then(|| {
-        let (median, mad) = median_mad(&ks.history);
-        let deviation = (MAD_TO_SIGMA * mad).max(*min_deviation);
+        let b = baseline_of(ks, em.rule);
+        let (median, deviation) = (b.median, b.deviation);
         let off = value - median;
         let beyond = match direction {
             Direction::Above => off > k * deviation,
             Direction::Below => -off > k * deviation,
             Direction::Both => off.abs() > k * deviation,
         };
-        (beyond, Baseline { median, deviation })
+        (beyond, b)
     });
     ks.history.push_back(value);
     if ks.history.len() > *baseline {
@@ -635,7 +663,7 @@ fn apply(rule: &Rule, key: &str, ks: &mut KeyState, t: i64, role: Role, out: &mu
             ks.undecided = Some(ks.undecided.map_or(t, |u| u.max(t)));
         }
         (RuleKind::Anomaly { window, .. }, Role::Count(v)) => {
-            let start = t - t.rem_euclid(*window);
+            let start = t.saturating_sub(t.rem_euclid(*window));
             let next = *ks.next_window.get_or_insert(start);
             // Never before the oldest open window: later ones were decided
             // (the host sends such an event to the late output first).

@@ -1102,6 +1102,27 @@ fn anomaly_baseline_survives_a_restart() {
     assert_eq!(seen(&h.run(after.to_vec()).items), []);
 }
 
+/// With allowed lateness, a key's next events can come before its quiet
+/// windows are decided: forgetting the key keeps them, and it warms up again
+/// from their window. Windows of 1 minute, decided 30 s after their end;
+/// `api` has 1 error in minutes 0 to 2, none in 3 to 5, then 1 in each of
+/// minutes 6 to 8 (the one in minute 6 comes before minute 5 is decided) and
+/// 10 in minute 9: minutes 6 to 8 are the new baseline (median 1, MAD 0,
+/// deviation 1), and 10 > 1 + 3 fires.
+#[test]
+fn anomaly_keeps_events_that_come_before_a_quiet_key_is_forgotten() {
+    let config = json!({"rules": [anomaly(json!({"baseline": 3}))]}).to_string();
+    let settings = nexuspipe_sdk::HostSettings {
+        allowed_lateness: 30_000,
+        downstream_properties: None,
+    };
+    let mut h = AlerterHarness::<Alerts>::with_settings(&config, settings, 0);
+    let counts = [1, 1, 1, 0, 0, 0, 1, 1, 1, 10];
+    let out = h.run(per_minute("api", &counts));
+    assert_eq!(seen(&out.items), [firing("api", 9 * MINUTE)]);
+    assert!(out.late.is_empty());
+}
+
 #[test]
 fn anomaly_config_errors_name_the_rule_and_key() {
     for (extra, message) in [
