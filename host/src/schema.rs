@@ -153,10 +153,16 @@ fn latest(versions: &[SchemaVersion]) -> Option<(&SchemaVersion, &Json)> {
 
 impl Schemas {
     /// Opens the versions kept in `data_dir`; nothing is checked until a
-    /// schema exists.
-    pub fn open(data_dir: &Path) -> Result<Schemas, SchemaError> {
+    /// schema exists. With Kafka (`from_file` false) the plugins topic is
+    /// the record: the file is only written, from what the topic holds.
+    pub fn open(data_dir: &Path, from_file: bool) -> Result<Schemas, SchemaError> {
         let file = data_dir.join("schemas.json");
-        let versions: BTreeMap<String, Vec<SchemaVersion>> = match std::fs::read(&file) {
+        let read = if from_file {
+            std::fs::read(&file)
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+        let versions: BTreeMap<String, Vec<SchemaVersion>> = match read {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SchemaError::File {
                 event_type: "*".into(),
                 path: file.clone(),
@@ -432,7 +438,7 @@ mod tests {
     #[test]
     fn versions_checks_and_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Schemas::open(dir.path()).unwrap();
+        let s = Schemas::open(dir.path(), true).unwrap();
         assert!(s.snapshot().is_empty());
         let schema = json!({"type": "object", "required": ["amount", "currency"],
             "properties": {"amount": {"type": "number", "minimum": 0},
@@ -456,7 +462,13 @@ mod tests {
         assert_eq!(bad.violations[0].rule, "required");
         // Kept across a restart, and a removal is a version too.
         drop(c);
-        let s = Schemas::open(dir.path()).unwrap();
+        assert!(
+            Schemas::open(dir.path(), false)
+                .unwrap()
+                .snapshot()
+                .is_empty()
+        );
+        let s = Schemas::open(dir.path(), true).unwrap();
         assert!(!s.snapshot().is_empty());
         let (v, _) = s.put("purchase", None, "api", None).unwrap();
         assert_eq!(v.version, 2);

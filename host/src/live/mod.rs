@@ -289,7 +289,8 @@ impl Manager {
             changes: Mutex::new(()),
             cluster: OnceLock::new(),
             schemas: Arc::new(
-                crate::schema::Schemas::open(data_dir)
+                // With Kafka the plugins topic is the record, as for plugins.
+                crate::schema::Schemas::open(data_dir, kafka.is_none())
                     .context("loading the event schemas kept in the data dir")?,
             ),
         };
