@@ -476,6 +476,40 @@ mod tests {
         assert_eq!(s.versions()["purchase"].len(), 2);
     }
 
+    /// The README's example compiles and means what the README says.
+    #[test]
+    fn the_example_schema_checks_amount_and_currency() {
+        let t = SchemaFile {
+            event_type: "purchase".into(),
+            file: Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/schemas/purchase.json"),
+        };
+        let s = Schemas::none();
+        s.put("purchase", Some(read_file(&t).unwrap()), "config", None)
+            .unwrap();
+        let c = s.snapshot();
+        assert!(
+            c.check(&purchase(json!({"amount": 0, "currency": "EUR"})))
+                .is_none()
+        );
+        let rules = |p| -> Vec<String> {
+            c.check(&purchase(p))
+                .unwrap()
+                .violations
+                .into_iter()
+                .map(|v| v.rule)
+                .collect()
+        };
+        assert_eq!(
+            rules(json!({"amount": -0.5, "currency": "EUR"})),
+            ["minimum"]
+        );
+        assert_eq!(rules(json!({"amount": 1, "currency": "eur"})), ["pattern"]);
+        assert_eq!(
+            rules(json!({"amount": "1", "currency": "EURO"})),
+            ["type", "pattern"]
+        );
+    }
+
     #[test]
     fn an_invalid_schema_is_refused_with_the_reason() {
         let s = Schemas::none();
