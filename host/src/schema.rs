@@ -146,7 +146,7 @@ pub fn read_file(t: &SchemaFile) -> Result<Json, SchemaError> {
 }
 
 /// The latest version of a type, if it checks anything.
-fn latest(versions: &[SchemaVersion]) -> Option<(&SchemaVersion, &Json)> {
+pub fn latest(versions: &[SchemaVersion]) -> Option<(&SchemaVersion, &Json)> {
     let v = versions.last()?;
     Some((v, v.schema.as_ref()?))
 }
@@ -252,7 +252,7 @@ impl Schemas {
             compile(event_type, s)?;
         }
         let _one = self.changes.lock().expect("schemas lock");
-        let list = self.versions().remove(event_type).unwrap_or_default();
+        let list = self.versions_of(event_type);
         if let Some(last) = list.last()
             && last.schema == schema
         {
@@ -357,6 +357,18 @@ impl Schemas {
     /// Every version of every type, oldest first.
     pub fn versions(&self) -> BTreeMap<String, Vec<SchemaVersion>> {
         self.versions.lock().expect("schemas lock").clone()
+    }
+
+    /// Every version of one type, oldest first (empty: never had a schema).
+    pub fn versions_of(&self, event_type: &str) -> Vec<SchemaVersion> {
+        let all = self.versions.lock().expect("schemas lock");
+        all.get(event_type).cloned().unwrap_or_default()
+    }
+
+    /// The version a type is checked with now, if it is checked.
+    pub fn current(&self, event_type: &str) -> Option<SchemaVersion> {
+        let all = self.versions.lock().expect("schemas lock");
+        latest(all.get(event_type)?).map(|(v, _)| v.clone())
     }
 
     /// What the checks of one request use.

@@ -48,7 +48,7 @@ pub(super) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Respo
         .versions()
         .iter()
         .filter_map(|(t, list)| {
-            let v = list.last().filter(|v| v.schema.is_some())?;
+            let (v, _) = crate::schema::latest(list)?;
             Some(version_json(t, v))
         })
         .collect();
@@ -76,13 +76,8 @@ pub(super) async fn get_one(
     if let Some(r) = readable(&s, &headers) {
         return r;
     }
-    let all = s.manager.schemas().versions();
-    match all
-        .get(&event_type)
-        .and_then(|l| l.last())
-        .filter(|v| v.schema.is_some())
-    {
-        Some(v) => axum::Json(version_json(&event_type, v)).into_response(),
+    match s.manager.schemas().current(&event_type) {
+        Some(v) => axum::Json(version_json(&event_type, &v)).into_response(),
         None => not_found(&event_type),
     }
 }
@@ -97,10 +92,10 @@ pub(super) async fn versions(
     if let Some(r) = readable(&s, &headers) {
         return r;
     }
-    let all = s.manager.schemas().versions();
-    let Some(list) = all.get(&event_type) else {
+    let list = s.manager.schemas().versions_of(&event_type);
+    if list.is_empty() {
         return not_found(&event_type);
-    };
+    }
     let versions: Vec<Json> = list.iter().map(|v| version_json(&event_type, v)).collect();
     axum::Json(json!({ "event_type": event_type, "versions": versions })).into_response()
 }
@@ -156,14 +151,7 @@ pub(super) async fn delete(
     if let Some(r) = gate(&s, &headers, None) {
         return r;
     }
-    let checked = s
-        .manager
-        .schemas()
-        .versions()
-        .get(&event_type)
-        .and_then(|l| l.last())
-        .is_some_and(|v| v.schema.is_some());
-    if !checked {
+    if s.manager.schemas().current(&event_type).is_none() {
         return not_found(&event_type);
     }
     change(s, event_type, None).await

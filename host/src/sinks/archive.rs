@@ -539,27 +539,26 @@ impl Archive {
     /// written but never committed (a crash between a checkpoint's seal and
     /// its commit); reading on from `next` archives those events again.
     pub fn forget(&self, source: i32, next: u64) -> Result<usize, ArchiveError> {
-        let (reply, rx) = std::sync::mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::Forget {
-                source,
-                next,
-                reply,
-            })
-            .map_err(|_| ArchiveError::Stopped)?;
-        rx.recv()
-            .map_err(|_| ArchiveError::Stopped)?
-            .map_err(|e| ArchiveError::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })
+        self.ask(|reply| Msg::Forget {
+            source,
+            next,
+            reply,
+        })
     }
 
     /// Closes every part (a checkpoint): returns once they are in place.
     pub fn seal(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.ask(|reply| Msg::Seal { seq, reply })
+    }
+
+    /// Sends the writer a message that carries its reply, and waits for it.
+    fn ask<T>(
+        &self,
+        msg: impl FnOnce(SyncSender<Result<T, String>>) -> Msg,
+    ) -> Result<T, ArchiveError> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         self.tx
-            .send(Msg::Seal { seq, reply })
+            .send(msg(reply))
             .map_err(|_| ArchiveError::Stopped)?;
         rx.recv()
             .map_err(|_| ArchiveError::Stopped)?
