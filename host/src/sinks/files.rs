@@ -41,9 +41,17 @@ impl AppendFile {
             }
             let f = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&self.path)?;
-            self.good_len = f.metadata()?.len();
+            self.good_len = complete_len(&f)?;
+            if self.good_len < f.metadata()?.len() {
+                // A `kill -9` can cut a write short between pages: the
+                // record it held is not covered by a checkpoint, so the
+                // engine writes it again after its replay. Drop the half.
+                tracing::warn!(file = %self.path.display(), kept_bytes = self.good_len, "cutting a half-written last record left by a crash");
+                f.set_len(self.good_len)?;
+            }
             self.file = Some(f);
         }
         Ok(self.file.as_mut().expect("opened above"))
@@ -99,6 +107,25 @@ impl AppendFile {
     }
 }
 
+/// The length of `f` up to and including its last newline: every record
+/// ends with one, so bytes after it are a write that did not finish.
+fn complete_len(f: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let buf = &mut block[..(end - start) as usize];
+        f.read_exact_at(buf, start)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// A file several threads append to (the dead-letter file: the engine and
 /// the sinks' delivery threads).
 pub type SharedFile = std::sync::Arc<std::sync::Mutex<AppendFile>>;
@@ -130,6 +157,28 @@ impl AppendFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_half_written_last_record_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.lp");
+        // What a crash mid-write leaves: two records and half of a third.
+        std::fs::write(&path, "a v=1i 1\nb v=2i 2\nc v=").unwrap();
+        let mut f = AppendFile::new(&path);
+        f.write_str("c v=3i 3\n");
+        f.flush(false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "a v=1i 1\nb v=2i 2\nc v=3i 3\n"
+        );
+
+        // No newline at all: nothing of it was complete.
+        std::fs::write(&path, "x".repeat(70_000)).unwrap();
+        let mut f = AppendFile::new(&path);
+        f.write_str("d v=4i 4\n");
+        f.flush(false).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "d v=4i 4\n");
+    }
 
     #[test]
     fn a_failed_write_keeps_its_records_pending() {

@@ -68,6 +68,37 @@ enum Moment {
     SinkRetrying,
 }
 
+type Points = std::collections::BTreeMap<(String, i64), std::collections::BTreeMap<String, Value>>;
+
+/// Waits until `read` gives `want`; if it never does, fails naming the
+/// points that are missing, extra or different.
+fn wait_for_points(place: &str, want: &Points, read: impl Fn() -> Points) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut got = read();
+    while &got != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = read();
+    }
+    if &got == want {
+        return;
+    }
+    let differ = |a: &Points, b: &Points| -> Vec<String> {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .take(10)
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .collect()
+    };
+    panic!(
+        "{place} never held the points of the uninterrupted run ({} points, want {}):\n\
+         not as wanted: {:#?}\nwanted: {:#?}",
+        got.len(),
+        want.len(),
+        differ(&got, want),
+        differ(want, &got)
+    );
+}
+
 /// Under load, `kill -9` at 10 moments and a restart each time: every
 /// event answered `202` is counted once in the final points (in InfluxDB and
 /// in `metrics.lp`), and every alert is there, as in an uninterrupted run.
@@ -171,16 +202,10 @@ fn kill_9_at_ten_moments_loses_and_doubles_nothing() {
             == s.metric("nexuspipe_events_accepted_total")
                 + s.metric("nexuspipe_wal_replayed_events_total")
     });
-    wait_until(
-        60,
-        "the points of the uninterrupted run in metrics.lp",
-        || expected_points(&s.read("metrics.lp")) == want_points,
-    );
-    wait_until(
-        60,
-        "the points of the uninterrupted run in InfluxDB",
-        || influx.influx_points() == want_points,
-    );
+    wait_for_points("metrics.lp", &want_points, || {
+        expected_points(&s.read("metrics.lp"))
+    });
+    wait_for_points("InfluxDB", &want_points, || influx.influx_points());
     assert_eq!(alert_set(&s.read("alerts.jsonl")), want_alerts);
     assert!(
         replayed > 0.0,
