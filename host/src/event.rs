@@ -10,7 +10,7 @@
 //! plugins without conversion.
 
 use crate::bindings::types::MetricPoint;
-pub use crate::bindings::types::{Event, Metadata, Property, Value};
+pub use crate::bindings::types::{Event, EventFields, Metadata, MetadataFields, Property, Value};
 use serde_json::{Map, Value as Json, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -335,42 +335,106 @@ pub fn parse_events(body: &[u8], ndjson: bool, d: &EventDefaults<'_>) -> Option<
     // One SIMD pass over the whole body; parsing text then skips the check
     // of every string (serde_json's byte parser checks each one on its own).
     let body = simdutf8::basic::from_utf8(body).ok()?;
+    let all = Keep::all();
     if ndjson {
         return body
             .split('\n')
             .filter(|line| !line.trim_ascii().is_empty())
-            .map(|line| {
-                serde_json::from_str::<wire::Event>(line)
-                    .ok()?
-                    .into_event(d)
-            })
+            .map(|line| parse_event_kept(line, d, &all))
             .collect();
     }
     match body.trim_ascii_start().as_bytes().first()? {
-        b'[' => serde_json::from_str::<Vec<wire::Event>>(body)
-            .ok()?
-            .into_iter()
-            .map(|w| w.into_event(d))
-            .collect(),
-        b'{' => Some(vec![
-            serde_json::from_str::<wire::Event>(body)
-                .ok()?
-                .into_event(d)?,
-        ]),
+        b'[' => {
+            use serde::de::DeserializeSeed;
+            let mut de = serde_json::Deserializer::from_str(body);
+            let events = wire::Events(&all).deserialize(&mut de).ok()?;
+            de.end().ok()?;
+            events.into_iter().map(|w| w.into_event(d)).collect()
+        }
+        b'{' => Some(vec![parse_event_kept(body, d, &all)?]),
         _ => None,
     }
 }
 
+/// The fields of an event a reader builds; the others it checks as
+/// [`from_json`] would, and leaves out (a replay builds only what its
+/// pipeline reads). The id, type and time are always built.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    /// Property keys, sorted; `None`: every property.
+    pub properties: Option<Vec<String>>,
+    pub metadata: MetadataFields,
+    /// `user-id` and `session-id` (the id is always kept).
+    pub fields: EventFields,
+}
+
+impl Keep {
+    pub fn all() -> Keep {
+        Keep {
+            properties: None,
+            metadata: MetadataFields::all(),
+            fields: EventFields::all(),
+        }
+    }
+
+    /// Nothing but the id, type and time.
+    pub fn none() -> Keep {
+        Keep {
+            properties: Some(Vec::new()),
+            metadata: MetadataFields::empty(),
+            fields: EventFields::empty(),
+        }
+    }
+
+    /// Keeps what `other` keeps as well.
+    pub fn add(
+        &mut self,
+        properties: Option<&[String]>,
+        metadata: MetadataFields,
+        fields: EventFields,
+    ) {
+        match (&mut self.properties, properties) {
+            (Some(keys), Some(more)) => {
+                keys.extend(more.iter().cloned());
+                keys.sort();
+                keys.dedup();
+            }
+            (Some(_), None) => self.properties = None,
+            (None, _) => {}
+        }
+        self.metadata |= metadata;
+        self.fields |= fields;
+    }
+
+    fn property(&self, key: &str) -> bool {
+        self.properties
+            .as_ref()
+            .is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok())
+    }
+}
+
+/// One JSON event (a line of NDJSON) into an event with the fields of
+/// `keep`; `None` whenever [`from_json`] would refuse it (the caller then
+/// takes that path, which names the problem), or treat it specially.
+pub fn parse_event_kept(text: &str, d: &EventDefaults<'_>, keep: &Keep) -> Option<Event> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let event = wire::EventSeed(keep).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    event.into_event(d)
+}
+
 /// The canonical JSON event as serde types, for [`parse_events`]. Every
-/// visitor accepts exactly what [`from_json`] accepts, or fails.
+/// visitor accepts exactly what [`from_json`] accepts, or fails; fields
+/// left out by a [`Keep`] are checked the same way and not built.
 mod wire {
-    use super::{EventDefaults, Metadata, Property, Value};
+    use super::{EventDefaults, EventFields, Keep, Metadata, MetadataFields, Property, Value};
     use serde::Deserialize;
-    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
     use std::fmt;
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Default)]
     pub struct Event {
         event_id: Option<Text>,
         event_type: Option<String>,
@@ -378,28 +442,190 @@ mod wire {
         user_id: Option<Text>,
         session_id: Option<Text>,
         properties: Option<Props>,
-        metadata: Option<Meta>,
+        metadata: Option<Metadata>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Meta {
-        ip_address: Option<Text>,
-        user_agent: Option<Text>,
-        platform: Option<Text>,
-        url: Option<Text>,
-        referrer: Option<Text>,
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(field_identifier, rename_all = "snake_case")]
+    enum Field {
+        EventId,
+        EventType,
+        Timestamp,
+        UserId,
+        SessionId,
+        Properties,
+        Metadata,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(field_identifier, rename_all = "snake_case")]
+    enum MetaField {
+        IpAddress,
+        UserAgent,
+        Platform,
+        Url,
+        Referrer,
+    }
+
+    /// Fails on a key seen before in the same object (`seen`: a bit per key).
+    fn once<E: de::Error>(seen: &mut u8, bit: u8) -> Result<(), E> {
+        if *seen & (1 << bit) != 0 {
+            return Err(E::custom("duplicate field"));
+        }
+        *seen |= 1 << bit;
+        Ok(())
+    }
+
+    /// An event: a JSON object (never an array, which derived serde
+    /// structs would also take).
+    pub struct EventSeed<'k>(pub &'k Keep);
+
+    impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+        type Value = Event;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for EventSeed<'_> {
+        type Value = Event;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an event object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+            let keep = self.0;
+            let mut e = Event::default();
+            let mut seen = 0u8;
+            let text = |kept: bool| Nullable(TextSeed { kept });
+            while let Some(field) = map.next_key::<Field>()? {
+                once(&mut seen, field as u8)?;
+                match field {
+                    Field::EventId => e.event_id = map.next_value_seed(text(true))?,
+                    Field::EventType => e.event_type = map.next_value()?,
+                    Field::Timestamp => e.timestamp = map.next_value()?,
+                    Field::UserId => {
+                        e.user_id =
+                            map.next_value_seed(text(keep.fields.contains(EventFields::USER_ID)))?
+                    }
+                    Field::SessionId => {
+                        e.session_id = map
+                            .next_value_seed(text(keep.fields.contains(EventFields::SESSION_ID)))?
+                    }
+                    Field::Properties => {
+                        e.properties = map.next_value_seed(Nullable(PropsSeed(keep)))?
+                    }
+                    Field::Metadata => {
+                        e.metadata = map.next_value_seed(Nullable(MetaSeed(keep.metadata)))?
+                    }
+                }
+            }
+            Ok(e)
+        }
+    }
+
+    /// A JSON array of events.
+    pub struct Events<'k>(pub &'k Keep);
+
+    impl<'de> DeserializeSeed<'de> for Events<'_> {
+        type Value = Vec<Event>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Event>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Events<'_> {
+        type Value = Vec<Event>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Event>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(e) = seq.next_element_seed(EventSeed(self.0))? {
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+
+    /// `null` as `None`, anything else through the inner seed.
+    struct Nullable<S>(S);
+
+    impl<'de, S: DeserializeSeed<'de> + Copy> DeserializeSeed<'de> for Nullable<S> {
+        type Value = Option<S::Value>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_option(self)
+        }
+    }
+
+    impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for Nullable<S> {
+        type Value = Option<S::Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a value or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            self.0.deserialize(d).map(Some)
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct MetaSeed(MetadataFields);
+
+    impl<'de> DeserializeSeed<'de> for MetaSeed {
+        type Value = Metadata;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Metadata, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for MetaSeed {
+        type Value = Metadata;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a metadata object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+            let mut md = Metadata {
+                ip_address: None,
+                user_agent: None,
+                platform: None,
+                url: None,
+                referrer: None,
+            };
+            let mut seen = 0u8;
+            while let Some(field) = map.next_key::<MetaField>()? {
+                once(&mut seen, field as u8)?;
+                let (flag, slot) = match field {
+                    MetaField::IpAddress => (MetadataFields::IP_ADDRESS, &mut md.ip_address),
+                    MetaField::UserAgent => (MetadataFields::USER_AGENT, &mut md.user_agent),
+                    MetaField::Platform => (MetadataFields::PLATFORM, &mut md.platform),
+                    MetaField::Url => (MetadataFields::URL, &mut md.url),
+                    MetaField::Referrer => (MetadataFields::REFERRER, &mut md.referrer),
+                };
+                let text = map.next_value_seed(Nullable(TextSeed {
+                    kept: self.0.contains(flag),
+                }))?;
+                *slot = text.and_then(|t| t.0);
+            }
+            Ok(md)
+        }
     }
 
     impl Event {
         pub fn into_event(self, d: &EventDefaults<'_>) -> Option<super::Event> {
             let event_type = self.event_type.filter(|t| !t.trim().is_empty())?;
             let text = |t: Option<Text>| t.and_then(|t| t.0);
-            let md = self.metadata;
-            let (ip, ua, platform, url, referrer) = match md {
-                Some(m) => (m.ip_address, m.user_agent, m.platform, m.url, m.referrer),
-                None => (None, None, None, None, None),
-            };
+            let md = self.metadata.unwrap_or(Metadata {
+                ip_address: None,
+                user_agent: None,
+                platform: None,
+                url: None,
+                referrer: None,
+            });
             let timestamp = d
                 .check_time(self.timestamp.map_or(d.now_ms, |t| t.0))
                 .ok()?;
@@ -411,11 +637,9 @@ mod wire {
                 session_id: text(self.session_id),
                 properties: self.properties.map(|p| p.0).unwrap_or_default(),
                 metadata: Metadata {
-                    ip_address: text(ip).or_else(|| d.ip_address.map(str::to_string)),
-                    user_agent: text(ua).or_else(|| d.user_agent.map(str::to_string)),
-                    platform: text(platform),
-                    url: text(url),
-                    referrer: text(referrer),
+                    ip_address: md.ip_address.or_else(|| d.ip_address.map(str::to_string)),
+                    user_agent: md.user_agent.or_else(|| d.user_agent.map(str::to_string)),
+                    ..md
                 },
             })
         }
@@ -424,33 +648,40 @@ mod wire {
     /// An id or other text field: a string (empty means absent) or a number.
     struct Text(Option<String>);
 
-    impl<'de> Deserialize<'de> for Text {
-        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl Visitor<'_> for V {
-                type Value = Text;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a string or a number")
-                }
-                fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
-                    Ok(Text((!s.is_empty()).then(|| s.to_string())))
-                }
-                fn visit_string<E: de::Error>(self, s: String) -> Result<Text, E> {
-                    Ok(Text((!s.is_empty()).then_some(s)))
-                }
-                fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
-                    Ok(Text(Some(n.to_string())))
-                }
-                fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
-                    Ok(Text(Some(n.to_string())))
-                }
-                fn visit_f64<E: de::Error>(self, n: f64) -> Result<Text, E> {
-                    serde_json::Number::from_f64(n)
-                        .map(|n| Text(Some(n.to_string())))
-                        .ok_or_else(|| E::custom("not a finite number"))
-                }
-            }
-            d.deserialize_any(V)
+    /// A [`Text`], built only if `kept` (else checked and left out).
+    #[derive(Clone, Copy)]
+    struct TextSeed {
+        kept: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for TextSeed {
+        type Value = Text;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Text, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl Visitor<'_> for TextSeed {
+        type Value = Text;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a number")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+            Ok(Text((self.kept && !s.is_empty()).then(|| s.to_string())))
+        }
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Text, E> {
+            Ok(Text((self.kept && !s.is_empty()).then_some(s)))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+            Ok(Text(self.kept.then(|| n.to_string())))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
+            Ok(Text(self.kept.then(|| n.to_string())))
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Text, E> {
+            serde_json::Number::from_f64(n)
+                .map(|n| Text(self.kept.then(|| n.to_string())))
+                .ok_or_else(|| E::custom("not a finite number"))
         }
     }
 
@@ -489,32 +720,74 @@ mod wire {
     /// Properties in key order, nulls left out, as the JSON-value path builds them.
     struct Props(Vec<Property>);
 
-    impl<'de> Deserialize<'de> for Props {
+    /// [`Props`] with the keys `keep` reads; every key is still checked
+    /// (an object, no key twice).
+    #[derive(Clone, Copy)]
+    struct PropsSeed<'k>(&'k Keep);
+
+    impl<'de> DeserializeSeed<'de> for PropsSeed<'_> {
+        type Value = Props;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Props, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for PropsSeed<'_> {
+        type Value = Props;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Props, A::Error> {
+            let mut props: Vec<(Cow<'de, str>, Option<Value>)> = Vec::new();
+            while let Some(Key(key)) = map.next_key()? {
+                let value = if self.0.property(&key) {
+                    map.next_value::<PropValue>()?.0
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                    None
+                };
+                props.push((key, value));
+            }
+            props.sort_by(|a, b| a.0.cmp(&b.0));
+            if props.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err(de::Error::custom("duplicate property"));
+            }
+            Ok(Props(
+                props
+                    .into_iter()
+                    .filter_map(|(key, v)| {
+                        v.map(|value| Property {
+                            key: key.into_owned(),
+                            value,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// A property key, borrowed from the text where it has no escapes.
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
         fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
             impl<'de> Visitor<'de> for V {
-                type Value = Props;
+                type Value = Key<'de>;
                 fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("an object")
+                    f.write_str("a key")
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Props, A::Error> {
-                    let mut props: Vec<(String, Option<Value>)> = Vec::new();
-                    while let Some((key, PropValue(value))) = map.next_entry()? {
-                        props.push((key, value));
-                    }
-                    props.sort_by(|a, b| a.0.cmp(&b.0));
-                    if props.windows(2).any(|w| w[0].0 == w[1].0) {
-                        return Err(de::Error::custom("duplicate property"));
-                    }
-                    Ok(Props(
-                        props
-                            .into_iter()
-                            .filter_map(|(key, v)| v.map(|value| Property { key, value }))
-                            .collect(),
-                    ))
+                fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(s)))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s.to_string())))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s)))
                 }
             }
-            d.deserialize_map(V)
+            d.deserialize_str(V)
         }
     }
 
@@ -720,6 +993,83 @@ mod tests {
             r#"{"event_type":"x"} trailing"#,
         ] {
             assert!(parse_events(bad.as_bytes(), false, &d).is_none(), "{bad}");
+        }
+    }
+
+    /// What `keep` leaves of a whole event: a reference for the parser's
+    /// projection.
+    fn projected(mut e: Event, keep: &Keep) -> Event {
+        if let Some(keys) = &keep.properties {
+            e.properties.retain(|p| keys.contains(&p.key));
+        }
+        let md = &mut e.metadata;
+        for (flag, field) in [
+            (MetadataFields::IP_ADDRESS, &mut md.ip_address),
+            (MetadataFields::USER_AGENT, &mut md.user_agent),
+            (MetadataFields::PLATFORM, &mut md.platform),
+            (MetadataFields::URL, &mut md.url),
+            (MetadataFields::REFERRER, &mut md.referrer),
+        ] {
+            if !keep.metadata.contains(flag) {
+                *field = None;
+            }
+        }
+        if !keep.fields.contains(EventFields::USER_ID) {
+            e.user_id = None;
+        }
+        if !keep.fields.contains(EventFields::SESSION_ID) {
+            e.session_id = None;
+        }
+        e
+    }
+
+    #[test]
+    fn a_kept_parse_builds_what_it_keeps_and_checks_the_rest() {
+        let d = EventDefaults::default();
+        let lines = [
+            r#"{"event_id":"e1","event_type":"purchase","timestamp":5,"user_id":42,"session_id":"s",
+                "properties":{"z":1,"amount":12.5,"tags":["a"],"n":null,"s\u00e9":"t"},
+                "metadata":{"ip_address":"1.2.3.4","user_agent":"ua","url":null,"referrer":"r","platform":"web"}}"#,
+            r#"{"event_id":"e2","event_type":"x","timestamp":"2026-01-01T00:00:00Z","user_id":1.5,"properties":null,"metadata":null}"#,
+            r#"{"metadata":{"platform":"ios"},"event_type":"y","event_id":7,"timestamp":9}"#,
+        ];
+        let mut some = Keep::none();
+        some.add(
+            Some(&["amount".to_string(), "sé".to_string()]),
+            MetadataFields::IP_ADDRESS | MetadataFields::PLATFORM,
+            EventFields::SESSION_ID,
+        );
+        for keep in [Keep::all(), Keep::none(), some] {
+            for line in lines {
+                let whole = from_json(serde_json::from_str(line).unwrap(), &d).unwrap();
+                let kept = parse_event_kept(line, &d, &keep).expect(line);
+                assert_eq!(kept, projected(whole, &keep), "{keep:?} {line}");
+            }
+            // What the value path refuses is refused, read or not; a key
+            // twice is left to the value path (which takes the last).
+            for (bad, refused) in [
+                (r#"{"event_type":"x","user_id":true}"#, true),
+                (r#"{"event_type":"x","session_id":{}}"#, true),
+                (r#"{"event_type":"x","properties":{"a":1,"a":2}}"#, false),
+                (r#"{"event_type":"x","properties":[1]}"#, true),
+                (r#"{"event_type":"x","properties":5}"#, true),
+                (r#"{"event_type":"x","metadata":{"ip":"1"}}"#, true),
+                (
+                    r#"{"event_type":"x","metadata":{"url":"a","url":"b"}}"#,
+                    false,
+                ),
+                (r#"{"event_type":"x","metadata":{"user_agent":[]}}"#, true),
+                (r#"{"event_type":"x","user_id":1,"user_id":2}"#, false),
+                (r#"{"event_type":"x","extra":1}"#, true),
+                (r#"["e","x"]"#, true),
+                (r#"{"event_type":"x"} trailing"#, true),
+            ] {
+                let value_path = serde_json::from_str(bad)
+                    .ok()
+                    .and_then(|v| from_json(v, &d).ok());
+                assert_eq!(value_path.is_none(), refused, "the value path on {bad}");
+                assert!(parse_event_kept(bad, &d, &keep).is_none(), "{keep:?} {bad}");
+            }
         }
     }
 

@@ -6,8 +6,8 @@ use super::run::{describe, engine_settings, load_config, pipeline, start_pipelin
 use anyhow::{Context, Result, bail};
 use nexuspipe::config::Durability;
 use nexuspipe::engine::Engine;
-use nexuspipe::event::{EventDefaults, from_json, parse_events, parse_timestamp};
-use nexuspipe::runtime::Event;
+use nexuspipe::event::{EventDefaults, Keep, from_json, parse_event_kept, parse_timestamp};
+use nexuspipe::runtime::{Event, Plugin};
 use nexuspipe::sinks::Outputs;
 use nexuspipe::sinks::archive;
 use nexuspipe::telemetry::Metrics;
@@ -175,10 +175,17 @@ fn job(
         // History: no bound ahead of now.
         max_future_ms: None,
     };
-    let (items, size) = open_source(from, (start, end), defaults.clone(), read.clone(), bucket)?;
-
     let metrics = Arc::new(Metrics::new());
     let (_manager, plugins) = start_pipeline(&config, metrics.clone())?;
+    let keep = reads_of(&config, &plugins);
+    let (items, size) = open_source(
+        from,
+        (start, end),
+        defaults.clone(),
+        read.clone(),
+        bucket,
+        keep,
+    )?;
     let outputs = Outputs::open(&config, metrics.clone())?;
     let stopper = outputs.stopper();
     let batch_size = config.engine.batch_size;
@@ -279,6 +286,21 @@ fn job(
     }))
 }
 
+/// What the pipeline reads of an event: an NDJSON input is parsed into
+/// that alone (every line is still checked whole), which spares a
+/// string per field nobody reads. With `[archive]`, events stay whole.
+fn reads_of(config: &nexuspipe::config::Config, plugins: &[Plugin]) -> Keep {
+    if config.archive.is_some() {
+        return Keep::all();
+    }
+    let mut keep = Keep::none();
+    for p in plugins {
+        let i = p.interest();
+        keep.add(i.properties.as_deref(), i.metadata, i.fields);
+    }
+    keep
+}
+
 /// An event of the input, or a line that is not one.
 enum Parsed {
     Event(Event),
@@ -296,6 +318,7 @@ fn open_source(
     defaults: EventDefaults<'static>,
     read: Arc<AtomicU64>,
     bucket: Vec<(String, String)>,
+    keep: Keep,
 ) -> Result<(Items, u64)> {
     if let Some(url) = from.to_str().filter(|u| u.starts_with("s3://")) {
         let reader = Arc::new(
@@ -329,7 +352,7 @@ fn open_source(
     let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let counted = Counted { inner: file, read };
-    let reader: Box<dyn BufRead> = if from.extension().is_some_and(|x| x == "gz") {
+    let mut reader: Box<dyn BufRead> = if from.extension().is_some_and(|x| x == "gz") {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
             BufReader::new(counted),
         )))
@@ -337,27 +360,38 @@ fn open_source(
         Box::new(BufReader::with_capacity(1 << 20, counted))
     };
     let name = from.display().to_string();
-    let items = reader.lines().enumerate().filter_map(move |(i, line)| {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => return Some(Err(anyhow::anyhow!("reading {name}: {e}"))),
-        };
-        if line.trim().is_empty() {
-            return None;
+    // One buffer for every line: the events own their strings, not it.
+    let mut line = String::new();
+    let mut n = 0usize;
+    let items = std::iter::from_fn(move || {
+        loop {
+            line.clear();
+            n += 1;
+            match reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(anyhow::anyhow!("reading {name}: {e}"))),
+            }
+            let text = line.trim_end_matches(['\n', '\r']);
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(Ok(match parse_event_kept(text, &defaults, &keep) {
+                Some(event) => Parsed::Event(event),
+                // The value path names what is wrong.
+                None => match serde_json::from_str(text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        from_json(v, &defaults).map_err(|e| format!("{}: {}", e.field, e.message))
+                    }) {
+                    Ok(e) => Parsed::Event(e),
+                    Err(why) => Parsed::Invalid {
+                        at: format!("line {n}"),
+                        why,
+                    },
+                },
+            }));
         }
-        let at = || format!("line {}", i + 1);
-        Some(Ok(match parse_events(line.as_bytes(), false, &defaults) {
-            Some(mut one) if one.len() == 1 => Parsed::Event(one.pop().expect("one event")),
-            // The value path names what is wrong.
-            _ => match serde_json::from_str(&line)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    from_json(v, &defaults).map_err(|e| format!("{}: {}", e.field, e.message))
-                }) {
-                Ok(e) => Parsed::Event(e),
-                Err(why) => Parsed::Invalid { at: at(), why },
-            },
-        }))
     });
     Ok((Box::new(items), size))
 }
