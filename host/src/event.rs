@@ -467,6 +467,18 @@ mod wire {
         Referrer,
     }
 
+    /// A seed that takes a JSON object through its own `visit_map`.
+    macro_rules! map_seed {
+        ($seed:ty, $value:ty) => {
+            impl<'de> DeserializeSeed<'de> for $seed {
+                type Value = $value;
+                fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                    d.deserialize_map(self)
+                }
+            }
+        };
+    }
+
     /// Fails on a key seen before in the same object (`seen`: a bit per key).
     fn once<E: de::Error>(seen: &mut u8, bit: u8) -> Result<(), E> {
         if *seen & (1 << bit) != 0 {
@@ -480,12 +492,7 @@ mod wire {
     /// structs would also take).
     pub struct EventSeed<'k>(pub &'k Keep);
 
-    impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-        type Value = Event;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
+    map_seed!(EventSeed<'_>, Event);
 
     impl<'de> Visitor<'de> for EventSeed<'_> {
         type Value = Event;
@@ -576,12 +583,7 @@ mod wire {
     #[derive(Clone, Copy)]
     struct MetaSeed(MetadataFields);
 
-    impl<'de> DeserializeSeed<'de> for MetaSeed {
-        type Value = Metadata;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Metadata, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
+    map_seed!(MetaSeed, Metadata);
 
     impl<'de> Visitor<'de> for MetaSeed {
         type Value = Metadata;
@@ -725,12 +727,7 @@ mod wire {
     #[derive(Clone, Copy)]
     struct PropsSeed<'k>(&'k Keep);
 
-    impl<'de> DeserializeSeed<'de> for PropsSeed<'_> {
-        type Value = Props;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Props, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
+    map_seed!(PropsSeed<'_>, Props);
 
     impl<'de> Visitor<'de> for PropsSeed<'_> {
         type Value = Props;
