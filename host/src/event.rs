@@ -386,7 +386,7 @@ impl Keep {
         }
     }
 
-    /// Keeps what `other` keeps as well.
+    /// Also keeps these properties (`None`: every one), metadata and fields.
     pub fn add(
         &mut self,
         properties: Option<&[String]>,
