@@ -70,11 +70,16 @@ impl Collector {
                 ("enable.idempotence", "true"),
                 // Every answer waits for its records' acks, so a client's
                 // throughput is its requests in flight over this latency.
-                // Measured with 4 clients of 100-event posts: 2 ms gave
-                // 108 000 events/s (p50 3.3 ms), 0 ms 129 000 at twice the
-                // CPU (a produce request per post), 0.5 ms 147 000; later,
-                // 0.25 ms gave 0.35x a plain producer where 0.5 gave 0.53x.
-                ("linger.ms", "0.5"),
+                // librdkafka sleeps in whole milliseconds, so any linger
+                // under 1 ms waited about 1 ms (p50 0.9 ms in its stats),
+                // and 5 requests in flight split posts into many small
+                // ones. With no linger and one request in flight a
+                // partition's records gather while the one before is
+                // acknowledged: 1.3x the events/s of linger 0.5 with 4 and
+                // with 16 clients, p99 3.6 ms instead of 8
+                // (docs/kafka-performance.md).
+                ("linger.ms", "0"),
+                ("max.in.flight.requests.per.connection", "1"),
                 ("compression.type", "lz4"),
                 ("message.timeout.ms", &timeout_ms),
                 ("queue.buffering.max.messages", "500000"),
