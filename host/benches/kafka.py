@@ -19,11 +19,7 @@ Usage: make bench-kafka   (or python3 host/benches/kafka.py [--repeat 3])
 """
 import argparse, json, re, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from load import BIN, ROOT, free_port, metrics, run_case, scalar, start_server, thread_cpu
-
-
-def process_cpu(pid):
-    return sum(thread_cpu(pid).values())
+from load import BIN, ROOT, free_port, metrics, process_cpu, run_case, scalar, start_server, thread_cpu
 
 
 def labelled_sum(text, name):

@@ -376,10 +376,11 @@ fn run(consumer: BaseConsumer<Ctx>, stop: Arc<AtomicBool>) -> Result<(), KafkaEr
                     tracing::warn!(error = %e, "kafka consumer error");
                     break;
                 }
+                // Past the deadline `poll` waits no more: this takes what
+                // is already fetched. (It stopped after one record, which
+                // held the keyed stage to one record a round while a
+                // source backlog lasted.)
                 None => break,
-            }
-            if left.is_zero() {
-                break;
             }
         }
         let mut p = consumer.context().lock();
@@ -2361,10 +2362,11 @@ struct KeyedDone {
 impl KeyedSide<'_> {
     /// Runs each keyed task on the records its partition delivered.
     fn run(&mut self, records: Vec<Record>) -> KeyedDone {
-        let mut batches: BTreeMap<(usize, i32), Vec<Item>> = BTreeMap::new();
-        let mut dead = Vec::new();
-        let mut duplicates = 0u64;
         let mut taken = vec![0u64; self.stages.len()];
+        // Each task's records, in order. Decoding and de-duplicating them is
+        // the task's own work, so it happens on the task's thread: done here
+        // for every stage, it was as long as running the plugins.
+        let mut per_task: BTreeMap<(usize, i32), Vec<Record>> = BTreeMap::new();
         for r in records {
             let Some(stage) = self.stages.iter().position(|s| s.0 == r.topic) else {
                 continue;
@@ -2375,96 +2377,120 @@ impl KeyedSide<'_> {
             };
             task.next_offset = task.next_offset.max(r.offset + 1);
             task.changed = true;
-            let items = match r.payload.as_deref().map(internal::decode) {
-                Some(Ok(items)) => items,
-                Some(Err(reason)) => {
-                    dead.push(bad_record(&r, &reason));
-                    continue;
-                }
-                None => {
-                    dead.push(bad_record(&r, "the record has no value"));
-                    continue;
-                }
-            };
-            let batch = batches.entry((stage, r.partition)).or_default();
-            for item in items {
-                let (src, off, idx, e) = match item {
-                    internal::Item::Marker(src, ts) => {
-                        batch.push(Item::Marker(src, ts));
-                        continue;
-                    }
-                    internal::Item::Event {
-                        src,
-                        offset,
-                        index,
-                        event,
-                    } => (src, offset, index, event),
-                };
-                if task.seen.get(&src).is_some_and(|&last| (off, idx) <= last) {
-                    continue; // a replayed copy of an event already taken in
-                }
-                task.seen.insert(src, (off, idx));
-                if task.ids.first(&e.id, e.timestamp) {
-                    batch.push(Item::Event(e, src));
-                } else {
-                    // Every interested stage drops its copy; the first counts it.
-                    let first = self
-                        .stages
-                        .iter()
-                        .position(|(_, active, i)| *active && interested(i, &e));
-                    duplicates += u64::from(first == Some(stage));
-                }
-            }
+            per_task.entry((stage, r.partition)).or_default().push(r);
         }
         // The stages' tasks run at once, a stage's tasks on one thread (as
         // the embedded assembly line runs each stateful plugin on a thread
         // of its own). Measured on the default pipeline: 0.55x of the
         // embedded engine with the funnel's and the alerts' tasks one after
         // the other, 0.60x at once.
-        let stages: BTreeSet<usize> = batches.keys().map(|(s, _)| *s).collect();
+        let stages: BTreeSet<usize> = per_task.keys().map(|(s, _)| *s).collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(stages.len())
             .max(1);
-        let mut groups: Vec<Vec<(&mut Task, Vec<Item>)>> =
+        let mut groups: Vec<Vec<(usize, &mut Task, Vec<Record>)>> =
             (0..threads).map(|_| Vec::new()).collect();
         for (key, task) in self.tasks.iter_mut() {
-            if let Some(items) = batches.remove(key) {
+            if let Some(records) = per_task.remove(key) {
                 let g = stages.iter().position(|s| *s == key.0).unwrap_or(0) % threads;
-                groups[g].push((task, items));
+                groups[g].push((key.0, task, records));
             }
         }
         let size = self.settings.batch_size;
+        let all = &self.stages[..];
         let mut groups = groups.into_iter();
         let first = groups.next().unwrap_or_default();
-        let (out, processed) = std::thread::scope(|sc| {
+        std::thread::scope(|sc| {
             let others: Vec<_> = groups
-                .map(|g| sc.spawn(move || run_tasks(g, size)))
+                .map(|g| sc.spawn(move || run_tasks(g, all, size)))
                 .collect();
-            let mut done = run_tasks(first, size);
+            let mut done = run_tasks(first, all, size);
             for t in others {
-                let (o, n) = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                done.0.append(o);
-                done.1 += n;
+                let d = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                done.out.append(d.out);
+                done.dead.extend(d.dead);
+                done.processed += d.processed;
+                done.duplicates += d.duplicates;
             }
+            done.taken = taken;
             done
-        });
-        KeyedDone {
-            out,
-            dead,
-            processed,
-            duplicates,
-            taken,
-        }
+        })
     }
 }
 
-/// Runs tasks on what their partitions delivered, in chunks of `size`:
-/// their outputs, and how many events they processed.
-fn run_tasks(work: Vec<(&mut Task, Vec<Item>)>, size: usize) -> (PluginOutput, u64) {
-    let mut out = PluginOutput::default();
-    let mut processed = 0u64;
-    for (task, items) in work {
+/// The events of a task's records that it has not taken in before, in
+/// order, with the idle markers; a record that does not decode is a dead
+/// letter. Returns the items and how many duplicates this stage counts.
+fn take_in(
+    task: &mut Task,
+    stage: usize,
+    records: Vec<Record>,
+    stages: &[(&str, bool, &Interest)],
+    dead: &mut Vec<serde_json::Value>,
+) -> (Vec<Item>, u64) {
+    let mut batch = Vec::new();
+    let mut duplicates = 0u64;
+    for r in records {
+        let items = match r.payload.as_deref().map(internal::decode) {
+            Some(Ok(items)) => items,
+            Some(Err(reason)) => {
+                dead.push(bad_record(&r, &reason));
+                continue;
+            }
+            None => {
+                dead.push(bad_record(&r, "the record has no value"));
+                continue;
+            }
+        };
+        batch.reserve(items.len());
+        for item in items {
+            let (src, off, idx, e) = match item {
+                internal::Item::Marker(src, ts) => {
+                    batch.push(Item::Marker(src, ts));
+                    continue;
+                }
+                internal::Item::Event {
+                    src,
+                    offset,
+                    index,
+                    event,
+                } => (src, offset, index, event),
+            };
+            if task.seen.get(&src).is_some_and(|&last| (off, idx) <= last) {
+                continue; // a replayed copy of an event already taken in
+            }
+            task.seen.insert(src, (off, idx));
+            if task.ids.first(&e.id, e.timestamp) {
+                batch.push(Item::Event(e, src));
+            } else {
+                // Every interested stage drops its copy; the first counts it.
+                let first = stages
+                    .iter()
+                    .position(|(_, active, i)| *active && interested(i, &e));
+                duplicates += u64::from(first == Some(stage));
+            }
+        }
+    }
+    (batch, duplicates)
+}
+
+/// Runs tasks on what their partitions delivered, in chunks of `size`.
+fn run_tasks(
+    work: Vec<(usize, &mut Task, Vec<Record>)>,
+    stages: &[(&str, bool, &Interest)],
+    size: usize,
+) -> KeyedDone {
+    let mut done = KeyedDone {
+        out: PluginOutput::default(),
+        dead: Vec::new(),
+        processed: 0,
+        duplicates: 0,
+        taken: Vec::new(),
+    };
+    for (stage, task, records) in work {
+        let (items, duplicates) = take_in(task, stage, records, stages, &mut done.dead);
+        done.duplicates += duplicates;
         let n = items.len();
         for (batch, wm) in batches(items, n, size, &mut task.wm) {
             let mut events: Vec<Event> = batch
@@ -2474,12 +2500,12 @@ fn run_tasks(work: Vec<(&mut Task, Vec<Item>)>, size: usize) -> (PluginOutput, u
                     Item::Marker(..) => None,
                 })
                 .collect();
-            processed += events.len() as u64;
-            task.plugin.process(&mut events, wm, &mut out);
+            done.processed += events.len() as u64;
+            task.plugin.process(&mut events, wm, &mut done.out);
         }
         task.ids.expire(task.wm.current);
     }
-    (out, processed)
+    done
 }
 
 /// The topics a processor consumes: the events topic and the active stages'.
