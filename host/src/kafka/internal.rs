@@ -126,6 +126,12 @@ pub fn encode_each(events: &[Event]) -> (Vec<u8>, Vec<usize>) {
 
 /// Reads a record back; the error says what is wrong with it.
 pub fn decode(b: &[u8]) -> Result<Vec<Item>, String> {
+    decode_wanted(b, None)
+}
+
+/// [`decode`], reading of each event only what `wanted` names (see
+/// [`replay::decode_wanted`]).
+pub fn decode_wanted(b: &[u8], wanted: Option<&replay::Wanted>) -> Result<Vec<Item>, String> {
     let mut r = b;
     let version = take(&mut r, 1)?[0];
     if version != VERSION {
@@ -170,7 +176,7 @@ pub fn decode(b: &[u8]) -> Result<Vec<Item>, String> {
     if n != expected {
         return Err(format!("{n} events for {expected} event items"));
     }
-    let mut events = replay::decode(r, n)?.into_iter();
+    let mut events = replay::decode_wanted(r, n, wanted)?.into_iter();
     Ok(entries
         .into_iter()
         .map(|e| match e {

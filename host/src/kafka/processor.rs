@@ -39,6 +39,7 @@ use crate::dataflow::line::{self, ROUND_CHUNKS};
 use crate::dataflow::watermark::{Clock, Inputs, batches};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
+use crate::runtime::replay;
 use crate::runtime::{
     BreakerState, Catchup, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
 };
@@ -2425,21 +2426,26 @@ impl KeyedSide<'_> {
 fn take_in(
     task: &mut Task,
     stage: usize,
-    records: Vec<Record>,
+    records: &[Record],
     stages: &[(&str, bool, &Interest)],
     dead: &mut Vec<serde_json::Value>,
 ) -> (Vec<Item>, u64) {
     let mut batch = Vec::new();
     let mut duplicates = 0u64;
+    let wanted = wanted(stages[stage].2);
     for r in records {
-        let items = match r.payload.as_deref().map(internal::decode) {
+        let decoded = r
+            .payload
+            .as_deref()
+            .map(|b| internal::decode_wanted(b, Some(&wanted)));
+        let items = match decoded {
             Some(Ok(items)) => items,
             Some(Err(reason)) => {
-                dead.push(bad_record(&r, &reason));
+                dead.push(bad_record(r, &reason));
                 continue;
             }
             None => {
-                dead.push(bad_record(&r, "the record has no value"));
+                dead.push(bad_record(r, "the record has no value"));
                 continue;
             }
         };
@@ -2489,8 +2495,9 @@ fn run_tasks(
         taken: Vec::new(),
     };
     for (stage, task, records) in work {
-        let (items, duplicates) = take_in(task, stage, records, stages, &mut done.dead);
+        let (items, duplicates) = take_in(task, stage, &records, stages, &mut done.dead);
         done.duplicates += duplicates;
+        let (late, failed) = (done.out.late.len(), done.out.dead.len());
         let n = items.len();
         for (batch, wm) in batches(items, n, size, &mut task.wm) {
             let mut events: Vec<Event> = batch
@@ -2504,8 +2511,60 @@ fn run_tasks(
             task.plugin.process(&mut events, wm, &mut done.out);
         }
         task.ids.expire(task.wm.current);
+        let out = &mut done.out;
+        if out.late.len() > late || out.dead.len() > failed {
+            whole_again(
+                &records,
+                out.late[late..].iter_mut().map(|(_, e)| e),
+                out.dead[failed..]
+                    .iter_mut()
+                    .flat_map(|d| d.events.iter_mut()),
+            );
+        }
     }
     done
+}
+
+/// What a stage's plugin reads of an event: the rest is not decoded.
+fn wanted(i: &Interest) -> replay::Wanted<'_> {
+    use crate::runtime::{EventFields, MetadataFields};
+    let md = |f| i.metadata.contains(f);
+    replay::Wanted {
+        user_id: i.fields.contains(EventFields::USER_ID),
+        session_id: i.fields.contains(EventFields::SESSION_ID),
+        properties: i.properties.as_deref(),
+        metadata: [
+            md(MetadataFields::IP_ADDRESS),
+            md(MetadataFields::USER_AGENT),
+            md(MetadataFields::PLATFORM),
+            md(MetadataFields::URL),
+            md(MetadataFields::REFERRER),
+        ],
+    }
+}
+
+/// Late and dead-lettered events leave the processor whole (into
+/// `late.jsonl` and the dead letters), though the task decoded only what its
+/// plugin reads: they are decoded again from their records, by event id (a
+/// task takes each id once). Rare, so this does not weigh on the rest.
+fn whole_again<'a>(
+    records: &[Record],
+    late: impl Iterator<Item = &'a mut Event>,
+    dead: impl Iterator<Item = &'a mut Event>,
+) {
+    let mut whole: HashMap<String, Event> = HashMap::new();
+    for b in records.iter().filter_map(|r| r.payload.as_deref()) {
+        for item in internal::decode(b).unwrap_or_default() {
+            if let internal::Item::Event { event, .. } = item {
+                whole.insert(event.id.clone(), event);
+            }
+        }
+    }
+    for e in late.chain(dead) {
+        if let Some(w) = whole.get(&e.id) {
+            *e = w.clone();
+        }
+    }
 }
 
 /// The topics a processor consumes: the events topic and the active stages'.
@@ -2681,6 +2740,61 @@ mod tests {
         .unwrap();
         e.timestamp = ts;
         e
+    }
+
+    #[test]
+    fn late_and_dead_events_leave_whole_though_decoded_in_part() {
+        let full = |id: &str, ua: &str| {
+            let mut e = crate::event::from_json(
+                serde_json::json!({"event_id": id, "event_type": "page_view",
+                    "timestamp": "2026-12-01T10:00:00Z", "user_id": "u1",
+                    "metadata": {"user_agent": ua},
+                    "properties": {"path": "/a", "plan": "pro"}}),
+                &EventDefaults::default(),
+            )
+            .unwrap();
+            e.metadata.url = Some("https://shop.example/a".into());
+            e
+        };
+        let events = vec![full("e1", "agent one"), full("e2", "agent two")];
+        let (bytes, ends) = internal::encode_each(&events);
+        let mut w = Writer::default();
+        for (i, e) in events.iter().enumerate() {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            w.event(0, 7, i as u32, e, "u1", &bytes[start..ends[i]]);
+        }
+        let records = vec![Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 3,
+            payload: Some(w.finish()),
+            timestamp: None,
+        }];
+        // A stage that reads only the `path` property: what its task decodes.
+        let interest = Interest {
+            event_types: Vec::new(),
+            properties: Some(vec!["path".into()]),
+            metadata: crate::runtime::MetadataFields::empty(),
+            fields: crate::runtime::EventFields::empty(),
+        };
+        let part: Vec<Event> = internal::decode_wanted(
+            &records[0].payload.clone().unwrap(),
+            Some(&wanted(&interest)),
+        )
+        .unwrap()
+        .into_iter()
+        .filter_map(|i| match i {
+            internal::Item::Event { event, .. } => Some(event),
+            internal::Item::Marker(..) => None,
+        })
+        .collect();
+        assert_eq!(part[0].metadata.user_agent, None, "not decoded");
+        assert_eq!(part[0].user_id, None, "not decoded");
+        assert_eq!(part[0].properties.len(), 1, "only `path`");
+        let (mut late, mut dead) = (vec![part[1].clone()], vec![part[0].clone()]);
+        whole_again(&records, late.iter_mut(), dead.iter_mut());
+        assert_eq!(late, vec![events[1].clone()]);
+        assert_eq!(dead, vec![events[0].clone()]);
     }
 
     #[test]

@@ -116,48 +116,93 @@ pub(crate) fn array<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
     Ok(take(b, N)?.try_into().expect("N bytes"))
 }
 
+/// What [`decode_wanted`] reads of each event; everything else is skipped
+/// and left empty, as a plugin's interest would hide it (the id, type and
+/// time are always read).
+pub struct Wanted<'a> {
+    pub user_id: bool,
+    pub session_id: bool,
+    /// The property keys read; `None`: all.
+    pub properties: Option<&'a [String]>,
+    /// IP address, user agent, platform, URL, referrer.
+    pub metadata: [bool; 5],
+}
+
 /// Reads back `n` events written by [`encode`].
-pub fn decode(mut b: &[u8], n: usize) -> Result<Vec<Event>, String> {
+pub fn decode(b: &[u8], n: usize) -> Result<Vec<Event>, String> {
+    decode_wanted(b, n, None)
+}
+
+/// Reads back `n` events written by [`encode`], only what `wanted` names
+/// (all of each event with `None`): a skipped string costs no allocation.
+pub fn decode_wanted(
+    mut b: &[u8],
+    n: usize,
+    wanted: Option<&Wanted>,
+) -> Result<Vec<Event>, String> {
     fn u32(b: &mut &[u8]) -> Result<usize, String> {
         Ok(u32::from_le_bytes(array(b)?) as usize)
     }
-    fn string(b: &mut &[u8]) -> Result<String, String> {
+    fn bytes<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
         let n = u32(b)?;
-        String::from_utf8(take(b, n)?.to_vec()).map_err(|e| e.to_string())
+        take(b, n)
     }
-    fn opt(b: &mut &[u8]) -> Result<Option<String>, String> {
+    fn string(b: &mut &[u8]) -> Result<String, String> {
+        String::from_utf8(bytes(b)?.to_vec()).map_err(|e| e.to_string())
+    }
+    fn opt(b: &mut &[u8], keep: bool) -> Result<Option<String>, String> {
         match take(b, 1)?[0] {
             0 => Ok(None),
-            _ => string(b).map(Some),
+            _ if keep => string(b).map(Some),
+            _ => bytes(b).map(|_| None),
         }
     }
+    let all = Wanted {
+        user_id: true,
+        session_id: true,
+        properties: None,
+        metadata: [true; 5],
+    };
+    let w = wanted.unwrap_or(&all);
     let mut events = Vec::with_capacity(n);
     for _ in 0..n {
         let id = string(&mut b)?;
         let event_type = string(&mut b)?;
         let timestamp = i64::from_le_bytes(array(&mut b)?);
-        let user_id = opt(&mut b)?;
-        let session_id = opt(&mut b)?;
+        let user_id = opt(&mut b, w.user_id)?;
+        let session_id = opt(&mut b, w.session_id)?;
         let count = u32(&mut b)?;
         let mut properties = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
-            let key = string(&mut b)?;
-            let value = match take(&mut b, 1)?[0] {
-                0 => Value::Str(string(&mut b)?),
+            let key = bytes(&mut b)?;
+            let keep = w
+                .properties
+                .is_none_or(|keys| keys.iter().any(|k| k.as_bytes() == key));
+            let tag = take(&mut b, 1)?[0];
+            let value = match tag {
+                0 if keep => Value::Str(string(&mut b)?),
+                0 => {
+                    bytes(&mut b)?;
+                    continue;
+                }
                 1 => Value::Float(f64::from_le_bytes(array(&mut b)?)),
                 2 => Value::Int(i64::from_le_bytes(array(&mut b)?)),
                 3 => Value::Boolean(false),
                 4 => Value::Boolean(true),
                 t => return Err(format!("unknown value tag {t}")),
             };
-            properties.push(Property { key, value });
+            if keep {
+                let key = String::from_utf8(key.to_vec()).map_err(|e| e.to_string())?;
+                properties.push(Property { key, value });
+            }
         }
+        let [ip, ua, platform, url, referrer] = w.metadata;
         let metadata = Metadata {
-            ip_address: opt(&mut b)?,
-            user_agent: opt(&mut b)?,
-            platform: opt(&mut b)?,
-            url: opt(&mut b)?,
-            referrer: opt(&mut b)?,
+            ip_address: opt(&mut b, ip)?,
+            user_agent: opt(&mut b, ua)?,
+            platform: opt(&mut b, platform)?,
+            url: opt(&mut b, url)?,
+            referrer: opt(&mut b, referrer)?,
         };
         events.push(Event {
             id,
@@ -233,5 +278,62 @@ mod tests {
             decode(&buf[..buf.len() - 1], 3).is_err(),
             "a truncated record is an error"
         );
+    }
+
+    #[test]
+    fn a_wanted_decode_skips_what_is_not_wanted() {
+        let prop = |key: &str, value| Property {
+            key: key.into(),
+            value,
+        };
+        let md = |ip: Option<&str>, url: Option<&str>| Metadata {
+            ip_address: ip.map(Into::into),
+            user_agent: None,
+            platform: None,
+            url: url.map(Into::into),
+            referrer: None,
+        };
+        let full = Event {
+            id: "e1".into(),
+            event_type: "purchase".into(),
+            timestamp: 42,
+            user_id: Some("u1".into()),
+            session_id: Some("s1".into()),
+            properties: vec![
+                prop("s", Value::Str("x".into())),
+                prop("skipped", Value::Str("long text".into())),
+                prop("f", Value::Float(2.5)),
+                prop("i", Value::Int(7)),
+            ],
+            metadata: md(Some("10.0.0.1"), Some("https://a/b")),
+        };
+        let mut buf = Vec::new();
+        encode(std::slice::from_ref(&full), &mut buf);
+        let keys = ["f".to_string(), "s".to_string()];
+        let wanted = Wanted {
+            user_id: false,
+            session_id: true,
+            properties: Some(&keys),
+            metadata: [false, false, false, true, false],
+        };
+        // Worked out by hand: the wanted fields, properties in their order.
+        let expected = Event {
+            id: "e1".into(),
+            event_type: "purchase".into(),
+            timestamp: 42,
+            user_id: None,
+            session_id: Some("s1".into()),
+            properties: vec![
+                prop("s", Value::Str("x".into())),
+                prop("f", Value::Float(2.5)),
+            ],
+            metadata: md(None, Some("https://a/b")),
+        };
+        assert_eq!(
+            decode_wanted(&buf, 1, Some(&wanted)).unwrap(),
+            vec![expected]
+        );
+        assert_eq!(decode_wanted(&buf, 1, None).unwrap(), vec![full]);
+        assert!(decode_wanted(&buf[..buf.len() - 3], 1, Some(&wanted)).is_err());
     }
 }
