@@ -2432,7 +2432,9 @@ fn take_in(
 ) -> (Vec<Item>, u64) {
     let mut batch = Vec::new();
     let mut duplicates = 0u64;
-    let wanted = wanted(stages[stage].2);
+    // What this task's plugin reads (its version, should a deploy be under way).
+    let interest = task.plugin.interest().clone();
+    let wanted = wanted(&interest);
     for r in records {
         let decoded = r
             .payload
