@@ -2433,8 +2433,7 @@ fn take_in(
     let mut batch = Vec::new();
     let mut duplicates = 0u64;
     // What this task's plugin reads (its version, should a deploy be under way).
-    let interest = task.plugin.interest().clone();
-    let wanted = wanted(&interest);
+    let wanted = wanted(task.plugin.interest());
     for r in records {
         let decoded = r
             .payload
