@@ -756,7 +756,7 @@ impl Metrics {
         self.processor.render(&mut o);
         let plugins = self.plugins.lock().expect("metrics lock").clone();
         if !plugins.is_empty() {
-            let families: [(&str, &str, StatFn); 6] = [
+            let families: [(&str, &str, StatFn); 7] = [
                 (
                     "nexuspipe_plugin_calls_total",
                     "Calls into the plugin.",
@@ -776,6 +776,11 @@ impl Metrics {
                     "nexuspipe_plugin_failures_total",
                     "Failed calls (trap, deadline, memory cap, bad output).",
                     |s| s.failures,
+                ),
+                (
+                    "nexuspipe_plugin_retries_total",
+                    "Batches tried once more on a fresh instance after running past the deadline.",
+                    |s| s.retries,
                 ),
                 (
                     "nexuspipe_plugin_dead_lettered_total",

@@ -168,6 +168,8 @@ pub struct PluginInfo {
     pub events_out: u64,
     pub calls: u64,
     pub failures: u64,
+    /// Batches tried once more after running past the deadline.
+    pub retries: u64,
     pub dead_lettered: u64,
     pub late: u64,
     pub breaker: crate::runtime::BreakerState,
@@ -762,6 +764,7 @@ impl Manager {
                     events_out: f.stats.events_out,
                     calls: f.stats.calls,
                     failures: f.stats.failures,
+                    retries: f.stats.retries,
                     dead_lettered: f.stats.dead_lettered,
                     late: f.stats.late,
                     breaker: f.breaker,

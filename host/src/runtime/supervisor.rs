@@ -2,7 +2,9 @@
 //! what it returns, and survives whatever it does. A failed call (trap,
 //! deadline, memory cap, bad output) sends its batch to the dead-letter output,
 //! replaces the instance, restores the last recovery snapshot and replays the
-//! batches since, so the plugin's state loses nothing. Repeated failures trip a
+//! batches since, so the plugin's state loses nothing. A call past its
+//! deadline is first tried once more on the recovered instance: the deadline
+//! is wall time, which a stalled machine stretches. Repeated failures trip a
 //! circuit breaker instead of looping.
 
 use super::bindings::types::{
@@ -96,6 +98,9 @@ pub struct PluginStats {
     pub events_in: u64,
     pub events_out: u64,
     pub failures: u64,
+    /// Batches tried once more after running past the deadline (each also
+    /// counts in `failures` if the second try failed too).
+    pub retries: u64,
     pub dead_lettered: u64,
     pub late: u64,
     /// Log lines dropped by the per-call rate limit (`max_log_lines`).
@@ -114,6 +119,7 @@ impl PluginStats {
         self.events_in += other.events_in;
         self.events_out += other.events_out;
         self.failures += other.failures;
+        self.retries += other.retries;
         self.dead_lettered += other.dead_lettered;
         self.late += other.late;
         self.log_dropped += other.log_dropped;
@@ -357,21 +363,25 @@ impl Plugin {
             return;
         }
 
-        let (result, replay_copy) = if wanted.len() == batch.len() {
-            // Every event is wanted (the common case): no moves at all.
-            self.run(batch, watermark)
-        } else {
-            // Move the wanted events out (a move, not a copy of their strings) and back.
-            let mut sub: Vec<Event> = wanted
-                .iter()
-                .map(|&i| std::mem::replace(&mut batch[i], empty_event()))
-                .collect();
-            let r = self.run(&mut sub, watermark);
-            for (&i, e) in wanted.iter().zip(sub) {
-                batch[i] = e;
+        let (mut result, mut replay_copy) = self.run_wanted(batch, &wanted, watermark, 1);
+        if let Err(f) = &result
+            && f.kind == FailureKind::Deadline
+        {
+            // Every other failure is deterministic: the same state and batch
+            // fail the same way again. A deadline is wall time, and a machine
+            // that stalls (a cold page cache, a noisy neighbour) can stretch a
+            // healthy call past it; dead-lettering that batch would leave its
+            // events out of every aggregate. So once more, on a fresh instance
+            // with the state as before the call, and more time; a plugin that
+            // loops overruns this too and is treated as failed.
+            tracing::warn!(plugin = %self.name, error = %f.message, events = wanted.len(), "call ran past its deadline; trying the batch once more on a fresh instance");
+            self.stats.retries += 1;
+            self.recover();
+            if self.instance.is_some() {
+                (result, replay_copy) =
+                    self.run_wanted(batch, &wanted, watermark, RETRY_DEADLINE_FACTOR);
             }
-            r
-        };
+        }
 
         match result.and_then(|r| self.validate(r, wanted.len())) {
             Ok(r) => {
@@ -389,20 +399,45 @@ impl Plugin {
         }
     }
 
-    /// Calls the plugin on `events`, hiding what it does not read for the
-    /// call; for a stateful plugin that succeeded, also the batch to keep for
-    /// replay (as the plugin saw it).
+    /// [`Plugin::run`] on the events of `batch` at `wanted`, left in place.
+    fn run_wanted(
+        &mut self,
+        batch: &mut [Event],
+        wanted: &[usize],
+        watermark: i64,
+        leniency: u64,
+    ) -> (Result<CallResult, Failure>, Option<Remembered>) {
+        if wanted.len() == batch.len() {
+            // Every event is wanted (the common case): no moves at all.
+            return self.run(batch, watermark, leniency);
+        }
+        // Move the wanted events out (a move, not a copy of their strings) and back.
+        let mut sub: Vec<Event> = wanted
+            .iter()
+            .map(|&i| std::mem::replace(&mut batch[i], empty_event()))
+            .collect();
+        let r = self.run(&mut sub, watermark, leniency);
+        for (&i, e) in wanted.iter().zip(sub) {
+            batch[i] = e;
+        }
+        r
+    }
+
+    /// Calls the plugin on `events` with `leniency` times its deadline,
+    /// hiding what it does not read for the call; for a stateful plugin that
+    /// succeeded, also the batch to keep for replay (as the plugin saw it).
     fn run(
         &mut self,
         events: &mut [Event],
         watermark: i64,
+        leniency: u64,
     ) -> (Result<CallResult, Failure>, Option<Remembered>) {
         let hidden: Vec<Hidden> = events
             .iter_mut()
             .map(|e| project(&self.interest, e))
             .collect();
         let started = Instant::now();
-        let result = self.call(events, watermark);
+        let result = self.call(events, watermark, leniency);
         let took = started.elapsed();
         self.stats.busy += took;
         self.stats.latency.record(took);
@@ -436,7 +471,12 @@ impl Plugin {
             || self.interest.event_types.iter().any(|t| t == event_type)
     }
 
-    fn call(&mut self, events: &[Event], watermark: i64) -> Result<CallResult, Failure> {
+    fn call(
+        &mut self,
+        events: &[Event],
+        watermark: i64,
+        leniency: u64,
+    ) -> Result<CallResult, Failure> {
         let Some(instance) = self.instance.as_mut() else {
             return Err(Failure {
                 plugin: self.name.clone(),
@@ -444,7 +484,7 @@ impl Plugin {
                 message: "no live instance (it failed to restart)".into(),
             });
         };
-        instance.arm();
+        instance.arm_lenient(leniency);
         let result = match &instance.exports {
             Exports::Enricher(b) => b
                 .nexuspipe_plugin_enrich()
@@ -862,6 +902,11 @@ pub fn same_interest(a: &Interest, b: &Interest) -> bool {
 /// How much longer than a live call a replay may run (wall time): replays run
 /// back to back, often beside the live instance on a busy machine.
 const REPLAY_DEADLINE_FACTOR: u64 = 10;
+
+/// How much longer than the first try a batch retried after a deadline may
+/// run: enough to ride out a stall, short enough that a looping plugin holds
+/// the stream up for about a second per batch (until the breaker opens).
+const RETRY_DEADLINE_FACTOR: u64 = 5;
 
 /// Feeds a remembered batch to an instance again; its outputs were delivered already.
 fn replay_into(instance: &mut Instance, batch: &Remembered) -> wasmtime::Result<()> {

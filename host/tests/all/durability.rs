@@ -108,6 +108,11 @@ fn kill_9_at_ten_moments_loses_and_doubles_nothing() {
     let reference = Server::start("[engine]\nidle_timeout = \"1h\"\ndurability = \"memory\"\n");
     post_all(&reference, &events, 500, Duration::ZERO);
     wait_processed(&reference, events.len());
+    assert_eq!(
+        reference.read("dead-letter.jsonl"),
+        "",
+        "the reference run left no event out"
+    );
     let want_points = expected_points(&reference.read("metrics.lp"));
     let want_alerts = alert_set(&reference.read("alerts.jsonl"));
     assert!(!want_alerts.is_empty(), "the stream raises alerts");

@@ -3,8 +3,8 @@
 use crate::support::{event, guest, load_plugin};
 use nexuspipe::engine::offline;
 use nexuspipe::runtime::{
-    BreakerState, Capabilities, Event, FailureKind, HostSettings, Limits, Plugin, PluginError,
-    PluginOutput, Runtime, Value, World,
+    BreakerState, Capabilities, DirGrant, Event, FailureKind, HostSettings, Limits, Plugin,
+    PluginError, PluginOutput, Runtime, Value, World,
 };
 use std::time::{Duration, Instant};
 
@@ -37,13 +37,15 @@ fn endless_loop_is_stopped_by_the_deadline_and_the_host_goes_on() {
     let deadline = Limits::default().deadline();
     let (batch, out, took) = enrich(&mut p, vec![event("ok", 1, "a"), event("spin", 2, "b")]);
     // The failure kind below says the deadline stopped it; the bound only
-    // says it did so promptly. Ten deadlines leave room for a loaded 2-core
-    // machine running the other tests (twice the deadline failed there once,
-    // at 450 ms), while a loop nothing stopped would not end at all.
+    // says it did so promptly. It ran twice (the second try has five
+    // deadlines); twenty leave room for a loaded 2-core machine running the
+    // other tests (one deadline took 450 ms there once), while a loop nothing
+    // stopped would not end at all.
     assert!(
-        took < deadline * 10,
-        "a loop must be stopped within ten deadlines, took {took:?}"
+        took < deadline * 20,
+        "a loop must be stopped within twenty deadlines, took {took:?}"
     );
+    assert_eq!(p.stats().retries, 1, "tried once more before giving up");
     assert!(batch.is_empty(), "failed events leave the stream");
     assert_eq!(out.dead.len(), 1);
     assert_eq!(out.dead[0].kind, FailureKind::Deadline);
@@ -162,6 +164,55 @@ fn stateful_plugin_keeps_its_state_across_a_trap() {
     // 19 clicks minus the 4 in the dead-lettered batch; the 10 before the trap
     // survived the instance being replaced.
     assert_eq!(counts, vec![(0, Some(15))]);
+}
+
+/// A call that runs past its deadline once (a machine that stalls, not a
+/// plugin that loops) is tried again on a fresh instance: its batch is
+/// counted once, nothing is dead-lettered and the state from before stays.
+#[test]
+fn a_call_stalled_once_is_tried_again_and_loses_nothing() {
+    let stall = tempfile::tempdir().unwrap();
+    let caps = Capabilities {
+        dirs: vec![DirGrant {
+            host: stall.path().to_path_buf(),
+            guest: "/stall".into(),
+            writable: true,
+        }],
+        ..Capabilities::default()
+    };
+    let component = runtime().load_file(&guest("counter")).unwrap();
+    let settings = HostSettings {
+        allowed_lateness: 0,
+        downstream_properties: None,
+    };
+    let mut p = Plugin::new("counter", component, "", settings, Limits::default(), caps).unwrap();
+    let mut events: Vec<Event> = (0..10).map(|i| event("click", i * 1000, "c")).collect();
+    events.push(event("stall-once", 10_500, "slow"));
+    events.extend((11..20).map(|i| event("click", i * 1000, "c")));
+    // Batches of 5: the stall is in the third, after two that are only in
+    // the replay log (no snapshot yet).
+    let run = offline::run(&mut p, events, 5, 5_000);
+    assert!(
+        stall.path().join("slow").exists(),
+        "the plugin stalled on its first try"
+    );
+    assert!(run.output.dead.is_empty(), "{:?}", run.output.dead);
+    assert_eq!(p.stats().retries, 1);
+    assert_eq!(p.stats().failures, 0, "a retry that succeeds is no failure");
+    assert_eq!(p.breaker(), BreakerState::Closed);
+    let mut counts: Vec<(String, i64, Value)> = run
+        .points
+        .iter()
+        .map(|p| (p.tags[0].1.clone(), p.timestamp, p.fields[0].1.clone()))
+        .collect();
+    counts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        counts,
+        vec![
+            ("click".to_string(), 0, Value::Int(19)),
+            ("stall-once".to_string(), 0, Value::Int(1)),
+        ]
+    );
 }
 
 #[test]

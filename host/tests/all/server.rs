@@ -258,10 +258,11 @@ fn bad_input_is_refused_with_a_reason() {
 #[test]
 fn full_queue_answers_429_and_loses_nothing() {
     let s = Server::start(&format!(
-        "[engine]\nqueue_capacity = 5\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"hostile\"\npath = {:?}\n[plugins.limits]\ndeadline_ms = 3000\n",
+        "[engine]\nqueue_capacity = 5\nidle_timeout = \"1h\"\n[[plugins]]\nname = \"hostile\"\npath = {:?}\n[plugins.limits]\ndeadline_ms = 1000\n",
         guest("hostile").display().to_string()
     ));
-    // The spin keeps the engine busy until its 3 s deadline.
+    // The spin keeps the engine busy for 6 s: its 1 s deadline, then the 5 s
+    // of the second try.
     accepted(
         &s,
         &json!([{"event_type": "spin"}, {"event_type": "a"}, {"event_type": "b"}]),

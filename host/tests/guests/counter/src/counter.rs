@@ -34,6 +34,9 @@ impl Aggregator for Counter {
             if e.event_type == "trap" {
                 panic!("counter told to trap by event {}", e.id);
             }
+            if e.event_type == "stall-once" {
+                stall_once(&e.id);
+            }
             match self
                 .state
                 .get_mut(self.window.assign(e.timestamp), &e.event_type)
@@ -64,3 +67,18 @@ impl Aggregator for Counter {
     }
 }
 
+
+/// Loops forever unless `/stall/<id>` exists, which it creates first: a call
+/// that stalls once, as on a machine that stalls (needs `/stall` granted
+/// writable).
+fn stall_once(id: &str) {
+    let marker = format!("/stall/{id}");
+    if std::fs::metadata(&marker).is_ok() {
+        return;
+    }
+    std::fs::write(&marker, b"stalled").expect("writing to the /stall directory");
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}

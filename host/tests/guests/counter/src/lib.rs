@@ -1,7 +1,8 @@
 //! A counting aggregator for the host's tests: `counts,event_type=<t> count=<n>i`
 //! per tumbling window (1 minute, or `{"window_ms": N}` in the config), except
-//! that an event of type `trap` panics. Its state must survive the panic (the
-//! host replays from a snapshot) and restarts (checkpoints).
+//! that an event of type `trap` panics and one of type `stall-once` loops the
+//! first time its id is seen (see `stall_once`). Its state must survive the
+//! panic (the host replays from a snapshot) and restarts (checkpoints).
 
 const VERSION: i64 = 1;
 
