@@ -126,7 +126,9 @@ pub(crate) enum Exports {
 }
 
 /// Snapshots and restores walk the whole state, which legitimately takes
-/// longer than a batch: they get this many times the call deadline.
+/// longer than a batch, and `init` runs once per instance, often on a cold
+/// instance (code and memory first touched) when the machine is busiest (a
+/// recovery, a rebalance, a start): they get this many times the call deadline.
 const STATE_DEADLINE_FACTOR: u64 = 10;
 
 pub(crate) struct Instance {
@@ -224,11 +226,6 @@ impl Instance {
         })
     }
 
-    /// Arms the deadline (and the log budget) for the next call into the guest.
-    pub(crate) fn arm(&mut self) {
-        self.arm_lenient(1);
-    }
-
     /// Arms a deadline `factor` times the usual one: for replays that run off
     /// the event path, where a busy machine stretches wall time, but a
     /// runaway plugin must still be stopped.
@@ -255,7 +252,9 @@ impl Instance {
         config: &str,
         settings: &types::HostSettings,
     ) -> wasmtime::Result<Result<types::Interest, types::ConfigError>> {
-        self.arm();
+        // Lenient: an init cut short on a stalled machine would fail a
+        // start, or disable the plugin when it came from a recovery.
+        self.arm_lenient(STATE_DEADLINE_FACTOR);
         match &self.exports {
             Exports::Enricher(b) => {
                 b.nexuspipe_plugin_enrich()

@@ -215,6 +215,43 @@ fn a_call_stalled_once_is_tried_again_and_loses_nothing() {
     );
 }
 
+/// `init` runs on a cold instance, often when the machine is busiest (a
+/// start, a recovery), so it gets ten call deadlines, not one; a plugin
+/// whose init never ends is still stopped.
+#[test]
+fn init_gets_more_time_than_a_call() {
+    let limits = Limits {
+        deadline_ms: 50,
+        ..Limits::default()
+    };
+    let caps = Capabilities {
+        clock: true,
+        ..Capabilities::default()
+    };
+    let component = runtime().load_file(&guest("counter")).unwrap();
+    let settings = HostSettings {
+        allowed_lateness: 0,
+        downstream_properties: None,
+    };
+    let start = |init_ms: u64| {
+        Plugin::new(
+            "counter",
+            component.clone(),
+            &format!(r#"{{"window_ms": 60000, "init_ms": {init_ms}}}"#),
+            settings.clone(),
+            limits.clone(),
+            caps.clone(),
+        )
+    };
+    // Three call deadlines: more than a call may take, well within ten.
+    let mut p = start(150).unwrap();
+    let run = offline::run(&mut p, vec![event("click", 1_000, "a")], 10, 0);
+    assert_eq!(run.points.len(), 1);
+    // Far past ten deadlines (500 ms): refused, naming the deadline.
+    let err = start(5_000).err().expect("an init past its deadline fails");
+    assert!(err.to_string().contains("deadline"), "{err}");
+}
+
 #[test]
 fn config_rejected_by_init_names_the_field() {
     let component = runtime().load_file(&guest("hostile")).unwrap();

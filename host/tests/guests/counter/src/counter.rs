@@ -18,6 +18,14 @@ impl Aggregator for Counter {
                 .as_i64()
                 .filter(|w| *w > 0)
                 .ok_or_else(|| ConfigError::at("window_ms", "must be a positive integer"))?;
+            // A slow start, for the host's deadline tests (real time needs
+            // the clock capability).
+            if let Some(ms) = v["init_ms"].as_u64() {
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::spin_loop();
+                }
+            }
         }
         Ok((
             Counter {
