@@ -111,6 +111,11 @@ impl Runtime {
         // Deadlines: a cheap check at loop headers and function entries.
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // `perf` names plugin functions from /tmp/perf-<pid>.map (see
+        // docs/writing-plugins.md, "Profiling a plugin").
+        if std::env::var_os("NEXUSPIPE_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PluginError::engine)?;

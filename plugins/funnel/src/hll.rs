@@ -1,8 +1,8 @@
 //! Distinct counting: exact up to a threshold, HyperLogLog above it.
 //! Both forms merge (union), so counts combine across windows or partitions.
 
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// Exact below this many distinct values per window.
 pub const EXACT_LIMIT: usize = 10_000;
@@ -26,14 +26,17 @@ pub fn hash64(s: &str) -> u64 {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Distinct {
-    Exact(BTreeSet<String>),
+    /// A hash set: one hash a lookup, where an ordered set compared the value
+    /// with about 13 others at 10 000 (the funnel's hottest function on the
+    /// analytics benchmark). Its snapshot is a list either way.
+    Exact(FxHashSet<String>),
     /// One register per bucket: the max leading-zero rank seen.
     Sketch(Vec<u8>),
 }
 
 impl Default for Distinct {
     fn default() -> Self {
-        Distinct::Exact(BTreeSet::new())
+        Distinct::Exact(FxHashSet::default())
     }
 }
 
