@@ -217,9 +217,9 @@ fn a_job_over_a_file_closes_every_window_and_ends() {
     }
 }
 
-/// A file of 20 000 events (over 8 MiB) with two bad lines, one near its
-/// start and one far past it: every valid event is replayed, and each bad
-/// line is skipped and named by its number in the file.
+/// A file of 20 000 events (over 8 MiB) with three bad lines, one near its
+/// start and two far past it (one not UTF-8): every valid event is
+/// replayed, and each bad line is skipped and named by its number in the file.
 #[test]
 fn a_replay_names_bad_lines_and_reads_every_other_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -238,11 +238,21 @@ fn a_replay_names_bad_lines_and_reads_every_other_one() {
         .map(str::to_string)
         .collect();
     let valid = lines.len();
-    // Lines 2 and 15 000 of the file.
+    // Lines 2, 10 000 and 15 000 of the file.
     lines.insert(1, "{\"event_type\": 7}".to_string());
+    lines.insert(9_999, "NOT-UTF-8".to_string());
     lines.insert(14_999, "not json".to_string());
     let file = dir.path().join("events.ndjson");
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut bytes = Vec::new();
+    for line in &lines {
+        if line == "NOT-UTF-8" {
+            bytes.extend_from_slice(b"{\"event_type\": \"caf\xe9\"}");
+        } else {
+            bytes.extend_from_slice(line.as_bytes());
+        }
+        bytes.push(b'\n');
+    }
+    std::fs::write(&file, bytes).unwrap();
     let size = std::fs::metadata(&file).unwrap().len();
     assert!(size > 8 << 20, "{size} bytes");
     let out = dir.path().join("out");
@@ -254,7 +264,11 @@ fn a_replay_names_bad_lines_and_reads_every_other_one() {
         out.as_os_str(),
     ]);
     assert_eq!(summary["events"], valid, "{summary}");
-    assert_eq!(summary["invalid"], 2, "{summary}");
+    assert_eq!(summary["invalid"], 3, "{summary}");
     assert!(stderr.contains("line 2: skipped: event_type"), "{stderr}");
+    assert!(
+        stderr.contains("line 10000: skipped: not UTF-8"),
+        "{stderr}"
+    );
     assert!(stderr.contains("line 15000: skipped:"), "{stderr}");
 }
