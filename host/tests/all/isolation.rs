@@ -16,6 +16,21 @@ fn plugin(krate: &str, limits: Limits) -> Plugin {
     load_plugin(&runtime(), krate, "", limits)
 }
 
+/// A plugin with capabilities, or why it did not start.
+fn plugin_with(
+    krate: &str,
+    config: &str,
+    limits: Limits,
+    caps: Capabilities,
+) -> Result<Plugin, PluginError> {
+    let settings = HostSettings {
+        allowed_lateness: 0,
+        downstream_properties: None,
+    };
+    let component = runtime().load_file(&guest(krate)).unwrap();
+    Plugin::new(krate, component, config, settings, limits, caps)
+}
+
 fn seen(e: &Event) -> bool {
     e.properties
         .iter()
@@ -180,12 +195,7 @@ fn a_call_stalled_once_is_tried_again_and_loses_nothing() {
         }],
         ..Capabilities::default()
     };
-    let component = runtime().load_file(&guest("counter")).unwrap();
-    let settings = HostSettings {
-        allowed_lateness: 0,
-        downstream_properties: None,
-    };
-    let mut p = Plugin::new("counter", component, "", settings, Limits::default(), caps).unwrap();
+    let mut p = plugin_with("counter", "", Limits::default(), caps).unwrap();
     let mut events: Vec<Event> = (0..10).map(|i| event("click", i * 1000, "c")).collect();
     events.push(event("stall-once", 10_500, "slow"));
     events.extend((11..20).map(|i| event("click", i * 1000, "c")));
@@ -228,17 +238,10 @@ fn init_gets_more_time_than_a_call() {
         clock: true,
         ..Capabilities::default()
     };
-    let component = runtime().load_file(&guest("counter")).unwrap();
-    let settings = HostSettings {
-        allowed_lateness: 0,
-        downstream_properties: None,
-    };
     let start = |init_ms: u64| {
-        Plugin::new(
+        plugin_with(
             "counter",
-            component.clone(),
             &format!(r#"{{"window_ms": 60000, "init_ms": {init_ms}}}"#),
-            settings.clone(),
             limits.clone(),
             caps.clone(),
         )
