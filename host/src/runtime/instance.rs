@@ -226,8 +226,9 @@ impl Instance {
         })
     }
 
-    /// Arms a deadline `factor` times the usual one: for replays that run off
-    /// the event path, where a busy machine stretches wall time, but a
+    /// Arms the deadline (and the log budget) for the next call into the
+    /// guest, `factor` times the usual one: 1 for a live call, more where a
+    /// busy machine stretches wall time (replays, retries, init, state) but a
     /// runaway plugin must still be stopped.
     pub(crate) fn arm_lenient(&mut self, factor: u64) {
         self.store
