@@ -212,7 +212,11 @@ pub struct KafkaConfig {
     #[serde(default = "KafkaConfig::default_group")]
     pub group: String,
     /// Partitions of the topics NexusPipe creates when they are missing (the
-    /// events topic and the repartition topics of keyed plugins).
+    /// events topic and the repartition topics of keyed plugins): the most
+    /// processors that share the work. 2 by default: a collector's post waits
+    /// for a produce request per partition its events fall on (librdkafka
+    /// puts one partition in a request, sent one at a time), so with 4 a post
+    /// took twice as long (docs/kafka-performance.md).
     #[serde(default = "KafkaConfig::default_partitions")]
     pub partitions: i32,
     #[serde(default = "KafkaConfig::default_replication")]
@@ -277,7 +281,7 @@ impl KafkaConfig {
         "nexuspipe".into()
     }
     fn default_partitions() -> i32 {
-        4
+        2
     }
     fn default_replication() -> i32 {
         1
