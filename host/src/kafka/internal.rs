@@ -15,8 +15,8 @@
 //! are read without decoding an event. The version byte cannot be `{`, so a
 //! JSON record of an older release is told apart and reported.
 
-use crate::runtime::Event;
 use crate::runtime::replay::{self, array, take};
+use crate::runtime::{Event, Interest};
 
 pub const VERSION: u8 = 1;
 
@@ -129,9 +129,9 @@ pub fn decode(b: &[u8]) -> Result<Vec<Item>, String> {
     decode_wanted(b, None)
 }
 
-/// [`decode`], reading of each event only what `wanted` names (see
-/// [`replay::decode_wanted`]).
-pub fn decode_wanted(b: &[u8], wanted: Option<&replay::Wanted>) -> Result<Vec<Item>, String> {
+/// [`decode`], reading of each event only what a plugin with interest
+/// `wanted` reads (see [`replay::decode_wanted`]).
+pub fn decode_wanted(b: &[u8], wanted: Option<&Interest>) -> Result<Vec<Item>, String> {
     let mut r = b;
     let version = take(&mut r, 1)?[0];
     if version != VERSION {

@@ -39,7 +39,6 @@ use crate::dataflow::line::{self, ROUND_CHUNKS};
 use crate::dataflow::watermark::{Clock, Inputs, batches};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
-use crate::runtime::replay;
 use crate::runtime::{
     BreakerState, Catchup, Event, Interest, Plugin, PluginError, PluginOutput, PluginStats,
 };
@@ -2433,12 +2432,12 @@ fn take_in(
     let mut batch = Vec::new();
     let mut duplicates = 0u64;
     // What this task's plugin reads (its version, should a deploy be under way).
-    let wanted = wanted(task.plugin.interest());
+    let wanted = task.plugin.interest();
     for r in records {
         let decoded = r
             .payload
             .as_deref()
-            .map(|b| internal::decode_wanted(b, Some(&wanted)));
+            .map(|b| internal::decode_wanted(b, Some(wanted)));
         let items = match decoded {
             Some(Ok(items)) => items,
             Some(Err(reason)) => {
@@ -2524,24 +2523,6 @@ fn run_tasks(
         }
     }
     done
-}
-
-/// What a stage's plugin reads of an event: the rest is not decoded.
-fn wanted(i: &Interest) -> replay::Wanted<'_> {
-    use crate::runtime::{EventFields, MetadataFields};
-    let md = |f| i.metadata.contains(f);
-    replay::Wanted {
-        user_id: i.fields.contains(EventFields::USER_ID),
-        session_id: i.fields.contains(EventFields::SESSION_ID),
-        properties: i.properties.as_deref(),
-        metadata: [
-            md(MetadataFields::IP_ADDRESS),
-            md(MetadataFields::USER_AGENT),
-            md(MetadataFields::PLATFORM),
-            md(MetadataFields::URL),
-            md(MetadataFields::REFERRER),
-        ],
-    }
 }
 
 /// Late and dead-lettered events leave the processor whole (into
@@ -2778,17 +2759,15 @@ mod tests {
             metadata: crate::runtime::MetadataFields::empty(),
             fields: crate::runtime::EventFields::empty(),
         };
-        let part: Vec<Event> = internal::decode_wanted(
-            &records[0].payload.clone().unwrap(),
-            Some(&wanted(&interest)),
-        )
-        .unwrap()
-        .into_iter()
-        .filter_map(|i| match i {
-            internal::Item::Event { event, .. } => Some(event),
-            internal::Item::Marker(..) => None,
-        })
-        .collect();
+        let part: Vec<Event> =
+            internal::decode_wanted(&records[0].payload.clone().unwrap(), Some(&interest))
+                .unwrap()
+                .into_iter()
+                .filter_map(|i| match i {
+                    internal::Item::Event { event, .. } => Some(event),
+                    internal::Item::Marker(..) => None,
+                })
+                .collect();
         assert_eq!(part[0].metadata.user_agent, None, "not decoded");
         assert_eq!(part[0].user_id, None, "not decoded");
         assert_eq!(part[0].properties.len(), 1, "only `path`");

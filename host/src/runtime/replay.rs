@@ -5,7 +5,7 @@
 //! a copy of its bytes, where a clone of the events costs an allocation and a
 //! free per string. Strings are a little-endian `u32` length and their bytes.
 
-use super::{Event, Metadata, Property, Value};
+use super::{Event, EventFields, Interest, Metadata, MetadataFields, Property, Value};
 
 /// The exact size [`encode`] writes for `events`, so the buffer is allocated
 /// once (growing it would copy the whole batch again).
@@ -116,29 +116,19 @@ pub(crate) fn array<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
     Ok(take(b, N)?.try_into().expect("N bytes"))
 }
 
-/// What [`decode_wanted`] reads of each event; everything else is skipped
-/// and left empty, as a plugin's interest would hide it (the id, type and
-/// time are always read).
-pub struct Wanted<'a> {
-    pub user_id: bool,
-    pub session_id: bool,
-    /// The property keys read; `None`: all.
-    pub properties: Option<&'a [String]>,
-    /// IP address, user agent, platform, URL, referrer.
-    pub metadata: [bool; 5],
-}
-
 /// Reads back `n` events written by [`encode`].
 pub fn decode(b: &[u8], n: usize) -> Result<Vec<Event>, String> {
     decode_wanted(b, n, None)
 }
 
-/// Reads back `n` events written by [`encode`], only what `wanted` names
-/// (all of each event with `None`): a skipped string costs no allocation.
+/// Reads back `n` events written by [`encode`], only what a plugin with
+/// interest `wanted` reads (all of each event with `None`); the rest is left
+/// empty, as projection would hide it, and a skipped string costs no
+/// allocation. The id, type and time are always read.
 pub fn decode_wanted(
     mut b: &[u8],
     n: usize,
-    wanted: Option<&Wanted>,
+    wanted: Option<&Interest>,
 ) -> Result<Vec<Event>, String> {
     fn u32(b: &mut &[u8]) -> Result<usize, String> {
         Ok(u32::from_le_bytes(array(b)?) as usize)
@@ -157,27 +147,21 @@ pub fn decode_wanted(
             _ => bytes(b).map(|_| None),
         }
     }
-    let all = Wanted {
-        user_id: true,
-        session_id: true,
-        properties: None,
-        metadata: [true; 5],
-    };
-    let w = wanted.unwrap_or(&all);
+    let field = |f| wanted.is_none_or(|w| w.fields.contains(f));
+    let md = |f| wanted.is_none_or(|w| w.metadata.contains(f));
+    let keys = wanted.and_then(|w| w.properties.as_deref());
     let mut events = Vec::with_capacity(n);
     for _ in 0..n {
         let id = string(&mut b)?;
         let event_type = string(&mut b)?;
         let timestamp = i64::from_le_bytes(array(&mut b)?);
-        let user_id = opt(&mut b, w.user_id)?;
-        let session_id = opt(&mut b, w.session_id)?;
+        let user_id = opt(&mut b, field(EventFields::USER_ID))?;
+        let session_id = opt(&mut b, field(EventFields::SESSION_ID))?;
         let count = u32(&mut b)?;
         let mut properties = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
             let key = bytes(&mut b)?;
-            let keep = w
-                .properties
-                .is_none_or(|keys| keys.iter().any(|k| k.as_bytes() == key));
+            let keep = keys.is_none_or(|keys| keys.iter().any(|k| k.as_bytes() == key));
             let tag = take(&mut b, 1)?[0];
             let value = match tag {
                 0 if keep => Value::Str(string(&mut b)?),
@@ -196,13 +180,12 @@ pub fn decode_wanted(
                 properties.push(Property { key, value });
             }
         }
-        let [ip, ua, platform, url, referrer] = w.metadata;
         let metadata = Metadata {
-            ip_address: opt(&mut b, ip)?,
-            user_agent: opt(&mut b, ua)?,
-            platform: opt(&mut b, platform)?,
-            url: opt(&mut b, url)?,
-            referrer: opt(&mut b, referrer)?,
+            ip_address: opt(&mut b, md(MetadataFields::IP_ADDRESS))?,
+            user_agent: opt(&mut b, md(MetadataFields::USER_AGENT))?,
+            platform: opt(&mut b, md(MetadataFields::PLATFORM))?,
+            url: opt(&mut b, md(MetadataFields::URL))?,
+            referrer: opt(&mut b, md(MetadataFields::REFERRER))?,
         };
         events.push(Event {
             id,
@@ -310,11 +293,11 @@ mod tests {
         let mut buf = Vec::new();
         encode(std::slice::from_ref(&full), &mut buf);
         let keys = ["f".to_string(), "s".to_string()];
-        let wanted = Wanted {
-            user_id: false,
-            session_id: true,
-            properties: Some(&keys),
-            metadata: [false, false, false, true, false],
+        let wanted = Interest {
+            event_types: Vec::new(),
+            properties: Some(keys.to_vec()),
+            metadata: MetadataFields::URL,
+            fields: EventFields::SESSION_ID,
         };
         // Worked out by hand: the wanted fields, properties in their order.
         let expected = Event {
