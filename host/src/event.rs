@@ -417,12 +417,19 @@ impl Keep {
 /// `keep`; `None` whenever [`from_json`] would refuse it (the caller then
 /// takes that path, which names the problem), or treat it specially.
 pub fn parse_event_kept(text: &str, d: &EventDefaults<'_>, keep: &Keep) -> Option<Event> {
+    scan::event(text, d, keep).or_else(|| parse_event_serde(text, d, keep))
+}
+
+/// [`parse_event_kept`] by serde alone: what [`scan`] leaves.
+fn parse_event_serde(text: &str, d: &EventDefaults<'_>, keep: &Keep) -> Option<Event> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_str(text);
     let event = wire::EventSeed(keep).deserialize(&mut de).ok()?;
     de.end().ok()?;
     event.into_event(d)
 }
+
+mod scan;
 
 /// The canonical JSON event as serde types, for [`parse_events`]. Every
 /// visitor accepts exactly what [`from_json`] accepts, or fails; fields
