@@ -5,6 +5,7 @@
 use super::run::{describe, engine_settings, load_config, pipeline, start_pipeline};
 use anyhow::{Context, Result, bail};
 use nexuspipe::config::Durability;
+use nexuspipe::dataflow::line::ROUND_CHUNKS;
 use nexuspipe::engine::Engine;
 use nexuspipe::event::{EventDefaults, Keep, from_json, parse_event_kept, parse_timestamp};
 use nexuspipe::runtime::{Event, Plugin};
@@ -189,8 +190,12 @@ fn job(
     let outputs = Outputs::open(&config, metrics.clone())?;
     let stopper = outputs.stopper();
     let batch_size = config.engine.batch_size;
+    // Spent batches come back to be filled again (see `Engine::recycle_into`);
+    // a few rounds' worth at most.
+    let (spent_tx, spent) = std::sync::mpsc::sync_channel(2 * ROUND_CHUNKS);
     let engine = Engine::new(engine_settings(&config), plugins, metrics.clone(), outputs)
-        .with_context(|| format!("starting the engine in {}", data_dir.display()))?;
+        .with_context(|| format!("starting the engine in {}", data_dir.display()))?
+        .recycle_into(spent_tx);
     eprintln!(
         "running {} through {} into {}",
         from.display(),
@@ -206,7 +211,14 @@ fn job(
     let mut last_progress = Instant::now();
     let (mut sent, mut outside, mut invalid) = (0u64, 0u64, 0u64);
     let mut reached = i64::MIN;
-    let mut batch: Vec<Event> = Vec::with_capacity(batch_size);
+    let fresh = || match spent.try_recv() {
+        Ok(mut batch) => {
+            batch.clear();
+            batch
+        }
+        Err(_) => Vec::with_capacity(batch_size),
+    };
+    let mut batch: Vec<Event> = fresh();
     let capacity = config.engine.queue_capacity;
     let submit = |batch: Vec<Event>| -> Result<()> {
         // Back-pressure: wait for room rather than be refused (the replay
@@ -236,10 +248,7 @@ fn job(
         batch.push(event);
         if batch.len() >= batch_size {
             sent += batch.len() as u64;
-            submit(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(batch_size),
-            ))?;
+            submit(std::mem::replace(&mut batch, fresh()))?;
         }
         if tty && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
