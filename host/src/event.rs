@@ -431,11 +431,24 @@ fn parse_event_serde(text: &str, d: &EventDefaults<'_>, keep: &Keep) -> Option<E
 
 mod scan;
 
+/// Metadata with every field absent.
+pub fn empty_metadata() -> Metadata {
+    Metadata {
+        ip_address: None,
+        user_agent: None,
+        platform: None,
+        url: None,
+        referrer: None,
+    }
+}
+
 /// The canonical JSON event as serde types, for [`parse_events`]. Every
 /// visitor accepts exactly what [`from_json`] accepts, or fails; fields
 /// left out by a [`Keep`] are checked the same way and not built.
 mod wire {
-    use super::{EventDefaults, EventFields, Keep, Metadata, MetadataFields, Property, Value};
+    use super::{
+        EventDefaults, EventFields, Keep, Metadata, MetadataFields, Property, Value, empty_metadata,
+    };
     use serde::Deserialize;
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use std::borrow::Cow;
@@ -598,13 +611,7 @@ mod wire {
             f.write_str("a metadata object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
-            let mut md = Metadata {
-                ip_address: None,
-                user_agent: None,
-                platform: None,
-                url: None,
-                referrer: None,
-            };
+            let mut md = empty_metadata();
             let mut seen = 0u8;
             while let Some(field) = map.next_key::<MetaField>()? {
                 once(&mut seen, field as u8)?;
@@ -628,13 +635,7 @@ mod wire {
         pub fn into_event(self, d: &EventDefaults<'_>) -> Option<super::Event> {
             let event_type = self.event_type.filter(|t| !t.trim().is_empty())?;
             let text = |t: Option<Text>| t.and_then(|t| t.0);
-            let md = self.metadata.unwrap_or(Metadata {
-                ip_address: None,
-                user_agent: None,
-                platform: None,
-                url: None,
-                referrer: None,
-            });
+            let md = self.metadata.unwrap_or_else(empty_metadata);
             let timestamp = d
                 .check_time(self.timestamp.map_or(d.now_ms, |t| t.0))
                 .ok()?;

@@ -26,13 +26,7 @@ pub fn event(text: &str, d: &EventDefaults<'_>, keep: &Keep) -> Option<Event> {
     let mut timestamp = None;
     let (mut user_id, mut session_id) = (None, None);
     let mut properties = Vec::new();
-    let mut md = Metadata {
-        ip_address: None,
-        user_agent: None,
-        platform: None,
-        url: None,
-        referrer: None,
-    };
+    let mut md = super::empty_metadata();
     c.items(b'}', |c| {
         let key = c.string()?;
         c.eat(b':')?;
@@ -363,13 +357,7 @@ impl<'a> Cursor<'a> {
 
     fn metadata(&mut self, kept: MetadataFields) -> Option<Metadata> {
         self.eat(b'{')?;
-        let mut md = Metadata {
-            ip_address: None,
-            user_agent: None,
-            platform: None,
-            url: None,
-            referrer: None,
-        };
+        let mut md = super::empty_metadata();
         let mut seen = 0u8;
         self.items(b'}', |c| {
             let key = c.string()?;

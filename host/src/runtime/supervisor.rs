@@ -15,6 +15,7 @@ use super::error::chain;
 use super::instance::{Exports, Instance};
 use super::{PluginComponent, PluginError, World};
 use crate::config::{Capabilities, Limits};
+use crate::event::empty_metadata;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -201,16 +202,6 @@ fn empty_event() -> Event {
         session_id: None,
         properties: Vec::new(),
         metadata: empty_metadata(),
-    }
-}
-
-fn empty_metadata() -> Metadata {
-    Metadata {
-        ip_address: None,
-        user_agent: None,
-        platform: None,
-        url: None,
-        referrer: None,
     }
 }
 
