@@ -93,6 +93,17 @@ const MAX_DEPTH: u8 = 32;
 /// Property keys an object may have for the scanner (more: serde's turn).
 const MAX_KEYS: usize = 32;
 
+/// A number's text without fraction or exponent as an integer, if it has
+/// at most 18 digits (so it fits) and is not `-0`: serde reads longer ones
+/// and `-0` as floats.
+fn int(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) || text == "-0" {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// Where a string ends (its closing quote) in `b`, if no escape or control
 /// character comes first: sixteen bytes a step with SSE2, eight elsewhere.
 /// (A `memchr2` call per string cost more than this whole scan: most
@@ -250,15 +261,10 @@ impl<'a> Cursor<'a> {
         self.s.get(start..i)
     }
 
-    /// An integer of at most 18 digits (so it fits), not `-0` (which serde
-    /// reads as a float), with its text.
+    /// An integer (see [`int`]), with its text.
     fn integer(&mut self) -> Option<(i64, &'a str)> {
         let text = self.number()?;
-        let digits = text.strip_prefix('-').unwrap_or(text);
-        if digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) || text == "-0" {
-            return None;
-        }
-        Some((text.parse().ok()?, text))
+        Some((int(text)?, text))
     }
 
     /// An id or other text field: `null`, a string (empty means absent) or
@@ -310,13 +316,8 @@ impl<'a> Cursor<'a> {
             b'{' | b'[' => return None,
             _ => {
                 let text = self.number()?;
-                if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                    // Long integers and -0 become floats in serde's reader.
-                    let digits = text.strip_prefix('-').unwrap_or(text);
-                    if digits.len() > 18 || text == "-0" {
-                        return None;
-                    }
-                    Value::Int(text.parse().ok()?)
+                if !text.contains(['.', 'e', 'E']) {
+                    Value::Int(int(text)?)
                 } else {
                     // Both round correctly (serde_json with `float_roundtrip`).
                     Value::Float(text.parse::<f64>().ok().filter(|f| f.is_finite())?)
