@@ -13,9 +13,12 @@
 
 use crate::runtime::{Event, Plugin, PluginOutput};
 
-/// Chunks of `batch_size` a round takes at most: enough to keep every stage
-/// of the line busy, few enough that a round (and a swap's pause) stays short.
-pub const ROUND_CHUNKS: usize = 8;
+/// Chunks of `batch_size` a round of the embedded engine takes at most:
+/// enough that the stages rarely wait for a round to end and the next to
+/// start (the round is the line's barrier: with 8 chunks, a replay's
+/// aggregator stage sat idle for a fifth of its time), few enough that a
+/// round (and a swap's pause) stays short, some tens of milliseconds.
+pub const ROUND_CHUNKS: usize = 32;
 
 /// A step of a pipeline, run on one chunk at a time.
 pub trait Step: Send {
@@ -58,14 +61,22 @@ pub fn stages<S: Step>(steps: &[S]) -> Vec<usize> {
 
 /// Runs `chunks` through `steps`, in order, on the assembly line (see the
 /// module). `tap` takes each chunk as it leaves the line.
+///
+/// `chunks` is drawn as the first stage asks for them: work the caller
+/// does per chunk (de-duplication, the watermark's cuts) overlaps the
+/// stages' work on the chunks before, rather than holding every stage
+/// back until the whole round is ready.
 pub fn run<S: Step>(
     steps: &mut [S],
-    chunks: Vec<S::Chunk>,
+    chunks: impl IntoIterator<Item = S::Chunk>,
     out: &mut PluginOutput,
     tap: &mut dyn FnMut(S::Chunk),
 ) {
     let starts = stages(steps);
-    if chunks.len() < 2 || starts.len() < 2 {
+    let mut chunks = chunks.into_iter();
+    let first: Vec<S::Chunk> = chunks.by_ref().take(2).collect();
+    let chunks = first.into_iter().chain(chunks);
+    if chunks.size_hint().0 < 2 || starts.len() < 2 {
         sequential(steps, chunks, out, tap);
         return;
     }
@@ -86,8 +97,9 @@ pub fn run<S: Step>(
         let mut spawn_error = None;
         let (last, before) = groups.split_last().expect("two stages or more");
         for g in before {
-            // Bounded: a stage runs at most two chunks ahead of the next.
-            let (tx, next) = std::sync::mpsc::sync_channel::<S::Chunk>(1);
+            // Bounded by a round: a stage never waits for a slower one
+            // behind it (the round's chunks are in memory already).
+            let (tx, next) = std::sync::mpsc::sync_channel::<S::Chunk>(ROUND_CHUNKS);
             let rx = std::mem::replace(&mut input, next);
             let name = format!("np-{}", lock(g)[0].name());
             let stage = move || {
@@ -168,7 +180,7 @@ fn join(threads: Vec<std::thread::ScopedJoinHandle<'_, PluginOutput>>) -> Vec<Pl
 
 fn sequential<S: Step>(
     steps: &mut [S],
-    chunks: Vec<S::Chunk>,
+    chunks: impl Iterator<Item = S::Chunk>,
     out: &mut PluginOutput,
     tap: &mut dyn FnMut(S::Chunk),
 ) {

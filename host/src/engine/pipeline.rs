@@ -653,37 +653,10 @@ impl Engine {
         let total: usize = pending.iter().map(|(e, _, _)| e.len()).sum();
         let size = self.settings.batch_size;
         let mut received = Vec::with_capacity(pending.len());
-        let mut duplicates = 0;
-        let mut kept = Vec::with_capacity(pending.len());
-        for (mut batch, at, seq) in pending {
-            self.wal_seq = self.wal_seq.max(seq);
-            received.push((at, batch.len()));
-            let before = batch.len();
-            batch.retain(|e| self.dedupe.first(&e.id, e.timestamp));
-            duplicates += before - batch.len();
-            kept.push(batch);
+        for (batch, at, seq) in &pending {
+            self.wal_seq = self.wal_seq.max(*seq);
+            received.push((*at, batch.len()));
         }
-        // Requests' batches regrouped into chunks of `size`, each event
-        // moved once; batches of that size already (a replay's) go as they are.
-        let chunks = if kept.iter().all(|b| b.len() == size) {
-            let wm = &mut self.watermark;
-            kept.into_iter()
-                .flat_map(|b| split_at_late(b, wm))
-                .collect()
-        } else {
-            batches(
-                kept.into_iter().flatten(),
-                total - duplicates,
-                size,
-                &mut self.watermark,
-            )
-        };
-        if duplicates > 0 {
-            self.metrics
-                .events_duplicate
-                .fetch_add(duplicates as u64, Ordering::Relaxed);
-        }
-        self.dedupe.expire(self.watermark.current());
         let mut out = PluginOutput::default();
         let mut sampled = Vec::new();
         let sampling = self.hub.as_ref().is_some_and(|h| h.wants_events());
@@ -696,11 +669,41 @@ impl Engine {
         // The archive takes the events as received (`raw`), or as they leave
         // the line, moved rather than copied.
         let archive = self.archive.as_ref().map(|a| (a, self.archive_all()));
-        let mut archived: Vec<Event> = match archive {
-            Some((_, false)) => chunks.iter().flat_map(|(b, _)| b.iter().cloned()).collect(),
-            _ => Vec::new(),
+        let (raw, enriched) = match archive {
+            Some((_, all)) => (!all, all),
+            None => (false, false),
         };
-        let enriched = matches!(archive, Some((_, true)));
+        let mut duplicates = 0;
+        let mut received_raw: Vec<Event> = Vec::new();
+        let (dedupe, wm) = (&mut self.dedupe, &mut self.watermark);
+        let mut first = |mut batch: Vec<Event>| {
+            let before = batch.len();
+            batch.retain(|e| dedupe.first(&e.id, e.timestamp));
+            duplicates += before - batch.len();
+            batch
+        };
+        // Batches of `size` already (a replay's) go as they are, each
+        // de-duplicated and cut as the line asks for it (see `line::run`);
+        // requests' batches are regrouped into chunks of `size` first, each
+        // event moved once.
+        let chunks: Box<dyn Iterator<Item = (Vec<Event>, i64)> + '_> =
+            if pending.iter().all(|(b, _, _)| b.len() == size) {
+                Box::new(
+                    pending
+                        .into_iter()
+                        .flat_map(move |(b, _, _)| split_at_late(first(b), wm)),
+                )
+            } else {
+                let kept: Vec<Vec<Event>> = pending.into_iter().map(|(b, _, _)| first(b)).collect();
+                let n = kept.iter().map(Vec::len).sum();
+                Box::new(batches(kept.into_iter().flatten(), n, size, wm).into_iter())
+            };
+        let chunks = chunks.inspect(|(b, _)| {
+            if raw {
+                received_raw.extend(b.iter().cloned());
+            }
+        });
+        let mut archived: Vec<Event> = Vec::new();
         let mut sampler = match (&self.hub, &mut self.sampler) {
             (Some(hub), sampler) if sampling => {
                 Some(sampler.get_or_insert_with(|| Sampler::new(hub.settings.sample_rate)))
@@ -725,8 +728,14 @@ impl Engine {
             }
         };
         line::run(&mut self.plugins, chunks, &mut out, &mut tap);
+        if duplicates > 0 {
+            self.metrics
+                .events_duplicate
+                .fetch_add(duplicates as u64, Ordering::Relaxed);
+        }
+        self.dedupe.expire(self.watermark.current());
         if let Some((a, _)) = archive {
-            a.write(archived, self.wal_seq);
+            a.write(if raw { received_raw } else { archived }, self.wal_seq);
         }
         if let Some(hub) = &self.hub {
             hub.publish_events(sampled);

@@ -35,7 +35,7 @@ use super::plugins::{self as live, Apply, GroupClock, PluginStatus, Status};
 use super::{KafkaError, Topics, client_config, client_error, field_value};
 use crate::config::{KafkaConfig, Resume};
 use crate::dataflow::dedupe::Dedupe;
-use crate::dataflow::line::{self, ROUND_CHUNKS};
+use crate::dataflow::line;
 use crate::dataflow::watermark::{Clock, Inputs, batches};
 use crate::dataflow::{Handover, SwapError, handover, insert_position};
 use crate::event::{EventDefaults, from_json, now_ms, parse_events};
@@ -57,8 +57,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// At most this many payload bytes are taken per wake-up (with at most
-/// `batch_size` records of each kind, times [`ROUND_CHUNKS`] from sources), so memory stays bounded however big records are.
+/// `batch_size` records of each kind, times [`SOURCE_ROUND_CHUNKS`] from sources), so memory stays bounded however big records are.
 const MAX_POLL_BYTES: usize = 16 << 20;
+
+/// Batches a round of the source side takes at most (fewer than the
+/// embedded engine's [`line::ROUND_CHUNKS`]: a round here also waits for
+/// its partitions' records, and the Kafka figures were measured with 8).
+const SOURCE_ROUND_CHUNKS: usize = 8;
 
 /// Checkpoints waiting for their outputs, per task, at most: beyond, a task
 /// skips a snapshot until older ones are written.
@@ -627,7 +632,7 @@ impl SourceQueues {
             .collect()
     }
 
-    /// Up to `batch` records times [`ROUND_CHUNKS`] (and about
+    /// Up to `batch` records times [`SOURCE_ROUND_CHUNKS`] (and about
     /// `max_bytes`), oldest first, none of the `held` partitions: a round
     /// for the source side's assembly line while every partition has
     /// records waiting, one batch once one has run dry (else the others
@@ -643,7 +648,7 @@ impl SourceQueues {
         let mut bytes = 0;
         // A queue found empty is not asked again within one call.
         let mut empty: Vec<i32> = Vec::new();
-        let max = batch * ROUND_CHUNKS;
+        let max = batch * SOURCE_ROUND_CHUNKS;
         while out.len() < max && bytes < max_bytes && (out.len() < batch || empty.is_empty()) {
             for (p, q) in self.queues.iter_mut() {
                 let Some(queue) = &q.queue else { continue };
