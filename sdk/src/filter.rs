@@ -4,6 +4,7 @@
 
 use crate::{ConfigError, Event, EventFields, Interest, MetadataFields, Value};
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Parses a plugin's JSON config; empty text means `default` (the plugin's
 /// default config). Errors carry serde's line and column.
@@ -224,43 +225,58 @@ impl Filter {
 
 impl Condition {
     fn holds(&self, e: &Event) -> bool {
-        let value = field_value(e, &self.field);
+        if self.op == Op::Exists {
+            // Per event: no copy of the value just to see it is there.
+            return has_field(e, &self.field);
+        }
+        let Some(v) = field_ref(e, &self.field) else {
+            return false;
+        };
+        let num = || v.as_f64().zip(self.value.as_f64());
         match self.op {
-            Op::Exists => value.is_some(),
-            _ => {
-                let Some(v) = value else { return false };
-                let num = || v.as_f64().zip(self.value.as_f64());
-                match self.op {
-                    Op::Eq => json_matches(&v, &self.value),
-                    Op::Ne => !json_matches(&v, &self.value),
-                    Op::In => self
-                        .value
-                        .as_array()
-                        .is_some_and(|l| l.iter().any(|w| json_matches(&v, w))),
-                    Op::Gt => num().is_some_and(|(a, b)| a > b),
-                    Op::Ge => num().is_some_and(|(a, b)| a >= b),
-                    Op::Lt => num().is_some_and(|(a, b)| a < b),
-                    Op::Le => num().is_some_and(|(a, b)| a <= b),
-                    Op::Regex => self
-                        .regex
-                        .as_ref()
-                        .is_some_and(|r| r.is_match(&v.to_text())),
-                    Op::Exists => unreachable!("handled above"),
-                }
-            }
+            Op::Eq => json_matches(&v, &self.value),
+            Op::Ne => !json_matches(&v, &self.value),
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(|w| json_matches(&v, w))),
+            Op::Gt => num().is_some_and(|(a, b)| a > b),
+            Op::Ge => num().is_some_and(|(a, b)| a >= b),
+            Op::Lt => num().is_some_and(|(a, b)| a < b),
+            Op::Le => num().is_some_and(|(a, b)| a <= b),
+            Op::Regex => self
+                .regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(&v.to_text())),
+            Op::Exists => true,
         }
     }
 }
 
 /// The typed value of a field path (core fields and metadata as strings).
 pub fn field_value(e: &Event, path: &str) -> Option<Value> {
-    let key = path.strip_prefix("properties.").unwrap_or(path);
-    if let Some(v) = e.get(key)
-        && !is_core(path)
-    {
-        return Some(v.clone());
+    field_ref(e, path).map(Cow::into_owned)
+}
+
+/// [`field_value`], borrowed where the event holds the value (a property):
+/// what a filter or an aggregate reads per event needs no copy.
+pub fn field_ref<'e>(e: &'e Event, path: &str) -> Option<Cow<'e, Value>> {
+    if !is_core(path) {
+        let key = path.strip_prefix("properties.").unwrap_or(path);
+        if let Some(v) = e.get(key) {
+            return Some(Cow::Borrowed(v));
+        }
     }
-    e.field(path).map(|s| Value::Str(s.into_owned()))
+    e.field(path)
+        .map(|s| Cow::Owned(Value::Str(s.into_owned())))
+}
+
+/// Whether [`field_value`] has a value for `path`, without building it.
+pub fn has_field(e: &Event, path: &str) -> bool {
+    (!is_core(path)
+        && e.get(path.strip_prefix("properties.").unwrap_or(path))
+            .is_some())
+        || e.field(path).is_some()
 }
 
 fn is_core(path: &str) -> bool {
@@ -409,6 +425,67 @@ mod tests {
         assert_eq!(
             bad.prepare("rules[1].filter").unwrap_err().field.as_deref(),
             Some("rules[1].filter.where[0]")
+        );
+    }
+
+    /// `field_ref` and `has_field` answer as the plain definition does (a
+    /// property, unless the path names a core field; else the core field as
+    /// text), for core fields, metadata, properties, and properties named
+    /// like core fields.
+    #[test]
+    fn borrowed_field_values_equal_the_plain_definition() {
+        fn plain(e: &Event, path: &str) -> Option<Value> {
+            let key = path.strip_prefix("properties.").unwrap_or(path);
+            if let Some(v) = e.get(key)
+                && !is_core(path)
+            {
+                return Some(v.clone());
+            }
+            e.field(path).map(|s| Value::Str(s.into_owned()))
+        }
+        let bare = Event::new("click", 1);
+        let full = Event::new("purchase", 2)
+            .with_user("u1")
+            .with_session("s1")
+            .with_ip("203.0.113.9")
+            .with_url("https://shop.example/a")
+            .with_property("amount", 12.5)
+            .with_property("path", "/a")
+            .with_property("user_id", "shadow")
+            .with_property("ip_address", "198.51.100.1")
+            .with_property("timestamp", 7i64);
+        let paths = [
+            "event_type",
+            "event_id",
+            "id",
+            "user_id",
+            "session_id",
+            "timestamp",
+            "ip_address",
+            "metadata.ip_address",
+            "metadata.url",
+            "url",
+            "referrer",
+            "amount",
+            "properties.amount",
+            "path",
+            "properties.path",
+            "properties.user_id",
+            "missing",
+            "properties.missing",
+        ];
+        let mut present = 0;
+        for e in [&bare, &full] {
+            for p in paths {
+                let want = plain(e, p);
+                assert_eq!(field_ref(e, p).map(Cow::into_owned), want, "{p}");
+                assert_eq!(has_field(e, p), want.is_some(), "{p}");
+                present += usize::from(want.is_some());
+            }
+        }
+        assert!(
+            present > 0 && present < 2 * paths.len(),
+            "both present and absent fields are asked"
         );
     }
 }

@@ -213,6 +213,26 @@ impl<K: Ord + Clone, A: Default> WindowStore<K, A> {
         Some(&mut slot.acc)
     }
 
+    /// Runs `f` on the accumulator of `key` in `window` (created on first
+    /// use) and returns what it returns; `None` if the window is past its
+    /// allowed lateness. [`WindowStore::get_mut`] with one lookup where the
+    /// key is there already (the usual case, per event).
+    pub fn update<R>(&mut self, window: Window, key: &K, f: impl FnOnce(&mut A) -> R) -> Option<R> {
+        if self.is_expired(&window) {
+            return None;
+        }
+        let keys = self.windows.entry(window).or_default();
+        if let Some(slot) = keys.get_mut(key) {
+            slot.dirty = true;
+            return Some(f(&mut slot.acc));
+        }
+        let slot = keys.entry(key.clone()).or_insert(Slot {
+            acc: A::default(),
+            dirty: true,
+        });
+        Some(f(&mut slot.acc))
+    }
+
     /// Moves event time to `watermark`: emits every fired window's changed keys
     /// (oldest window first, keys in order) and frees expired windows.
     pub fn advance(&mut self, watermark: i64, mut emit: impl FnMut(Window, &K, &A)) {
@@ -488,5 +508,33 @@ mod tests {
         let json = serde_json::to_string(&st).unwrap();
         let back: WindowStore<String, u32> = serde_json::from_str(&json).unwrap();
         assert_eq!(back.watermark(), 110);
+    }
+
+    /// `update` is `get_mut` with a closure: a new key starts from the
+    /// default, an existing one is found and marked to emit again, and an
+    /// expired window takes nothing.
+    #[test]
+    fn update_creates_finds_and_refuses_expired_windows() {
+        let mut st: WindowStore<String, u32> = WindowStore::new(10);
+        let w = Window { start: 0, end: 100 };
+        let add = |st: &mut WindowStore<String, u32>, k: &str| {
+            st.update(w, &k.to_string(), |a| {
+                *a += 1;
+                *a
+            })
+        };
+        assert_eq!(add(&mut st, "a"), Some(1));
+        assert_eq!(add(&mut st, "a"), Some(2));
+        assert_eq!(add(&mut st, "b"), Some(1));
+        let mut out = Vec::new();
+        st.advance(100, |_, k, a| out.push((k.clone(), *a)));
+        assert_eq!(out, [("a".to_string(), 2), ("b".to_string(), 1)]);
+        assert_eq!(add(&mut st, "b"), Some(2), "late, within lateness");
+        out.clear();
+        st.advance(105, |_, k, a| out.push((k.clone(), *a)));
+        assert_eq!(out, [("b".to_string(), 2)], "only the updated key again");
+        st.advance(110, |_, _, _| {});
+        assert_eq!(add(&mut st, "a"), None, "expired at end + lateness");
+        assert!(st.is_empty());
     }
 }

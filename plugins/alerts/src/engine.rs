@@ -3,7 +3,7 @@
 //! and restores safe.
 
 use crate::config::{Aggregate, Config, Direction, Rule, RuleKind};
-use nexuspipe_sdk::filter::{alert_fingerprint, field_value, format_duration};
+use nexuspipe_sdk::filter::{alert_fingerprint, field_ref, format_duration};
 use nexuspipe_sdk::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -711,7 +711,7 @@ impl Alerts {
                 // A value that is not a finite number ("NaN", "inf" parse as
                 // floats) is skipped like a missing one: it would poison the sum.
                 let v = match sum {
-                    Some(f) => field_value(e, f)
+                    Some(f) => field_ref(e, f)
                         .and_then(|v| v.as_f64())
                         .filter(|v| v.is_finite())?,
                     None => 1.0,
@@ -726,7 +726,7 @@ impl Alerts {
                 }
                 let v = match aggregate {
                     Aggregate::Count => 1.0,
-                    Aggregate::Sum(f) | Aggregate::Avg(f) => field_value(e, f)
+                    Aggregate::Sum(f) | Aggregate::Avg(f) => field_ref(e, f)
                         .and_then(|v| v.as_f64())
                         .filter(|v| v.is_finite())?,
                 };

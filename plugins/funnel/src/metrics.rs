@@ -2,7 +2,7 @@
 
 use crate::config::{AggFn, Metric, WindowSpec};
 use crate::hll::Distinct;
-use nexuspipe_sdk::filter::field_value;
+use nexuspipe_sdk::filter::field_ref;
 use nexuspipe_sdk::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ trait Source {
 impl Source for Event {
     fn num(&self, m: &Metric, i: usize) -> Option<f64> {
         let field = m.aggregates[i].field.as_ref()?;
-        field_value(self, field).and_then(|v| v.as_f64())
+        field_ref(self, field).and_then(|v| v.as_f64())
     }
     fn text(&self, m: &Metric, i: usize) -> Option<std::borrow::Cow<'_, str>> {
         self.field(m.aggregates[i].field.as_ref()?)
@@ -343,13 +343,7 @@ fn add_at(m: &Metric, st: &mut MetricState, ts: i64, e: &impl Source, group: &Ve
     match m.window {
         WindowSpec::Tumbling { size, offset } => {
             let w = Tumbling { size, offset }.assign(ts);
-            match st.store.get_mut(w, group) {
-                Some(acc) => {
-                    acc.add(m, e);
-                    true
-                }
-                None => false,
-            }
+            st.store.update(w, group, |acc| acc.add(m, e)).is_some()
         }
         WindowSpec::Sliding {
             size,
@@ -364,10 +358,7 @@ fn add_at(m: &Metric, st: &mut MetricState, ts: i64, e: &impl Source, group: &Ve
             })
             .assign(ts)
             {
-                if let Some(acc) = st.store.get_mut(w, group) {
-                    acc.add(m, e);
-                    any = true;
-                }
+                any |= st.store.update(w, group, |acc| acc.add(m, e)).is_some();
             }
             any
         }
