@@ -677,9 +677,7 @@ impl Engine {
         let mut received_raw: Vec<Event> = Vec::new();
         let (dedupe, wm) = (&mut self.dedupe, &mut self.watermark);
         let mut first = |mut batch: Vec<Event>| {
-            let before = batch.len();
-            batch.retain(|e| dedupe.first(&e.id, e.timestamp));
-            duplicates += before - batch.len();
+            duplicates += dedupe.retain_first(&mut batch, |e| (&e.id, e.timestamp));
             batch
         };
         // Batches of `size` already (a replay's) go as they are, each
