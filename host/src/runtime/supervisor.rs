@@ -180,6 +180,10 @@ pub struct Plugin {
     stats: PluginStats,
     /// What the last `restore` took over, part by part (for the deploy answer).
     restored: Option<Restored>,
+    /// What [`project`] set aside during a call, kept between calls: a
+    /// stage thread is new each round, and a fresh buffer per call meant
+    /// fresh pages to zero.
+    hidden: Vec<Hidden>,
 }
 
 /// Fields moved out of an event while the plugin sees a projection of it.
@@ -242,6 +246,7 @@ impl Plugin {
             watermark: i64::MIN,
             stats: PluginStats::default(),
             restored: None,
+            hidden: Vec::new(),
         };
         plugin.start()?;
         Ok(plugin)
@@ -423,10 +428,8 @@ impl Plugin {
         watermark: i64,
         leniency: u64,
     ) -> (Result<CallResult, Failure>, Option<Remembered>) {
-        let hidden: Vec<Hidden> = events
-            .iter_mut()
-            .map(|e| project(&self.interest, e))
-            .collect();
+        let mut hidden = std::mem::take(&mut self.hidden);
+        hidden.extend(events.iter_mut().map(|e| project(&self.interest, e)));
         let started = Instant::now();
         let result = self.call(events, watermark, leniency);
         let took = started.elapsed();
@@ -438,9 +441,10 @@ impl Plugin {
             Ok(_) if self.component.world.is_stateful() => Some(Remembered::new(events, watermark)),
             _ => None,
         };
-        for (e, h) in events.iter_mut().zip(hidden) {
+        for (e, h) in events.iter_mut().zip(hidden.drain(..)) {
             unproject(e, h);
         }
+        self.hidden = hidden;
         (result, replay_copy)
     }
 
