@@ -97,8 +97,9 @@ pub fn run<S: Step>(
         let mut spawn_error = None;
         let (last, before) = groups.split_last().expect("two stages or more");
         for g in before {
-            // Bounded by a round: a stage never waits for a slower one
-            // behind it (the round's chunks are in memory already).
+            // Bounded by a round's chunks (in memory already): a stage
+            // waits for a slower one behind it only when late events cut
+            // the round into more chunks than that.
             let (tx, next) = std::sync::mpsc::sync_channel::<S::Chunk>(ROUND_CHUNKS);
             let rx = std::mem::replace(&mut input, next);
             let name = format!("np-{}", lock(g)[0].name());
